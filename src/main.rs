@@ -1,1 +1,351 @@
-fn main() {}
+//! The `citus-mcp` command line: `serve` (the default), `lint` and `tools`.
+//!
+//! This is the only place that prints to stdout outside the MCP transport, the only
+//! user of anyhow, and the one that maps failures to exit codes: 0 ok, 1 lint
+//! findings or a failed tool call, 2 usage, configuration or I/O errors.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rmcp::ServiceExt as _;
+use tokio_util::sync::CancellationToken;
+
+use citus_mcp::config::{self, Config, Flags, Mode};
+use citus_mcp::db::{Db, DbConfig, Dsn};
+use citus_mcp::engine::{Engine, Settings};
+use citus_mcp::server::{self, Server};
+use citus_mcp::watch::Reloader;
+use citus_mcp::{lint, registry};
+
+/// An MCP server that lets AI assistants inspect and operate Citus clusters safely.
+#[derive(Parser)]
+#[command(name = "citus-mcp", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Connection string of the coordinator (same as --coordinator-dsn).
+    dsn: Option<String>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP over stdio (the default).
+    Serve {
+        /// Connection string of the coordinator (same as --coordinator-dsn).
+        dsn: Option<String>,
+    },
+    /// Check tool and prompt files; exit 1 when any error is found.
+    Lint {
+        /// Files or folders to check; the built-in tools and prompts when none.
+        paths: Vec<PathBuf>,
+        /// Also prepare every example's statements against this cluster.
+        #[arg(long, value_name = "DSN")]
+        db: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// List, show or call tools without an MCP client.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// The tools this configuration serves.
+    List,
+    /// One tool's definition as MCP lists it.
+    Show { name: String },
+    /// Call a tool and print its result as JSON.
+    Call {
+        name: String,
+        /// The arguments as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// Configuration flags; each also reads CITUS_MCP_<KEY> and the config file.
+#[derive(Args)]
+struct Opts {
+    /// Configuration file (YAML, JSON or TOML by extension).
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "DSN")]
+    coordinator_dsn: Option<String>,
+    #[arg(long, global = true)]
+    coordinator_user: Option<String>,
+    /// Prefer CITUS_MCP_COORDINATOR_PASSWORD: flags show up in process lists.
+    #[arg(long, global = true, hide_env_values = true)]
+    coordinator_password: Option<String>,
+    /// Comma-separated worker connection strings.
+    #[arg(long, global = true)]
+    worker_dsns: Option<String>,
+    /// read_only or admin.
+    #[arg(long, global = true)]
+    mode: Option<String>,
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    allow_execute: Option<String>,
+    /// Prefer CITUS_MCP_APPROVAL_SECRET: flags show up in process lists.
+    #[arg(long, global = true)]
+    approval_secret: Option<String>,
+    #[arg(long, global = true, value_name = "SECONDS")]
+    cache_ttl_seconds: Option<String>,
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    enable_caching: Option<String>,
+    #[arg(long, global = true)]
+    max_rows: Option<String>,
+    #[arg(long, global = true)]
+    max_text_bytes: Option<String>,
+    #[arg(long, global = true, value_name = "SECONDS")]
+    connect_timeout_seconds: Option<String>,
+    #[arg(long, global = true, value_name = "MS")]
+    statement_timeout_ms: Option<String>,
+    /// error, warn, info, debug or trace (RUST_LOG overrides).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Comma-separated folders of extra tool files (watched).
+    #[arg(long, global = true)]
+    tools_dirs: Option<String>,
+    /// Comma-separated folders of extra prompt files (watched).
+    #[arg(long, global = true)]
+    prompts_dirs: Option<String>,
+    /// Comma-separated tool or prompt names not to serve.
+    #[arg(long, global = true)]
+    disabled_tools: Option<String>,
+}
+
+impl Opts {
+    fn flags(&self, dsn: Option<&String>) -> Flags {
+        let pairs = [
+            ("coordinator_dsn", self.coordinator_dsn.as_ref().or(dsn)),
+            ("coordinator_user", self.coordinator_user.as_ref()),
+            ("coordinator_password", self.coordinator_password.as_ref()),
+            ("worker_dsns", self.worker_dsns.as_ref()),
+            ("mode", self.mode.as_ref()),
+            ("allow_execute", self.allow_execute.as_ref()),
+            ("approval_secret", self.approval_secret.as_ref()),
+            ("cache_ttl_seconds", self.cache_ttl_seconds.as_ref()),
+            ("enable_caching", self.enable_caching.as_ref()),
+            ("max_rows", self.max_rows.as_ref()),
+            ("max_text_bytes", self.max_text_bytes.as_ref()),
+            (
+                "connect_timeout_seconds",
+                self.connect_timeout_seconds.as_ref(),
+            ),
+            ("statement_timeout_ms", self.statement_timeout_ms.as_ref()),
+            ("log_level", self.log_level.as_ref()),
+            ("tools_dirs", self.tools_dirs.as_ref()),
+            ("prompts_dirs", self.prompts_dirs.as_ref()),
+            ("disabled_tools", self.disabled_tools.as_ref()),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?.clone())))
+            .collect()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dsn = match &cli.command {
+        Some(Command::Serve { dsn }) => dsn.clone().or(cli.dsn.clone()),
+        _ => cli.dsn.clone(),
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match config::load(
+        cli.opts.config.as_deref(),
+        &env,
+        &cli.opts.flags(dsn.as_ref()),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("citus-mcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("citus-mcp: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("citus-mcp: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("citus_mcp={level},rmcp=warn,warn"))
+    });
+    // stdout belongs to the MCP protocol: logs go to stderr only.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        None | Some(Command::Serve { .. }) => serve(config).await,
+        Some(Command::Lint { paths, db, format }) => {
+            let db = match db {
+                Some(dsn) => Some(
+                    connect(&Config {
+                        coordinator_dsn: Some(dsn),
+                        ..config.clone()
+                    })?
+                    .context("--db needs a connection string")?,
+                ),
+                None => None,
+            };
+            let (files, mut diags) = lint::gather(&paths);
+            diags.extend(lint::run(&files, db.as_ref()).await);
+            let out = match format {
+                Format::Human => lint::render_human(&diags, &files),
+                Format::Json => lint::render_json(&diags, &files),
+            };
+            println!("{}", out.trim_end());
+            Ok(ExitCode::from(lint::exit_code(&diags) as u8))
+        }
+        Some(Command::Tools { command }) => {
+            let engine = engine(&config)?;
+            match command {
+                ToolsCommand::List => {
+                    for t in engine.visible_tools() {
+                        let safety = serde_json::to_value(t.spec.safety)?;
+                        println!(
+                            "{}\t{}\t{}",
+                            t.spec.name,
+                            safety.as_str().unwrap_or(""),
+                            t.spec.title.as_deref().unwrap_or("")
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                ToolsCommand::Show { name } => {
+                    let registry = engine.registry();
+                    let tool = registry
+                        .tools
+                        .get(&name)
+                        .with_context(|| format!("no tool named `{name}`"))?;
+                    println!("{}", serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                ToolsCommand::Call { name, args } => {
+                    let args: serde_json::Value =
+                        serde_json::from_str(&args).context("--args must be a JSON object")?;
+                    match engine.call(&name, args, &CancellationToken::new()).await {
+                        Ok(out) => {
+                            println!("{}", out.structured);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err(e) => {
+                            println!("{}", serde_json::json!({"error": e}));
+                            eprintln!("{}", e.text());
+                            Ok(ExitCode::from(1))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The coordinator pool, if a DSN is configured.
+fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
+    let Some(text) = &config.coordinator_dsn else {
+        return Ok(None);
+    };
+    let mut dsn = Dsn::parse(text).context("coordinator_dsn")?;
+    if let Some(user) = &config.coordinator_user {
+        dsn.config.user(user);
+    }
+    if let Some(pw) = &config.coordinator_password {
+        dsn.config.password(pw.expose());
+    }
+    let db = Db::new(DbConfig {
+        dsn,
+        connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
+        pool_size: 8,
+        application_name: format!("citus-mcp {}", env!("CARGO_PKG_VERSION")),
+    })
+    .context("coordinator_dsn")?;
+    Ok(Some(db))
+}
+
+fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
+    let registry = Reloader::initial(
+        &config.tools_dirs,
+        &config.prompts_dirs,
+        &config.disabled_tools,
+    );
+    let settings = Settings {
+        admin: config.mode == Mode::Admin,
+        allow_execute: config.allow_execute,
+        max_rows: config.max_rows,
+        max_bytes: config.max_text_bytes,
+        statement_timeout_ms: config.statement_timeout_ms,
+        cache_ttl_s: config.cache_ttl_seconds,
+        enable_caching: config.enable_caching,
+    };
+    Ok(Arc::new(Engine::new(registry, connect(config)?, settings)))
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let engine = engine(&config)?;
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    let reloader = Reloader {
+        engine: engine.clone(),
+        tool_dirs: config.tools_dirs.clone(),
+        prompt_dirs: config.prompts_dirs.clone(),
+        disabled: config.disabled_tools.clone(),
+        changes: changes.clone(),
+    };
+    let _watcher = reloader
+        .watch()
+        .context("cannot start watching the tool folders")?;
+    match engine.db() {
+        Some(db) => {
+            tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")
+        }
+        None => tracing::warn!(
+            "no coordinator_dsn configured: only tools that need no database will work"
+        ),
+    }
+    let _ = registry::builtin_tools;
+    let service = Server::new(engine, changes)
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("MCP initialization failed")?;
+    service
+        .waiting()
+        .await
+        .context("MCP session ended with an error")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,775 @@
+//! One tool or prompt file → a ready-to-serve [`CompiledTool`] / [`CompiledPrompt`],
+//! plus every static problem found on the way.
+//!
+//! These are the checks `lint` reports and the registry enforces: the same function
+//! runs in both places, so a file that lints clean loads, and vice versa.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock};
+
+use minijinja::value::Serde;
+use regex_lite::Regex;
+use serde_json::{Map, Value};
+
+use crate::diagnostic::{Code, Diagnostic};
+use crate::spec::{self, Paging, PromptSpec, Role, Safety, Shape, ToolSpec};
+use crate::template::{self, Rendered, Templates};
+
+/// A file to load: where it came from and what it says.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// How diagnostics name the file, e.g. `tools.d/list_nodes.yaml` or an absolute path.
+    pub origin: String,
+    pub text: String,
+}
+
+impl SourceFile {
+    /// The file name without folder and extension.
+    pub fn stem(&self) -> &str {
+        let name = self
+            .origin
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(&self.origin);
+        name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+    }
+}
+
+/// A tool, validated and compiled, ready for the engine.
+#[derive(Debug)]
+pub struct CompiledTool {
+    pub spec: ToolSpec,
+    pub origin: String,
+    /// The input schema as MCP wants it (a JSON object).
+    pub input_schema: Arc<Map<String, Value>>,
+    pub output_schema: Option<Arc<Map<String, Value>>>,
+    pub validator: jsonschema::Validator,
+    /// One SQL template per query (named by the query), plus `when:<query>` conditions.
+    pub templates: Templates,
+}
+
+impl CompiledTool {
+    /// The template context for `args`: the arguments with the schema's defaults applied.
+    pub fn context(&self, args: &Map<String, Value>) -> Map<String, Value> {
+        with_defaults(&self.spec.input_schema, args.clone())
+    }
+
+    /// Every problem with `args`, as `path: message` lines; empty when they are valid.
+    pub fn argument_errors(&self, args: &Value) -> Vec<String> {
+        self.validator
+            .iter_errors(args)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                if path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{path}: {e}")
+                }
+            })
+            .collect()
+    }
+
+    /// Renders every query an example reaches (first page, and a later keyset page).
+    pub fn render_example(&self, args: &Value) -> Result<Vec<(String, Rendered)>, String> {
+        ProbeTool {
+            spec: &self.spec,
+            validator: &self.validator,
+            templates: &self.templates,
+        }
+        .render_all(args)
+    }
+
+    /// The query that pages, if any.
+    pub fn pager(&self) -> Option<(&spec::QuerySpec, &Paging)> {
+        self.spec
+            .queries
+            .iter()
+            .find_map(|q| q.paging.as_ref().map(|p| (q, p)))
+    }
+}
+
+/// A prompt, validated and compiled.
+#[derive(Debug)]
+pub struct CompiledPrompt {
+    pub spec: PromptSpec,
+    pub origin: String,
+    env: PromptEnv,
+}
+
+struct PromptEnv(minijinja::Environment<'static>);
+
+impl std::fmt::Debug for PromptEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PromptEnv")
+    }
+}
+
+impl CompiledPrompt {
+    /// The messages with the arguments filled in.
+    pub fn render(&self, args: &Map<String, Value>) -> Result<Vec<(Role, String)>, String> {
+        for arg in &self.spec.arguments {
+            if arg.required && !args.contains_key(&arg.name) {
+                return Err(format!("missing required argument `{}`", arg.name));
+            }
+        }
+        if let Some(unknown) = args
+            .keys()
+            .find(|k| !self.spec.arguments.iter().any(|a| &a.name == *k))
+        {
+            return Err(format!("unknown argument `{unknown}`"));
+        }
+        self.spec
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let t = self
+                    .env
+                    .0
+                    .get_template(&i.to_string())
+                    .map_err(|e| e.to_string())?;
+                let text = t
+                    .render(minijinja::Value::from(Serde(args)))
+                    .map_err(|e| e.to_string())?;
+                Ok((m.role, text.trim().to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Compiles a tool file; `None` when any error was found (warnings still compile).
+pub fn compile_tool(
+    file: &SourceFile,
+    plugins: &[&str],
+) -> (Option<CompiledTool>, Vec<Diagnostic>) {
+    let spec = match spec::parse_tool(&file.origin, &file.text) {
+        Ok(s) => s,
+        Err(d) => return (None, d),
+    };
+    let mut out = Vec::new();
+    let origin = file.origin.as_str();
+    let at = |pointer: &str| spec::locate(&file.text, pointer);
+
+    if file.stem() != spec.name {
+        out.push(
+            Diagnostic::new(
+                Code::W001,
+                origin,
+                format!(
+                    "tool `{}` lives in a file named `{}`",
+                    spec.name,
+                    file.stem()
+                ),
+            )
+            .at(at("/name"))
+            .help(format!("rename the file to `{}.yaml`", spec.name)),
+        );
+    }
+    if spec.examples.is_empty() {
+        out.push(
+            Diagnostic::new(
+                Code::W002,
+                origin,
+                format!("tool `{}` has no examples", spec.name),
+            )
+            .help("add `examples: [{args: {...}}]`; the generic test runs every example"),
+        );
+    }
+    if let Some(p) = &spec.plugin {
+        if !plugins.contains(&p.as_str()) {
+            out.push(
+                Diagnostic::new(Code::E002, origin, format!("unknown plugin `{p}`"))
+                    .at(at("/plugin"))
+                    .help(format!("known plugins: {}", plugins.join(", "))),
+            );
+        }
+    }
+
+    // The input schema must itself be a valid JSON Schema, of type object.
+    let validator = match jsonschema::meta::validate(&spec.input_schema) {
+        Err(e) => {
+            out.push(
+                Diagnostic::new(
+                    Code::E003,
+                    origin,
+                    format!("input_schema is not a valid JSON Schema: {e}"),
+                )
+                .at(at(&format!("/input_schema{}", e.instance_path()))),
+            );
+            None
+        }
+        Ok(()) => match jsonschema::options()
+            .should_validate_formats(true)
+            .build(&spec.input_schema)
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                out.push(
+                    Diagnostic::new(
+                        Code::E003,
+                        origin,
+                        format!("input_schema does not compile: {e}"),
+                    )
+                    .at(at("/input_schema")),
+                );
+                None
+            }
+        },
+    };
+    if let Some(out_schema) = &spec.output_schema {
+        if let Err(e) = jsonschema::meta::validate(out_schema) {
+            out.push(
+                Diagnostic::new(
+                    Code::E003,
+                    origin,
+                    format!("output_schema is not a valid JSON Schema: {e}"),
+                )
+                .at(at("/output_schema")),
+            );
+        }
+    }
+
+    let mut templates = Templates::new();
+    let mut names = BTreeSet::new();
+    for (i, q) in spec.queries.iter().enumerate() {
+        if !names.insert(q.name.as_str()) {
+            out.push(
+                Diagnostic::new(
+                    Code::E004,
+                    origin,
+                    format!("two queries are named `{}`", q.name),
+                )
+                .at(at(&format!("/queries/{i}/name"))),
+            );
+        }
+        if let Err(e) = templates.add_sql(&q.name, &q.sql) {
+            out.push(
+                Diagnostic::new(
+                    Code::E005,
+                    origin,
+                    format!("query `{}` does not compile: {e}", q.name),
+                )
+                .at(at(&format!("/queries/{i}/sql"))),
+            );
+        }
+        if let Some(when) = &q.when {
+            if let Err(e) = templates.add_condition(&format!("when:{}", q.name), when) {
+                out.push(
+                    Diagnostic::new(
+                        Code::E005,
+                        origin,
+                        format!("`when` of query `{}` does not compile: {e}", q.name),
+                    )
+                    .at(at(&format!("/queries/{i}/when"))),
+                );
+            }
+        }
+        if q.on_empty.is_some() && q.shape == Shape::Many {
+            out.push(
+                Diagnostic::new(
+                    Code::E002,
+                    origin,
+                    format!("query `{}` has on_empty but shape many", q.name),
+                )
+                .at(at(&format!("/queries/{i}/on_empty")))
+                .help("on_empty applies to `shape: one` or `shape: value`"),
+            );
+        }
+    }
+    check_paging(&spec, origin, &file.text, &mut out);
+    if spec.safety == Safety::Execute {
+        let props = spec.input_schema.get("properties");
+        let required = spec.input_schema.get("required").and_then(Value::as_array);
+        let guarded = props.and_then(|p| p.get("approval_token")).is_some()
+            && required.is_some_and(|r| r.iter().any(|v| v == "approval_token"));
+        if !guarded {
+            out.push(
+                Diagnostic::new(
+                    Code::E010,
+                    origin,
+                    format!(
+                        "execute tool `{}` does not require an approval_token",
+                        spec.name
+                    ),
+                )
+                .at(at("/input_schema"))
+                .help("add a required `approval_token: {type: string}` property"),
+            );
+        }
+    }
+
+    // Every example must validate, render, and keep its binds out of literals.
+    let compiled_ok = !out.iter().any(Diagnostic::is_error);
+    if let (Some(v), true) = (&validator, compiled_ok) {
+        let probe = ProbeTool {
+            spec: &spec,
+            validator: v,
+            templates: &templates,
+        };
+        for (i, ex) in spec.examples.iter().enumerate() {
+            let here = at(&format!("/examples/{i}"));
+            let errors: Vec<String> = v
+                .iter_errors(&ex.args)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
+            if !errors.is_empty() {
+                if ex.expect.error.as_deref() != Some("INVALID_ARGUMENT") {
+                    out.push(
+                        Diagnostic::new(
+                            Code::E007,
+                            origin,
+                            format!(
+                                "example {} does not match input_schema: {}",
+                                i + 1,
+                                errors.join("; ")
+                            ),
+                        )
+                        .at(here),
+                    );
+                }
+                continue;
+            }
+            match probe.render_all(&ex.args) {
+                Err(e) => out.push(
+                    Diagnostic::new(
+                        Code::E008,
+                        origin,
+                        format!("example {} does not render: {e}", i + 1),
+                    )
+                    .at(here),
+                ),
+                Ok(rendered) => {
+                    for (query, r) in rendered {
+                        let bad = template::placeholders_outside_code(&r.sql);
+                        if !bad.is_empty() {
+                            out.push(
+                                Diagnostic::new(Code::E006, origin, format!("query `{query}` renders {} inside a literal or comment", bad.join(", ")))
+                                    .at(at(&format!("/queries/{}/sql", spec.queries.iter().position(|q| q.name == query).unwrap_or(0))))
+                                    .help("put `{{ value }}` where a value goes, never inside quotes: it is always a bind parameter"),
+                            );
+                        }
+                        if spec.safety != Safety::Execute {
+                            if let Some(word) = writes(&r.sql) {
+                                out.push(
+                                    Diagnostic::new(Code::E009, origin, format!("{} query `{query}` contains `{word}`, which writes", safety_name(spec.safety)))
+                                        .at(at(&format!("/queries/{}/sql", spec.queries.iter().position(|q| q.name == query).unwrap_or(0))))
+                                        .help("read-only and plan tools run in READ ONLY transactions; make it an execute tool"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if out.iter().any(Diagnostic::is_error) {
+        return (None, dedup(out));
+    }
+    let Some(validator) = validator else {
+        return (None, out);
+    };
+    let input_schema = Arc::new(spec.input_schema.as_object().cloned().unwrap_or_default());
+    let output_schema = spec
+        .output_schema
+        .as_ref()
+        .and_then(|v| v.as_object().cloned())
+        .map(Arc::new);
+    let tool = CompiledTool {
+        origin: file.origin.clone(),
+        input_schema,
+        output_schema,
+        validator,
+        templates,
+        spec,
+    };
+    (Some(tool), out)
+}
+
+fn dedup(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = BTreeSet::new();
+    d.retain(|x| seen.insert((x.code.as_str(), x.message.clone())));
+    d
+}
+
+fn safety_name(s: Safety) -> &'static str {
+    match s {
+        Safety::ReadOnly => "read_only",
+        Safety::Plan => "plan",
+        Safety::Execute => "execute",
+    }
+}
+
+/// Renders every query of a spec that is not yet a [`CompiledTool`].
+struct ProbeTool<'a> {
+    spec: &'a ToolSpec,
+    validator: &'a jsonschema::Validator,
+    templates: &'a Templates,
+}
+
+impl ProbeTool<'_> {
+    /// Renders every query the example reaches, on a first page and (for keyset
+    /// paging) on a later page too, so both branches of `page.after` are checked.
+    fn render_all(&self, args: &Value) -> Result<Vec<(String, Rendered)>, String> {
+        debug_assert!(self.validator.is_valid(args));
+        let args = with_defaults(
+            &self.spec.input_schema,
+            args.as_object().cloned().unwrap_or_default(),
+        );
+        let mut out = Vec::new();
+        let pages: &[bool] = match self.spec.queries.iter().find_map(|q| q.paging.as_ref()) {
+            Some(Paging::Keyset(_)) => &[false, true],
+            _ => &[false],
+        };
+        for &later in pages {
+            out.extend(self.render_page(&args, later)?);
+        }
+        Ok(out)
+    }
+
+    fn render_page(
+        &self,
+        args: &Map<String, Value>,
+        later: bool,
+    ) -> Result<Vec<(String, Rendered)>, String> {
+        let mut ctx = args.clone();
+        if let Some(paging) = self.spec.queries.iter().find_map(|q| q.paging.as_ref()) {
+            let mut page = Map::new();
+            page.insert("size".into(), Value::from(10));
+            match paging {
+                Paging::Offset => {
+                    page.insert("offset".into(), Value::from(0));
+                }
+                Paging::Keyset(cols) if later => {
+                    let after = cols
+                        .iter()
+                        .map(|c| (c.clone(), Value::from("probe")))
+                        .collect();
+                    page.insert("after".into(), Value::Object(after));
+                }
+                Paging::Keyset(_) => {}
+            }
+            ctx.insert("page".into(), Value::Object(page));
+        }
+        let ctx = Value::Object(ctx);
+        let mut out = Vec::new();
+        for q in &self.spec.queries {
+            if q.when.is_some()
+                && !self
+                    .templates
+                    .check(&format!("when:{}", q.name), &ctx)
+                    .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            out.push((
+                q.name.clone(),
+                self.templates
+                    .render(&q.name, &ctx)
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// `args` with the `default` of every top-level property of `schema` filled in.
+pub fn with_defaults(schema: &Value, mut args: Map<String, Value>) -> Map<String, Value> {
+    if let Some(Value::Object(props)) = schema.get("properties") {
+        for (name, prop) in props {
+            if let Some(default) = prop.get("default") {
+                args.entry(name.clone()).or_insert_with(|| default.clone());
+            }
+        }
+    }
+    args
+}
+
+fn check_paging(spec: &ToolSpec, origin: &str, text: &str, out: &mut Vec<Diagnostic>) {
+    let pagers: Vec<usize> = spec
+        .queries
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| q.paging.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let props = spec
+        .input_schema
+        .get("properties")
+        .and_then(Value::as_object);
+    let has = |p: &str| props.is_some_and(|m| m.contains_key(p));
+    for &i in pagers.iter().skip(1) {
+        out.push(
+            Diagnostic::new(Code::E012, origin, "only one query of a tool may page")
+                .at(spec::locate(text, &format!("/queries/{i}/paging"))),
+        );
+    }
+    if let Some(&i) = pagers.first() {
+        let q = &spec.queries[i];
+        let at = spec::locate(text, &format!("/queries/{i}/paging"));
+        if q.shape != Shape::Many {
+            out.push(
+                Diagnostic::new(
+                    Code::E012,
+                    origin,
+                    format!("query `{}` pages but is not `shape: many`", q.name),
+                )
+                .at(at),
+            );
+        }
+        let needed: &[&str] = match q.paging.as_ref() {
+            Some(Paging::Offset) => &["limit", "offset"],
+            _ => &["limit", "cursor"],
+        };
+        for p in needed {
+            if !has(p) {
+                out.push(
+                    Diagnostic::new(Code::E012, origin, format!("query `{}` pages but input_schema has no `{p}` property", q.name))
+                        .at(at)
+                        .help("paging tools take `limit` and `offset` (offset paging) or `limit` and `cursor` (keyset paging)"),
+                );
+            }
+        }
+    }
+}
+
+static WRITE_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(insert|update|delete|merge|truncate|drop|alter|create|grant|revoke|copy|vacuum|cluster|reindex|lock|call|do|refresh|comment|security|nextval|setval|pg_terminate_backend|pg_cancel_backend|citus_rebalance_start|citus_rebalance_stop|rebalance_table_shards|citus_move_shard_placement|master_move_shard_placement|citus_copy_shard_placement|citus_drain_node|citus_add_node|citus_remove_node|citus_disable_node|citus_activate_node|citus_set_node_property|citus_update_node|create_distributed_table|create_reference_table|undistribute_table|alter_distributed_table|citus_job_cancel|run_command_on_[a-z_]+)\b",
+    )
+    .expect("the write-word pattern compiles")
+});
+
+/// The first word of `sql` (outside literals and comments) that writes, if any.
+///
+/// Read-only tools run in READ ONLY transactions anyway; this catches the mistake at
+/// lint time instead of at the first call.
+pub fn writes(sql: &str) -> Option<String> {
+    let code = strip_literals(sql);
+    let m = WRITE_WORDS.find(&code)?;
+    let word = m.as_str().to_ascii_lowercase();
+    // `FOR UPDATE` / `FOR SHARE` locks rows but is refused in a read-only transaction anyway;
+    // report it as the write it would be.
+    Some(word)
+}
+
+/// `sql` with quoted literals, quoted identifiers and comments blanked out.
+fn strip_literals(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(' ');
+                while let Some(d) = chars.next() {
+                    if d == c {
+                        if chars.peek() == Some(&c) {
+                            chars.next();
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+                out.push('\n');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for d in chars.by_ref() {
+                    if prev == '*' && d == '/' {
+                        break;
+                    }
+                    prev = d;
+                }
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Compiles a prompt file.
+pub fn compile_prompt(file: &SourceFile) -> (Option<CompiledPrompt>, Vec<Diagnostic>) {
+    let spec = match spec::parse_prompt(&file.origin, &file.text) {
+        Ok(s) => s,
+        Err(d) => return (None, d),
+    };
+    let mut out = Vec::new();
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    for (i, m) in spec.messages.iter().enumerate() {
+        if let Err(e) = env.add_template_owned(i.to_string(), m.text.clone()) {
+            out.push(
+                Diagnostic::new(
+                    Code::E005,
+                    &file.origin,
+                    format!("message {} does not compile: {e}", i + 1),
+                )
+                .at(spec::locate(&file.text, &format!("/messages/{i}/text"))),
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, a) in spec.arguments.iter().enumerate() {
+        if !seen.insert(a.name.as_str()) {
+            out.push(
+                Diagnostic::new(
+                    Code::E004,
+                    &file.origin,
+                    format!("argument `{}` is declared twice", a.name),
+                )
+                .at(spec::locate(&file.text, &format!("/arguments/{i}/name"))),
+            );
+        }
+    }
+    if file.stem() != spec.name {
+        out.push(
+            Diagnostic::new(
+                Code::W001,
+                &file.origin,
+                format!(
+                    "prompt `{}` lives in a file named `{}`",
+                    spec.name,
+                    file.stem()
+                ),
+            )
+            .help(format!("rename the file to `{}.yaml`", spec.name)),
+        );
+    }
+    if out.iter().any(Diagnostic::is_error) {
+        return (None, out);
+    }
+    (
+        Some(CompiledPrompt {
+            origin: file.origin.clone(),
+            spec,
+            env: PromptEnv(env),
+        }),
+        out,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> SourceFile {
+        SourceFile {
+            origin: format!("tools.d/{name}.yaml"),
+            text: text.to_string(),
+        }
+    }
+
+    const TOOL: &str = r#"
+name: demo
+description: A demo.
+safety: read_only
+input_schema:
+  type: object
+  additionalProperties: false
+  properties:
+    table: {type: string}
+    limit: {type: integer, default: 5}
+queries:
+  - name: rows
+    sql: SELECT * FROM t WHERE name = {{ table }} LIMIT {{ limit }}
+examples:
+  - args: {table: x}
+"#;
+
+    #[test]
+    fn a_good_tool_compiles_clean() {
+        let (tool, diags) = compile_tool(&file("demo", TOOL), &[]);
+        assert!(diags.is_empty(), "{diags:?}");
+        let tool = tool.unwrap();
+        let ctx = tool.context(serde_json::json!({"table": "x"}).as_object().unwrap());
+        assert_eq!(ctx["limit"], 5);
+    }
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        compile_tool(&file("demo", text), &[])
+            .1
+            .iter()
+            .map(|d| d.code.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn binds_inside_quotes_are_e006() {
+        assert_eq!(
+            codes(&TOOL.replace("name = {{ table }}", "name = '{{ table }}'")),
+            vec!["E006"]
+        );
+    }
+
+    #[test]
+    fn writes_in_read_only_tools_are_e009() {
+        assert_eq!(
+            codes(&TOOL.replace("SELECT * FROM t", "DELETE FROM t")),
+            vec!["E009"]
+        );
+        // A word inside a literal or comment is not a write.
+        assert!(codes(&TOOL.replace("SELECT *", "SELECT 'delete' AS x, * /* drop */")).is_empty());
+    }
+
+    #[test]
+    fn bad_examples_and_templates_are_reported() {
+        assert_eq!(
+            codes(&TOOL.replace("args: {table: x}", "args: {table: 3}")),
+            vec!["E007"]
+        );
+        assert_eq!(
+            codes(&TOOL.replace("{{ limit }}", "{{ limit }")),
+            vec!["E005"]
+        );
+        assert_eq!(
+            codes(&TOOL.replace("{{ limit }}", "{{ nope }}")),
+            vec!["E008"]
+        );
+        assert_eq!(
+            codes(&TOOL.replace("type: object\n", "type: objekt\n")),
+            vec!["E002"]
+        );
+    }
+
+    #[test]
+    fn name_must_match_file_and_execute_needs_a_token() {
+        let (tool, d) = compile_tool(&file("other", TOOL), &[]);
+        assert!(tool.is_some());
+        assert_eq!(d[0].code, Code::W001);
+        assert!(
+            codes(
+                &TOOL
+                    .replace("read_only", "execute")
+                    .replace("SELECT * FROM t", "SELECT * FROM t")
+            )
+            .contains(&"E010")
+        );
+    }
+
+    #[test]
+    fn prompts_render_arguments() {
+        let text = "name: demo\ndescription: d\narguments: [{name: table, required: true}]\nmessages:\n  - role: user\n    text: Look at {{ table }}.\n";
+        let (p, d) = compile_prompt(&SourceFile {
+            origin: "prompts.d/demo.yaml".into(),
+            text: text.into(),
+        });
+        assert!(d.is_empty(), "{d:?}");
+        let p = p.unwrap();
+        let args = serde_json::json!({"table": "orders"});
+        assert_eq!(
+            p.render(args.as_object().unwrap()).unwrap()[0].1,
+            "Look at orders."
+        );
+        assert!(p.render(&Map::new()).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! Configuration: flags > environment > file > defaults, into one typed [`Config`].
+//!
+//! Every key has one name in three spellings: `max_rows` in a file,
+//! `CITUS_MCP_MAX_ROWS` in the environment, `--max-rows` on the command line. The
+//! merged object is checked against `schemas/config.schema.json`; an error names the
+//! key and where its value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The JSON Schema of the configuration file.
+pub const CONFIG_SCHEMA: &str = include_str!("../schemas/config.schema.json");
+
+static SCHEMA: LazyLock<Value> =
+    LazyLock::new(|| serde_json::from_str(CONFIG_SCHEMA).expect("the config schema is valid JSON"));
+
+/// A value that must never be printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// read_only (the default) or admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    ReadOnly,
+    Admin,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub coordinator_dsn: Option<String>,
+    pub coordinator_user: Option<String>,
+    pub coordinator_password: Option<Secret>,
+    pub worker_dsns: Vec<String>,
+    pub mode: Mode,
+    pub allow_execute: bool,
+    pub approval_secret: Option<Secret>,
+    pub cache_ttl_seconds: u64,
+    pub enable_caching: bool,
+    pub max_rows: u32,
+    pub max_text_bytes: u32,
+    pub connect_timeout_seconds: u64,
+    pub statement_timeout_ms: u32,
+    pub log_level: String,
+    pub tools_dirs: Vec<PathBuf>,
+    pub prompts_dirs: Vec<PathBuf>,
+    pub disabled_tools: Vec<String>,
+    /// Where each key that is not a default came from.
+    #[serde(skip)]
+    pub sources: BTreeMap<String, Source>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            coordinator_dsn: None,
+            coordinator_user: None,
+            coordinator_password: None,
+            worker_dsns: vec![],
+            mode: Mode::ReadOnly,
+            allow_execute: false,
+            approval_secret: None,
+            cache_ttl_seconds: 5,
+            enable_caching: true,
+            max_rows: 1000,
+            max_text_bytes: 200_000,
+            connect_timeout_seconds: 10,
+            statement_timeout_ms: 30_000,
+            log_level: "info".into(),
+            tools_dirs: vec![],
+            prompts_dirs: vec![],
+            disabled_tools: vec![],
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(k) => write!(f, "flag --{k}"),
+        }
+    }
+}
+
+/// An invalid configuration: one message that names the key and its source.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The keys of the configuration, in schema order.
+pub fn keys() -> Vec<String> {
+    SCHEMA["properties"]
+        .as_object()
+        .expect("schema has properties")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Values given on the command line, by file key (`max_rows`), as typed.
+pub type Flags = BTreeMap<String, String>;
+
+/// Loads the configuration from the layers. `explicit_file` is `--config`; `env` is
+/// the process environment (a parameter so tests can pass their own).
+pub fn load(
+    explicit_file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    flags: &Flags,
+) -> Result<Config, ConfigError> {
+    let mut merged = Map::new();
+    let mut sources = BTreeMap::new();
+
+    if let Some(path) = find_file(explicit_file, env) {
+        let file = read_file(&path)?;
+        for (k, v) in file {
+            sources.insert(k.clone(), Source::File(path.clone()));
+            merged.insert(k, v);
+        }
+    }
+    for key in keys() {
+        let var = format!("CITUS_MCP_{}", key.to_ascii_uppercase());
+        if let Some(raw) = env.get(&var) {
+            let source = Source::Env(var);
+            merged.insert(key.clone(), typed(&key, raw, &source)?);
+            sources.insert(key, source);
+        }
+    }
+    for (key, raw) in flags {
+        let source = Source::Flag(key.replace('_', "-"));
+        merged.insert(key.clone(), typed(key, raw, &source)?);
+        sources.insert(key.clone(), source);
+    }
+
+    let merged = Value::Object(merged);
+    let validator = jsonschema::validator_for(&SCHEMA).expect("the config schema compiles");
+    if let Some(e) = validator.iter_errors(&merged).next() {
+        let path = e.instance_path().to_string();
+        let key = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let from = sources
+            .get(&key)
+            .map_or_else(String::new, |s| format!(" (from {s})"));
+        // Secrets must not be echoed back in the message.
+        let message = if key.contains("password") || key.contains("secret") {
+            e.masked().to_string()
+        } else {
+            e.to_string()
+        };
+        return Err(ConfigError(if key.is_empty() {
+            format!("{message}")
+        } else {
+            format!("`{key}`{from}: {message}")
+        }));
+    }
+    let mut config: Config =
+        serde_json::from_value(merged).map_err(|e| ConfigError(e.to_string()))?;
+    config.sources = sources;
+    Ok(config)
+}
+
+/// `--config`, `CITUS_MCP_CONFIG`, then the usual places; the first that exists.
+fn find_file(explicit: Option<&Path>, env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env.get("CITUS_MCP_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Some(x) = env.get("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        candidates.push(Path::new(x).join("citus-mcp/config.yaml"));
+    }
+    if let Some(h) = env.get("HOME").filter(|h| !h.is_empty()) {
+        candidates.push(Path::new(h).join(".config/citus-mcp/config.yaml"));
+    }
+    candidates.push(PathBuf::from("citus-mcp.yaml"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
+    let value: Value = match ext {
+        "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
+        _ => serde_yaml::from_str(&text).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| {
+        ConfigError(format!(
+            "config file {} does not parse: {e}",
+            path.display()
+        ))
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        _ => Err(ConfigError(format!(
+            "config file {} must be a mapping of keys to values",
+            path.display()
+        ))),
+    }
+}
+
+/// Turns a string from the environment or a flag into the JSON type the schema wants.
+fn typed(key: &str, raw: &str, source: &Source) -> Result<Value, ConfigError> {
+    let Some(prop) = SCHEMA["properties"].get(key) else {
+        return Err(ConfigError(format!("unknown key `{key}` (from {source})")));
+    };
+    let secret = key.contains("password") || key.contains("secret");
+    let shown = if secret {
+        "<redacted>".to_string()
+    } else {
+        format!("`{raw}`")
+    };
+    let err = |want: &str| {
+        ConfigError(format!(
+            "`{key}` (from {source}): expected {want}, got {shown}"
+        ))
+    };
+    Ok(match prop.get("type").and_then(Value::as_str) {
+        Some("integer") => Value::from(raw.trim().parse::<i64>().map_err(|_| err("an integer"))?),
+        Some("boolean") => Value::Bool(match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(err("true or false")),
+        }),
+        Some("array") => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect(),
+        ),
+        _ => Value::from(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "max_rows: 10\nstatement_timeout_ms: 111\ncache_ttl_seconds: 7\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("CITUS_MCP_MAX_ROWS", "20"),
+            ("CITUS_MCP_STATEMENT_TIMEOUT_MS", "222"),
+        ]);
+        let flags = Flags::from([("max_rows".to_string(), "30".to_string())]);
+        let c = load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.max_rows, 30);
+        assert_eq!(c.statement_timeout_ms, 222);
+        assert_eq!(c.cache_ttl_seconds, 7);
+        assert_eq!(c.connect_timeout_seconds, 10);
+        assert_eq!(c.sources["max_rows"], Source::Flag("max-rows".into()));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_source() {
+        let e = load(None, &env(&[("CITUS_MCP_MAX_ROWS", "lots")]), &Flags::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`max_rows` (from environment variable CITUS_MCP_MAX_ROWS)"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "mode = \"superuser\"\n").unwrap();
+        let e = load(Some(&file), &env(&[]), &Flags::new()).unwrap_err();
+        assert!(e.to_string().contains("`mode` (from config file"), "{e}");
+        std::fs::write(&file, "max_rowz = 3\n").unwrap();
+        let e = load(Some(&file), &env(&[]), &Flags::new()).unwrap_err();
+        assert!(e.to_string().contains("max_rowz"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_APPROVAL_SECRET", "tiny-s3cret")]),
+            &Flags::new(),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("tiny-s3cret"), "{e}");
+        let c = load(
+            None,
+            &env(&[("CITUS_MCP_COORDINATOR_PASSWORD", "hunter2")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_json_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, r#"{"disabled_tools": ["a"], "mode": "admin"}"#).unwrap();
+        let c = load(
+            Some(&file),
+            &env(&[("CITUS_MCP_TOOLS_DIRS", "/a, /b")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert_eq!(c.tools_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.disabled_tools, vec!["a"]);
+        assert_eq!(c.mode, Mode::Admin);
+    }
+}

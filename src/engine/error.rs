@@ -1,0 +1,164 @@
+//! The errors a tool call can end in, with stable codes and hints.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::db::DbError;
+
+/// A stable error code. Tool files may add their own (`on_empty.code`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    UnknownTool,
+    NotConfigured,
+    NotCitus,
+    CitusTooOld,
+    NotFound,
+    ExecuteDisabled,
+    ApprovalRequired,
+    ApprovalInvalid,
+    Timeout,
+    Cancelled,
+    NodeUnreachable,
+    PermissionDenied,
+    ReadOnly,
+    DbError,
+    Internal,
+    /// A code declared by a tool file.
+    Custom(String),
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::UnknownTool => "UNKNOWN_TOOL",
+            ErrorCode::NotConfigured => "NOT_CONFIGURED",
+            ErrorCode::NotCitus => "NOT_CITUS",
+            ErrorCode::CitusTooOld => "CITUS_TOO_OLD",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::ExecuteDisabled => "EXECUTE_DISABLED",
+            ErrorCode::ApprovalRequired => "APPROVAL_REQUIRED",
+            ErrorCode::ApprovalInvalid => "APPROVAL_INVALID",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::NodeUnreachable => "NODE_UNREACHABLE",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::ReadOnly => "READ_ONLY",
+            ErrorCode::DbError => "DB_ERROR",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Custom(c) => c,
+        }
+    }
+
+    /// The code for a string from a tool file.
+    pub fn parse(s: &str) -> ErrorCode {
+        [
+            ErrorCode::InvalidArgument,
+            ErrorCode::UnknownTool,
+            ErrorCode::NotConfigured,
+            ErrorCode::NotCitus,
+            ErrorCode::CitusTooOld,
+            ErrorCode::NotFound,
+            ErrorCode::ExecuteDisabled,
+            ErrorCode::ApprovalRequired,
+            ErrorCode::ApprovalInvalid,
+            ErrorCode::Timeout,
+            ErrorCode::Cancelled,
+            ErrorCode::NodeUnreachable,
+            ErrorCode::PermissionDenied,
+            ErrorCode::ReadOnly,
+            ErrorCode::DbError,
+            ErrorCode::Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .unwrap_or_else(|| ErrorCode::Custom(s.to_string()))
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A failed tool call: what the model sees, with `isError: true`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Every problem, for errors that have several (invalid arguments).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+}
+
+impl ToolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ToolError {
+            code,
+            message: message.into(),
+            hint: None,
+            problems: vec![],
+            sqlstate: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The compact text form: `ERROR CODE: message` plus problems and hint.
+    pub fn text(&self) -> String {
+        let mut s = format!("ERROR {}: {}", self.code.as_str(), self.message);
+        for p in &self.problems {
+            s.push_str("\n- ");
+            s.push_str(p);
+        }
+        if let Some(h) = &self.hint {
+            s.push_str("\nhint: ");
+            s.push_str(h);
+        }
+        s
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl From<DbError> for ToolError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Connect { .. } => ToolError::new(ErrorCode::NodeUnreachable, e.to_string())
+                .hint("check coordinator_dsn, that the coordinator is up, and the network; the next call reconnects"),
+            DbError::Timeout(_) => ToolError::new(ErrorCode::Timeout, e.to_string())
+                .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"),
+            DbError::Cancelled => ToolError::new(ErrorCode::Cancelled, e.to_string()),
+            DbError::Decode { .. } => ToolError::new(ErrorCode::Internal, e.to_string()),
+            DbError::Sql { sqlstate, message, detail, hint } => {
+                let code = match sqlstate.as_str() {
+                    // invalid_text_representation, numeric out of range, invalid name syntax, ...
+                    s if s.starts_with("22") || s == "42602" || s == "42704" || s == "3F000" => ErrorCode::InvalidArgument,
+                    "42501" => ErrorCode::PermissionDenied,
+                    "25006" => ErrorCode::ReadOnly,
+                    s if s.starts_with("08") || s.starts_with("57P") => ErrorCode::NodeUnreachable,
+                    _ => ErrorCode::DbError,
+                };
+                let message = match detail {
+                    Some(d) => format!("{message} ({d})"),
+                    None => message,
+                };
+                ToolError { code, message, hint, problems: vec![], sqlstate: Some(sqlstate) }
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Runs one tool call: check → validate arguments → render → execute → shape →
+//! truncate → cache.
+//!
+//! The engine holds the current registry snapshot (swapped whole by the watcher) and
+//! the database. It returns [`ToolOutput`] or [`ToolError`]; it knows nothing about MCP.
+
+mod error;
+pub mod shape;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ErrorCode, ToolError};
+pub use shape::ToolOutput;
+
+use crate::compile::CompiledTool;
+use crate::db::{Db, ServerFacts, Statement};
+use crate::registry::Registry;
+use crate::spec::{Paging, Safety, Shape};
+use shape::{Page, Part};
+
+/// Who may run what, and the default limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub admin: bool,
+    pub allow_execute: bool,
+    pub max_rows: u32,
+    pub max_bytes: u32,
+    pub statement_timeout_ms: u32,
+    pub cache_ttl_s: u64,
+    pub enable_caching: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin: false,
+            allow_execute: false,
+            max_rows: 1000,
+            max_bytes: 200_000,
+            statement_timeout_ms: 30_000,
+            cache_ttl_s: 5,
+            enable_caching: true,
+        }
+    }
+}
+
+const CACHE_CAPACITY: usize = 256;
+
+/// The tool-call engine, shared by every session.
+pub struct Engine {
+    registry: RwLock<Arc<Registry>>,
+    db: Option<Db>,
+    pub settings: Settings,
+    cache: Mutex<HashMap<String, (Instant, ToolOutput)>>,
+}
+
+impl Engine {
+    pub fn new(registry: Registry, db: Option<Db>, settings: Settings) -> Engine {
+        Engine {
+            registry: RwLock::new(Arc::new(registry)),
+            db,
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().expect("registry lock").clone()
+    }
+
+    /// Swaps in a new snapshot; cached results of the old one are dropped.
+    pub fn swap(&self, registry: Registry) -> Arc<Registry> {
+        let new = Arc::new(registry);
+        let old = std::mem::replace(&mut *self.registry.write().expect("registry lock"), new);
+        self.cache.lock().expect("cache lock").clear();
+        old
+    }
+
+    pub fn db(&self) -> Option<&Db> {
+        self.db.as_ref()
+    }
+
+    /// Whether a tool is offered to clients under the current mode.
+    pub fn visible(&self, tool: &CompiledTool) -> bool {
+        tool.spec.safety != Safety::Execute || (self.settings.admin && self.settings.allow_execute)
+    }
+
+    /// The tools offered to clients, in name order.
+    pub fn visible_tools(&self) -> Vec<Arc<CompiledTool>> {
+        self.registry()
+            .tools
+            .values()
+            .filter(|t| self.visible(t))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs a tool by name.
+    pub async fn call(
+        &self,
+        name: &str,
+        args: Value,
+        cancel: &CancellationToken,
+    ) -> Result<ToolOutput, ToolError> {
+        let registry = self.registry();
+        let tool = registry
+            .tools
+            .get(name)
+            .filter(|t| self.visible(t) || t.spec.safety == Safety::Execute)
+            .cloned()
+            .ok_or_else(|| {
+                ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
+                    .hint("call tools/list for the tools this server offers")
+            })?;
+        if !self.visible(&tool) {
+            return Err(ToolError::new(
+                ErrorCode::ExecuteDisabled,
+                format!("`{name}` changes the cluster and is disabled"),
+            )
+            .hint("start the server with --mode admin --allow-execute to offer execute tools"));
+        }
+        let args = match args {
+            Value::Null => Value::Object(Map::new()),
+            a => a,
+        };
+        let problems = tool.argument_errors(&args);
+        if !problems.is_empty() {
+            let mut e = ToolError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid arguments for `{name}`"),
+            )
+            .hint("the tool's inputSchema in tools/list says what it accepts");
+            e.problems = problems;
+            return Err(e);
+        }
+        let Value::Object(args) = args else {
+            unreachable!("the input schema requires an object")
+        };
+
+        if let Some(plugin) = &tool.spec.plugin {
+            return crate::plugins::call(plugin, self, &tool, &args, cancel).await;
+        }
+        if tool.spec.safety == Safety::Execute {
+            // Execute tools need the approval flow, which is not part of this engine yet.
+            return Err(ToolError::new(
+                ErrorCode::ApprovalRequired,
+                format!("`{name}` needs an approval token"),
+            )
+            .hint("this build serves read-only and plan tools only"));
+        }
+        let db = self.db.as_ref().ok_or_else(not_configured)?;
+        if let Some(req) = &tool.spec.requires.citus {
+            check_citus(&db.facts().await?, req)?;
+        }
+
+        let ttl = self.ttl(&tool);
+        let key = format!("{name}\u{0}{}", Value::Object(args.clone()));
+        if ttl > Duration::ZERO {
+            if let Some((at, out)) = self.cache.lock().expect("cache lock").get(&key) {
+                if at.elapsed() < ttl {
+                    return Ok(out.clone());
+                }
+            }
+        }
+        let out = self.run(&tool, args, db, cancel).await?;
+        if ttl > Duration::ZERO {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (Instant::now(), out.clone()));
+        }
+        Ok(out)
+    }
+
+    fn ttl(&self, tool: &CompiledTool) -> Duration {
+        if !self.settings.enable_caching {
+            return Duration::ZERO;
+        }
+        Duration::from_secs(tool.spec.cache_ttl_s.unwrap_or(self.settings.cache_ttl_s))
+    }
+
+    /// Renders and runs every query of a SQL tool, then shapes the result.
+    async fn run(
+        &self,
+        tool: &CompiledTool,
+        args: Map<String, Value>,
+        db: &Db,
+        cancel: &CancellationToken,
+    ) -> Result<ToolOutput, ToolError> {
+        let limits = &tool.spec.limits;
+        let max_rows = limits.max_rows.unwrap_or(self.settings.max_rows) as usize;
+        let max_bytes = limits.max_bytes.unwrap_or(self.settings.max_bytes) as usize;
+        let timeout = Duration::from_millis(
+            limits
+                .timeout_ms
+                .unwrap_or(self.settings.statement_timeout_ms)
+                .into(),
+        );
+
+        let mut ctx = tool.context(&args);
+        let pager = tool.pager().map(|(q, p)| (q.name.clone(), p.clone()));
+        let page = match &pager {
+            Some((_, paging)) => Some(PageRequest::from_args(tool, paging, &args, max_rows)?),
+            None => None,
+        };
+        if let Some(p) = &page {
+            ctx.insert("page".into(), p.context());
+        }
+        let ctx = Value::Object(ctx);
+
+        let mut statements = Vec::new();
+        let mut queries = Vec::new();
+        for q in &tool.spec.queries {
+            if q.when.is_some()
+                && !tool
+                    .templates
+                    .check(&format!("when:{}", q.name), &ctx)
+                    .map_err(render_error)?
+            {
+                continue;
+            }
+            let r = tool.templates.render(&q.name, &ctx).map_err(render_error)?;
+            let cap = match (&pager, &page) {
+                (Some((n, _)), Some(p)) if *n == q.name => p.size,
+                _ if q.shape == Shape::Many => max_rows,
+                _ => 1,
+            };
+            statements.push(Statement {
+                sql: r.sql,
+                binds: r.binds,
+                max_rows: cap,
+            });
+            queries.push(q);
+        }
+
+        let results = db.read_only(&statements, timeout, cancel).await?;
+        let mut parts = Vec::with_capacity(results.len());
+        for (q, rows) in queries.into_iter().zip(results) {
+            if let Some(empty) = &q.on_empty {
+                let is_empty = rows.rows.first().is_none_or(|r| {
+                    q.shape == Shape::Value && r.first().is_none_or(Value::is_null)
+                });
+                if is_empty {
+                    let mut e =
+                        ToolError::new(ErrorCode::parse(&empty.code), empty.message.clone());
+                    e.hint = empty.hint.clone();
+                    return Err(e);
+                }
+            }
+            parts.push(Part {
+                name: q.name.clone(),
+                shape: q.shape,
+                rows,
+            });
+        }
+
+        let cut = shape::fit(&mut parts, max_bytes);
+        let mut result_page = Page {
+            truncated: cut,
+            ..Page::default()
+        };
+        if let (Some((name, paging)), Some(req)) = (&pager, &page) {
+            if let Some(part) = parts.iter().find(|p| &p.name == name) {
+                if part.rows.more {
+                    match paging {
+                        Paging::Offset => {
+                            result_page.next_offset = Some(req.offset + part.rows.rows.len() as u64)
+                        }
+                        Paging::Keyset(cols) => {
+                            result_page.next_cursor = keyset_cursor(&tool.spec.name, cols, part)
+                        }
+                    }
+                }
+            }
+        }
+        Ok(shape::finish(&parts, &result_page))
+    }
+}
+
+fn not_configured() -> ToolError {
+    ToolError::new(ErrorCode::NotConfigured, "no coordinator is configured")
+        .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
+}
+
+fn render_error(e: crate::template::RenderError) -> ToolError {
+    ToolError::new(
+        ErrorCode::Internal,
+        format!("the tool's SQL template failed: {e}"),
+    )
+    .hint("run `citus-mcp lint` on the tool file")
+}
+
+/// Checks a `requires.citus` such as `>=11.0` against the server.
+pub fn check_citus(facts: &ServerFacts, requirement: &str) -> Result<(), ToolError> {
+    let Some(have) = facts.citus_release() else {
+        return Err(ToolError::new(ErrorCode::NotCitus, "the database does not have the citus extension")
+            .hint("point citus-mcp at the coordinator of a Citus cluster (CREATE EXTENSION citus there), or use the tools that work on plain PostgreSQL: ping, server_info"));
+    };
+    let want: Vec<u32> = requirement
+        .trim_start_matches(">=")
+        .trim()
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if have < want {
+        let want_s = want
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
+        let have_s = have
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
+        return Err(ToolError::new(
+            ErrorCode::CitusTooOld,
+            format!("this tool needs Citus {want_s} or later; the cluster runs {have_s}"),
+        )
+        .hint("upgrade Citus, or use another tool"));
+    }
+    Ok(())
+}
+
+/// The page a caller asked for.
+struct PageRequest {
+    size: usize,
+    offset: u64,
+    after: Option<Map<String, Value>>,
+}
+
+impl PageRequest {
+    fn from_args(
+        tool: &CompiledTool,
+        paging: &Paging,
+        args: &Map<String, Value>,
+        max_rows: usize,
+    ) -> Result<PageRequest, ToolError> {
+        let size = args
+            .get("limit")
+            .and_then(Value::as_u64)
+            .map_or(max_rows, |l| (l as usize).min(max_rows))
+            .max(1);
+        let offset = args.get("offset").and_then(Value::as_u64).unwrap_or(0);
+        let after = match (paging, args.get("cursor").and_then(Value::as_str)) {
+            (Paging::Keyset(cols), Some(c)) => Some(decode_cursor(&tool.spec.name, cols, c)?),
+            _ => None,
+        };
+        Ok(PageRequest {
+            size,
+            offset,
+            after,
+        })
+    }
+
+    fn context(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("size".into(), Value::from(self.size));
+        m.insert("offset".into(), Value::from(self.offset));
+        if let Some(a) = &self.after {
+            m.insert("after".into(), Value::Object(a.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+fn keyset_cursor(tool: &str, cols: &[String], part: &Part) -> Option<String> {
+    let last = part.rows.rows.last()?;
+    let mut key = Map::new();
+    for c in cols {
+        let i = part.rows.columns.iter().position(|col| &col.name == c)?;
+        key.insert(c.clone(), last[i].clone());
+    }
+    let body = serde_json::json!({"t": tool, "k": key});
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string()))
+}
+
+fn decode_cursor(
+    tool: &str,
+    cols: &[String],
+    cursor: &str,
+) -> Result<Map<String, Value>, ToolError> {
+    let bad = || {
+        ToolError::new(ErrorCode::InvalidArgument, "the cursor is not one this tool returned").hint("pass next_cursor from the previous page unchanged, or leave cursor out for the first page")
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if v.get("t").and_then(Value::as_str) != Some(tool) {
+        return Err(bad());
+    }
+    let key = v
+        .get("k")
+        .and_then(Value::as_object)
+        .cloned()
+        .ok_or_else(bad)?;
+    if cols.iter().any(|c| !key.contains_key(c)) || key.len() != cols.len() {
+        return Err(bad());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(v: Option<&str>) -> ServerFacts {
+        ServerFacts {
+            server_version: "15.20".into(),
+            server_version_num: 150020,
+            citus_extension: None,
+            citus_version: v.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn citus_requirements() {
+        assert_eq!(
+            check_citus(&facts(None), ">=11.0").unwrap_err().code,
+            ErrorCode::NotCitus
+        );
+        assert!(
+            check_citus(
+                &facts(Some("Citus 13.2.2 on x86_64-pc-linux-gnu")),
+                ">=11.0"
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check_citus(&facts(Some("Citus 10.2.5 on x86_64")), ">=11.0")
+                .unwrap_err()
+                .code,
+            ErrorCode::CitusTooOld
+        );
+        assert!(check_citus(&facts(Some("Citus 13.2.2 on x")), ">=13.2.2").is_ok());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_foreign_ones() {
+        use crate::db::{Column, Rows};
+        let part = Part {
+            name: "t".into(),
+            shape: Shape::Many,
+            rows: Rows {
+                columns: vec![
+                    Column {
+                        name: "s".into(),
+                        type_name: "text".into(),
+                    },
+                    Column {
+                        name: "n".into(),
+                        type_name: "text".into(),
+                    },
+                ],
+                rows: vec![vec!["public".into(), "orders".into()]],
+                more: true,
+            },
+        };
+        let cols = vec!["s".to_string(), "n".to_string()];
+        let c = keyset_cursor("tool", &cols, &part).unwrap();
+        let k = decode_cursor("tool", &cols, &c).unwrap();
+        assert_eq!(k["n"], "orders");
+        assert_eq!(
+            decode_cursor("other", &cols, &c).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            decode_cursor("tool", &cols, "garbage!").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! citus-mcp: a declarative MCP server for Citus clusters.
+//!
+//! Data flows one way: file → [`spec`] → [`compile`] → [`registry`] → [`engine`] →
+//! [`db`] → shaped result → [`server`]. See ARCHITECTURE.md for the map.
+
+pub mod compile;
+pub mod config;
+pub mod db;
+pub mod diagnostic;
+pub mod engine;
+pub mod lint;
+pub mod plugins;
+pub mod registry;
+pub mod server;
+pub mod spec;
+pub mod template;
+pub mod watch;

@@ -1,0 +1,310 @@
+//! The live set of tools and prompts: an immutable snapshot, rebuilt and swapped whole.
+//!
+//! A [`Registry`] is built from layers of files: the built-in `tools.d/` and `prompts.d/`
+//! embedded in the binary, then each configured folder in order. A later layer overrides
+//! an earlier one by name. A file that fails to compile keeps the last good version of
+//! its tool (from the previous snapshot) serving, and its diagnostics are kept for
+//! `server_info` and the logs. Nobody mutates a registry; the watcher builds a new one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use include_dir::{Dir, include_dir};
+
+use crate::compile::{self, CompiledPrompt, CompiledTool, SourceFile};
+use crate::diagnostic::{Code, Diagnostic};
+
+static BUILTIN_TOOLS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/tools.d");
+static BUILTIN_PROMPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/prompts.d");
+
+/// The built-in tool files, embedded at build time.
+pub fn builtin_tools() -> Vec<SourceFile> {
+    embedded(&BUILTIN_TOOLS, "tools.d")
+}
+
+/// The built-in prompt files, embedded at build time.
+pub fn builtin_prompts() -> Vec<SourceFile> {
+    embedded(&BUILTIN_PROMPTS, "prompts.d")
+}
+
+fn embedded(dir: &Dir<'_>, label: &str) -> Vec<SourceFile> {
+    let mut files: Vec<SourceFile> = dir
+        .files()
+        .filter(|f| is_spec_file(f.path()))
+        .filter_map(|f| {
+            Some(SourceFile {
+                origin: format!("builtin:{label}/{}", f.path().display()),
+                text: f.contents_utf8()?.to_string(),
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.origin.cmp(&b.origin));
+    files
+}
+
+/// Whether a path names a spec file: `*.yaml` / `*.yml`, not hidden, not an editor backup.
+pub fn is_spec_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Reads the spec files of one folder (not recursive), sorted by name.
+pub fn read_dir(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
+    let label = dir.display().to_string();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return (
+                vec![],
+                vec![Diagnostic::new(
+                    Code::E001,
+                    &label,
+                    format!("cannot read folder: {e}"),
+                )],
+            );
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_spec_file(p))
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => files.push(SourceFile { origin, text }),
+            Err(e) => problems.push(Diagnostic::new(
+                Code::E001,
+                origin,
+                format!("cannot read file: {e}"),
+            )),
+        }
+    }
+    (files, problems)
+}
+
+/// Everything a registry is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Tool files by layer; later layers override earlier ones by name.
+    pub tools: Vec<Vec<SourceFile>>,
+    pub prompts: Vec<Vec<SourceFile>>,
+    /// Problems met while reading the sources (missing folders, unreadable files).
+    pub problems: Vec<Diagnostic>,
+}
+
+impl Sources {
+    /// The built-ins plus the files of the given folders, read now.
+    pub fn gather(tool_dirs: &[PathBuf], prompt_dirs: &[PathBuf]) -> Sources {
+        let mut s = Sources {
+            tools: vec![builtin_tools()],
+            prompts: vec![builtin_prompts()],
+            problems: vec![],
+        };
+        for dir in tool_dirs {
+            let (files, problems) = read_dir(dir);
+            s.tools.push(files);
+            s.problems.extend(problems);
+        }
+        for dir in prompt_dirs {
+            let (files, problems) = read_dir(dir);
+            s.prompts.push(files);
+            s.problems.extend(problems);
+        }
+        s
+    }
+}
+
+/// One immutable snapshot of the served tools and prompts.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub tools: BTreeMap<String, Arc<CompiledTool>>,
+    pub prompts: BTreeMap<String, Arc<CompiledPrompt>>,
+    /// Every problem found while building this snapshot (warnings included).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Registry {
+    /// Builds a snapshot. `previous` supplies the last good version of any tool whose
+    /// file no longer compiles; `disabled` names tools and prompts to leave out.
+    pub fn build(
+        sources: &Sources,
+        previous: Option<&Registry>,
+        disabled: &[String],
+        plugins: &[&str],
+    ) -> Registry {
+        let mut reg = Registry {
+            diagnostics: sources.problems.clone(),
+            ..Default::default()
+        };
+        for layer in &sources.tools {
+            let mut layer_names = BTreeMap::new();
+            for file in layer {
+                let (tool, diags) = compile::compile_tool(file, plugins);
+                reg.diagnostics.extend(diags);
+                let tool = match tool {
+                    Some(t) => Arc::new(t),
+                    None => match previous
+                        .and_then(|p| p.tools.values().find(|t| t.origin == file.origin))
+                    {
+                        Some(last_good) => {
+                            tracing::warn!(file = %file.origin, tool = %last_good.spec.name, "keeping the last good version of the tool");
+                            last_good.clone()
+                        }
+                        None => continue,
+                    },
+                };
+                let name = tool.spec.name.clone();
+                if let Some(first) = layer_names.insert(name.clone(), file.origin.clone()) {
+                    reg.diagnostics.push(
+                        Diagnostic::new(
+                            Code::E004,
+                            &file.origin,
+                            format!("tool `{name}` is also declared in {first}"),
+                        )
+                        .help("tool names are unique within a folder; the first file wins"),
+                    );
+                    layer_names.insert(name, first);
+                    continue;
+                }
+                reg.tools.insert(name, tool);
+            }
+        }
+        for layer in &sources.prompts {
+            for file in layer {
+                let (prompt, diags) = compile::compile_prompt(file);
+                reg.diagnostics.extend(diags);
+                let prompt = match prompt {
+                    Some(p) => Arc::new(p),
+                    None => match previous
+                        .and_then(|p| p.prompts.values().find(|t| t.origin == file.origin))
+                    {
+                        Some(last_good) => last_good.clone(),
+                        None => continue,
+                    },
+                };
+                reg.prompts.insert(prompt.spec.name.clone(), prompt);
+            }
+        }
+        for name in disabled {
+            reg.tools.remove(name);
+            reg.prompts.remove(name);
+        }
+        reg
+    }
+
+    /// The errors (not warnings) of this snapshot.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    /// Whether `other` serves a different set of tools (names or definitions).
+    pub fn tools_differ(&self, other: &Registry) -> bool {
+        self.tools.len() != other.tools.len()
+            || self
+                .tools
+                .iter()
+                .zip(other.tools.iter())
+                .any(|((a, ta), (b, tb))| a != b || !Arc::ptr_eq(ta, tb))
+    }
+
+    /// Whether `other` serves a different set of prompts.
+    pub fn prompts_differ(&self, other: &Registry) -> bool {
+        self.prompts.len() != other.prompts.len()
+            || self
+                .prompts
+                .iter()
+                .zip(other.prompts.iter())
+                .any(|((a, pa), (b, pb))| a != b || !Arc::ptr_eq(pa, pb))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, sql: &str) -> String {
+        format!(
+            "name: {name}\ndescription: d\nsafety: read_only\nqueries:\n  - name: q\n    sql: {sql}\nexamples:\n  - args: {{}}\n"
+        )
+    }
+
+    fn src(origin: &str, text: String) -> SourceFile {
+        SourceFile {
+            origin: origin.into(),
+            text,
+        }
+    }
+
+    #[test]
+    fn builtins_compile_without_errors() {
+        let reg = Registry::build(
+            &Sources {
+                tools: vec![builtin_tools()],
+                prompts: vec![builtin_prompts()],
+                problems: vec![],
+            },
+            None,
+            &[],
+            crate::plugins::NAMES,
+        );
+        let errors: Vec<_> = reg.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+        assert!(reg.tools.len() >= 9);
+    }
+
+    #[test]
+    fn later_layers_override_and_bad_files_keep_the_last_good_tool() {
+        let base = Sources {
+            tools: vec![vec![src("a/t.yaml", tool("t", "SELECT 1"))]],
+            ..Default::default()
+        };
+        let first = Registry::build(&base, None, &[], &[]);
+        assert_eq!(first.tools["t"].spec.queries[0].sql, "SELECT 1");
+
+        let broken = Sources {
+            tools: vec![vec![src("a/t.yaml", "name: t\nsafety: [".into())]],
+            ..Default::default()
+        };
+        let second = Registry::build(&broken, Some(&first), &[], &[]);
+        assert!(Arc::ptr_eq(&first.tools["t"], &second.tools["t"]));
+        assert_eq!(second.errors().count(), 1);
+        assert!(!first.tools_differ(&second));
+
+        let layered = Sources {
+            tools: vec![
+                vec![src("a/t.yaml", tool("t", "SELECT 1"))],
+                vec![src("b/t.yaml", tool("t", "SELECT 2"))],
+            ],
+            ..Default::default()
+        };
+        let third = Registry::build(&layered, None, &[], &[]);
+        assert_eq!(third.tools["t"].spec.queries[0].sql, "SELECT 2");
+
+        let removed = Registry::build(&Sources::default(), Some(&third), &[], &[]);
+        assert!(removed.tools.is_empty());
+        assert!(removed.tools_differ(&third));
+    }
+
+    #[test]
+    fn duplicate_names_in_one_folder_are_errors_and_disabled_tools_are_left_out() {
+        let s = Sources {
+            tools: vec![vec![
+                src("a/t.yaml", tool("t", "SELECT 1")),
+                src("a/u.yaml", tool("t", "SELECT 2")),
+            ]],
+            ..Default::default()
+        };
+        let reg = Registry::build(&s, None, &[], &[]);
+        assert_eq!(reg.tools["t"].spec.queries[0].sql, "SELECT 1");
+        assert!(reg.errors().any(|d| d.code == Code::E004));
+        let reg = Registry::build(&s, None, &["t".to_string()], &[]);
+        assert!(reg.tools.is_empty());
+    }
+}

@@ -1,0 +1,254 @@
+//! The MCP face of the engine: an rmcp `ServerHandler` over the shared registry.
+//!
+//! It converts engine types to MCP types and back, and forwards `list_changed`
+//! notifications. It never sees SQL: tool calls go to [`Engine::call`].
+
+#![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); we still advertise nothing else from it.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage,
+    Role as McpRole, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::compile::CompiledTool;
+use crate::engine::{Engine, ErrorCode};
+use crate::spec::{Role, Safety};
+
+/// What changed in the registry, for `list_changed` notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Tools,
+    Prompts,
+}
+
+/// The handler; cheap to clone, one per session.
+#[derive(Clone)]
+pub struct Server {
+    engine: Arc<Engine>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Server {
+    pub fn new(engine: Arc<Engine>, changes: broadcast::Sender<Change>) -> Server {
+        Server { engine, changes }
+    }
+}
+
+/// A tool as MCP lists it: schemas from YAML, annotations from the safety class.
+pub fn mcp_tool(t: &CompiledTool) -> Tool {
+    let spec = &t.spec;
+    let annotations = ToolAnnotations::new()
+        .read_only(spec.safety != Safety::Execute)
+        .destructive(spec.safety == Safety::Execute)
+        .idempotent(spec.safety != Safety::Execute)
+        .open_world(false);
+    let mut tool = Tool::new(
+        spec.name.clone(),
+        spec.description.trim().to_string(),
+        t.input_schema.clone(),
+    )
+    .with_annotations(annotations);
+    if let Some(title) = &spec.title {
+        tool = tool.with_title(title.clone());
+    }
+    if let Some(out) = &t.output_schema {
+        tool = tool.with_raw_output_schema(out.clone());
+    }
+    tool
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .build();
+        ServerConfig::new(caps)
+            .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Inspect a Citus cluster (distributed PostgreSQL). Start with citus_cluster_summary, then list_nodes, \
+                 citus_list_distributed_tables and citus_table_inspector. Everything is read-only unless the server runs in admin mode.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            self.engine
+                .visible_tools()
+                .iter()
+                .map(|t| mcp_tool(t))
+                .collect(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.engine
+            .registry()
+            .tools
+            .get(name)
+            .filter(|t| self.engine.visible(t))
+            .map(|t| mcp_tool(t))
+    }
+
+    async fn call_tool(
+        &self,
+        req: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = req.arguments.map(Value::Object).unwrap_or(Value::Null);
+        match self.engine.call(&req.name, args, &ctx.ct).await {
+            Ok(out) => {
+                let mut r = CallToolResult::success(vec![ContentBlock::text(out.text)]);
+                r.structured_content = Some(out.structured);
+                Ok(r.into())
+            }
+            Err(e) if e.code == ErrorCode::UnknownTool => {
+                Err(ErrorData::invalid_params(e.message, None))
+            }
+            Err(e) => {
+                tracing::info!(tool = %req.name, code = e.code.as_str(), "tool call failed: {}", e.message);
+                let mut r = CallToolResult::error(vec![ContentBlock::text(e.text())]);
+                r.structured_content = Some(serde_json::json!({"error": e}));
+                Ok(r.into())
+            }
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let prompts = self
+            .engine
+            .registry()
+            .prompts
+            .values()
+            .map(|p| {
+                let args: Vec<PromptArgument> = p
+                    .spec
+                    .arguments
+                    .iter()
+                    .map(|a| {
+                        let arg = PromptArgument::new(a.name.clone()).with_required(a.required);
+                        match &a.description {
+                            Some(d) => arg.with_description(d.clone()),
+                            None => arg,
+                        }
+                    })
+                    .collect();
+                let prompt = Prompt::new(
+                    p.spec.name.clone(),
+                    Some(p.spec.description.trim().to_string()),
+                    Some(args),
+                );
+                match &p.spec.title {
+                    Some(t) => prompt.with_title(t.clone()),
+                    None => prompt,
+                }
+            })
+            .collect();
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        req: GetPromptRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let registry = self.engine.registry();
+        let prompt = registry.prompts.get(&req.name).ok_or_else(|| {
+            ErrorData::invalid_params(format!("unknown prompt `{}`", req.name), None)
+        })?;
+        let args: serde_json::Map<String, Value> = req
+            .arguments
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect();
+        let messages = prompt
+            .render(&args)
+            .map_err(|e| ErrorData::invalid_params(e, None))?;
+        let messages = messages
+            .into_iter()
+            .map(|(role, text)| {
+                PromptMessage::new_text(
+                    if role == Role::User {
+                        McpRole::User
+                    } else {
+                        McpRole::Assistant
+                    },
+                    text,
+                )
+            })
+            .collect();
+        Ok(GetPromptResult::new(messages)
+            .with_description(prompt.spec.description.trim().to_string())
+            .into())
+    }
+
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        // Legacy sessions: push list_changed through this session's peer until it closes.
+        let peer = ctx.peer.clone();
+        let mut rx = self.changes.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let change = match rx.recv().await {
+                    Ok(c) => c,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Change::Tools,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                let sent = match change {
+                    Change::Tools => peer.notify_tool_list_changed().await,
+                    Change::Prompts => peer.notify_prompt_list_changed().await,
+                };
+                if sent.is_err() || peer.is_transport_closed() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, ctx: SubscriptionContext) -> Result<(), ErrorData> {
+        // 2026-07-28 sessions: notifications travel on the client's subscriptions/listen stream.
+        let mut rx = self.changes.subscribe();
+        loop {
+            tokio::select! {
+                () = ctx.cancelled() => return Ok(()),
+                change = rx.recv() => {
+                    let change = match change {
+                        Ok(c) => c,
+                        Err(broadcast::error::RecvError::Lagged(_)) => Change::Tools,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    // NotificationNotAccepted only means the client did not ask for that category.
+                    let _ = match change {
+                        Change::Tools => ctx.sink().notify_tool_list_changed().await,
+                        Change::Prompts => ctx.sink().notify_prompt_list_changed().await,
+                    };
+                }
+            }
+        }
+    }
+}

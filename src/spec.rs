@@ -1,0 +1,450 @@
+//! Tool and prompt files: the data model, parsing with source positions, and the
+//! meta-schema check.
+//!
+//! This module is pure: it turns text into [`ToolSpec`] / [`PromptSpec`] or a list of
+//! [`Diagnostic`]s. It knows nothing about templates, databases or MCP.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::diagnostic::{Code, Diagnostic, Position};
+
+/// The JSON Schema of a tool file, as shipped in `schemas/`.
+pub const TOOL_SPEC_SCHEMA: &str = include_str!("../schemas/tool-spec.schema.json");
+/// The JSON Schema of a prompt file, as shipped in `schemas/`.
+pub const PROMPT_SPEC_SCHEMA: &str = include_str!("../schemas/prompt-spec.schema.json");
+
+static TOOL_META: LazyLock<jsonschema::Validator> =
+    LazyLock::new(|| meta_validator(TOOL_SPEC_SCHEMA));
+static PROMPT_META: LazyLock<jsonschema::Validator> =
+    LazyLock::new(|| meta_validator(PROMPT_SPEC_SCHEMA));
+
+fn meta_validator(text: &str) -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(text).expect("the embedded meta-schema is valid JSON");
+    jsonschema::validator_for(&schema).expect("the embedded meta-schema compiles")
+}
+
+/// What a tool may do to the cluster, and therefore how it runs and when it is listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Safety {
+    /// Runs in a READ ONLY transaction; always listed.
+    ReadOnly,
+    /// Read only, returns a plan and the exact arguments to approve; always listed.
+    Plan,
+    /// Writes; needs an approval token; listed only in admin mode with allow_execute.
+    Execute,
+}
+
+/// Where a tool's queries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    #[default]
+    Coordinator,
+}
+
+/// How a query's rows become part of the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// A list of row objects.
+    #[default]
+    Many,
+    /// The first row as an object, or null.
+    One,
+    /// The first column of the first row, or null.
+    Value,
+}
+
+/// Per-tool limits; anything left out comes from the configuration.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_rows: Option<u32>,
+    pub max_bytes: Option<u32>,
+    pub timeout_ms: Option<u32>,
+}
+
+/// What the cluster must offer for the tool to work.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// A minimum Citus version such as `">=11.0"`; presence means the tool needs Citus.
+    pub citus: Option<String>,
+}
+
+/// How a query pages through a long result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paging {
+    /// `page.size` and `page.offset` are given to the template; the result has `next_offset`.
+    Offset,
+    /// `page.size` and, on later pages, `page.after.<col>`; the result has `next_cursor`.
+    Keyset(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Paging {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Mode(String),
+            Keyset { keyset: Vec<String> },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Mode(m) if m == "offset" => Ok(Paging::Offset),
+            Repr::Mode(m) => Err(serde::de::Error::custom(format!(
+                "unknown paging mode `{m}`, expected `offset` or `{{keyset: [columns]}}`"
+            ))),
+            Repr::Keyset { keyset } => Ok(Paging::Keyset(keyset)),
+        }
+    }
+}
+
+/// The error a query raises when it finds nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnEmpty {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// One templated statement of a tool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    pub name: String,
+    #[serde(default)]
+    pub shape: Shape,
+    pub sql: String,
+    /// A template expression over the arguments; the query is skipped when it is false.
+    pub when: Option<String>,
+    pub paging: Option<Paging>,
+    pub on_empty: Option<OnEmpty>,
+}
+
+/// What an example promises, checked by the generic example test.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// At least this many rows per `many` query.
+    #[serde(default)]
+    pub min_rows: BTreeMap<String, u64>,
+    /// The call fails with this error code.
+    pub error: Option<String>,
+}
+
+/// One example call of a tool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    pub title: Option<String>,
+    #[serde(default = "empty_object")]
+    pub args: Value,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A parsed tool file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: String,
+    pub safety: Safety,
+    #[serde(default = "default_input_schema")]
+    pub input_schema: Value,
+    #[serde(default)]
+    pub limits: Limits,
+    pub cache_ttl_s: Option<u64>,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub requires: Requires,
+    #[serde(default)]
+    pub queries: Vec<QuerySpec>,
+    /// A Rust implementation in `plugins` instead of `queries`.
+    pub plugin: Option<String>,
+    pub output_schema: Option<Value>,
+    #[serde(default)]
+    pub examples: Vec<Example>,
+}
+
+fn default_input_schema() -> Value {
+    serde_json::json!({"type": "object", "additionalProperties": false, "properties": {}})
+}
+
+/// A declared prompt argument.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptArgument {
+    pub name: String,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// Who speaks a prompt message; MCP allows only these two roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One templated message of a prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptMessage {
+    pub role: Role,
+    pub text: String,
+}
+
+/// A parsed prompt file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: String,
+    #[serde(default)]
+    pub arguments: Vec<PromptArgument>,
+    pub messages: Vec<PromptMessage>,
+}
+
+/// Parses a tool file; every problem found is returned, not just the first.
+pub fn parse_tool(file: &str, text: &str) -> Result<ToolSpec, Vec<Diagnostic>> {
+    parse(file, text, &TOOL_META)
+}
+
+/// Parses a prompt file; every problem found is returned, not just the first.
+pub fn parse_prompt(file: &str, text: &str) -> Result<PromptSpec, Vec<Diagnostic>> {
+    parse(file, text, &PROMPT_META)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    meta: &jsonschema::Validator,
+) -> Result<T, Vec<Diagnostic>> {
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(vec![yaml_error(file, &e)]),
+    };
+    let problems: Vec<Diagnostic> = meta
+        .iter_errors(&value)
+        .map(|e| {
+            let pointer = e.instance_path().to_string();
+            let at = if pointer.is_empty() {
+                String::new()
+            } else {
+                format!("{pointer}: ")
+            };
+            Diagnostic::new(Code::E002, file, format!("{at}{}", e.masked()))
+                .at(locate(text, &pointer))
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    serde_yaml::from_str(text).map_err(|e| vec![yaml_error(file, &e)])
+}
+
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let position = e.location().map(|l| Position {
+        line: l.line(),
+        column: l.column(),
+    });
+    // The location is already in the diagnostic; keep the message short.
+    let message = e.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    Diagnostic::new(Code::E001, file, message).at(position)
+}
+
+/// Finds where a JSON pointer (as produced by jsonschema) lives in block-style YAML.
+///
+/// This is a best-effort text walk, not a YAML parser: it follows keys and `- ` list
+/// items by indentation, and stops at the deepest segment it can find (which is
+/// still the right neighbourhood for flow-style `{...}` mappings).
+pub fn locate(text: &str, pointer: &str) -> Option<Position> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut range = 0..lines.len();
+    let mut parent_indent: isize = -1;
+    let mut found = None;
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        let hit = match seg.parse::<usize>() {
+            Ok(index) => find_item(&lines, range.clone(), parent_indent, index),
+            Err(_) => find_key(&lines, range.clone(), parent_indent, &seg),
+        };
+        let Some((line, indent)) = hit else { break };
+        found = Some(Position {
+            line: line + 1,
+            column: indent as usize + 1,
+        });
+        // A list item's block ends at the next line indented no deeper than its dash.
+        let block = if seg.parse::<usize>().is_ok() {
+            indent_of(lines[line])
+        } else {
+            indent
+        };
+        let end = (line + 1..range.end)
+            .find(|&l| {
+                let t = lines[l].trim_start();
+                !t.is_empty() && !t.starts_with('#') && indent_of(lines[l]) <= block
+            })
+            .unwrap_or(range.end);
+        range = line..end;
+        parent_indent = block;
+    }
+    found
+}
+
+fn indent_of(line: &str) -> isize {
+    (line.len() - line.trim_start().len()) as isize
+}
+
+/// The indentation of the content of a line, looking through leading `- ` markers.
+fn content_indent(line: &str) -> (isize, &str) {
+    let mut indent = indent_of(line);
+    let mut rest = line.trim_start();
+    while let Some(r) = rest.strip_prefix("- ") {
+        let r2 = r.trim_start();
+        indent += 2 + (r.len() - r2.len()) as isize;
+        rest = r2;
+    }
+    (indent, rest)
+}
+
+fn find_key(
+    lines: &[&str],
+    range: std::ops::Range<usize>,
+    parent: isize,
+    key: &str,
+) -> Option<(usize, isize)> {
+    let mut best: Option<(usize, isize)> = None;
+    for l in range {
+        let (indent, rest) = content_indent(lines[l]);
+        if indent <= parent {
+            continue;
+        }
+        let rest = rest.trim_start_matches(['"', '\'']);
+        if rest.starts_with(key)
+            && rest[key.len()..]
+                .trim_start_matches(['"', '\''])
+                .starts_with(':')
+        {
+            match best {
+                Some((_, i)) if i <= indent => {}
+                _ => best = Some((l, indent)),
+            }
+        }
+    }
+    best
+}
+
+fn find_item(
+    lines: &[&str],
+    range: std::ops::Range<usize>,
+    parent: isize,
+    index: usize,
+) -> Option<(usize, isize)> {
+    let mut item_indent = None;
+    let mut seen = 0;
+    for l in range {
+        let line = lines[l];
+        let indent = indent_of(line);
+        if !line.trim_start().starts_with("- ") && line.trim() != "-" {
+            continue;
+        }
+        if indent <= parent && !(parent >= 0 && indent == parent) {
+            continue;
+        }
+        match item_indent {
+            None => item_indent = Some(indent),
+            Some(i) if i != indent => continue,
+            Some(_) => {}
+        }
+        if seen == index {
+            return Some((l, content_indent(line).0));
+        }
+        seen += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: demo\ndescription: d\nsafety: read_only\nqueries:\n  - name: a\n    sql: SELECT 1\n  - name: b\n    sql: SELECT 2\nexamples:\n  - args: {}\n";
+
+    #[test]
+    fn parses_a_minimal_tool() {
+        let t = parse_tool("demo.yaml", GOOD).unwrap();
+        assert_eq!(t.name, "demo");
+        assert_eq!(t.queries.len(), 2);
+        assert_eq!(t.queries[1].shape, Shape::Many);
+        assert_eq!(t.safety, Safety::ReadOnly);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_positions() {
+        let text = GOOD.replace("    sql: SELECT 2", "    sql: SELECT 2\n    sqll: oops");
+        let errs = parse_tool("demo.yaml", &text).unwrap_err();
+        assert_eq!(errs[0].code, Code::E002);
+        assert!(errs[0].message.contains("sqll"), "{}", errs[0].message);
+        assert_eq!(errs[0].position.unwrap().line, 7);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "name: Bad Name\ndescription: 3\nsafety: maybe\n";
+        let errs = parse_tool("x.yaml", text).unwrap_err();
+        assert!(errs.len() >= 3, "{errs:?}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_carry_line_and_column() {
+        let errs = parse_tool("x.yaml", "name: [unclosed\n").unwrap_err();
+        assert_eq!(errs[0].code, Code::E001);
+        assert!(errs[0].position.is_some());
+    }
+
+    #[test]
+    fn locate_follows_keys_and_items() {
+        assert_eq!(
+            locate(GOOD, "/queries/1/sql"),
+            Some(Position { line: 8, column: 5 })
+        );
+        assert_eq!(
+            locate(GOOD, "/queries/0/name"),
+            Some(Position { line: 5, column: 5 })
+        );
+        assert_eq!(
+            locate(GOOD, "/safety"),
+            Some(Position { line: 3, column: 1 })
+        );
+    }
+
+    #[test]
+    fn paging_accepts_offset_and_keyset() {
+        let p: Paging = serde_yaml::from_str("offset").unwrap();
+        assert_eq!(p, Paging::Offset);
+        let p: Paging = serde_yaml::from_str("{keyset: [a, b]}").unwrap();
+        assert_eq!(p, Paging::Keyset(vec!["a".into(), "b".into()]));
+        assert!(serde_yaml::from_str::<Paging>("sideways").is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! SQL templates where every value is a bind parameter.
+//!
+//! A tool's SQL is a minijinja template. The formatter is replaced so that every
+//! `{{ expr }}` writes a placeholder `$n` and records the value; there is no way to
+//! paste a value into SQL text. Identifiers can only be placed through the `ident`
+//! filter, which validates and double-quotes them. This module is the only producer
+//! of SQL text in the project.
+
+use std::fmt::Write as _;
+
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+
+/// A rendered statement: SQL with `$1..$n` and the values that go with them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub sql: String,
+    pub binds: Vec<serde_json::Value>,
+}
+
+/// Why a template did not render.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderError(String);
+
+/// The bind values collected while one template renders.
+#[derive(Default)]
+struct Binds(Vec<serde_json::Value>);
+
+/// A set of named templates compiled in one environment (one per tool).
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// An empty set with the bind-parameter formatter and the `ident` filter.
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_recursion_limit(32);
+        env.set_formatter(bind_formatter);
+        env.add_filter("ident", ident);
+        Templates { env }
+    }
+
+    /// Compiles a SQL template under `name`.
+    pub fn add_sql(&mut self, name: &str, sql: &str) -> Result<(), RenderError> {
+        self.env
+            .add_template_owned(name.to_string(), sql.to_string())
+            .map_err(describe)
+    }
+
+    /// Compiles a boolean expression (such as a query's `when`) under `name`.
+    pub fn add_condition(&mut self, name: &str, expr: &str) -> Result<(), RenderError> {
+        // A condition is a template that prints a marker when the expression is true:
+        // it compiles once, and evaluating it never produces a bind.
+        self.add_sql(name, &format!("{{% if {expr} %}}1{{% endif %}}"))
+    }
+
+    /// Renders a SQL template with `context` (a JSON object of arguments).
+    pub fn render(&self, name: &str, context: &serde_json::Value) -> Result<Rendered, RenderError> {
+        let template = self.env.get_template(name).map_err(describe)?;
+        let captured = template
+            .render_captured(Value::from(Serde(context)))
+            .map_err(describe)?;
+        let binds = captured
+            .state()
+            .get_extension::<Binds>()
+            .map(|b| b.0.clone())
+            .unwrap_or_default();
+        Ok(Rendered {
+            sql: captured.into_output().trim().to_string(),
+            binds,
+        })
+    }
+
+    /// Evaluates a condition added with [`Templates::add_condition`].
+    pub fn check(&self, name: &str, context: &serde_json::Value) -> Result<bool, RenderError> {
+        Ok(self.render(name, context)?.sql == "1")
+    }
+}
+
+fn bind_formatter(
+    out: &mut minijinja::Output,
+    state: &mut State,
+    value: &Value,
+) -> Result<(), Error> {
+    if value.is_safe() {
+        // Only the `ident` filter produces safe strings.
+        return write!(out, "{value}")
+            .map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"));
+    }
+    let json = serde_json::to_value(value)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let binds = state.get_or_insert_extension(Binds::default());
+    binds.0.push(json);
+    let n = binds.0.len();
+    write!(out, "${n}").map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
+}
+
+/// `{{ name | ident }}`: a validated, double-quoted identifier, optionally schema-qualified.
+fn ident(value: String) -> Result<Value, Error> {
+    let mut quoted = String::with_capacity(value.len() + 4);
+    for (i, part) in value.split('.').enumerate() {
+        let valid = !part.is_empty()
+            && part.len() <= 63
+            && part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        if !valid || i > 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("`{value}` is not a valid identifier"),
+            ));
+        }
+        if i > 0 {
+            quoted.push('.');
+        }
+        let _ = write!(quoted, "\"{part}\"");
+    }
+    Ok(Value::from_safe_string(quoted))
+}
+
+fn describe(e: Error) -> RenderError {
+    let mut msg = e.to_string();
+    if let Some(detail) = e.detail() {
+        if !msg.contains(detail) {
+            msg = format!("{msg}: {detail}");
+        }
+    }
+    RenderError(msg)
+}
+
+/// Where the placeholders `$n` of a rendered statement fall in literal text.
+///
+/// Returns the placeholders that sit inside a quoted string, a quoted identifier, a
+/// dollar-quoted body or a comment, where the database would not see them as binds.
+pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
+    let bytes = sql.as_bytes();
+    let mut bad = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let end = match c {
+            b'\'' | b'"' => {
+                let mut j = i + 1;
+                while j < bytes.len() {
+                    if bytes[j] == c {
+                        if j + 1 < bytes.len() && bytes[j + 1] == c {
+                            j += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    j += 1;
+                }
+                Some(j + 1)
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                Some(sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1))
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => Some(
+                sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |n| i + 2 + n + 2),
+            ),
+            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                // A dollar quote: $tag$ ... $tag$
+                let tag_end = sql[i + 1..]
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .map(|n| i + 1 + n);
+                match tag_end {
+                    Some(t) if bytes[t] == b'$' => {
+                        let tag = &sql[i..=t];
+                        Some(
+                            sql[t + 1..]
+                                .find(tag)
+                                .map_or(bytes.len(), |n| t + 1 + n + tag.len()),
+                        )
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match end {
+            Some(end) => {
+                let end = end.min(bytes.len());
+                let literal = &sql[i..end];
+                let mut k = 0;
+                while let Some(p) = literal[k..].find('$') {
+                    let start = k + p + 1;
+                    let digits: String = literal[start..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    if !digits.is_empty() {
+                        bad.push(format!("${digits}"));
+                    }
+                    k = start;
+                }
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(sql: &str, ctx: serde_json::Value) -> Result<Rendered, RenderError> {
+        let mut t = Templates::new();
+        t.add_sql("q", sql)?;
+        t.render("q", &ctx)
+    }
+
+    #[test]
+    fn every_expression_becomes_a_bind() {
+        let r = render(
+            "SELECT * FROM t WHERE a = {{ a }} AND b = ANY({{ b }}) LIMIT {{ n + 1 }}",
+            json!({"a": "x", "b": [1, 2], "n": 10}),
+        )
+        .unwrap();
+        assert_eq!(
+            r.sql,
+            "SELECT * FROM t WHERE a = $1 AND b = ANY($2) LIMIT $3"
+        );
+        assert_eq!(r.binds, vec![json!("x"), json!([1, 2]), json!(11)]);
+    }
+
+    #[test]
+    fn hostile_strings_stay_data() {
+        for hostile in [
+            "x'; DROP TABLE t; --",
+            "$1",
+            "/* c */ 1; SELECT 2",
+            "\"quoted\"",
+            "ünï©ødé \u{0}",
+            "{{ 7*7 }}",
+        ] {
+            let r = render("SELECT {{ v }}::text", json!({"v": hostile})).unwrap();
+            assert_eq!(r.sql, "SELECT $1::text");
+            assert_eq!(r.binds, vec![json!(hostile)]);
+        }
+    }
+
+    #[test]
+    fn undefined_variables_are_errors_and_optionals_use_is_defined() {
+        assert!(render("SELECT {{ missing }}", json!({})).is_err());
+        let sql = "SELECT 1{% if s is defined %} WHERE s = {{ s }}{% endif %}";
+        assert_eq!(render(sql, json!({})).unwrap().sql, "SELECT 1");
+        assert_eq!(
+            render(sql, json!({"s": "a"})).unwrap().sql,
+            "SELECT 1 WHERE s = $1"
+        );
+    }
+
+    #[test]
+    fn ident_quotes_valid_identifiers_and_rejects_others() {
+        let r = render(
+            "SELECT {{ c | ident }} FROM {{ t | ident }}",
+            json!({"c": "name", "t": "public.orders"}),
+        )
+        .unwrap();
+        assert_eq!(r.sql, "SELECT \"name\" FROM \"public\".\"orders\"");
+        assert!(r.binds.is_empty());
+        for bad in ["a b", "x\"; drop", "", "a.b.c", "1abc"] {
+            assert!(
+                render("SELECT {{ c | ident }}", json!({"c": bad})).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_evaluate_without_binds() {
+        let mut t = Templates::new();
+        t.add_condition("w", "include_shards and limit > 3")
+            .unwrap();
+        assert!(
+            t.check("w", &json!({"include_shards": true, "limit": 4}))
+                .unwrap()
+        );
+        assert!(
+            !t.check("w", &json!({"include_shards": false, "limit": 4}))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn placeholders_in_literals_are_found() {
+        assert!(placeholders_outside_code("SELECT $1, '$$' , $2::int").is_empty());
+        assert_eq!(placeholders_outside_code("SELECT '$1'"), vec!["$1"]);
+        assert_eq!(
+            placeholders_outside_code("SELECT 1 -- $2\n, \"$3\""),
+            vec!["$2", "$3"]
+        );
+        assert_eq!(
+            placeholders_outside_code("SELECT $q$ $4 $q$, $5"),
+            vec!["$4"]
+        );
+    }
+}
