@@ -182,7 +182,7 @@ pub fn load(
             e.to_string()
         };
         return Err(ConfigError(if key.is_empty() {
-            format!("{message}")
+            message.to_string()
         } else {
             format!("`{key}`{from}: {message}")
         }));

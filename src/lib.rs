@@ -1,3 +1,4 @@
+#![deny(clippy::print_stdout, clippy::dbg_macro)]
 //! citus-mcp: a declarative MCP server for Citus clusters.
 //!
 //! Data flows one way: file → [`spec`] → [`compile`] → [`registry`] → [`engine`] →

@@ -120,16 +120,15 @@ pub async fn run(files: &[SourceFile], db: Option<&Db>) -> Vec<Diagnostic> {
         if is_prompt(file) {
             let (p, d) = compile::compile_prompt(file);
             out.extend(d);
-            if let Some(p) = p {
-                if let Some(first) =
+            if let Some(p) = p
+                && let Some(first) =
                     names.insert(format!("prompt:{}", p.spec.name), file.origin.clone())
-                {
-                    out.push(Diagnostic::new(
-                        Code::E004,
-                        &file.origin,
-                        format!("prompt `{}` is also declared in {first}", p.spec.name),
-                    ));
-                }
+            {
+                out.push(Diagnostic::new(
+                    Code::E004,
+                    &file.origin,
+                    format!("prompt `{}` is also declared in {first}", p.spec.name),
+                ));
             }
             continue;
         }

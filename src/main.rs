@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use citus_mcp::config::{self, Config, Flags, Mode};
 use citus_mcp::db::{Db, DbConfig, Dsn};
 use citus_mcp::engine::{Engine, Settings};
+use citus_mcp::lint;
 use citus_mcp::server::{self, Server};
 use citus_mcp::watch::Reloader;
-use citus_mcp::{lint, registry};
 
 /// An MCP server that lets AI assistants inspect and operate Citus clusters safely.
 #[derive(Parser)]
@@ -230,7 +230,7 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                 Format::Human => lint::render_human(&diags, &files),
                 Format::Json => lint::render_json(&diags, &files),
             };
-            println!("{}", out.trim_end());
+            print_out(out.trim_end());
             Ok(ExitCode::from(lint::exit_code(&diags) as u8))
         }
         Some(Command::Tools { command }) => {
@@ -239,12 +239,12 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                 ToolsCommand::List => {
                     for t in engine.visible_tools() {
                         let safety = serde_json::to_value(t.spec.safety)?;
-                        println!(
+                        print_out(&format!(
                             "{}\t{}\t{}",
                             t.spec.name,
                             safety.as_str().unwrap_or(""),
                             t.spec.title.as_deref().unwrap_or("")
-                        );
+                        ));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -254,7 +254,7 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                         .tools
                         .get(&name)
                         .with_context(|| format!("no tool named `{name}`"))?;
-                    println!("{}", serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    print_out(&serde_json::to_string_pretty(&server::mcp_tool(tool))?);
                     Ok(ExitCode::SUCCESS)
                 }
                 ToolsCommand::Call { name, args } => {
@@ -262,11 +262,11 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                         serde_json::from_str(&args).context("--args must be a JSON object")?;
                     match engine.call(&name, args, &CancellationToken::new()).await {
                         Ok(out) => {
-                            println!("{}", out.structured);
+                            print_out(&out.structured.to_string());
                             Ok(ExitCode::SUCCESS)
                         }
                         Err(e) => {
-                            println!("{}", serde_json::json!({"error": e}));
+                            print_out(&serde_json::json!({"error": e}).to_string());
                             eprintln!("{}", e.text());
                             Ok(ExitCode::from(1))
                         }
@@ -275,6 +275,13 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
             }
         }
     }
+}
+
+/// Prints a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_out(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 /// The coordinator pool, if a DSN is configured.
@@ -338,7 +345,6 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "no coordinator_dsn configured: only tools that need no database will work"
         ),
     }
-    let _ = registry::builtin_tools;
     let service = Server::new(engine, changes)
         .serve(rmcp::transport::stdio())
         .await

@@ -174,12 +174,8 @@ impl ServerHandler for Server {
         let prompt = registry.prompts.get(&req.name).ok_or_else(|| {
             ErrorData::invalid_params(format!("unknown prompt `{}`", req.name), None)
         })?;
-        let args: serde_json::Map<String, Value> = req
-            .arguments
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, Value::from(v)))
-            .collect();
+        let args: serde_json::Map<String, Value> =
+            req.arguments.unwrap_or_default().into_iter().collect();
         let messages = prompt
             .render(&args)
             .map_err(|e| ErrorData::invalid_params(e, None))?;

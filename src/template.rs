@@ -137,10 +137,10 @@ fn ident(value: String) -> Result<Value, Error> {
 
 fn describe(e: Error) -> RenderError {
     let mut msg = e.to_string();
-    if let Some(detail) = e.detail() {
-        if !msg.contains(detail) {
-            msg = format!("{msg}: {detail}");
-        }
+    if let Some(detail) = e.detail()
+        && !msg.contains(detail)
+    {
+        msg = format!("{msg}: {detail}");
     }
     RenderError(msg)
 }

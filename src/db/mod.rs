@@ -158,10 +158,10 @@ impl Db {
 
     /// Server and Citus versions; cached for a minute.
     pub async fn facts(&self) -> Result<ServerFacts, DbError> {
-        if let Some((at, f)) = self.facts.lock().expect("facts lock").as_ref() {
-            if at.elapsed() < FACTS_TTL {
-                return Ok(f.clone());
-            }
+        if let Some((at, f)) = self.facts.lock().expect("facts lock").as_ref()
+            && at.elapsed() < FACTS_TTL
+        {
+            return Ok(f.clone());
         }
         let client = self.client().await?;
         let row = client

@@ -87,7 +87,7 @@ fn scalar(ty: &Type) -> Option<Decoder> {
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML => {
             |_, r| Ok(Value::String(std::str::from_utf8(r)?.to_string()))
         }
-        Type::JSON | Type::JSONB => |t, r| Ok(Value::from_sql(t, r)?),
+        Type::JSON | Type::JSONB => |t, r| Value::from_sql(t, r),
         Type::BYTEA => |_, r| {
             let mut s = String::with_capacity(2 + r.len() * 2);
             s.push_str("\\x");

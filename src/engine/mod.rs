@@ -162,12 +162,11 @@ impl Engine {
 
         let ttl = self.ttl(&tool);
         let key = format!("{name}\u{0}{}", Value::Object(args.clone()));
-        if ttl > Duration::ZERO {
-            if let Some((at, out)) = self.cache.lock().expect("cache lock").get(&key) {
-                if at.elapsed() < ttl {
-                    return Ok(out.clone());
-                }
-            }
+        if ttl > Duration::ZERO
+            && let Some((at, out)) = self.cache.lock().expect("cache lock").get(&key)
+            && at.elapsed() < ttl
+        {
+            return Ok(out.clone());
         }
         let out = self.run(&tool, args, db, cancel).await?;
         if ttl > Duration::ZERO {
@@ -270,17 +269,16 @@ impl Engine {
             truncated: cut,
             ..Page::default()
         };
-        if let (Some((name, paging)), Some(req)) = (&pager, &page) {
-            if let Some(part) = parts.iter().find(|p| &p.name == name) {
-                if part.rows.more {
-                    match paging {
-                        Paging::Offset => {
-                            result_page.next_offset = Some(req.offset + part.rows.rows.len() as u64)
-                        }
-                        Paging::Keyset(cols) => {
-                            result_page.next_cursor = keyset_cursor(&tool.spec.name, cols, part)
-                        }
-                    }
+        if let (Some((name, paging)), Some(req)) = (&pager, &page)
+            && let Some(part) = parts.iter().find(|p| &p.name == name)
+            && part.rows.more
+        {
+            match paging {
+                Paging::Offset => {
+                    result_page.next_offset = Some(req.offset + part.rows.rows.len() as u64)
+                }
+                Paging::Keyset(cols) => {
+                    result_page.next_cursor = keyset_cursor(&tool.spec.name, cols, part)
                 }
             }
         }
