@@ -553,13 +553,14 @@ pub fn writes(sql: &str) -> Option<String> {
     Some(word)
 }
 
-/// `sql` with quoted literals, quoted identifiers and comments blanked out.
+/// `sql` with string literals and comments blanked out. Quoted identifiers stay:
+/// `"nextval"(...)` still calls nextval.
 fn strip_literals(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\'' | '"' => {
+            '\'' => {
                 out.push(' ');
                 while let Some(d) = chars.next() {
                     if d == c {

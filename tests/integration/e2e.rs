@@ -1,0 +1,508 @@
+//! End to end: the built binary, driven over stdio as an MCP client would, and the CLI.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use serde_json::{Value, json};
+
+use crate::mcp::McpClient;
+use crate::{Ctx, trial};
+
+pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
+    vec![
+        trial(
+            ctx,
+            "e2e::initialize_and_list_tools",
+            initialize_and_list_tools,
+        ),
+        trial(
+            ctx,
+            "e2e::every_tool_answers_its_examples",
+            every_tool_answers_its_examples,
+        ),
+        trial(
+            ctx,
+            "e2e::invalid_call_lists_every_problem_and_the_server_keeps_serving",
+            invalid_call,
+        ),
+        trial(ctx, "e2e::unknown_tool_is_a_protocol_error", unknown_tool),
+        trial(
+            ctx,
+            "e2e::hot_reload_updates_the_list_and_sends_list_changed",
+            hot_reload,
+        ),
+        trial(
+            ctx,
+            "e2e::secrets_never_reach_output_or_logs",
+            secrets_never_leak,
+        ),
+        trial(
+            ctx,
+            "e2e::cancelled_request_cancels_its_query",
+            cancelled_request,
+        ),
+        trial(
+            ctx,
+            "e2e::execute_tools_are_listed_only_in_admin_mode",
+            execute_tools_hidden,
+        ),
+        trial(ctx, "e2e::prompts_are_listed_and_rendered", prompts),
+        trial(
+            ctx,
+            "cli::invalid_configuration_exits_2_naming_key_and_source",
+            invalid_config,
+        ),
+        trial(ctx, "cli::lint_reports_positions_and_exit_codes", lint_cli),
+        trial(ctx, "cli::lint_db_prepares_every_example", lint_db),
+        trial(
+            ctx,
+            "cli::tools_call_runs_a_tool_without_a_client",
+            tools_call,
+        ),
+    ]
+}
+
+fn client(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> McpClient {
+    let dsn = ctx.dsn();
+    let mut all: Vec<(&str, &str)> = vec![("CITUS_MCP_COORDINATOR_DSN", dsn.as_str())];
+    all.extend_from_slice(env);
+    McpClient::start(args, &all)
+}
+
+fn tool_names(c: &mut McpClient) -> Vec<String> {
+    let r = c.request("tools/list", json!({}));
+    r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const INSPECTION_TOOLS: &[&str] = &[
+    "ping",
+    "server_info",
+    "list_nodes",
+    "list_distributed_tables",
+    "list_shards",
+    "citus_cluster_summary",
+    "citus_list_distributed_tables",
+    "citus_table_inspector",
+    "citus_colocation_inspector",
+];
+
+fn initialize_and_list_tools(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let r = c.request("tools/list", json!({}));
+    let tools = r["result"]["tools"].as_array().unwrap();
+    for name in INSPECTION_TOOLS {
+        let t = tools
+            .iter()
+            .find(|t| t["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} is not listed"));
+        assert_eq!(t["inputSchema"]["type"], "object", "{name}");
+        assert!(
+            t["description"].as_str().unwrap().len() > 40,
+            "{name} needs a real description"
+        );
+        assert_eq!(t["annotations"]["readOnlyHint"], true, "{name}");
+        assert_eq!(t["annotations"]["destructiveHint"], false, "{name}");
+    }
+    assert!(
+        c.garbage.is_empty(),
+        "stdout carried non-JSON-RPC lines: {:?}",
+        c.garbage
+    );
+}
+
+fn every_tool_answers_its_examples(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let registry = citus_mcp::registry::Registry::build(
+        &citus_mcp::registry::Sources {
+            tools: vec![citus_mcp::registry::builtin_tools()],
+            ..Default::default()
+        },
+        None,
+        &[],
+        citus_mcp::plugins::NAMES,
+    );
+    for tool in registry.tools.values() {
+        for ex in &tool.spec.examples {
+            let r = c.call(&tool.spec.name, ex.args.clone());
+            let is_error = r["isError"] == true;
+            assert_eq!(
+                is_error,
+                ex.expect.error.is_some(),
+                "{} {}: {r}",
+                tool.spec.name,
+                ex.args
+            );
+            assert!(
+                r["structuredContent"].is_object(),
+                "{}: {r}",
+                tool.spec.name
+            );
+            let text = r["content"][0]["text"].as_str().unwrap();
+            if let Some(code) = &ex.expect.error {
+                assert!(text.contains(code.as_str()), "{text}");
+            }
+        }
+    }
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+fn invalid_call(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let r = c.call(
+        "list_nodes",
+        json!({"limit": "many", "offset": -1, "bogus": true}),
+    );
+    assert_eq!(r["isError"], true);
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("INVALID_ARGUMENT"), "{text}");
+    let problems = r["structuredContent"]["error"]["problems"]
+        .as_array()
+        .unwrap();
+    assert_eq!(problems.len(), 3, "every problem is listed: {problems:?}");
+    let r = c.call("citus_table_inspector", json!({}));
+    assert_eq!(r["structuredContent"]["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        c.call("ping", json!({"message": "still here"}))["structuredContent"]["message"],
+        "still here"
+    );
+}
+
+fn unknown_tool(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let r = c.request(
+        "tools/call",
+        json!({"name": "no_such_tool", "arguments": {}}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert_eq!(c.call("ping", json!({}))["isError"], false);
+}
+
+const EXTRA_TOOL: &str = "name: hello\ndescription: Says hello from an operator's folder.\nsafety: read_only\nqueries:\n  - name: greeting\n    shape: value\n    sql: SELECT 'hello'::text\nexamples:\n  - args: {}\n";
+
+fn hot_reload(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut c = client(ctx, &["--tools-dirs", &dir_s], &[]);
+    assert!(!tool_names(&mut c).contains(&"hello".to_string()));
+
+    // Add a file: the tool appears and the client is told.
+    std::fs::write(dir.path().join("hello.yaml"), EXTRA_TOOL).unwrap();
+    let started = Instant::now();
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(10))
+            .is_some(),
+        "no list_changed after adding a file"
+    );
+    eprintln!("list_changed after {:?}", started.elapsed());
+    assert!(tool_names(&mut c).contains(&"hello".to_string()));
+    assert_eq!(
+        c.call("hello", json!({}))["structuredContent"]["greeting"],
+        "hello"
+    );
+
+    // Edit it: the new version serves.
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        EXTRA_TOOL.replace("'hello'", "'bonjour'"),
+    )
+    .unwrap();
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(10))
+            .is_some()
+    );
+    assert_eq!(
+        c.call("hello", json!({}))["structuredContent"]["greeting"],
+        "bonjour"
+    );
+
+    // Break it: the last good version keeps serving and server_info shows the error.
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        "name: hello\nsafety: [broken\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.call("server_info", json!({}));
+        let errors = info["structuredContent"]["spec_errors"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if !errors.is_empty() {
+            assert!(
+                errors[0].as_str().unwrap().contains("hello.yaml"),
+                "{errors:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.call("hello", json!({}))["structuredContent"]["greeting"],
+        "bonjour"
+    );
+
+    // Remove it: the tool goes away.
+    std::fs::remove_file(dir.path().join("hello.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tool_names(&mut c).contains(&"hello".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the removed tool is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+fn secrets_never_leak(ctx: &Ctx) {
+    let password = "pw-Zq8-never-print";
+    let secret = "approval-secret-Zq8-never-print";
+    let dsn = ctx.dsn();
+    let with_pw = if dsn.contains("://") {
+        dsn.clone()
+    } else {
+        format!("{dsn} password={password}")
+    };
+    let mut c = McpClient::start(
+        &["--log-level", "debug"],
+        &[
+            ("CITUS_MCP_COORDINATOR_DSN", &with_pw),
+            ("CITUS_MCP_COORDINATOR_PASSWORD", password),
+            ("CITUS_MCP_APPROVAL_SECRET", secret),
+        ],
+    );
+    let mut seen = String::new();
+    for tool in ["server_info", "list_nodes", "citus_cluster_summary"] {
+        seen.push_str(&c.call(tool, json!({})).to_string());
+    }
+    seen.push_str(&c.call("list_nodes", json!({"limit": "x"})).to_string());
+    std::thread::sleep(Duration::from_millis(200));
+    seen.push_str(&c.stderr_text());
+    assert!(!seen.contains(password), "the password leaked");
+    assert!(!seen.contains(secret), "the approval secret leaked");
+}
+
+const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {timeout_ms: 60000}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep(30) IS NULL AS e2e_slow_marker\nexamples:\n  - args: {}\n";
+
+fn cancelled_request(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.yaml"), SLOW_TOOL).unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let id = c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_slow_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.db().psql(count).unwrap().trim() == "0" {
+        assert!(Instant::now() < deadline, "the slow query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "user pressed stop"}}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ctx.db().psql(count).unwrap().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the query kept running after notifications/cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.call("ping", json!({}))["isError"],
+        false,
+        "the server keeps serving after a cancel"
+    );
+}
+
+const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_REQUIRED}\n";
+
+fn execute_tools_hidden(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dangerous.yaml"), EXEC_TOOL).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut ro = client(ctx, &["--tools-dirs", d], &[]);
+    assert!(!tool_names(&mut ro).contains(&"dangerous".to_string()));
+    let r = ro.call("dangerous", json!({"approval_token": "x"}));
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "EXECUTE_DISABLED",
+        "{r}"
+    );
+    let mut admin_only = client(ctx, &["--tools-dirs", d, "--mode", "admin"], &[]);
+    assert!(
+        !tool_names(&mut admin_only).contains(&"dangerous".to_string()),
+        "admin mode alone does not offer execute tools"
+    );
+    let mut admin = client(
+        ctx,
+        &["--tools-dirs", d, "--mode", "admin", "--allow-execute"],
+        &[],
+    );
+    let r = admin.request("tools/list", json!({}));
+    let t = r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "dangerous")
+        .expect("listed in admin mode")
+        .clone();
+    assert_eq!(t["annotations"]["destructiveHint"], true);
+    assert_eq!(t["annotations"]["readOnlyHint"], false);
+}
+
+fn prompts(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let r = c.request("prompts/list", json!({}));
+    let prompts = r["result"]["prompts"].as_array().unwrap().clone();
+    assert!(!prompts.is_empty(), "{r}");
+    for p in prompts {
+        let name = p["name"].as_str().unwrap();
+        let mut args = serde_json::Map::new();
+        for a in p["arguments"].as_array().cloned().unwrap_or_default() {
+            args.insert(
+                a["name"].as_str().unwrap().to_string(),
+                Value::from("orders"),
+            );
+        }
+        let got = c.request("prompts/get", json!({"name": name, "arguments": args}));
+        let messages = got["result"]["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {got}"));
+        assert!(!messages.is_empty());
+        for m in messages {
+            assert!(m["role"] == "user" || m["role"] == "assistant");
+        }
+    }
+}
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_citus-mcp"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CITUS_MCP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", "/nonexistent")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    cmd
+}
+
+fn invalid_config(_: &Ctx) {
+    let out = bin()
+        .args(["tools", "list"])
+        .env("CITUS_MCP_MAX_ROWS", "plenty")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_rows") && err.contains("CITUS_MCP_MAX_ROWS"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, "mode: god\n").unwrap();
+    let out = bin()
+        .args(["tools", "list", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`mode`") && err.contains("c.yaml"), "{err}");
+}
+
+fn lint_cli(_: &Ctx) {
+    let out = bin().args(["lint"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), "name: bad\ndescription: d\nsafety: read_only\ninput_schema: {type: object, properties: {a: {type: integer}}}\nqueries:\n  - name: q\n    sql: SELECT * FROM t WHERE a = '{{ a }}'\nexamples:\n  - args: {a: 1}\n").unwrap();
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        EXTRA_TOOL.replace("hello", "good"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["lint", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error[E006]") && text.contains("bad.yaml:7:5"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["lint", "--format", "json", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], 1);
+    assert_eq!(v["diagnostics"][0]["code"], "E006");
+    let out = bin().args(["lint", "/nonexistent/tools"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn lint_db(ctx: &Ctx) {
+    let out = bin().args(["lint", "--db", &ctx.dsn()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        EXTRA_TOOL
+            .replace("hello", "typo")
+            .replace("SELECT 'typo'::text", "SELECT nodname FROM pg_dist_node"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["lint", "--db", &ctx.dsn(), dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("E011") && text.contains("nodname"), "{text}");
+}
+
+fn tools_call(ctx: &Ctx) {
+    let out = bin()
+        .args(["tools", "call", "list_nodes", "--args", r#"{"limit": 2}"#])
+        .env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 2);
+    let out = bin()
+        .args(["tools", "call", "list_nodes", "--args", r#"{"limit": 0}"#])
+        .env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

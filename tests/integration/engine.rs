@@ -1,0 +1,549 @@
+//! The engine against a real PostgreSQL: values, binds, limits, paging, timeouts,
+//! cancellation, reconnection, and the NOT_CITUS answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use citus_mcp::compile::SourceFile;
+use citus_mcp::engine::{Engine, ErrorCode, Settings, ToolError, ToolOutput};
+use citus_mcp::registry::{Registry, Sources, builtin_tools};
+use libtest_mimic::Trial;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Ctx, trial};
+
+pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
+    vec![
+        trial(
+            ctx,
+            "engine::values_become_json_without_losing_precision",
+            values_become_json_without_losing_precision,
+        ),
+        trial(
+            ctx,
+            "engine::hostile_strings_stay_data",
+            hostile_strings_stay_data,
+        ),
+        trial(
+            ctx,
+            "engine::read_only_tools_cannot_write",
+            read_only_tools_cannot_write,
+        ),
+        trial(
+            ctx,
+            "engine::offset_paging_walks_every_shard_once",
+            offset_paging_walks_every_shard_once,
+        ),
+        trial(
+            ctx,
+            "engine::keyset_paging_walks_every_table_once",
+            keyset_paging_walks_every_table_once,
+        ),
+        trial(
+            ctx,
+            "engine::max_rows_and_max_bytes_truncate_explicitly",
+            max_rows_and_max_bytes_truncate_explicitly,
+        ),
+        trial(
+            ctx,
+            "engine::statement_timeout_is_a_timeout_error",
+            statement_timeout_is_a_timeout_error,
+        ),
+        trial(
+            ctx,
+            "engine::cancelling_a_call_cancels_the_query_on_the_server",
+            cancelling_a_call_cancels_the_query_on_the_server,
+        ),
+        trial(
+            ctx,
+            "engine::lost_connections_are_reestablished",
+            lost_connections_are_reestablished,
+        ),
+        trial(
+            ctx,
+            "engine::plain_postgres_gets_not_citus",
+            plain_postgres_gets_not_citus,
+        ),
+        trial(
+            ctx,
+            "engine::results_are_cached_for_their_ttl",
+            results_are_cached_for_their_ttl,
+        ),
+        trial(
+            ctx,
+            "engine::unreachable_coordinator_is_node_unreachable",
+            unreachable_coordinator_is_node_unreachable,
+        ),
+        trial(
+            ctx,
+            "engine::sizes_come_from_shards_and_empty_nodes_are_listed",
+            sizes_come_from_shards_and_empty_nodes_are_listed,
+        ),
+    ]
+}
+
+/// An engine over the built-in tools plus `extra` tool files, on `dsn`.
+fn engine(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings) -> Engine {
+    engine_named(ctx, dsn, extra, settings, "citus-mcp-tests")
+}
+
+/// Like [`engine`], with its own application_name so a test can find its connections.
+fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &str) -> Engine {
+    let extra = extra
+        .iter()
+        .enumerate()
+        .map(|(i, text)| SourceFile {
+            origin: format!("test/extra{i}.yaml"),
+            text: text.to_string(),
+        })
+        .collect();
+    let registry = Registry::build(
+        &Sources {
+            tools: vec![builtin_tools(), extra],
+            prompts: vec![],
+            problems: vec![],
+        },
+        None,
+        &[],
+        citus_mcp::plugins::NAMES,
+    );
+    let errors: Vec<String> = registry.errors().map(ToString::to_string).collect();
+    assert!(
+        errors.is_empty(),
+        "test tools do not compile:\n{}",
+        errors.join("\n")
+    );
+    Engine::new(registry, Some(ctx.pool_named(dsn, app)), settings)
+}
+
+fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {
+    ctx.rt
+        .block_on(e.call(tool, args, &CancellationToken::new()))
+}
+
+fn no_cache() -> Settings {
+    Settings {
+        enable_caching: false,
+        ..Settings::default()
+    }
+}
+
+const VALUES_TOOL: &str = r#"
+name: values
+description: Every common type.
+safety: read_only
+input_schema: {type: object, properties: {t: {type: string}, n: {type: integer}, a: {type: array}}}
+queries:
+  - name: row
+    shape: one
+    sql: |
+      SELECT 12345678901234567890.123456789::numeric AS big_numeric, 1.50::numeric AS scaled, 'NaN'::numeric AS nan,
+             9007199254740993::int8 AS big_int8, 42::int8 AS small_int8, 7::int2 AS i2, 3.5::float8 AS f8,
+             'pg_class'::regclass AS regclass_oid, 'pg_class'::regclass::text AS regclass_name, 1259::oid AS oid,
+             interval '1 day 02:03:04.5' AS ival, timestamptz '2026-11-24 08:27:09.5+00' AS ts,
+             date '2026-11-24' AS d, '{"a": [1, 2.5, null]}'::jsonb AS doc, ARRAY[1, NULL, 3] AS arr,
+             ARRAY['x', 'y"z'] AS texts, '127.0.0.1'::inet AS ip, '\xdeadbeef'::bytea AS bytes,
+             'primary'::text AS role, true AS flag, NULL::text AS nothing, 'r'::"char" AS kind,
+             {{ t }}::text AS bound_text, {{ n }}::int AS bound_int, {{ a }}::int[] AS bound_array
+examples:
+  - args: {t: x, n: 1, a: [1]}
+"#;
+
+fn values_become_json_without_losing_precision(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[VALUES_TOOL], no_cache());
+    let out = call(
+        ctx,
+        &e,
+        "values",
+        json!({"t": "O'Reilly", "n": 2147483647, "a": [1, null, 3]}),
+    )
+    .unwrap();
+    let r = &out.structured["row"];
+    assert_eq!(r["big_numeric"], "12345678901234567890.123456789");
+    assert_eq!(r["scaled"], "1.50");
+    assert_eq!(r["nan"], "NaN");
+    assert_eq!(r["big_int8"], "9007199254740993");
+    assert_eq!(r["small_int8"], 42);
+    assert_eq!(r["i2"], 7);
+    assert_eq!(r["f8"], 3.5);
+    assert_eq!(r["regclass_oid"], 1259);
+    assert_eq!(r["regclass_name"], "pg_class");
+    assert_eq!(r["oid"], 1259);
+    assert_eq!(r["ival"], "1 day 02:03:04.5");
+    assert_eq!(r["ts"], "2026-11-24T08:27:09.500Z");
+    assert_eq!(r["d"], "2026-11-24");
+    assert_eq!(r["doc"], json!({"a": [1, 2.5, null]}));
+    assert_eq!(r["arr"], json!([1, null, 3]));
+    assert_eq!(r["texts"], json!(["x", "y\"z"]));
+    assert_eq!(r["ip"], "127.0.0.1");
+    assert_eq!(r["bytes"], "\\xdeadbeef");
+    assert_eq!(r["flag"], true);
+    assert_eq!(r["nothing"], Value::Null);
+    assert_eq!(r["kind"], "r");
+    assert_eq!(r["bound_text"], "O'Reilly");
+    assert_eq!(r["bound_int"], 2147483647);
+    assert_eq!(r["bound_array"], json!([1, null, 3]));
+    // A value the column type cannot hold is the caller's mistake, not a crash.
+    let err = call(ctx, &e, "values", json!({"t": "x", "n": 1, "a": ["one"]})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
+}
+
+fn hostile_strings_stay_data(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let before = call(ctx, &e, "list_distributed_tables", json!({}))
+        .unwrap()
+        .structured;
+    for hostile in [
+        "orders'; DROP TABLE orders; --",
+        "orders; DELETE FROM pg_dist_node",
+        "$1",
+        "/* x */ orders",
+        "\"orders\"\"",
+        "ördërs ☃",
+        "orders\u{0}",
+    ] {
+        match call(ctx, &e, "citus_table_inspector", json!({"table": hostile})) {
+            Ok(out) => panic!("{hostile:?} found a table: {}", out.text),
+            Err(err) => assert!(
+                matches!(err.code, ErrorCode::NotFound | ErrorCode::InvalidArgument),
+                "{hostile:?} gave {}",
+                err.text()
+            ),
+        }
+    }
+    let after = call(ctx, &e, "list_distributed_tables", json!({}))
+        .unwrap()
+        .structured;
+    assert_eq!(before, after, "the catalog changed");
+}
+
+const WRITER: &str = r#"
+name: sneaky
+description: Claims to read, tries to write.
+safety: read_only
+queries:
+  - name: r
+    sql: SELECT citus_mcp_test_write() AS wrote
+examples:
+  - args: {}
+"#;
+
+fn read_only_tools_cannot_write(ctx: &Ctx) {
+    // A function that writes cannot be recognised by reading the tool's SQL; the
+    // READ ONLY transaction is what stops it.
+    ctx.db()
+        .psql(
+            "CREATE TABLE IF NOT EXISTS public.citus_mcp_write_probe (x int); \
+             CREATE OR REPLACE FUNCTION public.citus_mcp_test_write() RETURNS int LANGUAGE sql \
+             AS 'INSERT INTO public.citus_mcp_write_probe VALUES (1) RETURNING x'",
+        )
+        .unwrap();
+    let e = engine(ctx, &ctx.dsn(), &[WRITER], no_cache());
+    let err = call(ctx, &e, "sneaky", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ReadOnly, "{}", err.text());
+}
+
+fn offset_paging_walks_every_shard_once(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let all = call(ctx, &e, "list_shards", json!({"limit": 1000}))
+        .unwrap()
+        .structured;
+    let all = all["shards"].as_array().unwrap().clone();
+    assert!(all.len() > 20, "{}", all.len());
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = call(
+            ctx,
+            &e,
+            "list_shards",
+            json!({"limit": 7, "offset": offset}),
+        )
+        .unwrap()
+        .structured;
+        let rows = page["shards"].as_array().unwrap();
+        assert!(rows.len() <= 7);
+        seen.extend(rows.iter().cloned());
+        match page.get("next_offset") {
+            Some(n) => {
+                assert_eq!(page["truncated"], true);
+                offset = n.as_u64().unwrap();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+}
+
+fn keyset_paging_walks_every_table_once(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let all = call(
+        ctx,
+        &e,
+        "citus_list_distributed_tables",
+        json!({"limit": 1000}),
+    )
+    .unwrap()
+    .structured;
+    let all = all["tables"].as_array().unwrap().clone();
+    assert!(all.len() >= 8, "{}", all.len());
+    let mut seen = Vec::new();
+    let mut args = json!({"limit": 3});
+    loop {
+        let page = call(ctx, &e, "citus_list_distributed_tables", args.clone())
+            .unwrap()
+            .structured;
+        seen.extend(page["tables"].as_array().unwrap().iter().cloned());
+        match page.get("next_cursor") {
+            Some(c) => args = json!({"limit": 3, "cursor": c}),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+    let err = call(
+        ctx,
+        &e,
+        "citus_list_distributed_tables",
+        json!({"cursor": "bm90IGEgY3Vyc29y"}),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+}
+
+fn max_rows_and_max_bytes_truncate_explicitly(ctx: &Ctx) {
+    let series = "name: series\ndescription: Ten rows.\nsafety: read_only\nlimits: {max_rows: 3}\nqueries:\n  - name: n\n    sql: SELECT g FROM generate_series(1, 10) g\nexamples:\n  - args: {}\n";
+    let e = engine(ctx, &ctx.dsn(), &[series], no_cache());
+    let out = call(ctx, &e, "series", json!({})).unwrap();
+    assert_eq!(
+        out.structured,
+        json!({"n": [{"g": 1}, {"g": 2}, {"g": 3}], "truncated": true}),
+        "{}",
+        out.text
+    );
+    assert!(out.text.contains("more available"));
+    let defaults = engine(
+        ctx,
+        &ctx.dsn(),
+        &[&series.replace("limits: {max_rows: 3}\n", "")],
+        Settings {
+            max_rows: 4,
+            enable_caching: false,
+            ..Settings::default()
+        },
+    );
+    assert_eq!(
+        call(ctx, &defaults, "series", json!({}))
+            .unwrap()
+            .structured["n"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    let wide = "name: wide\ndescription: Wide rows.\nsafety: read_only\nlimits: {max_bytes: 3000}\ninput_schema: {type: object, properties: {limit: {type: integer}, offset: {type: integer}}}\nqueries:\n  - name: rows\n    paging: offset\n    sql: SELECT g, repeat('x', 100) AS filler FROM generate_series(1, 500) g ORDER BY g LIMIT {{ page.size + 1 }} OFFSET {{ page.offset }}\nexamples:\n  - args: {}\n";
+    let small = engine(ctx, &ctx.dsn(), &[wide], no_cache());
+    let out = call(ctx, &small, "wide", json!({"limit": 100})).unwrap();
+    let size = serde_json::to_vec(&out.structured).unwrap().len();
+    assert!(size <= 3000, "{size} bytes");
+    assert_eq!(out.structured["truncated"], true);
+    let n = out.structured["rows"].as_array().unwrap().len() as u64;
+    assert!(n > 0 && n < 100, "{n}");
+    assert_eq!(
+        out.structured["next_offset"], n,
+        "the next page starts after the rows that fit"
+    );
+    let next = call(ctx, &small, "wide", json!({"limit": 100, "offset": n})).unwrap();
+    assert_eq!(next.structured["rows"][0]["g"], n + 1);
+}
+
+const SLEEPER: &str = r#"
+name: sleeper
+description: Sleeps.
+safety: read_only
+input_schema: {type: object, properties: {s: {type: number}}}
+limits: {timeout_ms: 300}
+queries:
+  - name: r
+    shape: value
+    sql: SELECT pg_sleep({{ s }}) IS NULL AS slept, 'citus-mcp-sleeper' AS marker
+examples:
+  - args: {s: 0}
+"#;
+
+fn statement_timeout_is_a_timeout_error(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[SLEEPER], no_cache());
+    let started = Instant::now();
+    let err = call(ctx, &e, "sleeper", json!({"s": 5})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Timeout, "{}", err.text());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The pool still works afterwards.
+    assert!(call(ctx, &e, "sleeper", json!({"s": 0})).is_ok());
+}
+
+fn cancelling_a_call_cancels_the_query_on_the_server(ctx: &Ctx) {
+    let sleeper = SLEEPER.replace("timeout_ms: 300", "timeout_ms: 60000");
+    let e = Arc::new(engine(ctx, &ctx.dsn(), &[&sleeper], no_cache()));
+    let cancel = CancellationToken::new();
+    let (e2, c2) = (e.clone(), cancel.clone());
+    let handle = ctx
+        .rt
+        .spawn(async move { e2.call("sleeper", json!({"s": 30}), &c2).await });
+    let probe = engine(ctx, &ctx.dsn(), &[PROBE], no_cache());
+    let running = |ctx: &Ctx| -> u64 {
+        call(ctx, &probe, "sleeping", json!({})).unwrap().structured["n"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(ctx) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping query never showed up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cancel.cancel();
+    let err = ctx.rt.block_on(handle).unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::Cancelled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(ctx) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the query kept running after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const PROBE: &str = r#"
+name: sleeping
+description: Counts sleeper queries.
+safety: read_only
+queries:
+  - name: n
+    shape: value
+    sql: SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%citus-mcp-sleeper%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'
+examples:
+  - args: {}
+"#;
+
+fn lost_connections_are_reestablished(ctx: &Ctx) {
+    let e = engine_named(ctx, &ctx.dsn(), &[], no_cache(), "citus-mcp-reconnect-test");
+    assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
+    // Terminate every connection of the pool from the outside.
+    ctx.db().psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'citus-mcp-reconnect-test'").unwrap();
+    // The first call after the loss may fail cleanly; a later one must succeed.
+    let first = call(ctx, &e, "list_nodes", json!({}));
+    if let Err(err) = &first {
+        assert!(
+            matches!(err.code, ErrorCode::NodeUnreachable | ErrorCode::DbError),
+            "{}",
+            err.text()
+        );
+    }
+    let again = call(ctx, &e, "list_nodes", json!({}));
+    assert!(again.is_ok(), "{:?}", again.err().map(|e| e.text()));
+}
+
+fn plain_postgres_gets_not_citus(ctx: &Ctx) {
+    let dsn = plain_database_dsn(ctx);
+    let e = engine(ctx, &dsn, &[], no_cache());
+    let err = call(ctx, &e, "citus_cluster_summary", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotCitus, "{}", err.text());
+    assert!(err.hint.is_some());
+    // Tools that need no Citus still work there.
+    assert!(call(ctx, &e, "ping", json!({})).is_ok());
+    let info = call(ctx, &e, "server_info", json!({})).unwrap().structured;
+    assert_eq!(info["cluster"]["citus"], false);
+}
+
+/// A database on the same server without the Citus catalog.
+pub fn plain_database_dsn(ctx: &Ctx) -> String {
+    let dsn = ctx.dsn();
+    let parsed = citus_mcp::db::Dsn::parse(&dsn).unwrap();
+    let db = parsed.config.get_dbname().unwrap_or("postgres").to_string();
+    if ctx.is_fixture() {
+        let _ = ctx.db().psql("CREATE DATABASE citus_mcp_plain");
+        dsn.replace(&format!("dbname={db}"), "dbname=citus_mcp_plain")
+    } else {
+        // On a real cluster the maintenance database normally has no citus extension.
+        dsn.replace(&format!("dbname={db}"), "dbname=postgres")
+    }
+}
+
+fn results_are_cached_for_their_ttl(ctx: &Ctx) {
+    let counter = r#"
+name: clock
+description: Changes every call.
+safety: read_only
+cache_ttl_s: 60
+queries:
+  - name: t
+    shape: value
+    sql: SELECT clock_timestamp()::text
+examples:
+  - args: {}
+"#;
+    let e = engine(ctx, &ctx.dsn(), &[counter], Settings::default());
+    let a = call(ctx, &e, "clock", json!({})).unwrap().structured;
+    let b = call(ctx, &e, "clock", json!({})).unwrap().structured;
+    assert_eq!(a, b);
+    let off = engine(
+        ctx,
+        &ctx.dsn(),
+        &[counter],
+        Settings {
+            enable_caching: false,
+            ..Settings::default()
+        },
+    );
+    let a = call(ctx, &off, "clock", json!({})).unwrap().structured;
+    let b = call(ctx, &off, "clock", json!({})).unwrap().structured;
+    assert_ne!(a, b);
+}
+
+fn unreachable_coordinator_is_node_unreachable(ctx: &Ctx) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let e = engine(
+        ctx,
+        &format!(
+            "host=127.0.0.1 port={port} user=postgres password=hunter2 dbname=x connect_timeout=2"
+        ),
+        &[],
+        no_cache(),
+    );
+    let err = call(ctx, &e, "list_nodes", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
+    assert!(!err.text().contains("hunter2"));
+}
+
+fn sizes_come_from_shards_and_empty_nodes_are_listed(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let nodes = call(ctx, &e, "list_nodes", json!({})).unwrap().structured;
+    let nodes = nodes["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "coordinator and three workers");
+    let bytes: Vec<u64> = nodes
+        .iter()
+        .map(|n| n["shard_bytes"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        bytes.iter().filter(|b| **b == 0).count(),
+        1,
+        "exactly one empty worker: {bytes:?}"
+    );
+    assert!(
+        bytes.iter().max().unwrap() > &10_000_000,
+        "sizes come from the shards: {bytes:?}"
+    );
+    let t = call(ctx, &e, "citus_table_inspector", json!({"table": "events"}))
+        .unwrap()
+        .structured;
+    assert!(
+        t["table"]["total_bytes"].as_u64().unwrap() > 10_000_000,
+        "{t}"
+    );
+}

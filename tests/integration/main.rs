@@ -1,0 +1,101 @@
+//! Integration and end-to-end tests, in one binary with one throwaway database.
+//!
+//! Without `CITUS_TEST_DSN` the harness starts a PostgreSQL from the system's server
+//! binaries and loads the Citus catalog fixture (`tests/fixtures/citus`). With it, the
+//! same tests run against that real Citus cluster. Trials are generated: one per
+//! example of every built-in tool file, plus the hand-written ones below.
+
+#[path = "../support/pg.rs"]
+mod pg;
+
+mod e2e;
+mod engine;
+mod examples;
+mod fixture;
+mod mcp;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use citus_mcp::db::{Db, DbConfig, Dsn};
+use libtest_mimic::{Arguments, Trial};
+
+pub use pg::{DbKind, TestDatabase};
+
+/// What every trial shares: the database (started once) and a runtime.
+pub struct Ctx {
+    db: OnceLock<Result<TestDatabase, String>>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    /// The test database; started on first use, shared afterwards.
+    pub fn db(&self) -> &TestDatabase {
+        match self
+            .db
+            .get_or_init(|| TestDatabase::start().map_err(|e| format!("{e:#}")))
+        {
+            Ok(db) => db,
+            Err(e) => panic!("the test database did not start: {e}"),
+        }
+    }
+
+    pub fn dsn(&self) -> String {
+        self.db().dsn().to_string()
+    }
+
+    pub fn is_fixture(&self) -> bool {
+        matches!(self.db().kind(), DbKind::Fixture)
+    }
+
+    /// A connection pool to the test database, as the server would build it.
+    pub fn pool(&self, dsn: &str) -> Db {
+        self.pool_named(dsn, "citus-mcp-tests")
+    }
+
+    /// A pool whose connections carry `application_name`, so a test can find them.
+    pub fn pool_named(&self, dsn: &str, application_name: &str) -> Db {
+        let mut dsn = Dsn::parse(dsn).expect("test DSN parses");
+        dsn.config.application_name(application_name);
+        Db::new(DbConfig {
+            dsn,
+            connect_timeout: Duration::from_secs(10),
+            pool_size: 4,
+            application_name: application_name.into(),
+        })
+        .expect("pool builds")
+    }
+}
+
+/// A trial that needs the shared context.
+pub fn trial(ctx: &Arc<Ctx>, name: impl Into<String>, f: fn(&Ctx)) -> Trial {
+    let ctx = ctx.clone();
+    Trial::test(name, move || {
+        f(&ctx);
+        Ok(())
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ctx = Arc::new(Ctx {
+        db: OnceLock::new(),
+        rt,
+    });
+    let mut trials = Vec::new();
+    trials.extend(examples::trials(&ctx));
+    trials.extend(engine::trials(&ctx));
+    trials.extend(e2e::trials(&ctx));
+    trials.extend(fixture::trials(&ctx));
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Stop the database before exiting (statics are not dropped).
+    if let Ok(ctx) = Arc::try_unwrap(ctx) {
+        drop(ctx);
+    }
+    conclusion.exit();
+}
