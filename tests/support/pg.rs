@@ -58,16 +58,16 @@ impl TestDatabase {
     /// `CITUS_TEST_DSN` set: use that real cluster (kind `RealCitus`, nothing started, nothing
     /// loaded). Otherwise start a throwaway PostgreSQL and load the fixture (kind `Fixture`).
     pub fn start() -> Result<TestDatabase> {
-        if let Ok(dsn) = std::env::var("CITUS_TEST_DSN") {
-            if !dsn.trim().is_empty() {
-                let psql_bin = find_psql(find_bindir().ok().as_deref());
-                return Ok(TestDatabase {
-                    kind: DbKind::RealCitus,
-                    dsn,
-                    psql_bin,
-                    server: None,
-                });
-            }
+        if let Ok(dsn) = std::env::var("CITUS_TEST_DSN")
+            && !dsn.trim().is_empty()
+        {
+            let psql_bin = find_psql(find_bindir().ok().as_deref());
+            return Ok(TestDatabase {
+                kind: DbKind::RealCitus,
+                dsn,
+                psql_bin,
+                server: None,
+            });
         }
         let bindir = find_bindir()?;
         let psql_bin = find_psql(Some(&bindir));
@@ -368,7 +368,7 @@ fn find_bindir() -> Result<PathBuf> {
                 continue;
             };
             let bin = e.path().join("bin");
-            if has_server_bins(&bin) && best.as_ref().map_or(true, |(v, _)| ver > *v) {
+            if has_server_bins(&bin) && best.as_ref().is_none_or(|(v, _)| ver > *v) {
                 best = Some((ver, bin));
             }
         }
