@@ -80,6 +80,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "engine::sizes_come_from_shards_and_empty_nodes_are_listed",
             sizes_come_from_shards_and_empty_nodes_are_listed,
         ),
+        trial(
+            ctx,
+            "engine::tls_modes_behave_like_libpq",
+            tls_modes_behave_like_libpq,
+        ),
     ]
 }
 
@@ -546,4 +551,71 @@ fn sizes_come_from_shards_and_empty_nodes_are_listed(ctx: &Ctx) {
         t["table"]["total_bytes"].as_u64().unwrap() > 10_000_000,
         "{t}"
     );
+}
+
+const TLS_PROBE: &str = r#"
+name: tls
+description: Whether this session is encrypted.
+safety: read_only
+queries:
+  - name: ssl
+    shape: value
+    sql: SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()
+examples:
+  - args: {}
+"#;
+
+/// sslmode behaves as in libpq, verify-ca and verify-full included (the fixture server runs
+/// with a certificate for localhost and 127.0.0.1 signed by a throwaway CA).
+fn tls_modes_behave_like_libpq(ctx: &Ctx) {
+    let Some(ca) = ctx.db().ca_cert() else {
+        eprintln!("skipped: a real cluster's certificates are not known to the tests");
+        return;
+    };
+    let ca = ca.display().to_string();
+    let base = ctx.dsn();
+    let ssl = |extra: &str| -> Result<Value, ToolError> {
+        let e = engine(ctx, &format!("{base} {extra}"), &[TLS_PROBE], no_cache());
+        call(ctx, &e, "tls", json!({})).map(|o| o.structured["ssl"].clone())
+    };
+    assert_eq!(ssl("sslmode=disable").unwrap(), false);
+    assert_eq!(ssl("sslmode=prefer").unwrap(), true);
+    assert_eq!(
+        ssl("sslmode=require").unwrap(),
+        true,
+        "require encrypts without checking the certificate"
+    );
+    assert_eq!(
+        ssl(&format!("sslmode=verify-ca sslrootcert={ca}")).unwrap(),
+        true
+    );
+    assert_eq!(
+        ssl(&format!("sslmode=verify-full sslrootcert={ca}")).unwrap(),
+        true
+    );
+    // The certificate is not for this name: verify-full refuses, verify-ca does not look.
+    let misnamed = base.replace("host=127.0.0.1", "host=wrong.example hostaddr=127.0.0.1");
+    let e = engine(
+        ctx,
+        &format!("{misnamed} sslmode=verify-full sslrootcert={ca}"),
+        &[TLS_PROBE],
+        no_cache(),
+    );
+    assert_eq!(
+        call(ctx, &e, "tls", json!({})).unwrap_err().code,
+        ErrorCode::NodeUnreachable
+    );
+    let e = engine(
+        ctx,
+        &format!("{misnamed} sslmode=verify-ca sslrootcert={ca}"),
+        &[TLS_PROBE],
+        no_cache(),
+    );
+    assert_eq!(
+        call(ctx, &e, "tls", json!({})).unwrap().structured["ssl"],
+        true
+    );
+    // An unknown CA fails verification.
+    let err = ssl("sslmode=verify-full").unwrap_err();
+    assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
 }

@@ -47,6 +47,8 @@ struct Server {
     bindir: PathBuf,
     as_postgres: bool,
     data_dir: PathBuf,
+    /// The CA that signed the server's certificate (CN and SAN localhost, 127.0.0.1).
+    ca_cert: PathBuf,
     // Held for its Drop (removes the directory); None when CITUS_TEST_KEEP is set.
     dir: Option<tempfile::TempDir>,
 }
@@ -102,6 +104,11 @@ impl TestDatabase {
 
     pub fn kind(&self) -> DbKind {
         self.kind
+    }
+
+    /// The CA certificate of the throwaway server (which runs with ssl=on); None for a real cluster.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.server.as_ref().map(|s| s.ca_cert.as_path())
     }
 
     /// Runs SQL through `psql -X -q -A -t -v ON_ERROR_STOP=1` and returns its stdout
@@ -266,10 +273,15 @@ fn start_server(bindir: &Path, as_postgres: bool) -> Result<(Server, u16)> {
         );
     }
 
+    let ca_cert = make_certificates(&root, as_postgres)?;
     let port = free_port()?;
+    let tls = root.join("tls");
     let opts = format!(
         "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-         -c synchronous_commit=off -c max_connections=100"
+         -c synchronous_commit=off -c max_connections=100 -c ssl=on \
+         -c ssl_cert_file={cert} -c ssl_key_file={key}",
+        cert = tls.join("server.crt").display(),
+        key = tls.join("server.key").display(),
     );
     let out = run_pg(
         as_postgres,
@@ -304,10 +316,100 @@ fn start_server(bindir: &Path, as_postgres: bool) -> Result<(Server, u16)> {
             bindir: bindir.to_path_buf(),
             as_postgres,
             data_dir,
+            ca_cert,
             dir,
         },
         port,
     ))
+}
+
+/// A throwaway CA and a server certificate it signed, valid for localhost and 127.0.0.1,
+/// so the tests can exercise every sslmode. Returns the CA certificate's path.
+fn make_certificates(root: &Path, as_postgres: bool) -> Result<PathBuf> {
+    let tls = root.join("tls");
+    fs::create_dir_all(&tls)?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl (apt-get install -y openssl)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=citus-mcp test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    fs::write(
+        tls.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ])?;
+    if as_postgres {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&tls)
+            .status()?;
+        if !st.success() {
+            bail!("chown of {} failed", tls.display());
+        }
+    }
+    // PostgreSQL refuses a private key readable by others.
+    let st = Command::new("chmod")
+        .arg("600")
+        .arg(tls.join("server.key"))
+        .status()?;
+    if !st.success() {
+        bail!("chmod of the server key failed");
+    }
+    Ok(tls.join("ca.crt"))
 }
 
 /// Runs a server binary, as the postgres user (through runuser) when we are root.
