@@ -5,15 +5,14 @@
 //! runs in both places, so a file that lints clean loads, and vice versa.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use minijinja::value::Serde;
-use regex_lite::Regex;
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{Code, Diagnostic};
-use crate::spec::{self, Paging, PromptSpec, Role, Safety, Shape, ToolSpec};
-use crate::template::{self, Rendered, Templates};
+use crate::spec::{self, Paging, PromptSpec, Role, Safety, Shape, Target, ToolSpec};
+use crate::template::{Rendered, Templates};
 
 /// A file to load: where it came from and what it says.
 #[derive(Debug, Clone)]
@@ -340,7 +339,20 @@ pub fn compile_tool(
                 ),
                 Ok(rendered) => {
                     for (query, r) in rendered {
-                        let bad = template::placeholders_outside_code(&r.sql);
+                        let qi = spec
+                            .queries
+                            .iter()
+                            .position(|q| q.name == query)
+                            .unwrap_or(0);
+                        let target = spec.queries[qi].target.unwrap_or(spec.target);
+                        if target != Target::Coordinator && !r.binds.is_empty() {
+                            out.push(
+                                Diagnostic::new(Code::E013, origin, format!("query `{query}` runs on every node but takes bind parameters"))
+                                    .at(at(&format!("/queries/{qi}/sql")))
+                                    .help("fan-out queries reach the nodes through run_command_on_workers, which takes no parameters: filter on the coordinator in a later query over `results`"),
+                            );
+                        }
+                        let bad = crate::sql::placeholders_outside_code(&r.sql);
                         if !bad.is_empty() {
                             out.push(
                                 Diagnostic::new(Code::E006, origin, format!("query `{query}` renders {} inside a literal or comment", bad.join(", ")))
@@ -349,7 +361,7 @@ pub fn compile_tool(
                             );
                         }
                         if spec.safety != Safety::Execute
-                            && let Some(word) = writes(&r.sql)
+                            && let Some(word) = crate::sql::writes(&r.sql)
                         {
                             out.push(
                                     Diagnostic::new(Code::E009, origin, format!("{} query `{query}` contains `{word}`, which writes", safety_name(spec.safety)))
@@ -451,6 +463,14 @@ impl ProbeTool<'_> {
             }
             ctx.insert("page".into(), Value::Object(page));
         }
+        // Later queries may read the rows of earlier ones.
+        let results = self
+            .spec
+            .queries
+            .iter()
+            .map(|q| (q.name.clone(), Value::Array(vec![])))
+            .collect();
+        ctx.insert("results".into(), Value::Object(results));
         let ctx = Value::Object(ctx);
         let mut out = Vec::new();
         for q in &self.spec.queries {
@@ -531,70 +551,6 @@ fn check_paging(spec: &ToolSpec, origin: &str, text: &str, out: &mut Vec<Diagnos
             }
         }
     }
-}
-
-static WRITE_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"(?i)\b(insert|update|delete|merge|truncate|drop|alter|create|grant|revoke|copy|vacuum|cluster|reindex|lock|call|do|refresh|comment|security|nextval|setval|pg_terminate_backend|pg_cancel_backend|citus_rebalance_start|citus_rebalance_stop|rebalance_table_shards|citus_move_shard_placement|master_move_shard_placement|citus_copy_shard_placement|citus_drain_node|citus_add_node|citus_remove_node|citus_disable_node|citus_activate_node|citus_set_node_property|citus_update_node|create_distributed_table|create_reference_table|undistribute_table|alter_distributed_table|citus_job_cancel|run_command_on_[a-z_]+)\b",
-    )
-    .expect("the write-word pattern compiles")
-});
-
-/// The first word of `sql` (outside literals and comments) that writes, if any.
-///
-/// Read-only tools run in READ ONLY transactions anyway; this catches the mistake at
-/// lint time instead of at the first call.
-pub fn writes(sql: &str) -> Option<String> {
-    let code = strip_literals(sql);
-    let m = WRITE_WORDS.find(&code)?;
-    let word = m.as_str().to_ascii_lowercase();
-    // `FOR UPDATE` / `FOR SHARE` locks rows but is refused in a read-only transaction anyway;
-    // report it as the write it would be.
-    Some(word)
-}
-
-/// `sql` with string literals and comments blanked out. Quoted identifiers stay:
-/// `"nextval"(...)` still calls nextval.
-fn strip_literals(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                out.push(' ');
-                while let Some(d) = chars.next() {
-                    if d == c {
-                        if chars.peek() == Some(&c) {
-                            chars.next();
-                            continue;
-                        }
-                        break;
-                    }
-                }
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for d in chars.by_ref() {
-                    if d == '\n' {
-                        break;
-                    }
-                }
-                out.push('\n');
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                for d in chars.by_ref() {
-                    if prev == '*' && d == '/' {
-                        break;
-                    }
-                    prev = d;
-                }
-                out.push(' ');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// Compiles a prompt file.

@@ -43,6 +43,8 @@ pub enum Code {
     E011,
     /// The paging declaration is inconsistent with the queries or the input schema.
     E012,
+    /// A fan-out query (target workers / all_nodes) takes bind parameters.
+    E013,
     /// The file name does not match the declared name.
     W001,
     /// The tool has no examples.
@@ -67,6 +69,7 @@ impl Code {
             Code::E010 => "E010",
             Code::E011 => "E011",
             Code::E012 => "E012",
+            Code::E013 => "E013",
             Code::W001 => "W001",
             Code::W002 => "W002",
             Code::W003 => "W003",

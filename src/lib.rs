@@ -14,5 +14,6 @@ pub mod plugins;
 pub mod registry;
 pub mod server;
 pub mod spec;
+pub mod sql;
 pub mod template;
 pub mod watch;

@@ -64,6 +64,10 @@ pub const CODES: &[(Code, &str)] = &[
         Code::E012,
         "paging is declared inconsistently (more than one pager, not shape many, missing limit/offset/cursor)",
     ),
+    (
+        Code::E013,
+        "a fan-out query (target workers or all_nodes) takes bind parameters; filter in a later coordinator query over `results`",
+    ),
     (Code::W001, "the file name does not match the declared name"),
     (Code::W002, "the tool has no examples"),
     (

@@ -24,7 +24,7 @@ use citus_mcp::watch::Reloader;
 
 /// An MCP server that lets AI assistants inspect and operate Citus clusters safely.
 #[derive(Parser)]
-#[command(name = "citus-mcp", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "citus-mcp", version, about, long_about = None, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -92,9 +92,12 @@ struct Opts {
     /// Prefer CITUS_MCP_COORDINATOR_PASSWORD: flags show up in process lists.
     #[arg(long, global = true, hide_env_values = true)]
     coordinator_password: Option<String>,
-    /// Comma-separated worker connection strings.
+    /// Comma-separated worker connection strings (for --fanout direct).
     #[arg(long, global = true)]
     worker_dsns: Option<String>,
+    /// How fan-out tools reach the nodes: coordinator (run_command_on_workers) or direct.
+    #[arg(long, global = true)]
+    fanout: Option<String>,
     /// read_only or admin.
     #[arg(long, global = true)]
     mode: Option<String>,
@@ -136,6 +139,7 @@ impl Opts {
             ("coordinator_user", self.coordinator_user.as_ref()),
             ("coordinator_password", self.coordinator_password.as_ref()),
             ("worker_dsns", self.worker_dsns.as_ref()),
+            ("fanout", self.fanout.as_ref()),
             ("mode", self.mode.as_ref()),
             ("allow_execute", self.allow_execute.as_ref()),
             ("approval_secret", self.approval_secret.as_ref()),
@@ -296,8 +300,15 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
     if let Some(pw) = &config.coordinator_password {
         dsn.config.password(pw.expose());
     }
+    let worker_dsns = config
+        .worker_dsns
+        .iter()
+        .map(|w| Dsn::parse(w))
+        .collect::<Result<Vec<_>, _>>()
+        .context("worker_dsns")?;
     let db = Db::new(DbConfig {
         dsn,
+        worker_dsns,
         connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
         pool_size: 8,
         application_name: format!("citus-mcp {}", env!("CARGO_PKG_VERSION")),
@@ -320,6 +331,7 @@ fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
         statement_timeout_ms: config.statement_timeout_ms,
         cache_ttl_s: config.cache_ttl_seconds,
         enable_caching: config.enable_caching,
+        fanout: config.fanout,
     };
     Ok(Arc::new(Engine::new(registry, connect(config)?, settings)))
 }

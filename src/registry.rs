@@ -100,6 +100,15 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Only the built-in tools and prompts.
+    pub fn builtin() -> Sources {
+        Sources {
+            tools: vec![builtin_tools()],
+            prompts: vec![builtin_prompts()],
+            problems: vec![],
+        }
+    }
+
     /// The built-ins plus the files of the given folders, read now.
     pub fn gather(tool_dirs: &[PathBuf], prompt_dirs: &[PathBuf]) -> Sources {
         let mut s = Sources {

@@ -43,8 +43,13 @@ pub enum Safety {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
+    /// The coordinator, in one READ ONLY transaction with the tool's other queries.
     #[default]
     Coordinator,
+    /// Every active primary worker, in parallel; rows carry their node.
+    Workers,
+    /// Every active primary node, coordinator included.
+    AllNodes,
 }
 
 /// How a query's rows become part of the result.
@@ -125,6 +130,16 @@ pub struct QuerySpec {
     pub when: Option<String>,
     pub paging: Option<Paging>,
     pub on_empty: Option<OnEmpty>,
+    /// Where this query runs; the tool's `target` when left out.
+    pub target: Option<Target>,
+    /// Whether the rows appear in the result; `false` for a query whose rows only feed
+    /// later queries (through `results.<name>`).
+    #[serde(default = "yes")]
+    pub output: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What an example promises, checked by the generic example test.

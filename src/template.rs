@@ -87,6 +87,13 @@ impl Templates {
         })
     }
 
+    /// Whether the template `name` reads the top-level variable `var`.
+    pub fn references(&self, name: &str, var: &str) -> bool {
+        self.env
+            .get_template(name)
+            .is_ok_and(|t| t.undeclared_variables(false).contains(var))
+    }
+
     /// Evaluates a condition added with [`Templates::add_condition`].
     pub fn check(&self, name: &str, context: &serde_json::Value) -> Result<bool, RenderError> {
         Ok(self.render(name, context)?.sql == "1")
@@ -143,82 +150,6 @@ fn describe(e: Error) -> RenderError {
         msg = format!("{msg}: {detail}");
     }
     RenderError(msg)
-}
-
-/// Where the placeholders `$n` of a rendered statement fall in literal text.
-///
-/// Returns the placeholders that sit inside a quoted string, a quoted identifier, a
-/// dollar-quoted body or a comment, where the database would not see them as binds.
-pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
-    let bytes = sql.as_bytes();
-    let mut bad = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let end = match c {
-            b'\'' | b'"' => {
-                let mut j = i + 1;
-                while j < bytes.len() {
-                    if bytes[j] == c {
-                        if j + 1 < bytes.len() && bytes[j + 1] == c {
-                            j += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    j += 1;
-                }
-                Some(j + 1)
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                Some(sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1))
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => Some(
-                sql[i + 2..]
-                    .find("*/")
-                    .map_or(bytes.len(), |n| i + 2 + n + 2),
-            ),
-            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                // A dollar quote: $tag$ ... $tag$
-                let tag_end = sql[i + 1..]
-                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
-                    .map(|n| i + 1 + n);
-                match tag_end {
-                    Some(t) if bytes[t] == b'$' => {
-                        let tag = &sql[i..=t];
-                        Some(
-                            sql[t + 1..]
-                                .find(tag)
-                                .map_or(bytes.len(), |n| t + 1 + n + tag.len()),
-                        )
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        match end {
-            Some(end) => {
-                let end = end.min(bytes.len());
-                let literal = &sql[i..end];
-                let mut k = 0;
-                while let Some(p) = literal[k..].find('$') {
-                    let start = k + p + 1;
-                    let digits: String = literal[start..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    if !digits.is_empty() {
-                        bad.push(format!("${digits}"));
-                    }
-                    k = start;
-                }
-                i = end;
-            }
-            None => i += 1,
-        }
-    }
-    bad
 }
 
 #[cfg(test)]
@@ -302,20 +233,6 @@ mod tests {
         assert!(
             !t.check("w", &json!({"include_shards": false, "limit": 4}))
                 .unwrap()
-        );
-    }
-
-    #[test]
-    fn placeholders_in_literals_are_found() {
-        assert!(placeholders_outside_code("SELECT $1, '$$' , $2::int").is_empty());
-        assert_eq!(placeholders_outside_code("SELECT '$1'"), vec!["$1"]);
-        assert_eq!(
-            placeholders_outside_code("SELECT 1 -- $2\n, \"$3\""),
-            vec!["$2", "$3"]
-        );
-        assert_eq!(
-            placeholders_outside_code("SELECT $q$ $4 $q$, $5"),
-            vec!["$4"]
         );
     }
 }

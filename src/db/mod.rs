@@ -6,6 +6,7 @@
 //! (`probe.sql` and the `set_config` calls); tool SQL comes from `template`.
 
 pub mod dsn;
+pub mod fanout;
 pub mod value;
 
 use std::sync::Mutex;
@@ -24,6 +25,9 @@ use value::{Bind, PgJson};
 #[derive(Debug, Clone)]
 pub struct DbConfig {
     pub dsn: Dsn,
+    /// Direct connections to workers for fan-out, matched to nodes by host and port;
+    /// other nodes are reached with the coordinator's settings and the node's address.
+    pub worker_dsns: Vec<Dsn>,
     pub connect_timeout: Duration,
     pub pool_size: usize,
     pub application_name: String,
@@ -98,12 +102,15 @@ pub enum DbError {
     Decode { column: String, reason: String },
 }
 
-/// A pool of connections to the coordinator.
+/// A pool of connections to the coordinator (or, for fan-out, to one node).
 pub struct Db {
     pool: Pool,
     dsn: Dsn,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     facts: Mutex<Option<(Instant, ServerFacts)>>,
+    config: DbConfig,
+    /// Pools of direct connections to other nodes, by `host:port`.
+    nodes: Mutex<std::collections::HashMap<String, std::sync::Arc<Db>>>,
 }
 
 const FACTS_TTL: Duration = Duration::from_secs(60);
@@ -112,6 +119,7 @@ impl Db {
     /// Builds the pool; no connection is made until the first statement.
     pub fn new(cfg: DbConfig) -> Result<Db, DsnError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = cfg.clone();
         let tls = cfg.dsn.tls()?;
         let mut pg = cfg.dsn.config.clone();
         pg.connect_timeout(cfg.connect_timeout);
@@ -137,6 +145,8 @@ impl Db {
             dsn: cfg.dsn,
             tls,
             facts: Mutex::new(None),
+            config,
+            nodes: Mutex::new(std::collections::HashMap::new()),
         })
     }
 

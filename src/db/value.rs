@@ -310,9 +310,13 @@ fn inet(raw: &[u8]) -> Result<String, BoxError> {
 pub struct Bind<'a>(pub &'a Value);
 
 impl ToSql for Bind<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         match self.0 {
             Value::Null => return Ok(IsNull::Yes),
+            // A json/jsonb parameter takes JSON text, whatever the value's JSON type.
+            v if matches!(*ty, Type::JSON | Type::JSONB) => {
+                out.extend_from_slice(v.to_string().as_bytes())
+            }
             Value::String(s) => out.extend_from_slice(s.as_bytes()),
             Value::Array(items) => out.extend_from_slice(array_literal(items).as_bytes()),
             other => out.extend_from_slice(other.to_string().as_bytes()),

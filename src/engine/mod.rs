@@ -19,9 +19,10 @@ pub use error::{ErrorCode, ToolError};
 pub use shape::ToolOutput;
 
 use crate::compile::CompiledTool;
-use crate::db::{Db, ServerFacts, Statement};
+use crate::db::fanout::{FanOutMode, NodeResult, NodeSet};
+use crate::db::{Column, Db, Rows, ServerFacts, Statement};
 use crate::registry::Registry;
-use crate::spec::{Paging, Safety, Shape};
+use crate::spec::{Paging, QuerySpec, Safety, Shape, Target};
 use shape::{Page, Part};
 
 /// Who may run what, and the default limits.
@@ -34,6 +35,8 @@ pub struct Settings {
     pub statement_timeout_ms: u32,
     pub cache_ttl_s: u64,
     pub enable_caching: bool,
+    /// How fan-out tools reach the nodes.
+    pub fanout: FanOutMode,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             statement_timeout_ms: 30_000,
             cache_ttl_s: 5,
             enable_caching: true,
+            fanout: FanOutMode::Coordinator,
         }
     }
 }
@@ -216,11 +220,21 @@ impl Engine {
         if let Some(p) = &page {
             ctx.insert("page".into(), p.context());
         }
-        let ctx = Value::Object(ctx);
+        let mut ctx = Value::Object(ctx);
 
-        let mut statements = Vec::new();
-        let mut queries = Vec::new();
+        // Queries run in order. Consecutive coordinator queries share one READ ONLY
+        // transaction; a fan-out query, or one that reads `results` of earlier queries,
+        // starts a new stage.
+        let mut parts: Vec<Part> = Vec::new();
+        let mut node_errors = Vec::new();
+        let mut batch: Vec<(&QuerySpec, Statement)> = Vec::new();
         for q in &tool.spec.queries {
+            let target = q.target.unwrap_or(tool.spec.target);
+            let reads_results = tool.templates.references(&q.name, "results");
+            if !batch.is_empty() && (target != Target::Coordinator || reads_results) {
+                self.flush(&mut batch, &mut parts, &mut ctx, db, timeout, cancel)
+                    .await?;
+            }
             if q.when.is_some()
                 && !tool
                     .templates
@@ -235,38 +249,35 @@ impl Engine {
                 _ if q.shape == Shape::Many => max_rows,
                 _ => 1,
             };
-            statements.push(Statement {
+            let st = Statement {
                 sql: r.sql,
                 binds: r.binds,
                 max_rows: cap,
-            });
-            queries.push(q);
-        }
-
-        let results = db.read_only(&statements, timeout, cancel).await?;
-        let mut parts = Vec::with_capacity(results.len());
-        for (q, rows) in queries.into_iter().zip(results) {
-            if let Some(empty) = &q.on_empty {
-                let is_empty = rows.rows.first().is_none_or(|r| {
-                    q.shape == Shape::Value && r.first().is_none_or(Value::is_null)
-                });
-                if is_empty {
-                    let mut e =
-                        ToolError::new(ErrorCode::parse(&empty.code), empty.message.clone());
-                    e.hint = empty.hint.clone();
-                    return Err(e);
+            };
+            match target {
+                Target::Coordinator => batch.push((q, st)),
+                Target::Workers | Target::AllNodes => {
+                    let set = if target == Target::Workers {
+                        NodeSet::Workers
+                    } else {
+                        NodeSet::AllNodes
+                    };
+                    let results = db
+                        .fan_out(set, self.settings.fanout, &st, timeout, cancel)
+                        .await?;
+                    let (rows, errors) = merge_nodes(results, cap);
+                    node_errors.extend(errors);
+                    push_part(q, rows, &mut parts, &mut ctx)?;
                 }
             }
-            parts.push(Part {
-                name: q.name.clone(),
-                shape: q.shape,
-                rows,
-            });
         }
+        self.flush(&mut batch, &mut parts, &mut ctx, db, timeout, cancel)
+            .await?;
 
         let cut = shape::fit(&mut parts, max_bytes);
         let mut result_page = Page {
             truncated: cut,
+            node_errors,
             ..Page::default()
         };
         if let (Some((name, paging)), Some(req)) = (&pager, &page)
@@ -284,9 +295,131 @@ impl Engine {
         }
         Ok(shape::finish(&parts, &result_page))
     }
+
+    /// Runs the batched coordinator statements in one transaction and shapes them.
+    async fn flush(
+        &self,
+        batch: &mut Vec<(&QuerySpec, Statement)>,
+        parts: &mut Vec<Part>,
+        ctx: &mut Value,
+        db: &Db,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), ToolError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (queries, statements): (Vec<&QuerySpec>, Vec<Statement>) = batch.drain(..).unzip();
+        let results = db.read_only(&statements, timeout, cancel).await?;
+        for (q, rows) in queries.into_iter().zip(results) {
+            push_part(q, rows, parts, ctx)?;
+        }
+        Ok(())
+    }
 }
 
-fn not_configured() -> ToolError {
+/// Adds a query's rows to the result (after its `on_empty` check) and to `results`,
+/// where later queries can read them.
+fn push_part(
+    q: &QuerySpec,
+    rows: Rows,
+    parts: &mut Vec<Part>,
+    ctx: &mut Value,
+) -> Result<(), ToolError> {
+    if let Some(empty) = &q.on_empty {
+        let is_empty = rows
+            .rows
+            .first()
+            .is_none_or(|r| q.shape == Shape::Value && r.first().is_none_or(Value::is_null));
+        if is_empty {
+            let mut e = ToolError::new(ErrorCode::parse(&empty.code), empty.message.clone());
+            e.hint = empty.hint.clone();
+            return Err(e);
+        }
+    }
+    let part = Part {
+        name: q.name.clone(),
+        shape: q.shape,
+        rows,
+    };
+    if let Value::Object(c) = ctx {
+        let results = c
+            .entry("results")
+            .or_insert_with(|| Value::Object(Map::new()));
+        results[q.name.as_str()] = part.value();
+    }
+    if q.output {
+        parts.push(part);
+    }
+    Ok(())
+}
+
+/// Every node's rows in one table, led by the node's id and name; failed nodes become
+/// per-node errors instead of silently missing rows.
+fn merge_nodes(results: Vec<NodeResult>, cap: usize) -> (Rows, Vec<Value>) {
+    let mut columns = vec![
+        Column {
+            name: "nodeid".into(),
+            type_name: "int4".into(),
+        },
+        Column {
+            name: "node".into(),
+            type_name: "text".into(),
+        },
+    ];
+    let mut rows = Vec::new();
+    let mut more = false;
+    let mut errors = Vec::new();
+    for NodeResult { node, result } in results {
+        match result {
+            Ok(r) => {
+                for c in &r.columns {
+                    if !columns.iter().any(|k| k.name == c.name) {
+                        columns.push(c.clone());
+                    }
+                }
+                more |= r.more;
+                for row in r.rows {
+                    let mut full = vec![Value::Null; columns.len()];
+                    full[0] = node.nodeid.map_or(Value::Null, Value::from);
+                    full[1] = Value::from(node.name());
+                    for (c, v) in r.columns.iter().zip(row) {
+                        let i = columns
+                            .iter()
+                            .position(|k| k.name == c.name)
+                            .expect("column was added");
+                        full[i] = v;
+                    }
+                    rows.push(full);
+                }
+            }
+            Err(e) => {
+                let e = ToolError::from(e);
+                errors.push(serde_json::json!({
+                    "nodeid": node.nodeid,
+                    "node": node.name(),
+                    "code": e.code,
+                    "message": e.message,
+                }));
+            }
+        }
+    }
+    for r in &mut rows {
+        r.resize(columns.len(), Value::Null);
+    }
+    let _ = cap;
+    (
+        Rows {
+            columns,
+            rows,
+            more,
+        },
+        errors,
+    )
+}
+
+/// The error of a tool that needs the database when none is configured.
+pub fn not_configured() -> ToolError {
     ToolError::new(ErrorCode::NotConfigured, "no coordinator is configured")
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
 }

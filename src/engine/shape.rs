@@ -58,6 +58,8 @@ impl Part {
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     pub truncated: bool,
+    /// Nodes of a fan-out that failed: `{nodeid, node, code, message}`.
+    pub node_errors: Vec<Value>,
     pub next_offset: Option<u64>,
     pub next_cursor: Option<String>,
 }
@@ -109,6 +111,9 @@ fn structured(parts: &[Part], page: &Page) -> Value {
     if let Some(c) = &page.next_cursor {
         obj.insert("next_cursor".into(), Value::from(c.clone()));
     }
+    if !page.node_errors.is_empty() {
+        obj.insert("node_errors".into(), Value::Array(page.node_errors.clone()));
+    }
     Value::Object(obj)
 }
 
@@ -152,6 +157,14 @@ pub fn text(parts: &[Part], page: &Page) -> String {
                 }
             }
         }
+    }
+    for e in &page.node_errors {
+        s.push_str(&format!(
+            "node error {}: {} {}\n",
+            cell(&e["node"]),
+            cell(&e["code"]),
+            cell(&e["message"])
+        ));
     }
     let truncated = page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many);
     if truncated {

@@ -8,6 +8,7 @@
 #[path = "../support/pg.rs"]
 mod pg;
 
+mod analysis;
 mod e2e;
 mod engine;
 mod examples;
@@ -59,6 +60,7 @@ impl Ctx {
         dsn.config.application_name(application_name);
         Db::new(DbConfig {
             dsn,
+            worker_dsns: vec![],
             connect_timeout: Duration::from_secs(10),
             pool_size: 4,
             application_name: application_name.into(),
@@ -92,6 +94,7 @@ fn main() {
     trials.extend(engine::trials(&ctx));
     trials.extend(e2e::trials(&ctx));
     trials.extend(fixture::trials(&ctx));
+    trials.extend(analysis::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 use crate::compile::CompiledTool;
 use crate::engine::{Engine, ToolError, ToolOutput, shape};
 
+mod explain;
+
 /// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &["ping", "server_info"];
+pub const NAMES: &[&str] = &["ping", "server_info", "explain"];
 
 /// Runs a plugin tool.
 pub async fn call(
@@ -18,11 +20,25 @@ pub async fn call(
     engine: &Engine,
     tool: &CompiledTool,
     args: &Map<String, Value>,
-    _cancel: &CancellationToken,
+    cancel: &CancellationToken,
 ) -> Result<ToolOutput, ToolError> {
+    let timeout_ms = tool
+        .spec
+        .limits
+        .timeout_ms
+        .unwrap_or(engine.settings.statement_timeout_ms);
+    let timeout = std::time::Duration::from_millis(timeout_ms.into());
     let structured = match plugin {
         "ping" => ping(args),
         "server_info" => server_info(engine).await,
+        "explain" => {
+            let max_bytes = tool
+                .spec
+                .limits
+                .max_bytes
+                .unwrap_or(engine.settings.max_bytes) as usize;
+            explain::run(engine, args, timeout, max_bytes, cancel).await?
+        }
         other => {
             return Err(ToolError::new(
                 crate::engine::ErrorCode::Internal,

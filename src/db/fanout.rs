@@ -1,0 +1,277 @@
+//! Fan-out: one statement on every worker (or every node), each node's rows or error
+//! reported next to the others.
+//!
+//! Two ways to reach the nodes. Through the coordinator, with Citus's
+//! `run_command_on_workers` / `run_command_on_all_nodes`: no extra credentials, the
+//! rows travel back as JSON. Or directly, with a pool per node (`worker_dsns`, or the
+//! coordinator's settings with the node's host and port), each with its own timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Column, Db, DbError, Rows, Statement};
+
+/// Which nodes a fan-out reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSet {
+    Workers,
+    AllNodes,
+}
+
+/// How a fan-out reaches the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOutMode {
+    #[default]
+    Coordinator,
+    Direct,
+}
+
+/// A node as `pg_dist_node` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub nodeid: Option<i32>,
+    pub host: String,
+    pub port: i32,
+    pub is_coordinator: bool,
+}
+
+impl Node {
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// One node's share of a fan-out.
+#[derive(Debug)]
+pub struct NodeResult {
+    pub node: Node,
+    pub result: Result<Rows, DbError>,
+}
+
+impl Db {
+    /// Runs `st` (which has no bind parameters) on every node of `set`.
+    pub async fn fan_out(
+        &self,
+        set: NodeSet,
+        mode: FanOutMode,
+        st: &Statement,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<NodeResult>, DbError> {
+        match mode {
+            FanOutMode::Coordinator => self.fan_out_via_coordinator(set, st, timeout, cancel).await,
+            FanOutMode::Direct => self.fan_out_direct(set, st, timeout, cancel).await,
+        }
+    }
+
+    async fn fan_out_via_coordinator(
+        &self,
+        set: NodeSet,
+        st: &Statement,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<NodeResult>, DbError> {
+        // Each node answers with its rows as one JSON array; the row cap is applied there.
+        let command = format!(
+            "SELECT coalesce(json_agg(q), '[]'::json)::text FROM (SELECT * FROM ({}\n) q0 LIMIT {}) q",
+            st.sql,
+            st.max_rows.saturating_add(1)
+        );
+        let sql = match set {
+            NodeSet::Workers => include_str!("fanout_workers.sql"),
+            NodeSet::AllNodes => include_str!("fanout_all.sql"),
+        };
+        let stmt = Statement {
+            sql: sql.to_string(),
+            binds: vec![Value::from(command)],
+            max_rows: 10_000,
+        };
+        let rows = self
+            .read_only(&[stmt], timeout, cancel)
+            .await?
+            .pop()
+            .map(|r| r.rows)
+            .unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let node = Node {
+                    nodeid: r[0].as_i64().map(|n| n as i32),
+                    host: r[1].as_str().unwrap_or_default().to_string(),
+                    port: r[2].as_i64().unwrap_or_default() as i32,
+                    is_coordinator: r[3].as_bool().unwrap_or(false),
+                };
+                let text = r[5].as_str().unwrap_or_default();
+                let result = if r[4].as_bool() == Some(true) {
+                    json_rows(text, st.max_rows)
+                } else {
+                    Err(remote_error(text))
+                };
+                NodeResult { node, result }
+            })
+            .collect())
+    }
+
+    async fn fan_out_direct(
+        &self,
+        set: NodeSet,
+        st: &Statement,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<NodeResult>, DbError> {
+        let list = Statement {
+            sql: include_str!("fanout.sql").to_string(),
+            binds: vec![Value::Bool(set == NodeSet::AllNodes)],
+            max_rows: 10_000,
+        };
+        let rows = self
+            .read_only(&[list], timeout, cancel)
+            .await?
+            .pop()
+            .map(|r| r.rows)
+            .unwrap_or_default();
+        let nodes: Vec<Node> = rows
+            .into_iter()
+            .map(|r| Node {
+                nodeid: r[0].as_i64().map(|n| n as i32),
+                host: r[1].as_str().unwrap_or_default().to_string(),
+                port: r[2].as_i64().unwrap_or_default() as i32,
+                is_coordinator: r[3].as_bool().unwrap_or(false),
+            })
+            .collect();
+        let runs = nodes.into_iter().map(|node| async move {
+            let result = async {
+                let pool = if node.is_coordinator {
+                    None
+                } else {
+                    Some(self.node_pool(&node)?)
+                };
+                let db = pool.as_deref().unwrap_or(self);
+                let run = db.read_only(std::slice::from_ref(st), timeout, cancel);
+                // The server-side timeout covers the statement; this one covers connecting.
+                match tokio::time::timeout(timeout + self.config.connect_timeout, run).await {
+                    Ok(r) => r.map(|mut v| v.pop().expect("one statement, one result")),
+                    Err(_) => Err(DbError::Timeout(timeout.as_millis() as u64)),
+                }
+            }
+            .await;
+            NodeResult { node, result }
+        });
+        Ok(join_all(runs).await)
+    }
+
+    /// The pool of direct connections to a node, made on first use.
+    fn node_pool(&self, node: &Node) -> Result<Arc<Db>, DbError> {
+        let key = node.name();
+        let mut pools = self.nodes.lock().expect("node pools lock");
+        if let Some(p) = pools.get(&key) {
+            return Ok(p.clone());
+        }
+        let port = u16::try_from(node.port).unwrap_or(5432);
+        let dsn = match self
+            .config
+            .worker_dsns
+            .iter()
+            .find(|d| targets(d, &node.host, port))
+        {
+            Some(d) => d.clone(),
+            None => {
+                let mut d = self.dsn.clone();
+                let mut cfg = tokio_postgres::Config::new();
+                cfg.host(&node.host).port(port);
+                if let Some(u) = d.config.get_user() {
+                    cfg.user(u);
+                }
+                if let Some(p) = d.config.get_password() {
+                    cfg.password(p);
+                }
+                if let Some(db) = d.config.get_dbname() {
+                    cfg.dbname(db);
+                }
+                cfg.ssl_mode(d.config.get_ssl_mode());
+                d.config = cfg;
+                d
+            }
+        };
+        let cfg = super::DbConfig {
+            dsn,
+            worker_dsns: vec![],
+            pool_size: 2,
+            ..self.config.clone()
+        };
+        let db = Arc::new(Db::new(cfg).map_err(|e| DbError::Connect {
+            target: key.clone(),
+            reason: e.to_string(),
+        })?);
+        pools.insert(key, db.clone());
+        Ok(db)
+    }
+}
+
+fn targets(dsn: &super::Dsn, host: &str, port: u16) -> bool {
+    use tokio_postgres::config::Host;
+    let h = matches!(dsn.config.get_hosts().first(), Some(Host::Tcp(h)) if h == host);
+    let p = dsn.config.get_ports().first().copied().unwrap_or(5432) == port;
+    h && p
+}
+
+/// A node's JSON array of row objects → rows, capped at `max_rows`.
+fn json_rows(text: &str, max_rows: usize) -> Result<Rows, DbError> {
+    let decode = |reason: String| DbError::Decode {
+        column: "result".into(),
+        reason,
+    };
+    let items: Vec<serde_json::Map<String, Value>> =
+        serde_json::from_str(text).map_err(|e| decode(e.to_string()))?;
+    let columns: Vec<Column> = items
+        .first()
+        .map(|o| {
+            o.keys()
+                .map(|k| Column {
+                    name: k.clone(),
+                    type_name: "json".into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let more = items.len() > max_rows;
+    let rows = items
+        .into_iter()
+        .take(max_rows)
+        .map(|mut o| {
+            columns
+                .iter()
+                .map(|c| o.remove(&c.name).unwrap_or(Value::Null))
+                .collect()
+        })
+        .collect();
+    Ok(Rows {
+        columns,
+        rows,
+        more,
+    })
+}
+
+/// Citus reports a node's failure as text, e.g. `ERROR:  relation "x" does not exist`
+/// or a connection failure.
+fn remote_error(text: &str) -> DbError {
+    let message = text.trim().trim_start_matches("ERROR:").trim().to_string();
+    if message.contains("connection") || message.contains("could not connect") {
+        DbError::Connect {
+            target: "the node".into(),
+            reason: message,
+        }
+    } else {
+        DbError::Sql {
+            sqlstate: "XX000".into(),
+            message,
+            detail: None,
+            hint: None,
+        }
+    }
+}
