@@ -276,6 +276,20 @@ pub fn compile_tool(
         }
     }
     check_paging(&spec, origin, &file.text, &mut out);
+    let props = spec
+        .input_schema
+        .get("properties")
+        .and_then(Value::as_object);
+    for (i, r) in spec.resources.iter().enumerate() {
+        for var in r.variables() {
+            if !props.is_some_and(|p| p.contains_key(var)) {
+                out.push(
+                    Diagnostic::new(Code::E002, origin, format!("resource `{}` uses `{{{var}}}`, which is not a property of input_schema", r.uri))
+                        .at(spec::locate(&file.text, &format!("/resources/{i}/uri"))),
+                );
+            }
+        }
+    }
     if spec.safety == Safety::Execute {
         let props = spec.input_schema.get("properties");
         let required = spec.input_schema.get("required").and_then(Value::as_array);

@@ -205,6 +205,21 @@ impl Registry {
             reg.tools.remove(name);
             reg.prompts.remove(name);
         }
+        let mut uris: BTreeMap<&str, &str> = BTreeMap::new();
+        for tool in reg.tools.values() {
+            for r in &tool.spec.resources {
+                if let Some(other) = uris.insert(&r.uri, &tool.spec.name) {
+                    reg.diagnostics.push(Diagnostic::new(
+                        Code::E004,
+                        &tool.origin,
+                        format!(
+                            "resource `{}` is served by both `{other}` and `{}`",
+                            r.uri, tool.spec.name
+                        ),
+                    ));
+                }
+            }
+        }
         reg
     }
 
@@ -266,6 +281,50 @@ mod tests {
         let errors: Vec<_> = reg.errors().map(ToString::to_string).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
         assert!(reg.tools.len() >= 9);
+    }
+
+    /// Prompts name tools to call: every `tool` they name must exist, and every
+    /// `` `param: ...` `` after it on the same line must be a parameter of that tool.
+    #[test]
+    fn prompts_name_real_tools_and_parameters() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let tool_ref = regex_lite::Regex::new(r"`([a-z][a-z0-9_]*)`").unwrap();
+        let param_ref = regex_lite::Regex::new(r"`([a-z_]+): ").unwrap();
+        let mut checked = 0;
+        for p in reg.prompts.values() {
+            for m in &p.spec.messages {
+                for line in m.text.lines() {
+                    let Some(c) = tool_ref.captures(line) else {
+                        continue;
+                    };
+                    let name = &c[1];
+                    if !(name.starts_with("citus_")
+                        || name.starts_with("list_")
+                        || name == "server_info"
+                        || name == "ping")
+                    {
+                        continue;
+                    }
+                    let tool = reg.tools.get(name).unwrap_or_else(|| {
+                        panic!("prompt {} names unknown tool `{name}`", p.spec.name)
+                    });
+                    let props = tool.spec.input_schema["properties"]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    for param in param_ref.captures_iter(line) {
+                        assert!(
+                            props.contains_key(&param[1]),
+                            "prompt {}: `{name}` has no parameter `{}`",
+                            p.spec.name,
+                            &param[1]
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "{checked}");
     }
 
     #[test]

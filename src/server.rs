@@ -8,10 +8,13 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
-    ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage,
-    Role as McpRole, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
+    Resource, ResourceContents, ResourceTemplate, Role as McpRole, ServerCapabilities,
+    ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
@@ -19,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::compile::CompiledTool;
-use crate::engine::{Engine, ErrorCode};
+use crate::engine::{CompletionRef, Engine, ErrorCode};
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -65,6 +68,22 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
     tool
 }
 
+fn describe_resource(r: &crate::spec::ResourceSpec, t: &CompiledTool) -> String {
+    r.description
+        .clone()
+        .unwrap_or_else(|| format!("The result of the `{}` tool as JSON.", t.spec.name))
+}
+
+fn resource(r: &crate::spec::ResourceSpec, t: &CompiledTool) -> Resource {
+    let mut res = Resource::new(r.uri.clone(), r.name.clone())
+        .with_mime_type("application/json")
+        .with_description(describe_resource(r, t));
+    if let Some(title) = &r.title {
+        res = res.with_title(title.clone());
+    }
+    res
+}
+
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
         let caps = ServerCapabilities::builder()
@@ -72,6 +91,9 @@ impl ServerHandler for Server {
             .enable_tool_list_changed()
             .enable_prompts()
             .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_completions()
             .build();
         ServerConfig::new(caps)
             .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
@@ -195,6 +217,99 @@ impl ServerHandler for Server {
         Ok(GetPromptResult::new(messages)
             .with_description(prompt.spec.description.trim().to_string())
             .into())
+    }
+
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let resources = self
+            .engine
+            .visible_tools()
+            .iter()
+            .flat_map(|t| {
+                t.spec
+                    .resources
+                    .iter()
+                    .filter(|r| r.variables().is_empty())
+                    .map(|r| resource(r, t))
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let templates = self
+            .engine
+            .visible_tools()
+            .iter()
+            .flat_map(|t| {
+                t.spec
+                    .resources
+                    .iter()
+                    .filter(|r| !r.variables().is_empty())
+                    .map(|r| {
+                        let mut tpl = ResourceTemplate::new(r.uri.clone(), r.name.clone())
+                            .with_mime_type("application/json")
+                            .with_description(describe_resource(r, t));
+                        if let Some(title) = &r.title {
+                            tpl = tpl.with_title(title.clone());
+                        }
+                        tpl
+                    })
+            })
+            .collect();
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        req: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        match self.engine.read_resource(&req.uri, &ctx.ct).await {
+            None => Err(ErrorData::resource_not_found(
+                format!("no resource `{}`", req.uri),
+                None,
+            )),
+            Some(Ok(out)) => {
+                let text = out.structured.to_string();
+                let contents = ResourceContents::text(text, req.uri.clone())
+                    .with_mime_type("application/json");
+                Ok(ReadResourceResult::new(vec![contents]).into())
+            }
+            Some(Err(e)) if e.code == ErrorCode::NotFound => {
+                Err(ErrorData::resource_not_found(e.text(), None))
+            }
+            Some(Err(e)) => Err(ErrorData::internal_error(
+                e.text(),
+                Some(serde_json::json!({"error": e})),
+            )),
+        }
+    }
+
+    async fn complete(
+        &self,
+        req: CompleteRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let target = match &req.r#ref {
+            Reference::Prompt(p) => CompletionRef::Prompt(&p.name),
+            Reference::Resource(r) => CompletionRef::Resource(&r.uri),
+            _ => return Ok(CompleteResult::new(CompletionInfo::default())),
+        };
+        let values = self
+            .engine
+            .complete(target, &req.argument.name, &req.argument.value)
+            .await;
+        let info = CompletionInfo::with_all_values(values)
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {

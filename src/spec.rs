@@ -168,6 +168,63 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
+/// A tool exposed as an MCP resource: `citus://tables/{table}` reads the tool with the
+/// URI's variables (and `args`) as arguments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// A URI, or a URI template whose `{name}` parts are arguments of the tool.
+    pub uri: String,
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// Fixed arguments added to every read.
+    #[serde(default)]
+    pub args: serde_json::Map<String, Value>,
+}
+
+impl ResourceSpec {
+    /// The `{name}` variables of the URI, in order.
+    pub fn variables(&self) -> Vec<&str> {
+        self.uri
+            .split('{')
+            .skip(1)
+            .filter_map(|p| p.split_once('}').map(|(v, _)| v))
+            .collect()
+    }
+
+    /// The variables of `uri` if it matches this resource's URI (template).
+    pub fn matches(&self, uri: &str) -> Option<serde_json::Map<String, Value>> {
+        let mut vars = serde_json::Map::new();
+        let mut rest = uri;
+        let mut template = self.uri.as_str();
+        loop {
+            match template.find('{') {
+                None => return (rest == template).then_some(vars),
+                Some(open) => {
+                    let literal = &template[..open];
+                    rest = rest.strip_prefix(literal)?;
+                    let close = template[open..].find('}')? + open;
+                    let name = &template[open + 1..close];
+                    template = &template[close + 1..];
+                    // A variable runs to the next literal character of the template (or the end).
+                    let end = match template.chars().next() {
+                        Some(c) => rest.find(c)?,
+                        None => rest.len(),
+                    };
+                    if end == 0 {
+                        return None;
+                    }
+                    let value =
+                        percent_encoding::percent_decode_str(&rest[..end]).decode_utf8_lossy();
+                    vars.insert(name.to_string(), Value::from(value.into_owned()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+    }
+}
+
 /// A parsed tool file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +249,9 @@ pub struct ToolSpec {
     pub output_schema: Option<Value>,
     #[serde(default)]
     pub examples: Vec<Example>,
+    /// MCP resources served by this tool.
+    #[serde(default)]
+    pub resources: Vec<ResourceSpec>,
 }
 
 fn default_input_schema() -> Value {
@@ -206,6 +266,9 @@ pub struct PromptArgument {
     pub description: Option<String>,
     #[serde(default)]
     pub required: bool,
+    /// The values the argument takes, offered as completions.
+    #[serde(default, rename = "enum")]
+    pub choices: Vec<String>,
 }
 
 /// Who speaks a prompt message; MCP allows only these two roles.
@@ -452,6 +515,27 @@ mod tests {
             locate(GOOD, "/safety"),
             Some(Position { line: 3, column: 1 })
         );
+    }
+
+    #[test]
+    fn resource_templates_match_uris() {
+        let r: ResourceSpec =
+            serde_yaml::from_str("{uri: 'citus://tables/{table}', name: t}").unwrap();
+        assert_eq!(r.variables(), vec!["table"]);
+        assert_eq!(
+            r.matches("citus://tables/public.orders").unwrap()["table"],
+            "public.orders"
+        );
+        assert_eq!(
+            r.matches("citus://tables/my%20table").unwrap()["table"],
+            "my table"
+        );
+        assert!(r.matches("citus://tables/").is_none());
+        assert!(r.matches("citus://other/x").is_none());
+        let fixed: ResourceSpec =
+            serde_yaml::from_str("{uri: 'citus://cluster/summary', name: s}").unwrap();
+        assert!(fixed.matches("citus://cluster/summary").unwrap().is_empty());
+        assert!(fixed.matches("citus://cluster/summary/x").is_none());
     }
 
     #[test]

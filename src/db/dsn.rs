@@ -194,7 +194,11 @@ fn split_url(text: &str) -> (String, Option<String>, Option<String>) {
                 false
             }
             Some(("sslrootcert", v)) => {
-                root = Some(percent_decode(v));
+                root = Some(
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
                 false
             }
             _ => true,
@@ -206,25 +210,6 @@ fn split_url(text: &str) -> (String, Option<String>, Option<String>) {
         format!("{base}?{}", kept.join("&"))
     };
     (rest, sslmode, root)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Splits a key=value string, honouring libpq quoting (`key='a b\'c'`).

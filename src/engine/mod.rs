@@ -4,6 +4,7 @@
 //! The engine holds the current registry snapshot (swapped whole by the watcher) and
 //! the database. It returns [`ToolOutput`] or [`ToolError`]; it knows nothing about MCP.
 
+mod complete;
 mod error;
 pub mod shape;
 
@@ -15,6 +16,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
 pub use shape::ToolOutput;
 
@@ -184,6 +186,49 @@ impl Engine {
             cache.insert(key, (Instant::now(), out.clone()));
         }
         Ok(out)
+    }
+
+    /// Reads a resource: the tool that serves its URI, called with the URI's variables.
+    /// Returns the URI's MIME type and the result; `None` when no tool serves the URI.
+    pub async fn read_resource(
+        &self,
+        uri: &str,
+        cancel: &CancellationToken,
+    ) -> Option<Result<ToolOutput, ToolError>> {
+        let registry = self.registry();
+        let (tool, args) = registry
+            .tools
+            .values()
+            .filter(|t| self.visible(t))
+            .find_map(|t| {
+                t.spec.resources.iter().find_map(|r| {
+                    r.matches(uri).map(|vars| {
+                        let mut args = r.args.clone();
+                        for (name, value) in vars {
+                            // URI variables are text; give them the type the schema asks for.
+                            let ty = t
+                                .spec
+                                .input_schema
+                                .pointer(&format!("/properties/{name}/type"));
+                            let typed = match (ty.and_then(Value::as_str), value.as_str()) {
+                                (Some("integer"), Some(v)) => {
+                                    v.parse::<i64>().map(Value::from).unwrap_or(value)
+                                }
+                                (Some("number"), Some(v)) => {
+                                    v.parse::<f64>().map(Value::from).unwrap_or(value)
+                                }
+                                (Some("boolean"), Some(v)) => {
+                                    v.parse::<bool>().map(Value::from).unwrap_or(value)
+                                }
+                                _ => value,
+                            };
+                            args.insert(name, typed);
+                        }
+                        (t.spec.name.clone(), args)
+                    })
+                })
+            })?;
+        Some(self.call(&tool, Value::Object(args), cancel).await)
     }
 
     fn ttl(&self, tool: &CompiledTool) -> Duration {

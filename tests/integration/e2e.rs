@@ -49,6 +49,17 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             execute_tools_hidden,
         ),
         trial(ctx, "e2e::prompts_are_listed_and_rendered", prompts),
+        trial(ctx, "e2e::resources_are_listed_and_read_as_json", resources),
+        trial(
+            ctx,
+            "e2e::completions_come_from_the_cluster_and_declared_values",
+            completions,
+        ),
+        trial(
+            ctx,
+            "e2e::prompt_files_hot_reload_with_list_changed",
+            prompt_hot_reload,
+        ),
         trial(
             ctx,
             "cli::invalid_configuration_exits_2_naming_key_and_source",
@@ -505,4 +516,148 @@ fn tools_call(ctx: &Ctx) {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+fn resources(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let list = c.request("resources/list", json!({}));
+    let uris: Vec<String> = list["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        uris.contains(&"citus://cluster/summary".to_string())
+            && uris.contains(&"citus://tables".to_string()),
+        "{uris:?}"
+    );
+    let templates = c.request("resources/templates/list", json!({}));
+    let templates: Vec<String> = templates["result"]["resourceTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uriTemplate"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        templates.contains(&"citus://tables/{table}".to_string()),
+        "{templates:?}"
+    );
+
+    let read = |c: &mut McpClient, uri: &str| -> Value {
+        c.request("resources/read", json!({"uri": uri}))
+    };
+    let r = read(&mut c, "citus://tables/orders");
+    let content = &r["result"]["contents"][0];
+    assert_eq!(content["mimeType"], "application/json", "{r}");
+    let doc: Value = serde_json::from_str(content["text"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["table"]["table_name"], "orders");
+    let summary: Value = serde_json::from_str(
+        read(&mut c, "citus://cluster/summary")["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(summary["summary"].is_object(), "{summary}");
+    let tables: Value = serde_json::from_str(
+        read(&mut c, "citus://tables")["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(tables["tables"].as_array().unwrap().len() >= 8);
+    let group: Value = serde_json::from_str(
+        read(&mut c, "citus://colocation/2")["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(group.to_string().contains("orders"), "{group}");
+    assert!(read(&mut c, "citus://tables/no_such_table")["error"].is_object());
+    assert!(read(&mut c, "citus://nothing/here")["error"].is_object());
+}
+
+fn completions(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let complete = |c: &mut McpClient, r: Value, arg: &str, value: &str| -> Vec<String> {
+        let out = c.request(
+            "completion/complete",
+            json!({"ref": r, "argument": {"name": arg, "value": value}}),
+        );
+        out["result"]["completion"]["values"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{out}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let prompt = json!({"type": "ref/prompt", "name": "citus.skew_investigation"});
+    let tables = complete(&mut c, prompt.clone(), "table", "ord");
+    assert_eq!(tables, vec!["orders"]);
+    let all = complete(
+        &mut c,
+        json!({"type": "ref/resource", "uri": "citus://tables/{table}"}),
+        "table",
+        "",
+    );
+    for t in [
+        "countries",
+        "customers",
+        "events",
+        "orders",
+        "tenant_acme.projects",
+    ] {
+        assert!(all.contains(&t.to_string()), "{t} missing from {all:?}");
+    }
+    assert!(
+        !all.contains(&"app_settings".to_string()),
+        "plain local tables are not Citus tables"
+    );
+    let groups = complete(
+        &mut c,
+        json!({"type": "ref/resource", "uri": "citus://colocation/{colocation_id}"}),
+        "colocation_id",
+        "",
+    );
+    assert!(
+        groups.len() >= 6 && groups.contains(&"2".to_string()),
+        "{groups:?}"
+    );
+    let strategies = complete(
+        &mut c,
+        json!({"type": "ref/prompt", "name": "citus.rebalance_workflow"}),
+        "strategy",
+        "by_d",
+    );
+    assert_eq!(strategies, vec!["by_disk_size"]);
+    assert!(complete(&mut c, prompt, "table", "zzz").is_empty());
+}
+
+const EXTRA_PROMPT: &str = "name: extra.check\ndescription: An operator's own prompt.\nmessages:\n  - role: user\n    text: Call ping.\n";
+
+fn prompt_hot_reload(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = client(ctx, &["--prompts-dirs", dir.path().to_str().unwrap()], &[]);
+    std::fs::write(dir.path().join("extra.check.yaml"), EXTRA_PROMPT).unwrap();
+    assert!(
+        c.wait_notification(
+            "notifications/prompts/list_changed",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    let list = c.request("prompts/list", json!({}));
+    assert!(
+        list["result"]["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "extra.check"),
+        "{list}"
+    );
+    let got = c.request("prompts/get", json!({"name": "extra.check"}));
+    assert_eq!(
+        got["result"]["messages"][0]["content"]["text"],
+        "Call ping."
+    );
 }

@@ -14,6 +14,7 @@ mod engine;
 mod examples;
 mod fixture;
 mod mcp;
+mod monitoring;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -94,6 +95,7 @@ fn main() {
     trials.extend(engine::trials(&ctx));
     trials.extend(e2e::trials(&ctx));
     trials.extend(fixture::trials(&ctx));
+    trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
