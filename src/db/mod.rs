@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::try_join_all;
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -212,6 +213,15 @@ impl Db {
         let cancel_token = client.cancel_token();
         let timeout_ms = timeout.as_millis() as u64;
         let work = async {
+            // Round trips: the statements are parsed once per connection (cached), then
+            // BEGIN, then set_config and every Bind in one pipelined flight, then every
+            // Execute in another; the rollback is sent without waiting for its answer.
+            let set_sql = "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)";
+            let (set, prepared) = tokio::try_join!(
+                client.prepare_cached(set_sql),
+                try_join_all(statements.iter().map(|st| client.prepare_cached(&st.sql))),
+            )
+            .map_err(sql_error)?;
             let tx = client
                 .build_transaction()
                 .read_only(true)
@@ -220,23 +230,25 @@ impl Db {
                 .map_err(sql_error)?;
             let ms = timeout_ms.to_string();
             // set_config(..., true) is SET LOCAL with a bind parameter; it ends with the
-            // transaction, so pooled connections keep no state.
-            let set = tx.prepare_cached("SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)");
-            let set = set.await.map_err(sql_error)?;
-            tx.execute(&set, &[&ms]).await.map_err(sql_error)?;
-            let mut out = Vec::with_capacity(statements.len());
-            for st in statements {
-                let prepared = tx.prepare_cached(&st.sql).await.map_err(sql_error)?;
-                let binds: Vec<Bind<'_>> = st.binds.iter().map(Bind).collect();
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-                let portal = tx.bind(&prepared, &params).await.map_err(sql_error)?;
-                let fetch = i32::try_from(st.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
-                let rows = tx.query_portal(&portal, fetch).await.map_err(sql_error)?;
-                out.push(to_rows(prepared.columns(), rows, st.max_rows)?);
-            }
-            // Dropping the transaction would also roll back, but without waiting.
-            tx.rollback().await.map_err(sql_error)?;
+            // transaction, so pooled connections keep no state. It is sent first, so the
+            // server applies it before any statement runs.
+            let set_timeout = async { tx.execute(&set, &[&ms]).await.map_err(sql_error) };
+            let run_all = try_join_all(statements.iter().zip(&prepared).map(|(st, stmt)| {
+                let tx = &tx;
+                async move {
+                    let binds: Vec<Bind<'_>> = st.binds.iter().map(Bind).collect();
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+                    let portal = tx.bind(stmt, &params).await.map_err(sql_error)?;
+                    let fetch = i32::try_from(st.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
+                    let rows = tx.query_portal(&portal, fetch).await.map_err(sql_error)?;
+                    to_rows(stmt.columns(), rows, st.max_rows)
+                }
+            }));
+            let (_, out) = tokio::try_join!(set_timeout, run_all)?;
+            // Dropping a transaction sends ROLLBACK without waiting; the connection answers
+            // it before anything its next user sends.
+            drop(tx);
             Ok(out)
         };
         let result = tokio::select! {
