@@ -39,6 +39,8 @@ impl SourceFile {
 pub struct CompiledTool {
     pub spec: ToolSpec,
     pub origin: String,
+    /// The file's text, to tell a changed definition from a recompiled same one.
+    pub source: String,
     /// The input schema as MCP wants it (a JSON object).
     pub input_schema: Arc<Map<String, Value>>,
     pub output_schema: Option<Arc<Map<String, Value>>>,
@@ -92,6 +94,8 @@ impl CompiledTool {
 pub struct CompiledPrompt {
     pub spec: PromptSpec,
     pub origin: String,
+    /// The file's text, to tell a changed definition from a recompiled same one.
+    pub source: String,
     env: PromptEnv,
 }
 
@@ -403,6 +407,7 @@ pub fn compile_tool(
         .map(Arc::new);
     let tool = CompiledTool {
         origin: file.origin.clone(),
+        source: file.text.clone(),
         input_schema,
         output_schema,
         validator,
@@ -622,6 +627,7 @@ pub fn compile_prompt(file: &SourceFile) -> (Option<CompiledPrompt>, Vec<Diagnos
     (
         Some(CompiledPrompt {
             origin: file.origin.clone(),
+            source: file.text.clone(),
             spec,
             env: PromptEnv(env),
         }),

@@ -230,22 +230,24 @@ impl Registry {
 
     /// Whether `other` serves a different set of tools (names or definitions).
     pub fn tools_differ(&self, other: &Registry) -> bool {
+        let key = |t: &CompiledTool| (t.origin.clone(), t.source.clone());
         self.tools.len() != other.tools.len()
             || self
                 .tools
                 .iter()
                 .zip(other.tools.iter())
-                .any(|((a, ta), (b, tb))| a != b || !Arc::ptr_eq(ta, tb))
+                .any(|((a, ta), (b, tb))| a != b || key(ta) != key(tb))
     }
 
     /// Whether `other` serves a different set of prompts.
     pub fn prompts_differ(&self, other: &Registry) -> bool {
+        let key = |p: &CompiledPrompt| (p.origin.clone(), p.source.clone());
         self.prompts.len() != other.prompts.len()
             || self
                 .prompts
                 .iter()
                 .zip(other.prompts.iter())
-                .any(|((a, pa), (b, pb))| a != b || !Arc::ptr_eq(pa, pb))
+                .any(|((a, pa), (b, pb))| a != b || key(pa) != key(pb))
     }
 }
 
@@ -354,6 +356,12 @@ mod tests {
         };
         let third = Registry::build(&layered, None, &[], &[]);
         assert_eq!(third.tools["t"].spec.queries[0].sql, "SELECT 2");
+
+        let again = Registry::build(&layered, None, &[], &[]);
+        assert!(
+            !again.tools_differ(&third),
+            "recompiling the same files changes nothing"
+        );
 
         let removed = Registry::build(&Sources::default(), Some(&third), &[], &[]);
         assert!(removed.tools.is_empty());
