@@ -12,6 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::Ctx;
 
 pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
+    let mut out = vec![readme_example(ctx)];
+    out.extend(tool_examples(ctx));
+    out
+}
+
+fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
     let registry = Registry::build(
         &Sources {
             tools: vec![builtin_tools()],
@@ -77,4 +83,69 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 
 fn tool_is_sql(name: &str) -> bool {
     !matches!(name, "ping" | "server_info")
+}
+
+/// The tool file shown in README.md ("Adding a tool") compiles and its examples run.
+pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
+    let ctx = ctx.clone();
+    Trial::test("examples::readme_example_tool_works", move || {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Adding a tool")
+            .nth(1)
+            .ok_or("README has no `Adding a tool` section")?;
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .ok_or("no yaml block")?;
+        let file = citus_mcp::compile::SourceFile {
+            origin: "README.md/biggest_shards.yaml".into(),
+            text: yaml.to_string(),
+        };
+        let registry = Registry::build(
+            &Sources {
+                tools: vec![vec![file]],
+                prompts: vec![],
+                problems: vec![],
+            },
+            None,
+            &[],
+            citus_mcp::plugins::NAMES,
+        );
+        let problems: Vec<String> = registry
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let tool = registry
+            .tools
+            .values()
+            .next()
+            .ok_or_else(|| format!("the README tool does not compile: {problems:?}"))?
+            .clone();
+        let name = tool.spec.name.clone();
+        let examples = tool.spec.examples.clone();
+        let engine = Engine::new(
+            registry,
+            Some(ctx.pool(&ctx.dsn())),
+            Settings {
+                enable_caching: false,
+                ..Settings::default()
+            },
+        );
+        for ex in examples {
+            let out = ctx
+                .rt
+                .block_on(engine.call(&name, ex.args.clone(), &CancellationToken::new()))
+                .map_err(|e| format!("{}: {}", ex.args, e.text()))?;
+            for (query, min) in &ex.expect.min_rows {
+                let n = out.structured[query].as_array().map_or(0, Vec::len) as u64;
+                if n < *min {
+                    return Err(format!("{query}: {n} rows, expected {min}").into());
+                }
+            }
+        }
+        Ok(())
+    })
 }
