@@ -24,6 +24,10 @@ static SCHEMA: LazyLock<Value> =
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -48,10 +52,11 @@ pub enum Mode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    pub coordinator_dsn: Option<String>,
+    /// May hold a password, so it is a [`Secret`] too.
+    pub coordinator_dsn: Option<Secret>,
     pub coordinator_user: Option<String>,
     pub coordinator_password: Option<Secret>,
-    pub worker_dsns: Vec<String>,
+    pub worker_dsns: Vec<Secret>,
     pub fanout: crate::db::fanout::FanOutMode,
     pub mode: Mode,
     pub allow_execute: bool,
@@ -95,6 +100,12 @@ impl Default for Config {
             sources: BTreeMap::new(),
         }
     }
+}
+
+/// Keys whose values are never echoed: passwords, secrets, and connection strings (which
+/// may carry a password).
+fn is_secret(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.contains("dsn")
 }
 
 /// Where a value came from.
@@ -178,7 +189,7 @@ pub fn load(
             .get(&key)
             .map_or_else(String::new, |s| format!(" (from {s})"));
         // Secrets must not be echoed back in the message.
-        let message = if key.contains("password") || key.contains("secret") {
+        let message = if is_secret(&key) {
             e.masked().to_string()
         } else {
             e.to_string()
@@ -244,7 +255,7 @@ fn typed(key: &str, raw: &str, source: &Source) -> Result<Value, ConfigError> {
     let Some(prop) = SCHEMA["properties"].get(key) else {
         return Err(ConfigError(format!("unknown key `{key}` (from {source})")));
     };
-    let secret = key.contains("password") || key.contains("secret");
+    let secret = is_secret(key);
     let shown = if secret {
         "<redacted>".to_string()
     } else {

@@ -221,7 +221,7 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
             let db = match db {
                 Some(dsn) => Some(
                     connect(&Config {
-                        coordinator_dsn: Some(dsn),
+                        coordinator_dsn: Some(config::Secret::new(dsn)),
                         ..config.clone()
                     })?
                     .context("--db needs a connection string")?,
@@ -293,7 +293,7 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
     let Some(text) = &config.coordinator_dsn else {
         return Ok(None);
     };
-    let mut dsn = Dsn::parse(text).context("coordinator_dsn")?;
+    let mut dsn = Dsn::parse(text.expose()).context("coordinator_dsn")?;
     if let Some(user) = &config.coordinator_user {
         dsn.config.user(user);
     }
@@ -303,7 +303,7 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
     let worker_dsns = config
         .worker_dsns
         .iter()
-        .map(|w| Dsn::parse(w))
+        .map(|w| Dsn::parse(w.expose()))
         .collect::<Result<Vec<_>, _>>()
         .context("worker_dsns")?;
     let db = Db::new(DbConfig {
