@@ -86,26 +86,13 @@ impl Db {
             NodeSet::Workers => include_str!("fanout_workers.sql"),
             NodeSet::AllNodes => include_str!("fanout_all.sql"),
         };
-        let stmt = Statement {
-            sql: sql.to_string(),
-            binds: vec![Value::from(command)],
-            max_rows: 10_000,
-        };
         let rows = self
-            .read_only(&[stmt], timeout, cancel)
-            .await?
-            .pop()
-            .map(|r| r.rows)
-            .unwrap_or_default();
+            .infra_rows(sql, Value::from(command), timeout, cancel)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
-                let node = Node {
-                    nodeid: r[0].as_i64().map(|n| n as i32),
-                    host: r[1].as_str().unwrap_or_default().to_string(),
-                    port: r[2].as_i64().unwrap_or_default() as i32,
-                    is_coordinator: r[3].as_bool().unwrap_or(false),
-                };
+                let node = node_of(&r);
                 let text = r[5].as_str().unwrap_or_default();
                 let result = if r[4].as_bool() == Some(true) {
                     json_rows(text, st.max_rows)
@@ -124,26 +111,11 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<NodeResult>, DbError> {
-        let list = Statement {
-            sql: include_str!("fanout.sql").to_string(),
-            binds: vec![Value::Bool(set == NodeSet::AllNodes)],
-            max_rows: 10_000,
-        };
+        let all = Value::Bool(set == NodeSet::AllNodes);
         let rows = self
-            .read_only(&[list], timeout, cancel)
-            .await?
-            .pop()
-            .map(|r| r.rows)
-            .unwrap_or_default();
-        let nodes: Vec<Node> = rows
-            .into_iter()
-            .map(|r| Node {
-                nodeid: r[0].as_i64().map(|n| n as i32),
-                host: r[1].as_str().unwrap_or_default().to_string(),
-                port: r[2].as_i64().unwrap_or_default() as i32,
-                is_coordinator: r[3].as_bool().unwrap_or(false),
-            })
-            .collect();
+            .infra_rows(include_str!("fanout.sql"), all, timeout, cancel)
+            .await?;
+        let nodes: Vec<Node> = rows.iter().map(|r| node_of(r)).collect();
         let runs = nodes.into_iter().map(|node| async move {
             let result = async {
                 let pool = if node.is_coordinator {
@@ -163,6 +135,27 @@ impl Db {
             NodeResult { node, result }
         });
         Ok(join_all(runs).await)
+    }
+
+    /// Rows of one of this module's own statements, which take a single parameter.
+    async fn infra_rows(
+        &self,
+        sql: &str,
+        param: Value,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Vec<Value>>, DbError> {
+        let st = Statement {
+            sql: sql.to_string(),
+            binds: vec![param],
+            max_rows: 10_000,
+        };
+        Ok(self
+            .read_only(&[st], timeout, cancel)
+            .await?
+            .pop()
+            .map(|r| r.rows)
+            .unwrap_or_default())
     }
 
     /// The pool of direct connections to a node, made on first use.
@@ -210,6 +203,16 @@ impl Db {
         })?);
         pools.insert(key, db.clone());
         Ok(db)
+    }
+}
+
+/// A node from the first four columns of a node list: nodeid, host, port, is_coordinator.
+fn node_of(r: &[Value]) -> Node {
+    Node {
+        nodeid: r[0].as_i64().map(|n| n as i32),
+        host: r[1].as_str().unwrap_or_default().to_string(),
+        port: r[2].as_i64().unwrap_or_default() as i32,
+        is_coordinator: r[3].as_bool().unwrap_or(false),
     }
 }
 
