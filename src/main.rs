@@ -218,6 +218,9 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
     match command {
         None | Some(Command::Serve { .. }) => serve(config).await,
         Some(Command::Lint { paths, db, format }) => {
+            if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+                anyhow::bail!("lint: {} does not exist", missing.display());
+            }
             let db = match db {
                 Some(dsn) => Some(
                     connect(&Config {

@@ -310,7 +310,7 @@ impl Engine {
                     let results = db
                         .fan_out(set, self.settings.fanout, &st, timeout, cancel)
                         .await?;
-                    let (rows, errors) = merge_nodes(results, cap);
+                    let (rows, errors) = merge_nodes(results);
                     node_errors.extend(errors);
                     push_part(q, rows, &mut parts, &mut ctx)?;
                 }
@@ -401,7 +401,7 @@ fn push_part(
 
 /// Every node's rows in one table, led by the node's id and name; failed nodes become
 /// per-node errors instead of silently missing rows.
-fn merge_nodes(results: Vec<NodeResult>, cap: usize) -> (Rows, Vec<Value>) {
+fn merge_nodes(results: Vec<NodeResult>) -> (Rows, Vec<Value>) {
     let mut columns = vec![
         Column {
             name: "nodeid".into(),
@@ -452,7 +452,6 @@ fn merge_nodes(results: Vec<NodeResult>, cap: usize) -> (Rows, Vec<Value>) {
     for r in &mut rows {
         r.resize(columns.len(), Value::Null);
     }
-    let _ = cap;
     (
         Rows {
             columns,

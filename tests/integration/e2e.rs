@@ -467,7 +467,7 @@ fn lint_cli(_: &Ctx) {
     assert_eq!(v["errors"], 1);
     assert_eq!(v["diagnostics"][0]["code"], "E006");
     let out = bin().args(["lint", "/nonexistent/tools"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a missing path is an I/O error");
 }
 
 fn lint_db(ctx: &Ctx) {
