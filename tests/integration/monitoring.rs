@@ -590,9 +590,9 @@ fn skew_report_sees_the_sample_skew(ctx: &Ctx) {
             "{summary}"
         );
         assert_eq!(summary["min"], 0);
-        assert_eq!(summary["next_tool"], "citus_rebalance_plan");
+        assert_eq!(summary["next_tool"], "citus_shard_heatmap");
         assert!(
-            text(summary, "recommendation").contains("citus_rebalance_plan"),
+            text(summary, "recommendation").contains("citus.rebalance_workflow"),
             "{summary}"
         );
         let nodes = rows(&out, "nodes");
