@@ -116,15 +116,10 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<ToolOutput, ToolError> {
         let registry = self.registry();
-        let tool = registry
-            .tools
-            .get(name)
-            .filter(|t| self.visible(t) || t.spec.safety == Safety::Execute)
-            .cloned()
-            .ok_or_else(|| {
-                ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
-                    .hint("call tools/list for the tools this server offers")
-            })?;
+        let tool = registry.tools.get(name).cloned().ok_or_else(|| {
+            ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
+                .hint("call tools/list for the tools this server offers")
+        })?;
         if !self.visible(&tool) {
             return Err(ToolError::new(
                 ErrorCode::ExecuteDisabled,
@@ -147,7 +142,10 @@ impl Engine {
             return Err(e);
         }
         let Value::Object(args) = args else {
-            unreachable!("the input schema requires an object")
+            return Err(ToolError::new(
+                ErrorCode::InvalidArgument,
+                "arguments must be a JSON object",
+            ));
         };
 
         if let Some(plugin) = &tool.spec.plugin {
@@ -189,7 +187,7 @@ impl Engine {
     }
 
     /// Reads a resource: the tool that serves its URI, called with the URI's variables.
-    /// Returns the URI's MIME type and the result; `None` when no tool serves the URI.
+    /// `None` when no tool serves the URI.
     pub async fn read_resource(
         &self,
         uri: &str,

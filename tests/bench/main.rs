@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -218,12 +218,12 @@ fn overhead(b: &Bench) -> Result<Vec<Section>> {
         Case {
             tool: "list_nodes",
             args: json!({}),
-            runs: 300,
+            runs: 500,
         },
         Case {
             tool: "citus_table_inspector",
             args: json!({"table": "orders"}),
-            runs: 100,
+            runs: 200,
         },
     ];
     let mut s = Section::new(
@@ -234,6 +234,7 @@ fn overhead(b: &Bench) -> Result<Vec<Section>> {
         let uncached = b.engine(no_cache(), &[])?;
         let cached = b.engine(Settings::default(), &[])?;
         let mut raw = Raw::connect(&b.dsn).await?;
+        round_trip(&mut s, &raw, 2000).await?;
         for case in &cases {
             overhead_case(&mut s, [&uncached, &cached], &mut raw, case).await?;
         }
@@ -254,24 +255,23 @@ async fn overhead_case(
     raw: &mut Raw,
     case: &Case,
 ) -> Result<()> {
-    let engine = time_calls(uncached, case).await?;
-    let hit = time_calls(cached, case).await?;
     let statements = rendered(uncached, case.tool, &case.args)?;
     let label = |what: &str| format!("{} {what}", case.tool);
     if statements.is_empty() {
-        s.timing(label("engine"), &engine, "a plugin: no SQL");
-        s.timing(label("engine, cache on"), &hit, "plugins are not cached");
+        let engine = time_calls(uncached, case).await?;
+        s.timing(label("engine"), &engine, "a plugin: no SQL, not cached");
         return Ok(());
     }
-    let plain = sample(case.runs, async || {
-        raw.prepare_query(&statements).await.map(drop)
-    })
-    .await?;
     let prepared = raw.prepare_all(&statements).await?;
-    let protocol = sample(case.runs, async || {
-        raw.as_engine(&prepared, &statements).await.map(drop)
-    })
-    .await?;
+    // Interleaved, so that drift on a busy machine hits every variant alike.
+    let [mut plain, mut protocol, mut engine, mut hit] = [(); 4].map(|()| vec![]);
+    for i in 0..=case.runs {
+        let timed = i > 0; // the first round warms connections and caches up
+        time_into(&mut plain, timed, raw.prepare_query(&statements)).await?;
+        time_into(&mut protocol, timed, raw.as_engine(&prepared, &statements)).await?;
+        time_into(&mut engine, timed, call(uncached, case.tool, &case.args)).await?;
+        time_into(&mut hit, timed, call(cached, case.tool, &case.args)).await?;
+    }
     let med = |v: &[Duration]| Stats::of(v).median;
     s.timing(
         label("plain client"),
@@ -289,6 +289,39 @@ async fn overhead_case(
         ),
     );
     s.timing(label("engine, cache hit"), &hit, "");
+    Ok(())
+}
+
+/// Awaits `work`, and records how long it took when `timed`.
+async fn time_into<T>(
+    samples: &mut Vec<Duration>,
+    timed: bool,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let t = Instant::now();
+    let out = work.await?;
+    if timed {
+        samples.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+/// One round trip: a prepared `SELECT 1`.
+async fn round_trip(s: &mut Section, raw: &Raw, runs: usize) -> Result<()> {
+    let one = raw.client.prepare("SELECT 1").await?;
+    let samples = sample(runs, async || {
+        raw.client
+            .query(&one, &[])
+            .await
+            .map(drop)
+            .map_err(Into::into)
+    })
+    .await?;
+    s.timing(
+        "round trip (prepared SELECT 1)",
+        &samples,
+        "the unit of the rows below",
+    );
     Ok(())
 }
 
@@ -678,10 +711,7 @@ impl Server {
 
     fn next(&mut self, deadline: Instant) -> Option<(Instant, Value)> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.lines.recv_timeout(left).ok()
     }
 
     /// A `/proc/<pid>/status` value in kB (VmRSS, VmHWM).
@@ -729,9 +759,11 @@ fn lint(b: &Bench) -> Result<Vec<Section>> {
         if files == 1 {
             one_file = median;
         }
-        let per_file = (files > 1)
-            .then(|| fmt_duration(median.saturating_sub(one_file) / (files as u32 - 1)))
-            .unwrap_or_else(|| "-".into());
+        let per_file = if files > 1 {
+            fmt_duration(median.saturating_sub(one_file) / (files as u32 - 1))
+        } else {
+            "-".into()
+        };
         s.growth(
             format!("{files} files"),
             &samples,
@@ -926,11 +958,11 @@ fn rows_growth(b: &Bench) -> Result<Vec<Section>> {
                 runs,
             };
             let statements = rendered(&engine, "series", &case.args)?;
-            let plain = sample(runs, async || {
-                raw.prepare_query(&statements).await.map(drop)
-            })
-            .await?;
-            let calls = time_calls(&engine, &case).await?;
+            let (mut plain, mut calls) = (vec![], vec![]);
+            for i in 0..=runs {
+                time_into(&mut plain, i > 0, raw.prepare_query(&statements)).await?;
+                time_into(&mut calls, i > 0, call(&engine, "series", &case.args)).await?;
+            }
             let bytes = Size::of(&call(&engine, "series", &case.args).await?, "rows");
             let note = format!(
                 "JSON {} B/row, text {} B/row",
