@@ -155,10 +155,31 @@ impl Registry {
         for layer in &sources.tools {
             let mut layer_names = BTreeMap::new();
             for file in layer {
-                let (tool, diags) = compile::compile_tool(file, plugins);
+                // An unchanged file keeps its compiled tool and its diagnostics: reloading
+                // a folder costs only the files that changed.
+                let unchanged = previous.and_then(|p| {
+                    p.tools
+                        .values()
+                        .find(|t| t.origin == file.origin && t.source == file.text)
+                        .map(|t| (p, t.clone()))
+                });
+                let (tool, diags) = match unchanged {
+                    Some((p, t)) => (
+                        Some(t),
+                        p.diagnostics
+                            .iter()
+                            .filter(|d| d.file == file.origin)
+                            .cloned()
+                            .collect(),
+                    ),
+                    None => {
+                        let (t, d) = compile::compile_tool(file, plugins);
+                        (t.map(Arc::new), d)
+                    }
+                };
                 reg.diagnostics.extend(diags);
                 let tool = match tool {
-                    Some(t) => Arc::new(t),
+                    Some(t) => t,
                     None => match previous
                         .and_then(|p| p.tools.values().find(|t| t.origin == file.origin))
                     {

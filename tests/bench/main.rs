@@ -6,14 +6,15 @@
 //!
 //! 1. per-call overhead of `Engine::call` over the same SQL on a plain tokio-postgres client,
 //!    without the cache and on a cache hit;
-//! 2. startup time of `citus-mcp` to its `initialize` response;
+//! 2. startup time of `citus-mcp` to its `initialize` response, with and without extra tool files;
 //! 3. memory (VmRSS) after startup and after 1,000 `tools/call` requests over stdio;
-//! 4. hot-reload latency, from writing a tool file to `notifications/tools/list_changed`;
-//! 5. `citus-mcp lint` time for 1 to 1,000 tool files;
+//! 4. hot-reload latency, from writing a tool file to `notifications/tools/list_changed`, in
+//!    folders of 0 to 1,000 files;
+//! 5. `citus-mcp lint` time for 1 to 1,000 small tool files and copies of a built-in one;
 //! 6. bytes of `structuredContent` and of the text rendering per result row;
 //! 7. time per call and per row for results of 10 to 10,000 rows.
 //!
-//! Run: `cargo bench --bench engine` (about a minute and a half on 2 cores, after the build).
+//! Run: `cargo bench --bench engine` (about a minute on 2 cores, after the build).
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
 //! read them: tests/bench/README.md.
 
@@ -243,7 +244,7 @@ fn overhead(b: &Bench) -> Result<Vec<Section>> {
     s.note("plain = prepare + query per statement, rows not decoded (2 round trips each)");
     s.note(
         "engine protocol = what Db::read_only sends: BEGIN READ ONLY, set_config, bind, \
-         fetch, ROLLBACK, statements prepared once (4 + 2 per statement round trips)",
+         fetch, ROLLBACK, statements prepared once (3 + 2 per statement round trips)",
     );
     s.note("engine = Engine::call: validation, rendering, that protocol, JSON decoding, shaping");
     Ok(vec![s])
@@ -451,15 +452,17 @@ fn startup(b: &Bench) -> Result<Vec<Section>> {
     let (init, list) = time_startups(b, 10, &[])?;
     s.timing("to initialize", &init, "built-in tools");
     s.timing("to first tools/list", &list, "");
-    let dir = tool_dir("bench_tool", 1000)?;
-    let dir_s = path_str(dir.path())?;
-    let (init, list) = time_startups(b, 5, &["--tools-dirs", dir_s])?;
-    s.timing(
-        "to initialize, 1,000 tool files",
-        &init,
-        "tools_dirs compiled at startup",
-    );
-    s.timing("to first tools/list, 1,000 tool files", &list, "");
+    for corpus in [Corpus::Small(1000), Corpus::Inspector(100)] {
+        let dir = corpus.dir()?;
+        let (init, list) = time_startups(b, 5, &["--tools-dirs", path_str(dir.path())?])?;
+        s.timing(
+            format!("to initialize, {corpus}"),
+            &init,
+            "compiled at startup",
+        );
+        s.timing(format!("to first tools/list, {corpus}"), &list, "");
+    }
+    s.note(format!("{SMALL}; {INSPECTOR}"));
     Ok(vec![s])
 }
 
@@ -521,21 +524,24 @@ fn hot_reload(b: &Bench) -> Result<Vec<Section>> {
         "4. Hot reload: new tool file to notifications/tools/list_changed",
         TIMING,
     );
-    for (existing, runs) in [(0, 10), (1000, 5)] {
-        let (samples, notes) = reload_latency(b, existing, runs)?;
-        s.timing(
-            format!("new file, {existing} other files in the folder"),
-            &samples,
-            notes,
-        );
+    for (corpus, runs) in [
+        (Corpus::Small(0), 10),
+        (Corpus::Small(1000), 5),
+        (Corpus::Inspector(100), 5),
+    ] {
+        let (samples, notes) = reload_latency(b, corpus, runs)?;
+        s.timing(format!("new file, folder of {corpus}"), &samples, notes);
     }
     s.note("the watcher debounces for 200 ms; every change rescans and recompiles the folder");
+    s.note(format!(
+        "the new files are small tools; {SMALL}; {INSPECTOR}"
+    ));
     Ok(vec![s])
 }
 
-/// Writes `runs` new tool files one by one into a watched folder holding `existing` files.
-fn reload_latency(b: &Bench, existing: usize, runs: usize) -> Result<(Vec<Duration>, String)> {
-    let dir = tool_dir("bench_tool", existing)?;
+/// Writes `runs` new tool files one by one into a watched folder of `existing` files.
+fn reload_latency(b: &Bench, existing: Corpus, runs: usize) -> Result<(Vec<Duration>, String)> {
+    let dir = existing.dir()?;
     let mut server = b.server(&["--tools-dirs", path_str(dir.path())?], &[])?;
     server.initialize()?;
     server.request("tools/list", json!({}))?;
@@ -545,7 +551,10 @@ fn reload_latency(b: &Bench, existing: usize, runs: usize) -> Result<(Vec<Durati
         extra += server.count_notifications(LIST_CHANGED, Duration::from_millis(400));
         let name = format!("bench_reload_{i:02}");
         let t = Instant::now();
-        std::fs::write(dir.path().join(format!("{name}.yaml")), tool_yaml(&name, i))?;
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            small_tool(&name, i),
+        )?;
         match server.wait_notification(LIST_CHANGED, Duration::from_secs(10)) {
             Some(at) => samples.push(at - t),
             None => missed += 1,
@@ -747,13 +756,27 @@ fn lint(b: &Bench) -> Result<Vec<Section>> {
         "5. citus-mcp lint <dir> (static) for many tool files",
         GROWTH,
     );
-    let mut previous: Option<(usize, Duration)> = None;
-    let mut one_file = Duration::ZERO;
-    for (files, runs) in [(1, 5), (10, 5), (100, 5), (1000, 3)] {
-        let dir = tool_dir("bench_tool", files)?;
+    let small = [1, 10, 100, 1000].map(Corpus::Small);
+    let inspector = [1, 10, 100, 1000].map(Corpus::Inspector);
+    for corpora in [small, inspector] {
+        lint_series(&mut s, &b.bin, &corpora)?;
+    }
+    s.note("per unit = (time - time for 1 file) / (files - 1): the cost of one more file");
+    s.note("growth = how the median grew against the line above, for that many times more files");
+    s.note(format!("{SMALL}; {INSPECTOR}"));
+    Ok(vec![s])
+}
+
+/// Lints folders of growing size; one row each.
+fn lint_series(s: &mut Section, bin: &Path, corpora: &[Corpus]) -> Result<()> {
+    let (mut previous, mut one_file) = (None, Duration::ZERO);
+    for corpus in corpora {
+        let files = corpus.files();
+        let runs = if files >= 1000 { 2 } else { 5 };
+        let dir = corpus.dir()?;
         let mut note = String::new();
         let samples = (0..runs)
-            .map(|_| time_lint(&b.bin, dir.path(), &mut note))
+            .map(|_| time_lint(bin, dir.path(), &mut note))
             .collect::<Result<Vec<_>>>()?;
         let median = Stats::of(&samples).median;
         if files == 1 {
@@ -765,7 +788,7 @@ fn lint(b: &Bench) -> Result<Vec<Section>> {
             "-".into()
         };
         s.growth(
-            format!("{files} files"),
+            corpus.to_string(),
             &samples,
             per_file,
             previous,
@@ -774,9 +797,7 @@ fn lint(b: &Bench) -> Result<Vec<Section>> {
         );
         previous = Some((files, median));
     }
-    s.note("per unit = (time - time for 1 file) / (files - 1): the cost of one more file");
-    s.note("growth = how the median grew against the line above, for that many times more files");
-    Ok(vec![s])
+    Ok(())
 }
 
 fn time_lint(bin: &Path, dir: &Path, note: &mut String) -> Result<Duration> {
@@ -796,23 +817,71 @@ fn time_lint(bin: &Path, dir: &Path, note: &mut String) -> Result<Duration> {
     Ok(took)
 }
 
-/// A temporary folder of `n` valid tool files, variations of one tool.
-fn tool_dir(prefix: &str, n: usize) -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix("citus-mcp-bench-")
-        .tempdir()?;
-    for i in 0..n {
-        let name = format!("{prefix}_{i:04}");
-        std::fs::write(dir.path().join(format!("{name}.yaml")), tool_yaml(&name, i))?;
-    }
-    Ok(dir)
+/// A folder of valid tool files, all variations of one tool.
+#[derive(Clone, Copy)]
+enum Corpus {
+    /// Small generated tools (one query, two examples).
+    Small(usize),
+    /// Copies of the built-in citus_table_inspector (four queries, seven examples).
+    Inspector(usize),
 }
 
-fn tool_yaml(name: &str, variant: usize) -> String {
+const SMALL: &str = "small = a generated one-query tool (1 kB)";
+const INSPECTOR: &str = "inspector = a copy of the built-in citus_table_inspector (13 kB)";
+
+impl Corpus {
+    fn files(self) -> usize {
+        match self {
+            Corpus::Small(n) | Corpus::Inspector(n) => n,
+        }
+    }
+
+    /// A temporary folder with the files.
+    fn dir(self) -> Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("citus-mcp-bench-")
+            .tempdir()?;
+        for i in 0..self.files() {
+            let name = format!("bench_tool_{i:04}");
+            let text = match self {
+                Corpus::Small(_) => small_tool(&name, i),
+                Corpus::Inspector(_) => inspector_copy(&name),
+            };
+            std::fs::write(dir.path().join(format!("{name}.yaml")), text)?;
+        }
+        Ok(dir)
+    }
+}
+
+impl fmt::Display for Corpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corpus::Small(n) => write!(f, "{n} small {}", plural(*n, "file")),
+            Corpus::Inspector(n) => write!(f, "{n} inspector {}", plural(*n, "file")),
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+fn small_tool(name: &str, variant: usize) -> String {
     TOOL_TEMPLATE
         .replace("@NAME@", name)
         .replace("@DEFAULT@", &(1 + variant % 100).to_string())
         .replace("@VARIANT@", &variant.to_string())
+}
+
+/// citus_table_inspector under another name, without its resources (URIs must be unique).
+fn inspector_copy(name: &str) -> String {
+    const TEXT: &str = include_str!("../../tools.d/citus_table_inspector.yaml");
+    let body = TEXT.split("\nresources:").next().unwrap_or(TEXT);
+    body.replacen("name: citus_table_inspector", &format!("name: {name}"), 1)
 }
 
 const TOOL_TEMPLATE: &str = r#"name: @NAME@
