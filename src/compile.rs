@@ -323,6 +323,7 @@ pub fn compile_tool(
             validator: v,
             templates: &templates,
         };
+        let mut checked = std::collections::HashSet::new();
         for (i, ex) in spec.examples.iter().enumerate() {
             let here = at(&format!("/examples/{i}"));
             let errors: Vec<String> = v
@@ -357,6 +358,10 @@ pub fn compile_tool(
                 ),
                 Ok(rendered) => {
                     for (query, r) in rendered {
+                        // Examples often render the same text; check each text once.
+                        if !checked.insert((query.clone(), r.sql.clone())) {
+                            continue;
+                        }
                         let qi = spec
                             .queries
                             .iter()

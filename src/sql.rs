@@ -221,6 +221,7 @@ const WRITE_WORDS: &[&str] = &[
 pub fn writes(sql: &str) -> Option<String> {
     let code = code_only(sql);
     code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| w.len() >= 2 && w.as_bytes()[0].is_ascii_alphabetic())
         .map(str::to_ascii_lowercase)
         .find(|w| {
             WRITE_WORDS.binary_search(&w.as_str()).is_ok() || w.starts_with("run_command_on_")
