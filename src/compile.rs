@@ -47,6 +47,8 @@ pub struct CompiledTool {
     pub validator: jsonschema::Validator,
     /// One SQL template per query (named by the query), plus `when:<query>` conditions.
     pub templates: Templates,
+    /// The queries whose SQL reads `results` of earlier queries.
+    pub reads_results: std::collections::BTreeSet<String>,
 }
 
 impl CompiledTool {
@@ -410,7 +412,14 @@ pub fn compile_tool(
         .as_ref()
         .and_then(|v| v.as_object().cloned())
         .map(Arc::new);
+    let reads_results = spec
+        .queries
+        .iter()
+        .filter(|q| templates.references(&q.name, "results"))
+        .map(|q| q.name.clone())
+        .collect();
     let tool = CompiledTool {
+        reads_results,
         origin: file.origin.clone(),
         source: file.text.clone(),
         input_schema,

@@ -269,14 +269,23 @@ impl Engine {
         // transaction; a fan-out query, or one that reads `results` of earlier queries,
         // starts a new stage.
         let mut parts: Vec<Part> = Vec::new();
+        // Rows go into `results` only when a later query reads them.
+        let keep_results = !tool.reads_results.is_empty();
         let mut node_errors = Vec::new();
         let mut batch: Vec<(&QuerySpec, Statement)> = Vec::new();
         for q in &tool.spec.queries {
             let target = q.target.unwrap_or(tool.spec.target);
-            let reads_results = tool.templates.references(&q.name, "results");
+            let reads_results = tool.reads_results.contains(&q.name);
             if !batch.is_empty() && (target != Target::Coordinator || reads_results) {
-                self.flush(&mut batch, &mut parts, &mut ctx, db, timeout, cancel)
-                    .await?;
+                self.flush(
+                    &mut batch,
+                    &mut parts,
+                    keep_results.then_some(&mut ctx),
+                    db,
+                    timeout,
+                    cancel,
+                )
+                .await?;
             }
             if q.when.is_some()
                 && !tool
@@ -310,12 +319,19 @@ impl Engine {
                         .await?;
                     let (rows, errors) = merge_nodes(results);
                     node_errors.extend(errors);
-                    push_part(q, rows, &mut parts, &mut ctx)?;
+                    push_part(q, rows, &mut parts, keep_results.then_some(&mut ctx))?;
                 }
             }
         }
-        self.flush(&mut batch, &mut parts, &mut ctx, db, timeout, cancel)
-            .await?;
+        self.flush(
+            &mut batch,
+            &mut parts,
+            keep_results.then_some(&mut ctx),
+            db,
+            timeout,
+            cancel,
+        )
+        .await?;
 
         let cut = shape::fit(&mut parts, max_bytes);
         let mut result_page = Page {
@@ -344,7 +360,7 @@ impl Engine {
         &self,
         batch: &mut Vec<(&QuerySpec, Statement)>,
         parts: &mut Vec<Part>,
-        ctx: &mut Value,
+        mut ctx: Option<&mut Value>,
         db: &Db,
         timeout: Duration,
         cancel: &CancellationToken,
@@ -355,7 +371,7 @@ impl Engine {
         let (queries, statements): (Vec<&QuerySpec>, Vec<Statement>) = batch.drain(..).unzip();
         let results = db.read_only(&statements, timeout, cancel).await?;
         for (q, rows) in queries.into_iter().zip(results) {
-            push_part(q, rows, parts, ctx)?;
+            push_part(q, rows, parts, ctx.as_deref_mut())?;
         }
         Ok(())
     }
@@ -367,7 +383,7 @@ fn push_part(
     q: &QuerySpec,
     rows: Rows,
     parts: &mut Vec<Part>,
-    ctx: &mut Value,
+    ctx: Option<&mut Value>,
 ) -> Result<(), ToolError> {
     if let Some(empty) = &q.on_empty {
         let is_empty = rows
@@ -385,7 +401,7 @@ fn push_part(
         shape: q.shape,
         rows,
     };
-    if let Value::Object(c) = ctx {
+    if let Some(Value::Object(c)) = ctx {
         let results = c
             .entry("results")
             .or_insert_with(|| Value::Object(Map::new()));
