@@ -177,6 +177,7 @@ pub fn compile_tool(
                 origin,
                 format!("tool `{}` has no examples", spec.name),
             )
+            .at(at("/examples").or_else(|| at("/name")))
             .help("add `examples: [{args: {...}}]`; the generic test runs every example"),
         );
     }
@@ -311,7 +312,7 @@ pub fn compile_tool(
                         spec.name
                     ),
                 )
-                .at(at("/input_schema"))
+                .at(at("/input_schema").or_else(|| at("/safety")))
                 .help("add a required `approval_token: {type: string}` property"),
             );
         }

@@ -13,6 +13,7 @@ mod e2e;
 mod engine;
 mod examples;
 mod fixture;
+mod lint;
 mod mcp;
 mod monitoring;
 
@@ -97,6 +98,7 @@ fn main() {
     trials.extend(fixture::trials(&ctx));
     trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
+    trials.extend(lint::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
