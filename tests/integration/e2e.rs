@@ -62,6 +62,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::protocol_2026_07_28_listen_receives_list_changed",
+            listen_2026,
+        ),
+        trial(
+            ctx,
             "cli::invalid_configuration_exits_2_naming_key_and_source",
             invalid_config,
         ),
@@ -660,4 +665,52 @@ fn prompt_hot_reload(ctx: &Ctx) {
         got["result"]["messages"][0]["content"]["text"],
         "Call ping."
     );
+}
+
+/// The 2026-07-28 lifecycle: no initialize; notifications travel on a
+/// `subscriptions/listen` stream the client opens.
+fn listen_2026(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = ctx.dsn();
+    let mut c = McpClient::spawn(
+        &["--tools-dirs", dir.path().to_str().unwrap()],
+        &[("CITUS_MCP_COORDINATOR_DSN", dsn.as_str())],
+    );
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "citus-mcp-tests", "version": "0"},
+    });
+    c.send_request(
+        "subscriptions/listen",
+        json!({"_meta": meta, "notifications": {"toolsListChanged": true}}),
+    );
+    assert!(
+        c.wait_notification(
+            "notifications/subscriptions/acknowledged",
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "no acknowledgement; stderr:\n{}",
+        c.stderr_text()
+    );
+    std::fs::write(dir.path().join("hello.yaml"), EXTRA_TOOL).unwrap();
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(10))
+            .is_some()
+    );
+    let list = c.request("tools/list", json!({"_meta": meta}));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"hello"), "{names:?}");
+    let r = c.request(
+        "tools/call",
+        json!({"_meta": meta, "name": "hello", "arguments": {}}),
+    );
+    assert_eq!(r["result"]["structuredContent"]["greeting"], "hello", "{r}");
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
 }

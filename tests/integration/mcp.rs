@@ -32,8 +32,25 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl McpClient {
     /// Starts `citus-mcp` with the given arguments and environment (nothing inherited
-    /// from CITUS_MCP_*), and initializes the session.
+    /// from CITUS_MCP_*), and initializes a legacy (2025-06-18) session.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> McpClient {
+        let mut c = McpClient::spawn(args, env);
+        let init = c.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}),
+        );
+        assert!(
+            init.get("result").is_some(),
+            "initialize failed: {init}\nstderr:\n{}",
+            c.stderr_text()
+        );
+        c.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        c
+    }
+
+    /// Starts `citus-mcp` without any handshake (for the 2026-07-28 lifecycle, where every
+    /// request carries its protocol version in `_meta`).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> McpClient {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_citus-mcp"));
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -74,7 +91,7 @@ impl McpClient {
                 s.push('\n');
             }
         });
-        let mut c = McpClient {
+        McpClient {
             child,
             stdin,
             rx,
@@ -82,18 +99,7 @@ impl McpClient {
             notifications: vec![],
             garbage: vec![],
             stderr,
-        };
-        let init = c.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}),
-        );
-        assert!(
-            init.get("result").is_some(),
-            "initialize failed: {init}\nstderr:\n{}",
-            c.stderr_text()
-        );
-        c.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        c
+        }
     }
 
     pub fn stderr_text(&self) -> String {
