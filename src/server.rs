@@ -99,7 +99,10 @@ impl ServerHandler for Server {
             .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Inspect a Citus cluster (distributed PostgreSQL). Start with citus_cluster_summary, then list_nodes, \
-                 citus_list_distributed_tables and citus_table_inspector. Everything is read-only unless the server runs in admin mode.",
+                 citus_list_distributed_tables and citus_table_inspector; for skew citus_shard_skew_report and \
+                 citus_shard_heatmap; for what is running citus_activity, citus_lock_inspector and citus_job_inspector; \
+                 citus_explain_query shows how a statement is distributed. Everything is read-only unless the server \
+                 runs in admin mode. The prompts (citus.health_check, citus.ops_triage, ...) are guided workflows.",
             )
     }
 

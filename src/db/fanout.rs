@@ -23,7 +23,7 @@ pub enum NodeSet {
 }
 
 /// How a fan-out reaches the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FanOutMode {
     #[default]

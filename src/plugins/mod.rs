@@ -75,6 +75,7 @@ async fn server_info(engine: &Engine) -> Value {
         "spec_errors": registry.errors().map(ToString::to_string).collect::<Vec<_>>(),
         "limits": {"max_rows": s.max_rows, "max_bytes": s.max_bytes, "statement_timeout_ms": s.statement_timeout_ms},
         "caching": {"enabled": s.enable_caching, "ttl_s": s.cache_ttl_s},
+        "fanout": s.fanout,
     });
     let cluster = match engine.db() {
         None => json!({"connected": false, "error": "no coordinator is configured"}),
