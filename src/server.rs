@@ -68,6 +68,29 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
     tool
 }
 
+impl Server {
+    /// The resources of the visible tools: plain URIs, or URI templates.
+    fn resources(
+        &self,
+        templates: bool,
+    ) -> Vec<(crate::spec::ResourceSpec, std::sync::Arc<CompiledTool>)> {
+        self.engine
+            .visible_tools()
+            .into_iter()
+            .flat_map(|t| {
+                let specs: Vec<_> = t
+                    .spec
+                    .resources
+                    .iter()
+                    .filter(|r| r.variables().is_empty() != templates)
+                    .cloned()
+                    .collect();
+                specs.into_iter().map(move |r| (r, t.clone()))
+            })
+            .collect()
+    }
+}
+
 fn describe_resource(r: &crate::spec::ResourceSpec, t: &CompiledTool) -> String {
     r.description
         .clone()
@@ -228,16 +251,9 @@ impl ServerHandler for Server {
         _: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let resources = self
-            .engine
-            .visible_tools()
-            .iter()
-            .flat_map(|t| {
-                t.spec
-                    .resources
-                    .iter()
-                    .filter(|r| r.variables().is_empty())
-                    .map(|r| resource(r, t))
-            })
+            .resources(false)
+            .into_iter()
+            .map(|(r, t)| resource(&r, &t))
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
     }
@@ -248,23 +264,16 @@ impl ServerHandler for Server {
         _: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let templates = self
-            .engine
-            .visible_tools()
-            .iter()
-            .flat_map(|t| {
-                t.spec
-                    .resources
-                    .iter()
-                    .filter(|r| !r.variables().is_empty())
-                    .map(|r| {
-                        let mut tpl = ResourceTemplate::new(r.uri.clone(), r.name.clone())
-                            .with_mime_type("application/json")
-                            .with_description(describe_resource(r, t));
-                        if let Some(title) = &r.title {
-                            tpl = tpl.with_title(title.clone());
-                        }
-                        tpl
-                    })
+            .resources(true)
+            .into_iter()
+            .map(|(r, t)| {
+                let tpl = ResourceTemplate::new(r.uri.clone(), r.name.clone())
+                    .with_mime_type("application/json")
+                    .with_description(describe_resource(&r, &t));
+                match &r.title {
+                    Some(title) => tpl.with_title(title.clone()),
+                    None => tpl,
+                }
             })
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
