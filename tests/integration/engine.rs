@@ -82,6 +82,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "engine::hostile_input_in_every_string_argument",
+            hostile_input_in_every_string_argument,
+        ),
+        trial(
+            ctx,
             "engine::tls_modes_behave_like_libpq",
             tls_modes_behave_like_libpq,
         ),
@@ -618,4 +623,69 @@ fn tls_modes_behave_like_libpq(ctx: &Ctx) {
     // An unknown CA fails verification.
     let err = ssl("sslmode=verify-full").unwrap_err();
     assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
+}
+
+/// Every string argument of every built-in tool keeps hostile text as data: the call
+/// succeeds, or fails as the caller's mistake (INVALID_ARGUMENT / NOT_FOUND), never as
+/// SQL that broke, and the catalog is unchanged afterwards.
+fn hostile_input_in_every_string_argument(ctx: &Ctx) {
+    const HOSTILE: &[&str] = &[
+        "x'; DROP TABLE orders; --",
+        "orders\"; DELETE FROM pg_dist_node; --",
+        "$1",
+        "/* */ 1; SELECT 2",
+        "ünïcödé ☃ \u{202e}",
+        "%_\\",
+        "",
+    ];
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let before = call(ctx, &e, "list_shards", json!({"limit": 1000}))
+        .unwrap()
+        .structured;
+    let registry = e.registry();
+    let mut calls = 0;
+    for tool in registry.tools.values() {
+        if tool.spec.plugin.as_deref() == Some("explain") {
+            continue; // takes SQL text by design; covered in analysis.rs
+        }
+        let base = tool
+            .spec
+            .examples
+            .first()
+            .map(|x| x.args.clone())
+            .unwrap_or_else(|| json!({}));
+        let props = tool.spec.input_schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (name, schema) in &props {
+            let is_free_string = schema["type"] == "string" && schema.get("enum").is_none();
+            if !is_free_string || name == "cursor" {
+                continue;
+            }
+            for hostile in HOSTILE {
+                let mut args = base.clone();
+                args[name.as_str()] = json!(hostile);
+                calls += 1;
+                if let Err(err) = call(ctx, &e, &tool.spec.name, args.clone()) {
+                    assert!(
+                        matches!(err.code, ErrorCode::InvalidArgument | ErrorCode::NotFound),
+                        "{} {args}: {}",
+                        tool.spec.name,
+                        err.text()
+                    );
+                    assert_ne!(
+                        err.sqlstate.as_deref(),
+                        Some("42601"),
+                        "a syntax error means the text reached the SQL"
+                    );
+                }
+            }
+        }
+    }
+    assert!(calls > 20, "{calls}");
+    let after = call(ctx, &e, "list_shards", json!({"limit": 1000}))
+        .unwrap()
+        .structured;
+    assert_eq!(before, after);
 }
