@@ -260,6 +260,19 @@ impl Registry {
                 .any(|((a, ta), (b, tb))| a != b || key(ta) != key(tb))
     }
 
+    /// The resource URIs (and templates) served, with the tool behind each.
+    pub fn resources(&self) -> Vec<(&str, &str)> {
+        self.tools
+            .values()
+            .flat_map(|t| {
+                t.spec
+                    .resources
+                    .iter()
+                    .map(|r| (r.uri.as_str(), t.spec.name.as_str()))
+            })
+            .collect()
+    }
+
     /// Whether `other` serves a different set of prompts.
     pub fn prompts_differ(&self, other: &Registry) -> bool {
         let key = |p: &CompiledPrompt| (p.origin.clone(), p.source.clone());

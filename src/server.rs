@@ -30,6 +30,7 @@ use crate::spec::{Role, Safety};
 pub enum Change {
     Tools,
     Prompts,
+    Resources,
 }
 
 /// The handler; cheap to clone, one per session.
@@ -338,6 +339,7 @@ impl ServerHandler for Server {
                 let sent = match change {
                     Change::Tools => peer.notify_tool_list_changed().await,
                     Change::Prompts => peer.notify_prompt_list_changed().await,
+                    Change::Resources => peer.notify_resource_list_changed().await,
                 };
                 if sent.is_err() || peer.is_transport_closed() {
                     break;
@@ -369,6 +371,7 @@ impl ServerHandler for Server {
                     let _ = match change {
                         Change::Tools => ctx.sink().notify_tool_list_changed().await,
                         Change::Prompts => ctx.sink().notify_prompt_list_changed().await,
+                        Change::Resources => ctx.sink().notify_resource_list_changed().await,
                     };
                 }
             }

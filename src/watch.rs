@@ -68,6 +68,9 @@ impl Reloader {
         if new.prompts_differ(&old) {
             changed.push(Change::Prompts);
         }
+        if new.resources() != old.resources() {
+            changed.push(Change::Resources);
+        }
         tracing::info!(
             tools = new.tools.len(),
             prompts = new.prompts.len(),

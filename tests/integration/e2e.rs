@@ -67,6 +67,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::resources_hot_reload_with_list_changed",
+            resource_hot_reload,
+        ),
+        trial(
+            ctx,
             "cli::invalid_configuration_exits_2_naming_key_and_source",
             invalid_config,
         ),
@@ -713,4 +718,31 @@ fn listen_2026(ctx: &Ctx) {
     );
     assert_eq!(r["result"]["structuredContent"]["greeting"], "hello", "{r}");
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+fn resource_hot_reload(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let tool = format!("{EXTRA_TOOL}resources:\n  - uri: test://hello\n    name: hello\n");
+    std::fs::write(dir.path().join("hello.yaml"), tool).unwrap();
+    assert!(
+        c.wait_notification(
+            "notifications/resources/list_changed",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    let list = c.request("resources/list", json!({}));
+    assert!(
+        list["result"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["uri"] == "test://hello"),
+        "{list}"
+    );
+    let read = c.request("resources/read", json!({"uri": "test://hello"}));
+    let doc: Value =
+        serde_json::from_str(read["result"]["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["greeting"], "hello");
 }
