@@ -151,258 +151,24 @@ pub fn compile_tool(
         Ok(s) => s,
         Err(d) => return (None, d),
     };
-    let mut out = Vec::new();
-    let origin = file.origin.as_str();
-    let at = |pointer: &str| spec::locate(&file.text, pointer);
-
-    if file.stem() != spec.name {
-        out.push(
-            Diagnostic::new(
-                Code::W001,
-                origin,
-                format!(
-                    "tool `{}` lives in a file named `{}`",
-                    spec.name,
-                    file.stem()
-                ),
-            )
-            .at(at("/name"))
-            .help(format!("rename the file to `{}.yaml`", spec.name)),
-        );
-    }
-    if spec.examples.is_empty() {
-        out.push(
-            Diagnostic::new(
-                Code::W002,
-                origin,
-                format!("tool `{}` has no examples", spec.name),
-            )
-            .at(at("/examples").or_else(|| at("/name")))
-            .help("add `examples: [{args: {...}}]`; the generic test runs every example"),
-        );
-    }
-    if let Some(p) = &spec.plugin
-        && !plugins.contains(&p.as_str())
-    {
-        out.push(
-            Diagnostic::new(Code::E002, origin, format!("unknown plugin `{p}`"))
-                .at(at("/plugin"))
-                .help(format!("known plugins: {}", plugins.join(", "))),
-        );
-    }
-
-    // The input schema must itself be a valid JSON Schema, of type object.
-    let validator = match jsonschema::meta::validate(&spec.input_schema) {
-        Err(e) => {
-            out.push(
-                Diagnostic::new(
-                    Code::E003,
-                    origin,
-                    format!("input_schema is not a valid JSON Schema: {e}"),
-                )
-                .at(at(&format!("/input_schema{}", e.instance_path()))),
-            );
-            None
-        }
-        Ok(()) => match jsonschema::options()
-            .should_validate_formats(true)
-            .build(&spec.input_schema)
-        {
-            Ok(v) => Some(v),
-            Err(e) => {
-                out.push(
-                    Diagnostic::new(
-                        Code::E003,
-                        origin,
-                        format!("input_schema does not compile: {e}"),
-                    )
-                    .at(at("/input_schema")),
-                );
-                None
-            }
-        },
+    let mut ck = Findings {
+        file,
+        out: Vec::new(),
     };
-    if let Some(out_schema) = &spec.output_schema
-        && let Err(e) = jsonschema::meta::validate(out_schema)
-    {
-        out.push(
-            Diagnostic::new(
-                Code::E003,
-                origin,
-                format!("output_schema is not a valid JSON Schema: {e}"),
-            )
-            .at(at("/output_schema")),
-        );
+    check_header(&mut ck, &spec, plugins);
+    let validator = compile_input_schema(&mut ck, &spec);
+    let templates = compile_templates(&mut ck, &spec);
+    check_paging(&mut ck, &spec);
+    check_resources(&mut ck, &spec);
+    check_execute_guard(&mut ck, &spec);
+    // Examples only make sense once the tool itself compiled.
+    if let (Some(v), false) = (&validator, ck.has_errors()) {
+        check_examples(&mut ck, &spec, v, &templates);
     }
 
-    let mut templates = Templates::new();
-    let mut names = BTreeSet::new();
-    for (i, q) in spec.queries.iter().enumerate() {
-        if !names.insert(q.name.as_str()) {
-            out.push(
-                Diagnostic::new(
-                    Code::E004,
-                    origin,
-                    format!("two queries are named `{}`", q.name),
-                )
-                .at(at(&format!("/queries/{i}/name"))),
-            );
-        }
-        if let Err(e) = templates.add_sql(&q.name, &q.sql) {
-            out.push(
-                Diagnostic::new(
-                    Code::E005,
-                    origin,
-                    format!("query `{}` does not compile: {e}", q.name),
-                )
-                .at(at(&format!("/queries/{i}/sql"))),
-            );
-        }
-        if let Some(when) = &q.when
-            && let Err(e) = templates.add_condition(&format!("when:{}", q.name), when)
-        {
-            out.push(
-                Diagnostic::new(
-                    Code::E005,
-                    origin,
-                    format!("`when` of query `{}` does not compile: {e}", q.name),
-                )
-                .at(at(&format!("/queries/{i}/when"))),
-            );
-        }
-        if q.on_empty.is_some() && q.shape == Shape::Many {
-            out.push(
-                Diagnostic::new(
-                    Code::E002,
-                    origin,
-                    format!("query `{}` has on_empty but shape many", q.name),
-                )
-                .at(at(&format!("/queries/{i}/on_empty")))
-                .help("on_empty applies to `shape: one` or `shape: value`"),
-            );
-        }
-    }
-    check_paging(&spec, origin, &file.text, &mut out);
-    let props = spec
-        .input_schema
-        .get("properties")
-        .and_then(Value::as_object);
-    for (i, r) in spec.resources.iter().enumerate() {
-        for var in r.variables() {
-            if !props.is_some_and(|p| p.contains_key(var)) {
-                out.push(
-                    Diagnostic::new(Code::E002, origin, format!("resource `{}` uses `{{{var}}}`, which is not a property of input_schema", r.uri))
-                        .at(spec::locate(&file.text, &format!("/resources/{i}/uri"))),
-                );
-            }
-        }
-    }
-    if spec.safety == Safety::Execute {
-        let props = spec.input_schema.get("properties");
-        let required = spec.input_schema.get("required").and_then(Value::as_array);
-        let guarded = props.and_then(|p| p.get("approval_token")).is_some()
-            && required.is_some_and(|r| r.iter().any(|v| v == "approval_token"));
-        if !guarded {
-            out.push(
-                Diagnostic::new(
-                    Code::E010,
-                    origin,
-                    format!(
-                        "execute tool `{}` does not require an approval_token",
-                        spec.name
-                    ),
-                )
-                .at(at("/input_schema").or_else(|| at("/safety")))
-                .help("add a required `approval_token: {type: string}` property"),
-            );
-        }
-    }
-
-    // Every example must validate, render, and keep its binds out of literals.
-    let compiled_ok = !out.iter().any(Diagnostic::is_error);
-    if let (Some(v), true) = (&validator, compiled_ok) {
-        let probe = ProbeTool {
-            spec: &spec,
-            validator: v,
-            templates: &templates,
-        };
-        let mut checked = std::collections::HashSet::new();
-        for (i, ex) in spec.examples.iter().enumerate() {
-            let here = at(&format!("/examples/{i}"));
-            let errors: Vec<String> = v
-                .iter_errors(&ex.args)
-                .map(|e| format!("{}: {e}", e.instance_path()))
-                .collect();
-            if !errors.is_empty() {
-                if ex.expect.error.as_deref() != Some("INVALID_ARGUMENT") {
-                    out.push(
-                        Diagnostic::new(
-                            Code::E007,
-                            origin,
-                            format!(
-                                "example {} does not match input_schema: {}",
-                                i + 1,
-                                errors.join("; ")
-                            ),
-                        )
-                        .at(here),
-                    );
-                }
-                continue;
-            }
-            match probe.render_all(&ex.args) {
-                Err(e) => out.push(
-                    Diagnostic::new(
-                        Code::E008,
-                        origin,
-                        format!("example {} does not render: {e}", i + 1),
-                    )
-                    .at(here),
-                ),
-                Ok(rendered) => {
-                    for (query, r) in rendered {
-                        // Examples often render the same text; check each text once.
-                        if !checked.insert((query.clone(), r.sql.clone())) {
-                            continue;
-                        }
-                        let qi = spec
-                            .queries
-                            .iter()
-                            .position(|q| q.name == query)
-                            .unwrap_or(0);
-                        let target = spec.queries[qi].target.unwrap_or(spec.target);
-                        if target != Target::Coordinator && !r.binds.is_empty() {
-                            out.push(
-                                Diagnostic::new(Code::E013, origin, format!("query `{query}` runs on every node but takes bind parameters"))
-                                    .at(at(&format!("/queries/{qi}/sql")))
-                                    .help("fan-out queries reach the nodes through run_command_on_workers, which takes no parameters: filter on the coordinator in a later query over `results`"),
-                            );
-                        }
-                        let bad = crate::sql::placeholders_outside_code(&r.sql);
-                        if !bad.is_empty() {
-                            out.push(
-                                Diagnostic::new(Code::E006, origin, format!("query `{query}` renders {} inside a literal or comment", bad.join(", ")))
-                                    .at(at(&format!("/queries/{}/sql", spec.queries.iter().position(|q| q.name == query).unwrap_or(0))))
-                                    .help("put `{{ value }}` where a value goes, never inside quotes: it is always a bind parameter"),
-                            );
-                        }
-                        if spec.safety != Safety::Execute
-                            && let Some(word) = crate::sql::writes(&r.sql)
-                        {
-                            out.push(
-                                    Diagnostic::new(Code::E009, origin, format!("{} query `{query}` contains `{word}`, which writes", safety_name(spec.safety)))
-                                        .at(at(&format!("/queries/{}/sql", spec.queries.iter().position(|q| q.name == query).unwrap_or(0))))
-                                        .help("read-only and plan tools run in READ ONLY transactions; make it an execute tool"),
-                                );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
+    let out = dedup(ck.out);
     if out.iter().any(Diagnostic::is_error) {
-        return (None, dedup(out));
+        return (None, out);
     }
     let Some(validator) = validator else {
         return (None, out);
@@ -430,6 +196,264 @@ pub fn compile_tool(
         spec,
     };
     (Some(tool), out)
+}
+
+/// The findings about one file, each pointing into its text.
+struct Findings<'a> {
+    file: &'a SourceFile,
+    out: Vec<Diagnostic>,
+}
+
+impl Findings<'_> {
+    /// Records a finding at the place a JSON pointer names (or the first that exists).
+    fn add(&mut self, code: Code, pointers: &[&str], message: String) -> &mut Diagnostic {
+        let at = pointers
+            .iter()
+            .find_map(|p| spec::locate(&self.file.text, p));
+        self.out
+            .push(Diagnostic::new(code, &self.file.origin, message).at(at));
+        self.out.last_mut().expect("just pushed")
+    }
+
+    fn has_errors(&self) -> bool {
+        self.out.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// The file name, examples and plugin.
+fn check_header(ck: &mut Findings, spec: &ToolSpec, plugins: &[&str]) {
+    let stem = ck.file.stem().to_string();
+    if stem != spec.name {
+        let d = ck.add(
+            Code::W001,
+            &["/name"],
+            format!("tool `{}` lives in a file named `{stem}`", spec.name),
+        );
+        d.help = Some(format!("rename the file to `{}.yaml`", spec.name));
+    }
+    if spec.examples.is_empty() {
+        let d = ck.add(
+            Code::W002,
+            &["/examples", "/name"],
+            format!("tool `{}` has no examples", spec.name),
+        );
+        d.help =
+            Some("add `examples: [{args: {...}}]`; the generic test runs every example".into());
+    }
+    if let Some(p) = &spec.plugin
+        && !plugins.contains(&p.as_str())
+    {
+        let d = ck.add(Code::E002, &["/plugin"], format!("unknown plugin `{p}`"));
+        d.help = Some(format!("known plugins: {}", plugins.join(", ")));
+    }
+}
+
+/// The input schema must itself be a valid JSON Schema (of type object, which the
+/// meta-schema already checked); so must an output schema.
+fn compile_input_schema(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema::Validator> {
+    if let Some(out_schema) = &spec.output_schema
+        && let Err(e) = jsonschema::meta::validate(out_schema)
+    {
+        ck.add(
+            Code::E003,
+            &["/output_schema"],
+            format!("output_schema is not a valid JSON Schema: {e}"),
+        );
+    }
+    if let Err(e) = jsonschema::meta::validate(&spec.input_schema) {
+        let pointer = format!("/input_schema{}", e.instance_path());
+        ck.add(
+            Code::E003,
+            &[&pointer, "/input_schema"],
+            format!("input_schema is not a valid JSON Schema: {e}"),
+        );
+        return None;
+    }
+    match jsonschema::options()
+        .should_validate_formats(true)
+        .build(&spec.input_schema)
+    {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ck.add(
+                Code::E003,
+                &["/input_schema"],
+                format!("input_schema does not compile: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Every query's SQL and `when` compile; names are unique; `on_empty` fits the shape.
+fn compile_templates(ck: &mut Findings, spec: &ToolSpec) -> Templates {
+    let mut templates = Templates::new();
+    let mut names = BTreeSet::new();
+    for (i, q) in spec.queries.iter().enumerate() {
+        if !names.insert(q.name.as_str()) {
+            ck.add(
+                Code::E004,
+                &[&format!("/queries/{i}/name")],
+                format!("two queries are named `{}`", q.name),
+            );
+        }
+        if let Err(e) = templates.add_sql(&q.name, &q.sql) {
+            ck.add(
+                Code::E005,
+                &[&format!("/queries/{i}/sql")],
+                format!("query `{}` does not compile: {e}", q.name),
+            );
+        }
+        if let Some(when) = &q.when
+            && let Err(e) = templates.add_condition(&format!("when:{}", q.name), when)
+        {
+            let message = format!("`when` of query `{}` does not compile: {e}", q.name);
+            ck.add(Code::E005, &[&format!("/queries/{i}/when")], message);
+        }
+        if q.on_empty.is_some() && q.shape == Shape::Many {
+            let message = format!("query `{}` has on_empty but shape many", q.name);
+            let d = ck.add(Code::E002, &[&format!("/queries/{i}/on_empty")], message);
+            d.help = Some("on_empty applies to `shape: one` or `shape: value`".into());
+        }
+    }
+    templates
+}
+
+/// A resource URI's `{variables}` are arguments of the tool.
+fn check_resources(ck: &mut Findings, spec: &ToolSpec) {
+    let props = spec
+        .input_schema
+        .get("properties")
+        .and_then(Value::as_object);
+    for (i, r) in spec.resources.iter().enumerate() {
+        for var in r.variables() {
+            if !props.is_some_and(|p| p.contains_key(var)) {
+                let message = format!(
+                    "resource `{}` uses `{{{var}}}`, which is not a property of input_schema",
+                    r.uri
+                );
+                ck.add(Code::E002, &[&format!("/resources/{i}/uri")], message);
+            }
+        }
+    }
+}
+
+/// An execute tool takes a required `approval_token`.
+fn check_execute_guard(ck: &mut Findings, spec: &ToolSpec) {
+    if spec.safety != Safety::Execute {
+        return;
+    }
+    let declared = spec
+        .input_schema
+        .pointer("/properties/approval_token")
+        .is_some();
+    let required = spec
+        .input_schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|v| v == "approval_token"));
+    if !(declared && required) {
+        let message = format!(
+            "execute tool `{}` does not require an approval_token",
+            spec.name
+        );
+        let d = ck.add(Code::E010, &["/input_schema", "/safety"], message);
+        d.help = Some("add a required `approval_token: {type: string}` property".into());
+    }
+}
+
+/// Every example validates and renders, and what it renders keeps its binds out of
+/// literals, does not write (unless the tool executes) and, for fan-out, has no binds.
+fn check_examples(
+    ck: &mut Findings,
+    spec: &ToolSpec,
+    validator: &jsonschema::Validator,
+    templates: &Templates,
+) {
+    let probe = ProbeTool {
+        spec,
+        validator,
+        templates,
+    };
+    let mut checked = std::collections::HashSet::new();
+    for (i, ex) in spec.examples.iter().enumerate() {
+        let here = format!("/examples/{i}");
+        let errors: Vec<String> = validator
+            .iter_errors(&ex.args)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        if !errors.is_empty() {
+            if ex.expect.error.as_deref() != Some("INVALID_ARGUMENT") {
+                let message = format!(
+                    "example {} does not match input_schema: {}",
+                    i + 1,
+                    errors.join("; ")
+                );
+                ck.add(Code::E007, &[&here], message);
+            }
+            continue;
+        }
+        match probe.render_all(&ex.args) {
+            Err(e) => {
+                ck.add(
+                    Code::E008,
+                    &[&here],
+                    format!("example {} does not render: {e}", i + 1),
+                );
+            }
+            Ok(rendered) => {
+                for (query, r) in rendered {
+                    // Examples often render the same text; check each text once.
+                    if checked.insert((query.clone(), r.sql.clone())) {
+                        check_rendered(ck, spec, &query, &r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_rendered(ck: &mut Findings, spec: &ToolSpec, query: &str, r: &Rendered) {
+    let qi = spec
+        .queries
+        .iter()
+        .position(|q| q.name == query)
+        .unwrap_or(0);
+    let sql_at = format!("/queries/{qi}/sql");
+    if spec.queries[qi].target.unwrap_or(spec.target) != Target::Coordinator && !r.binds.is_empty()
+    {
+        let d = ck.add(
+            Code::E013,
+            &[&sql_at],
+            format!("query `{query}` runs on every node but takes bind parameters"),
+        );
+        d.help = Some("fan-out queries reach the nodes through run_command_on_workers, which takes no parameters: filter on the coordinator in a later query over `results`".into());
+    }
+    let bad = crate::sql::placeholders_outside_code(&r.sql);
+    if !bad.is_empty() {
+        let d = ck.add(
+            Code::E006,
+            &[&sql_at],
+            format!(
+                "query `{query}` renders {} inside a literal or comment",
+                bad.join(", ")
+            ),
+        );
+        d.help = Some("put `{{ value }}` where a value goes, never inside quotes: it is always a bind parameter".into());
+    }
+    if spec.safety != Safety::Execute
+        && let Some(word) = crate::sql::writes(&r.sql)
+    {
+        let message = format!(
+            "{} query `{query}` contains `{word}`, which writes",
+            safety_name(spec.safety)
+        );
+        let d = ck.add(Code::E009, &[&sql_at], message);
+        d.help = Some(
+            "read-only and plan tools run in READ ONLY transactions; make it an execute tool"
+                .into(),
+        );
+    }
 }
 
 fn dedup(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
@@ -539,7 +563,8 @@ pub fn with_defaults(schema: &Value, mut args: Map<String, Value>) -> Map<String
     args
 }
 
-fn check_paging(spec: &ToolSpec, origin: &str, text: &str, out: &mut Vec<Diagnostic>) {
+/// At most one query pages, it has shape many, and the tool takes the paging arguments.
+fn check_paging(ck: &mut Findings, spec: &ToolSpec) {
     let pagers: Vec<usize> = spec
         .queries
         .iter()
@@ -547,42 +572,42 @@ fn check_paging(spec: &ToolSpec, origin: &str, text: &str, out: &mut Vec<Diagnos
         .filter(|(_, q)| q.paging.is_some())
         .map(|(i, _)| i)
         .collect();
-    let props = spec
-        .input_schema
-        .get("properties")
-        .and_then(Value::as_object);
-    let has = |p: &str| props.is_some_and(|m| m.contains_key(p));
     for &i in pagers.iter().skip(1) {
-        out.push(
-            Diagnostic::new(Code::E012, origin, "only one query of a tool may page")
-                .at(spec::locate(text, &format!("/queries/{i}/paging"))),
+        ck.add(
+            Code::E012,
+            &[&format!("/queries/{i}/paging")],
+            "only one query of a tool may page".into(),
         );
     }
-    if let Some(&i) = pagers.first() {
-        let q = &spec.queries[i];
-        let at = spec::locate(text, &format!("/queries/{i}/paging"));
-        if q.shape != Shape::Many {
-            out.push(
-                Diagnostic::new(
-                    Code::E012,
-                    origin,
-                    format!("query `{}` pages but is not `shape: many`", q.name),
-                )
-                .at(at),
+    let Some(&i) = pagers.first() else { return };
+    let q = &spec.queries[i];
+    let at = format!("/queries/{i}/paging");
+    if q.shape != Shape::Many {
+        ck.add(
+            Code::E012,
+            &[&at],
+            format!("query `{}` pages but is not `shape: many`", q.name),
+        );
+    }
+    let needed: &[&str] = match q.paging {
+        Some(Paging::Offset) => &["limit", "offset"],
+        _ => &["limit", "cursor"],
+    };
+    for p in needed {
+        if spec
+            .input_schema
+            .pointer(&format!("/properties/{p}"))
+            .is_none()
+        {
+            let d = ck.add(
+                Code::E012,
+                &[&at],
+                format!(
+                    "query `{}` pages but input_schema has no `{p}` property",
+                    q.name
+                ),
             );
-        }
-        let needed: &[&str] = match q.paging.as_ref() {
-            Some(Paging::Offset) => &["limit", "offset"],
-            _ => &["limit", "cursor"],
-        };
-        for p in needed {
-            if !has(p) {
-                out.push(
-                    Diagnostic::new(Code::E012, origin, format!("query `{}` pages but input_schema has no `{p}` property", q.name))
-                        .at(at)
-                        .help("paging tools take `limit` and `offset` (offset paging) or `limit` and `cursor` (keyset paging)"),
-                );
-            }
+            d.help = Some("paging tools take `limit` and `offset` (offset paging) or `limit` and `cursor` (keyset paging)".into());
         }
     }
 }

@@ -1,8 +1,10 @@
-#![deny(clippy::print_stdout, clippy::dbg_macro)]
 //! citus-mcp: a declarative MCP server for Citus clusters.
 //!
 //! Data flows one way: file → [`spec`] → [`compile`] → [`registry`] → [`engine`] →
 //! [`db`] → shaped result → [`server`]. See ARCHITECTURE.md for the map.
+
+// stdout belongs to the MCP transport: the library never prints to it.
+#![deny(clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod compile;
 pub mod config;
