@@ -206,6 +206,106 @@ fn collect_citus_scans(v: &Value, out: &mut Vec<Value>) {
     }
 }
 
+/// The compact text of a result: the summary, then the plan as an indented tree.
+pub fn text(out: &Value) -> String {
+    let mut s = format!(
+        "plan_type: {}\ntask_count: {}\nnodes_shown: {}\n{}\n",
+        out["plan_type"].as_str().unwrap_or("?"),
+        out["task_count"],
+        out["nodes_shown"]
+            .as_array()
+            .map(|n| n
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        out["explanation"].as_str().unwrap_or_default(),
+    );
+    for key in ["planning_time_ms", "execution_time_ms"] {
+        if let Some(v) = out.get(key) {
+            s.push_str(&format!("{key}: {v}\n"));
+        }
+    }
+    if out["plan"].is_object() {
+        s.push_str("plan:\n");
+        plan_tree(&out["plan"], 1, &mut s);
+    } else if let Some(h) = out["hint"].as_str() {
+        s.push_str(&format!("plan: (omitted) {h}\n"));
+    }
+    s.trim_end().to_string()
+}
+
+/// One line per plan node: type, relation or index, and the numbers that matter;
+/// Citus tasks show their node and remote plan underneath.
+fn plan_tree(node: &Value, depth: usize, s: &mut String) {
+    let pad = "  ".repeat(depth);
+    let mut line = node["Node Type"].as_str().unwrap_or("?").to_string();
+    if let Some(p) = node["Custom Plan Provider"].as_str() {
+        line = format!("{line} ({p})");
+    }
+    if let Some(r) = node["Relation Name"].as_str() {
+        line.push_str(&format!(" on {r}"));
+    }
+    if let Some(i) = node["Index Name"].as_str() {
+        line.push_str(&format!(" using {i}"));
+    }
+    let num = |k: &str| {
+        node.get(k)
+            .filter(|v| !v.is_null())
+            .map(ToString::to_string)
+    };
+    let mut facts = Vec::new();
+    if let Some(v) = num("Actual Rows") {
+        facts.push(format!("rows={v}"));
+    } else if let Some(v) = num("Plan Rows") {
+        facts.push(format!("est_rows={v}"));
+    }
+    if let Some(v) = num("Actual Total Time") {
+        facts.push(format!("ms={v}"));
+    } else if let Some(v) = num("Total Cost") {
+        facts.push(format!("cost={v}"));
+    }
+    for k in ["Index Cond", "Filter", "Hash Cond", "Join Filter"] {
+        if let Some(c) = node[k].as_str() {
+            facts.push(format!("{}: {c}", k.to_ascii_lowercase()));
+        }
+    }
+    if !facts.is_empty() {
+        line = format!("{line}  [{}]", facts.join(", "));
+    }
+    s.push_str(&format!("{pad}{line}\n"));
+    if let Some(job) = node.get("Distributed Query").and_then(|d| d.get("Job")) {
+        s.push_str(&format!(
+            "{pad}  tasks: {} ({})\n",
+            job["Task Count"],
+            job["Tasks Shown"].as_str().unwrap_or("")
+        ));
+        for task in job["Tasks"].as_array().into_iter().flatten() {
+            s.push_str(&format!(
+                "{pad}  task on {}\n",
+                task["Node"]
+                    .as_str()
+                    .map(node_name)
+                    .unwrap_or(Value::Null)
+                    .as_str()
+                    .unwrap_or("?")
+            ));
+            for remote in task["Remote Plan"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+            {
+                plan_tree(&remote["Plan"], depth + 2, s);
+            }
+        }
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        plan_tree(child, depth + 1, s);
+    }
+}
+
 /// `host=10.0.0.1 port=5432 dbname=citus` → `10.0.0.1:5432`.
 fn node_name(conninfo: &str) -> Value {
     let field = |k: &str| {
@@ -268,5 +368,19 @@ mod tests {
         assert_eq!(s["execution_time_ms"], 1.5);
         let local = json!([{"Plan": {"Node Type": "Seq Scan"}}]);
         assert_eq!(summarize(local, false)["plan_type"], "local");
+    }
+
+    #[test]
+    fn text_shows_the_plan_as_a_tree() {
+        let router = json!([{"Plan": {"Node Type": "Custom Scan", "Custom Plan Provider": "Citus Adaptive", "Plan Rows": 0, "Total Cost": 0.0,
+            "Distributed Query": {"Job": {"Task Count": 1, "Tasks Shown": "All",
+              "Tasks": [{"Node": "host=127.0.0.1 port=9702 dbname=citus", "Remote Plan": [[{"Plan": {"Node Type": "Index Scan",
+                "Relation Name": "orders_102043", "Index Name": "orders_pkey_102043", "Index Cond": "(customer_id = 1)", "Plan Rows": 15}}]]}]}}}}]);
+        let t = text(&summarize(router, false));
+        assert!(
+            t.starts_with("plan_type: router\ntask_count: 1\nnodes_shown: 127.0.0.1:9702"),
+            "{t}"
+        );
+        assert!(t.contains("  Custom Scan (Citus Adaptive)  [est_rows=0, cost=0.0]\n    tasks: 1 (All)\n    task on 127.0.0.1:9702\n      Index Scan on orders_102043 using orders_pkey_102043  [est_rows=15, index cond: (customer_id = 1)]"), "{t}");
     }
 }

@@ -37,7 +37,12 @@ pub async fn call(
                 .limits
                 .max_bytes
                 .unwrap_or(engine.settings.max_bytes) as usize;
-            explain::run(engine, args, timeout, max_bytes, cancel).await?
+            let structured = explain::run(engine, args, timeout, max_bytes, cancel).await?;
+            // The model reads a plan tree far more easily than nested JSON.
+            return Ok(ToolOutput {
+                text: explain::text(&structured),
+                structured,
+            });
         }
         other => {
             return Err(ToolError::new(
