@@ -363,6 +363,38 @@ mod tests {
         assert!(checked >= 10, "{checked}");
     }
 
+    /// README's tool table lists every built-in tool with exactly its parameters.
+    #[test]
+    fn readme_lists_every_tool_and_parameter() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let readme = include_str!("../README.md");
+        let name_ref = regex_lite::Regex::new(r"^\| `([a-z_]+)` \| ([^|]*) \|").unwrap();
+        let param_ref = regex_lite::Regex::new(r"`([a-z_]+)\??`").unwrap();
+        let mut listed = BTreeMap::new();
+        for line in readme.lines() {
+            if let Some(c) = name_ref.captures(line) {
+                let params: Vec<String> = param_ref
+                    .captures_iter(&c[2])
+                    .map(|p| p[1].to_string())
+                    .collect();
+                listed.insert(c[1].to_string(), params);
+            }
+        }
+        for (name, tool) in &reg.tools {
+            let params = listed
+                .get(name)
+                .unwrap_or_else(|| panic!("README's tool table lacks `{name}`"));
+            let mut declared: Vec<String> = tool.spec.input_schema["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut params = params.clone();
+            declared.sort();
+            params.sort();
+            assert_eq!(params, declared, "README parameters of `{name}`");
+        }
+    }
+
     #[test]
     fn later_layers_override_and_bad_files_keep_the_last_good_tool() {
         let base = Sources {
