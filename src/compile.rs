@@ -376,6 +376,35 @@ fn check_examples(
         templates,
     };
     let mut checked = std::collections::HashSet::new();
+    if spec.plugin.is_some() {
+        // A plugin's queries take what the plugin gives them, not the tool's arguments.
+        for (qi, q) in spec.queries.iter().enumerate() {
+            let at = format!("/queries/{qi}");
+            let Some(vars) = &q.example else {
+                let d = ck.add(
+                    Code::E008,
+                    &[&at],
+                    format!(
+                        "plugin query `{}` has no `example` to render it with",
+                        q.name
+                    ),
+                );
+                d.help =
+                    Some("add `example:` with the template variables the plugin passes".into());
+                continue;
+            };
+            match templates.render(&q.name, &Value::Object(vars.clone())) {
+                Ok(r) => check_rendered(ck, spec, &q.name, &r),
+                Err(e) => {
+                    ck.add(
+                        Code::E008,
+                        &[&at],
+                        format!("plugin query `{}` does not render its example: {e}", q.name),
+                    );
+                }
+            }
+        }
+    }
     for (i, ex) in spec.examples.iter().enumerate() {
         let here = format!("/examples/{i}");
         let errors: Vec<String> = validator
@@ -441,8 +470,25 @@ fn check_rendered(ck: &mut Findings, spec: &ToolSpec, query: &str, r: &Rendered)
         );
         d.help = Some("put `{{ value }}` where a value goes, never inside quotes: it is always a bind parameter".into());
     }
+    let parsed = match crate::sql::parse(&r.sql) {
+        Ok(p) if p.len() == 1 => p,
+        Ok(p) => {
+            let d = ck.add(
+                Code::E014,
+                &[&sql_at],
+                format!("query `{query}` holds {} statements", p.len()),
+            );
+            d.help = Some("one query, one statement: split it into several queries".into());
+            return;
+        }
+        Err(e) => {
+            let d = ck.add(Code::E014, &[&sql_at], format!("query `{query}`: {e}"));
+            d.help = Some("the rendered SQL must be one statement PostgreSQL accepts".into());
+            return;
+        }
+    };
     if spec.safety != Safety::Execute
-        && let Some(word) = crate::sql::writes(&r.sql)
+        && let Some(word) = parsed.writes()
     {
         let message = format!(
             "{} query `{query}` contains `{word}`, which writes",
@@ -482,6 +528,11 @@ impl ProbeTool<'_> {
     /// paging) on a later page too, so both branches of `page.after` are checked.
     fn render_all(&self, args: &Value) -> Result<Vec<(String, Rendered)>, String> {
         debug_assert!(self.validator.is_valid(args));
+        if self.spec.plugin.is_some() {
+            // A plugin's queries are rendered with their own `example`, not with the
+            // tool's arguments (see check_examples).
+            return Ok(Vec::new());
+        }
         let args = with_defaults(
             &self.spec.input_schema,
             args.as_object().cloned().unwrap_or_default(),
@@ -730,10 +781,25 @@ examples:
 
     #[test]
     fn writes_in_read_only_tools_are_e009() {
+        let sql = "SELECT * FROM t WHERE name = {{ table }} LIMIT {{ limit }}";
+        for writing in [
+            "DELETE FROM t WHERE name = {{ table }} AND {{ limit }} > 0",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d WHERE name = {{ table }} LIMIT {{ limit }}",
+            "SELECT * FROM t WHERE name = {{ table }} LIMIT {{ limit }} FOR UPDATE",
+            "SELECT * INTO t2 FROM t WHERE name = {{ table }} LIMIT {{ limit }}",
+        ] {
+            assert_eq!(
+                codes(&TOOL.replace(sql, writing)),
+                vec!["E009"],
+                "{writing}"
+            );
+        }
+        // Not one statement: E014, whatever the statements are.
         assert_eq!(
-            codes(&TOOL.replace("SELECT * FROM t", "DELETE FROM t")),
-            vec!["E009"]
+            codes(&TOOL.replace(sql, &format!("{sql}; DELETE FROM t"))),
+            vec!["E014"]
         );
+        assert_eq!(codes(&TOOL.replace(sql, "SELEC {{ table }}")), vec!["E014"]);
         // A word inside a literal or comment is not a write.
         assert!(codes(&TOOL.replace("SELECT *", "SELECT 'delete' AS x, * /* drop */")).is_empty());
     }

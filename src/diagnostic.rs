@@ -45,6 +45,8 @@ pub enum Code {
     E012,
     /// A fan-out query (target workers / all_nodes) takes bind parameters.
     E013,
+    /// A rendered query is not exactly one statement PostgreSQL's grammar accepts.
+    E014,
     /// The file name does not match the declared name.
     W001,
     /// The tool has no examples.
@@ -70,6 +72,7 @@ impl Code {
             Code::E011 => "E011",
             Code::E012 => "E012",
             Code::E013 => "E013",
+            Code::E014 => "E014",
             Code::W001 => "W001",
             Code::W002 => "W002",
             Code::W003 => "W003",

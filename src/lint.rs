@@ -68,6 +68,10 @@ pub const CODES: &[(Code, &str)] = &[
         Code::E013,
         "a fan-out query (target workers or all_nodes) takes bind parameters; filter in a later coordinator query over `results`",
     ),
+    (
+        Code::E014,
+        "a rendered query is not exactly one statement that PostgreSQL's grammar accepts",
+    ),
     (Code::W001, "the file name does not match the declared name"),
     (Code::W002, "the tool has no examples"),
     (

@@ -315,6 +315,7 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
         connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
         pool_size: 8,
         application_name: format!("citus-mcp {}", env!("CARGO_PKG_VERSION")),
+        timeout_ceiling: Duration::from_millis(config.statement_timeout_ms.into()),
     })
     .context("coordinator_dsn")?;
     Ok(Some(db))
@@ -336,7 +337,9 @@ fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
         enable_caching: config.enable_caching,
         fanout: config.fanout,
     };
-    Ok(Arc::new(Engine::new(registry, connect(config)?, settings)))
+    Ok(Arc::new(
+        Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all()),
+    ))
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {

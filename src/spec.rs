@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::diagnostic::{Code, Diagnostic, Position};
 
@@ -136,6 +136,9 @@ pub struct QuerySpec {
     /// later queries (through `results.<name>`).
     #[serde(default = "yes")]
     pub output: bool,
+    /// For a plugin's query: template variables to render it with in lint (the plugin
+    /// supplies them at run time, and runs the query only when it asks for it).
+    pub example: Option<Map<String, Value>>,
 }
 
 fn yes() -> bool {
@@ -244,7 +247,7 @@ pub struct ToolSpec {
     pub requires: Requires,
     #[serde(default)]
     pub queries: Vec<QuerySpec>,
-    /// A Rust implementation in `plugins` instead of `queries`.
+    /// A Rust implementation; its `queries` (if any) run only when the plugin asks.
     pub plugin: Option<String>,
     pub output_schema: Option<Value>,
     #[serde(default)]

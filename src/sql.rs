@@ -1,294 +1,426 @@
-//! Lexical facts about SQL text: where literals, quoted identifiers and comments are,
-//! how many statements there are, and whether a statement writes.
+//! SQL read by PostgreSQL's own grammar (libpg_query through the `pg_query` crate).
 //!
-//! A tokenizer, not a parser: it splits text into code and non-code spans so that lint
-//! and the EXPLAIN tool can reason about what the server will see as code.
+//! Everything here that says what a statement is, whether it writes, or what it can
+//! reach is decided by the server's real parser and lexer, never by a word list or a
+//! home-made tokenizer: quoting, `U&"..."` identifiers, `E'...'` escapes and dollar
+//! quotes are read exactly as PostgreSQL reads them.
+//!
+//! It does no I/O. What a name means (is this function volatile? is this relation a
+//! view?) is for the live catalog to say; [`Reach`] lists the names to ask it about.
 
-/// What a span of SQL text is.
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// Why text is not SQL this module accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SqlError(pub String);
+
+/// A parsed statement list, as the parser's tree in JSON form.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    statements: Vec<Value>,
+}
+
+/// Parses SQL text with PostgreSQL's grammar.
+pub fn parse(sql: &str) -> Result<Parsed, SqlError> {
+    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| SqlError(parse_message(e)))?;
+    let statements = tree
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|s| s.stmt.as_ref())
+        .map(|n| serde_json::to_value(n).unwrap_or(Value::Null))
+        .map(|v| v.get("node").cloned().unwrap_or(Value::Null))
+        .collect();
+    Ok(Parsed { statements })
+}
+
+fn parse_message(e: pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => format!("syntax error: {m}"),
+        other => other.to_string(),
+    }
+}
+
+/// The kind of a top-level statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    Code,
-    /// `'...'`, `E'...'`, or a dollar-quoted body.
-    Literal,
-    /// `"..."`: still code to the server (a name), but never a keyword.
-    QuotedIdent,
-    Comment,
+pub enum Kind {
+    /// SELECT, VALUES, TABLE, or WITH ... SELECT.
+    Query,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    /// Anything else: DDL, SET, CALL, DO, COPY, EXPLAIN, transaction control...
+    Other,
 }
 
-/// Splits SQL text into spans that cover it completely, in order.
-pub fn spans(sql: &str) -> Vec<(SpanKind, &str)> {
-    let bytes = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut code_start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let (kind, end) = match bytes[i] {
-            b'\'' => (SpanKind::Literal, quoted_end(bytes, i, b'\'')),
-            b'"' => (SpanKind::QuotedIdent, quoted_end(bytes, i, b'"')),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => (
-                SpanKind::Comment,
-                sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1),
-            ),
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                (SpanKind::Comment, block_comment_end(sql, i))
-            }
-            b'$' => match dollar_tag(sql, i) {
-                Some(tag) => (
-                    SpanKind::Literal,
-                    sql[i + tag.len()..]
-                        .find(tag)
-                        .map_or(bytes.len(), |n| i + tag.len() + n + tag.len()),
-                ),
-                None => {
-                    i += 1;
-                    continue;
-                }
-            },
-            _ => {
-                i += 1;
-                continue;
-            }
+impl Parsed {
+    /// How many statements the text holds (empty statements between `;` do not count).
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// The kind of the first statement, and its node name (e.g. `ExplainStmt`).
+    pub fn kind(&self) -> (Kind, String) {
+        let name = self
+            .statements
+            .first()
+            .and_then(Value::as_object)
+            .and_then(|m| m.keys().next().cloned())
+            .unwrap_or_default();
+        let kind = match name.as_str() {
+            "SelectStmt" => Kind::Query,
+            "InsertStmt" => Kind::Insert,
+            "UpdateStmt" => Kind::Update,
+            "DeleteStmt" => Kind::Delete,
+            "MergeStmt" => Kind::Merge,
+            _ => Kind::Other,
         };
-        if code_start < i {
-            out.push((SpanKind::Code, &sql[code_start..i]));
+        (kind, name)
+    }
+
+    /// What in the text writes or locks, if anything: a statement that is not a query,
+    /// a data-modifying CTE, `SELECT INTO`, or a locking clause (`FOR UPDATE`...).
+    /// Functions that write are not seen here; [`Parsed::reach`] lists them for the
+    /// catalog to judge.
+    pub fn writes(&self) -> Option<String> {
+        for st in &self.statements {
+            let (kind, name) = Parsed {
+                statements: vec![st.clone()],
+            }
+            .kind();
+            if kind != Kind::Query {
+                return Some(statement_name(kind, &name));
+            }
+            if let Some(found) = find_write(st) {
+                return Some(found);
+            }
         }
-        let end = end.min(bytes.len());
-        out.push((kind, &sql[i..end]));
-        i = end;
-        code_start = end;
+        None
     }
-    if code_start < bytes.len() {
-        out.push((SpanKind::Code, &sql[code_start..]));
+
+    /// Every name the statements can reach that the catalog must judge.
+    pub fn reach(&self) -> Reach {
+        let mut r = Reach::default();
+        let mut ctes = BTreeSet::new();
+        for st in &self.statements {
+            collect(st, &mut r, &mut ctes);
+        }
+        // A name that is a CTE of the statement is not a relation of the catalog.
+        r.relations
+            .retain(|(schema, name)| !schema.is_empty() || !ctes.contains(name.as_str()));
+        r
     }
-    out
 }
 
-fn quoted_end(bytes: &[u8], start: usize, q: u8) -> usize {
-    let mut j = start + 1;
-    while j < bytes.len() {
-        if bytes[j] == q {
-            if bytes.get(j + 1) == Some(&q) {
-                j += 2;
-                continue;
-            }
-            return j + 1;
-        }
-        j += 1;
+fn statement_name(kind: Kind, node: &str) -> String {
+    match kind {
+        Kind::Insert => "INSERT".into(),
+        Kind::Update => "UPDATE".into(),
+        Kind::Delete => "DELETE".into(),
+        Kind::Merge => "MERGE".into(),
+        Kind::Query => "SELECT".into(),
+        Kind::Other => node.trim_end_matches("Stmt").to_string(),
     }
-    bytes.len()
 }
 
-fn block_comment_end(sql: &str, start: usize) -> usize {
-    // Block comments nest in PostgreSQL.
-    let bytes = sql.as_bytes();
-    let mut depth = 0;
-    let mut j = start;
-    while j + 1 < bytes.len() {
-        match (bytes[j], bytes[j + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                j += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                j += 2;
-                if depth == 0 {
-                    return j;
+/// The first writing or locking construct inside a query tree.
+fn find_write(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                match k.as_str() {
+                    "InsertStmt" => return Some("INSERT".into()),
+                    "UpdateStmt" => return Some("UPDATE".into()),
+                    "DeleteStmt" => return Some("DELETE".into()),
+                    "MergeStmt" => return Some("MERGE".into()),
+                    "into_clause" if !child.is_null() => return Some("SELECT INTO".into()),
+                    "locking_clause" if child.as_array().is_some_and(|a| !a.is_empty()) => {
+                        return Some("a locking clause (FOR UPDATE/SHARE)".into());
+                    }
+                    _ => {}
+                }
+                if let Some(found) = find_write(child) {
+                    return Some(found);
                 }
             }
-            _ => j += 1,
+            None
+        }
+        Value::Array(items) => items.iter().find_map(find_write),
+        _ => None,
+    }
+}
+
+/// A name as written: its schema (empty when unqualified) and the name itself.
+pub type QualName = (String, String);
+
+/// Names a statement can reach, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Functions called, including names that attribute notation (`x.f`) may call.
+    pub functions: BTreeSet<QualName>,
+    /// Operators used, plus the comparisons sorting, grouping and joins use implicitly.
+    pub operators: BTreeSet<QualName>,
+    /// Types named in casts and type names (their input and cast functions run).
+    pub types: BTreeSet<QualName>,
+    /// Relations read (views, tables...), CTE names excluded.
+    pub relations: BTreeSet<QualName>,
+}
+
+impl Reach {
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+            && self.operators.is_empty()
+            && self.types.is_empty()
+            && self.relations.is_empty()
+    }
+
+    /// What this reaches that `seen` does not.
+    pub fn minus(&self, seen: &Reach) -> Reach {
+        let diff =
+            |a: &BTreeSet<QualName>, b: &BTreeSet<QualName>| a.difference(b).cloned().collect();
+        Reach {
+            functions: diff(&self.functions, &seen.functions),
+            operators: diff(&self.operators, &seen.operators),
+            types: diff(&self.types, &seen.types),
+            relations: diff(&self.relations, &seen.relations),
         }
     }
-    bytes.len()
-}
 
-/// `$tag$` starting at `i`, if it is one (`$1` is a parameter, not a quote).
-fn dollar_tag(sql: &str, i: usize) -> Option<&str> {
-    let rest = &sql[i + 1..];
-    if rest.starts_with(|c: char| c.is_ascii_digit()) {
-        return None;
+    /// Adds everything `other` reaches.
+    pub fn extend(&mut self, other: Reach) {
+        self.functions.extend(other.functions);
+        self.operators.extend(other.operators);
+        self.types.extend(other.types);
+        self.relations.extend(other.relations);
     }
-    let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
-    (rest.as_bytes()[len] == b'$').then(|| &sql[i..i + len + 2])
 }
 
-/// The code of `sql` with literals and comments replaced by a space; quoted
-/// identifiers are kept with their quotes.
-pub fn code_only(sql: &str) -> String {
-    spans(sql)
-        .into_iter()
-        .map(|(k, s)| match k {
-            SpanKind::Code | SpanKind::QuotedIdent => s,
-            SpanKind::Literal | SpanKind::Comment => " ",
-        })
-        .collect()
+/// Comparisons PostgreSQL applies without naming them: ORDER BY, GROUP BY, DISTINCT,
+/// IN, BETWEEN, joins with USING, GREATEST/LEAST, CASE x WHEN ...
+const IMPLICIT_OPERATORS: &[&str] = &["=", "<>", "<", ">", "<=", ">="];
+
+/// The name a list of `String` nodes spells: its last part, and the one before it
+/// as the schema (a catalog name before that is the current database's).
+fn qualified(list: &Value) -> Option<QualName> {
+    let parts: Vec<&str> = list
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.get("node").unwrap_or(n).get("String"))
+        .filter_map(|s| s.get("sval").and_then(Value::as_str))
+        .collect();
+    let (name, rest) = parts.split_last()?;
+    Some((
+        rest.last().copied().unwrap_or_default().to_string(),
+        name.to_string(),
+    ))
 }
 
-/// Placeholders `$n` that sit inside literals, quoted identifiers or comments, where the
-/// server would not see them as parameters.
+fn bare(name: &str) -> QualName {
+    (String::new(), name.to_string())
+}
+
+fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(name) = m.get("funcname").and_then(qualified) {
+                r.functions.insert(name);
+            }
+            // A_Expr: an operator by name; BETWEEN and friends use comparisons.
+            if m.contains_key("lexpr") && m.contains_key("rexpr") && m.contains_key("kind") {
+                match m.get("name").and_then(qualified) {
+                    Some(op) if !op.1.to_ascii_uppercase().contains("BETWEEN") => {
+                        r.operators.insert(op);
+                    }
+                    _ => {}
+                }
+                r.operators
+                    .extend(IMPLICIT_OPERATORS.iter().map(|s| bare(s)));
+            }
+            for key in ["oper_name", "use_op"] {
+                if let Some(op) = m.get(key).and_then(qualified) {
+                    r.operators.insert(op);
+                }
+            }
+            // TypeName: `x::t`, CAST(x AS t), typed literals, column definition lists.
+            if m.contains_key("typmods")
+                && let Some(t) = m.get("names").and_then(qualified)
+            {
+                r.types.insert(t);
+            }
+            if m.contains_key("relname") && m.contains_key("inh") {
+                let rel = m.get("relname").and_then(Value::as_str).unwrap_or_default();
+                let schema = m
+                    .get("schemaname")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !rel.is_empty() {
+                    r.relations.insert((schema.to_string(), rel.to_string()));
+                }
+            }
+            if let Some(n) = m
+                .get("CommonTableExpr")
+                .and_then(|c| c.get("ctename"))
+                .and_then(Value::as_str)
+            {
+                ctes.insert(n.to_string());
+            }
+            // `x.f` may call f(x): every field after the first is a possible function.
+            if let Some(fields) = m.get("ColumnRef").and_then(|c| c.get("fields")) {
+                for f in fields.as_array().into_iter().flatten().skip(1) {
+                    if let Some(s) = f.pointer("/node/String/sval").and_then(Value::as_str) {
+                        r.functions.insert(bare(s));
+                    }
+                }
+            }
+            if let Some(ind) = m.get("AIndirection").and_then(|c| c.get("indirection")) {
+                for f in ind.as_array().into_iter().flatten() {
+                    if let Some(s) = f.pointer("/node/String/sval").and_then(Value::as_str) {
+                        r.functions.insert(bare(s));
+                    }
+                }
+            }
+            if let Some(f) = m
+                .get("RangeTableSample")
+                .and_then(|s| s.get("method"))
+                .and_then(qualified)
+            {
+                r.functions.insert(f);
+            }
+            if m.contains_key("SelectStmt") || m.contains_key("JoinExpr") {
+                r.operators
+                    .extend(IMPLICIT_OPERATORS.iter().map(|s| bare(s)));
+            }
+            for child in m.values() {
+                collect(child, r, ctes);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect(i, r, ctes)),
+        _ => {}
+    }
+}
+
+/// `$n` placeholders that the lexer does not see as parameters: inside a literal, a
+/// quoted identifier or a comment, where a bind would never arrive.
 pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
-    let mut bad = Vec::new();
-    for (kind, text) in spans(sql) {
-        if kind == SpanKind::Code {
+    use pg_query::protobuf::Token;
+    let Ok(scan) = pg_query::scan(sql) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in &scan.tokens {
+        let code = Token::try_from(t.token).unwrap_or(Token::Nul);
+        if code == Token::Param {
             continue;
         }
-        let mut rest = text;
-        while let Some(p) = rest.find('$') {
-            let digits: String = rest[p + 1..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            if !digits.is_empty() {
-                bad.push(format!("${digits}"));
+        let text = sql
+            .get(t.start as usize..t.end as usize)
+            .unwrap_or_default();
+        let b = text.as_bytes();
+        for i in 0..b.len() {
+            if b[i] == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                let digits: String = text[i + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                out.push(format!("${digits}"));
             }
-            rest = &rest[p + 1..];
         }
     }
-    bad
-}
-
-/// The number of statements: text separated by `;` outside literals and comments,
-/// ignoring empty ones.
-pub fn statement_count(sql: &str) -> usize {
-    let code = code_only(sql);
-    code.split(';').filter(|s| !s.trim().is_empty()).count()
-}
-
-/// The first keyword of the statement, lowercased (`select`, `with`, `delete`, ...).
-pub fn first_keyword(sql: &str) -> Option<String> {
-    let code = code_only(sql);
-    let word: String = code
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
-    (!word.is_empty()).then(|| word.to_ascii_lowercase())
-}
-
-/// Words that write (or may write), sorted for binary search: SQL commands, and the
-/// functions of PostgreSQL and Citus that change state.
-const WRITE_WORDS: &[&str] = &[
-    "alter",
-    "alter_distributed_table",
-    "call",
-    "citus_activate_node",
-    "citus_add_node",
-    "citus_copy_shard_placement",
-    "citus_disable_node",
-    "citus_drain_node",
-    "citus_job_cancel",
-    "citus_move_shard_placement",
-    "citus_rebalance_start",
-    "citus_rebalance_stop",
-    "citus_remove_node",
-    "citus_set_node_property",
-    "citus_update_node",
-    "cluster",
-    "comment",
-    "copy",
-    "create",
-    "create_distributed_table",
-    "create_reference_table",
-    "delete",
-    "do",
-    "drop",
-    "grant",
-    "insert",
-    "into",
-    "lock",
-    "master_move_shard_placement",
-    "merge",
-    "nextval",
-    "pg_cancel_backend",
-    "pg_terminate_backend",
-    "rebalance_table_shards",
-    "refresh",
-    "reindex",
-    "revoke",
-    "security",
-    "setval",
-    "truncate",
-    "undistribute_table",
-    "update",
-    "vacuum",
-];
-
-/// The first word of `sql`'s code that writes (or may write), if any.
-///
-/// Read-only work runs in READ ONLY transactions anyway; this catches the mistake
-/// before the database does, and lets EXPLAIN ANALYZE refuse such statements.
-/// `into` covers `SELECT ... INTO new_table`; `FOR UPDATE` counts as `update`.
-pub fn writes(sql: &str) -> Option<String> {
-    let code = code_only(sql);
-    code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
-        .filter(|w| w.len() >= 2 && w.as_bytes()[0].is_ascii_alphabetic())
-        .map(str::to_ascii_lowercase)
-        .find(|w| {
-            WRITE_WORDS.binary_search(&w.as_str()).is_ok() || w.starts_with("run_command_on_")
-        })
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn spans_cover_the_text() {
-        let sql = "SELECT 'a;b', \"x\"\"y\", $q$ ; $q$ -- c;\n/* d /* e */ ; */ 1";
-        let joined: String = spans(sql).iter().map(|(_, s)| *s).collect();
-        assert_eq!(joined, sql);
-        assert_eq!(statement_count(sql), 1);
+    fn writes(sql: &str) -> Option<String> {
+        parse(sql).unwrap().writes()
     }
 
     #[test]
-    fn statements_and_keywords() {
-        assert_eq!(statement_count("SELECT 1;"), 1);
-        assert_eq!(statement_count("SELECT 1; SELECT 2"), 2);
-        assert_eq!(statement_count(" ; ;"), 0);
-        assert_eq!(
-            first_keyword("  -- hi\n (SELECT 1)").as_deref(),
-            Some("select")
-        );
-        assert_eq!(
-            first_keyword("/* x */ delete from t").as_deref(),
-            Some("delete")
-        );
+    fn counts_statements_as_the_server_does() {
+        assert_eq!(parse("SELECT 1").unwrap().len(), 1);
+        assert_eq!(parse("SELECT 1; SELECT 2").unwrap().len(), 2);
+        assert_eq!(parse("SELECT 'a;b' -- ; x").unwrap().len(), 1);
+        assert_eq!(parse("SELECT $q$;$q$").unwrap().len(), 1);
+        // A `$` inside an identifier does not start a dollar quote.
+        assert_eq!(parse("SELECT 1 AS a$b; DELETE FROM t").unwrap().len(), 2);
+        // Backslash escapes in E'' strings.
+        assert_eq!(parse("SELECT E'\\''; DELETE FROM t").unwrap().len(), 2);
+        assert!(parse("SELEC 1").is_err());
     }
 
     #[test]
-    fn write_words_are_sorted() {
-        assert!(WRITE_WORDS.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn writes_are_found_in_code_only() {
+    fn sees_writes_by_every_spelling() {
+        assert_eq!(writes("SELECT 1"), None);
+        assert_eq!(writes("VALUES (1)"), None);
+        assert_eq!(writes("TABLE pg_class"), None);
+        assert_eq!(writes("WITH x AS (SELECT 1) SELECT * FROM x"), None);
+        assert_eq!(writes("DELETE FROM t").as_deref(), Some("DELETE"));
         assert_eq!(
             writes("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").as_deref(),
-            Some("delete")
-        );
-        assert_eq!(writes("SELECT * INTO t2 FROM t").as_deref(), Some("into"));
-        assert_eq!(
-            writes("SELECT * FROM t FOR UPDATE").as_deref(),
-            Some("update")
+            Some("DELETE")
         );
         assert_eq!(
-            writes("SELECT \"nextval\"('s')").as_deref(),
-            Some("nextval")
+            writes("SELECT * INTO t2 FROM t").as_deref(),
+            Some("SELECT INTO")
         );
-        assert_eq!(writes("SELECT 'delete', updated_at FROM t -- drop"), None);
+        assert!(writes("SELECT * FROM t FOR UPDATE").is_some());
+        assert!(writes("SELECT 1 UNION SELECT a FROM t FOR SHARE").is_some());
+        assert!(writes("(SELECT a FROM t FOR UPDATE) UNION SELECT 1").is_some());
+        // Unicode-escaped keywords are identifiers, but U&"..." names still parse.
+        assert_eq!(writes(r#"SELECT * FROM U&"\0070g_class""#), None);
+        assert!(writes("CREATE TABLE x (a int)").is_some());
+        assert!(writes("SET transaction_read_only = off").is_some());
+        assert!(writes("COPY t TO STDOUT").is_some());
+        assert!(writes("DO $$ BEGIN END $$").is_some());
+        assert!(writes("CALL p()").is_some());
+        assert!(writes("EXPLAIN ANALYZE DELETE FROM t").is_some());
     }
 
     #[test]
-    fn placeholders_in_literals_are_found() {
-        assert!(placeholders_outside_code("SELECT $1, '$$' , $2::int").is_empty());
-        assert_eq!(placeholders_outside_code("SELECT '$1'"), vec!["$1"]);
+    fn reaches_functions_operators_types_and_relations() {
+        let r = parse(
+            "WITH c AS (SELECT 1 a) SELECT pg_catalog.lower(x.b), x.a OPERATOR(pg_catalog.+) 1, '1'::int4, \
+             (x).f, y.g FROM public.v x JOIN c y USING (a) WHERE x.b ~~ 'a%' ORDER BY 1 USING <",
+        )
+        .unwrap()
+        .reach();
+        let q = |s: &str, n: &str| (s.to_string(), n.to_string());
+        assert!(r.functions.contains(&q("pg_catalog", "lower")));
+        assert!(r.functions.contains(&bare("g")), "{r:?}");
+        assert!(r.functions.contains(&bare("f")), "{r:?}");
+        assert!(r.operators.contains(&q("pg_catalog", "+")));
+        assert!(r.operators.contains(&bare("~~")));
+        assert!(r.operators.contains(&bare("<")));
+        assert!(r.types.contains(&bare("int4")), "{r:?}");
+        assert!(r.relations.contains(&q("public", "v")));
+        assert!(!r.relations.contains(&bare("c")), "a CTE is not a relation");
+        let r = parse("SELECT * FROM t TABLESAMPLE system (1), generate_series(1, 2) g")
+            .unwrap()
+            .reach();
+        assert!(r.functions.contains(&bare("system")));
+        assert!(r.functions.contains(&bare("generate_series")));
+        assert!(r.relations.contains(&bare("t")));
+    }
+
+    #[test]
+    fn finds_placeholders_inside_literals_and_comments() {
+        assert!(placeholders_outside_code("SELECT $1, '$2' -- $3").len() == 2);
+        assert!(placeholders_outside_code("SELECT $1 FROM t WHERE a = $2").is_empty());
         assert_eq!(
-            placeholders_outside_code("SELECT 1 -- $2\n, \"$3\""),
-            vec!["$2", "$3"]
-        );
-        assert_eq!(
-            placeholders_outside_code("SELECT $q$ $4 $q$, $5"),
-            vec!["$4"]
+            placeholders_outside_code("SELECT \"a$1\", $$ $4 $$"),
+            vec!["$1", "$4"]
         );
     }
 }

@@ -145,11 +145,7 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<Vec<Value>>, DbError> {
-        let st = Statement {
-            sql: sql.to_string(),
-            binds: vec![param],
-            max_rows: 10_000,
-        };
+        let st = Statement::new(sql, vec![param], 10_000);
         Ok(self
             .read_only(&[st], timeout, cancel)
             .await?

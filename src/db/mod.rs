@@ -32,6 +32,10 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     pub pool_size: usize,
     pub application_name: String,
+    /// The longest any statement on these connections may run or wait for a lock,
+    /// set when the connection starts (so it covers every Parse, even outside a
+    /// call's own transaction); a call lowers it for its own statements.
+    pub timeout_ceiling: Duration,
 }
 
 /// One statement to run: SQL with `$n` placeholders, its values, and a row cap.
@@ -41,7 +45,53 @@ pub struct Statement {
     pub binds: Vec<Value>,
     /// At most this many rows are fetched (the protocol stops the server there).
     pub max_rows: usize,
+    /// Kept prepared on the connection for the next call with the same text. Text
+    /// that varies per call (a caller's SQL) is prepared for this call only, so the
+    /// server keeps no state for it.
+    pub cached: bool,
 }
+
+impl Statement {
+    /// A statement of a tool file: its text recurs, so it stays prepared.
+    pub fn new(sql: impl Into<String>, binds: Vec<Value>, max_rows: usize) -> Statement {
+        Statement {
+            sql: sql.into(),
+            binds,
+            max_rows,
+            cached: true,
+        }
+    }
+
+    /// Prepared for this call only and closed after it.
+    pub fn once(mut self) -> Statement {
+        self.cached = false;
+        self
+    }
+}
+
+/// What happens to the connection after a read-only call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCall {
+    /// Back to the pool.
+    Reuse,
+    /// Closed: the call ran a caller's statement (EXPLAIN ANALYZE) and the session
+    /// is not trusted to be as it was.
+    Discard,
+}
+
+/// At most this many statements stay prepared per connection; past it the cache is
+/// emptied (each statement is closed on the server), so hot reloads and many tools
+/// cannot grow a backend without bound.
+const STATEMENT_CACHE_MAX: usize = 128;
+
+/// The per-call settings, sent before the first Parse of the call. `set_config(...,
+/// true)` is SET LOCAL with bind parameters: it ends with the transaction, so pooled
+/// connections keep nothing. The lexer setting is pinned so the server reads text as
+/// the parser of `sql` does.
+const CALL_SETTINGS: &str = "SELECT pg_catalog.set_config('statement_timeout', $1, true), \
+     pg_catalog.set_config('lock_timeout', $1, true), \
+     pg_catalog.set_config('idle_in_transaction_session_timeout', $2, true), \
+     pg_catalog.set_config('standard_conforming_strings', 'on', true)";
 
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +166,16 @@ pub struct Db {
 
 const FACTS_TTL: Duration = Duration::from_secs(60);
 
+/// How long a call's transaction may sit idle between its round trips before the
+/// server ends the session: the client side is pipelined, so only a stalled or
+/// vanished citus-mcp leaves a transaction idle.
+const IDLE_GRACE_MS: u128 = 5_000;
+
+/// How much longer than its timeout a call may take, counted by citus-mcp itself,
+/// before it cancels the statement and drops the connection (a server that does
+/// not answer, a network that does not deliver the cancel).
+const CLIENT_GRACE: Duration = Duration::from_millis(1_000);
+
 impl Db {
     /// Builds the pool; no connection is made until the first statement.
     pub fn new(cfg: DbConfig) -> Result<Db, DsnError> {
@@ -127,6 +187,19 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name(&cfg.application_name);
         }
+        // Session defaults from the startup packet: every statement on these
+        // connections, the version probe and `lint --db`'s prepares included, is
+        // bounded before anything is parsed. Calls lower them with SET LOCAL.
+        let ceiling = cfg.timeout_ceiling.as_millis().max(1);
+        let ours = format!(
+            "-c statement_timeout={ceiling} -c lock_timeout={ceiling} -c idle_in_transaction_session_timeout={}",
+            ceiling + IDLE_GRACE_MS
+        );
+        let options = match pg.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+            _ => ours,
+        };
+        pg.options(&options);
         let mgr = Manager::from_config(
             pg,
             tls.clone(),
@@ -209,66 +282,109 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<Rows>, DbError> {
-        let mut client = self.client().await?;
-        let cancel_token = client.cancel_token();
+        self.read_only_then(statements, timeout, cancel, AfterCall::Reuse)
+            .await
+    }
+
+    /// [`Db::read_only`], choosing what becomes of the connection afterwards.
+    ///
+    /// Round trips: `START TRANSACTION READ ONLY`; then, in one flight, the call's
+    /// settings (timeouts in force before anything else is parsed), the Parse of any
+    /// statement not prepared yet, and every Bind/Execute (a cold statement adds one
+    /// round trip between the two); the ROLLBACK is sent without waiting for it.
+    ///
+    /// The call never outlives `timeout` by more than a second: the server's timeout
+    /// cancels each statement, and citus-mcp's own clock cancels the call and drops
+    /// the connection if the server does not answer. A call whose future is dropped
+    /// (its client went away) cancels its statement on the server and drops the
+    /// connection instead of returning it busy to the pool.
+    pub async fn read_only_then(
+        &self,
+        statements: &[Statement],
+        timeout: Duration,
+        cancel: &CancellationToken,
+        after: AfterCall,
+    ) -> Result<Vec<Rows>, DbError> {
+        let client = self.client().await?;
+        let mut guard = CallGuard {
+            client: Some(client),
+            cancel: None,
+            tls: self.tls.clone(),
+        };
+        guard.cancel = guard.client.as_ref().map(|c| c.cancel_token());
         let timeout_ms = timeout.as_millis() as u64;
+        let client = guard.client.as_mut().expect("set above");
         let work = async {
-            // Round trips: the statements are parsed once per connection (cached), then
-            // BEGIN, then set_config and every Bind in one pipelined flight, then every
-            // Execute in another; the rollback is sent without waiting for its answer.
-            let set_sql = "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)";
-            let (set, prepared) = tokio::try_join!(
-                client.prepare_cached(set_sql),
-                try_join_all(statements.iter().map(|st| client.prepare_cached(&st.sql))),
-            )
-            .map_err(sql_error)?;
             let tx = client
                 .build_transaction()
                 .read_only(true)
                 .start()
                 .await
                 .map_err(sql_error)?;
+            let settings = tx.prepare_cached(CALL_SETTINGS).await.map_err(sql_error)?;
             let ms = timeout_ms.to_string();
-            // set_config(..., true) is SET LOCAL with a bind parameter; it ends with the
-            // transaction, so pooled connections keep no state. It is sent first, so the
-            // server applies it before any statement runs.
-            let set_timeout = async { tx.execute(&set, &[&ms]).await.map_err(sql_error) };
-            let run_all = try_join_all(statements.iter().zip(&prepared).map(|(st, stmt)| {
-                let tx = &tx;
-                async move {
-                    let binds: Vec<Bind<'_>> = st.binds.iter().map(Bind).collect();
-                    let params: Vec<&(dyn ToSql + Sync)> =
-                        binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-                    let portal = tx.bind(stmt, &params).await.map_err(sql_error)?;
-                    let fetch = i32::try_from(st.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
-                    let rows = tx.query_portal(&portal, fetch).await.map_err(sql_error)?;
-                    to_rows(stmt.columns(), rows, st.max_rows)
-                }
-            }));
-            let (_, out) = tokio::try_join!(set_timeout, run_all)?;
-            // Dropping a transaction sends ROLLBACK without waiting; the connection answers
-            // it before anything its next user sends.
+            let idle = (u128::from(timeout_ms) + IDLE_GRACE_MS).to_string();
+            // Polled first, so the settings reach the server before any Parse below.
+            let set = async {
+                tx.execute(&settings, &[&ms, &idle])
+                    .await
+                    .map_err(sql_error)
+            };
+            let run = async {
+                // Cached statements resolve without I/O, so on a warm connection the
+                // Binds below leave in the same flight as the settings.
+                let prepared = try_join_all(statements.iter().map(|st| async {
+                    if st.cached {
+                        tx.prepare_cached(&st.sql).await
+                    } else {
+                        tx.prepare(&st.sql).await
+                    }
+                }))
+                .await
+                .map_err(sql_error)?;
+                try_join_all(statements.iter().zip(&prepared).map(|(st, stmt)| {
+                    let tx = &tx;
+                    async move {
+                        let binds: Vec<Bind<'_>> = st.binds.iter().map(Bind).collect();
+                        let params: Vec<&(dyn ToSql + Sync)> =
+                            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+                        let portal = tx.bind(stmt, &params).await.map_err(sql_error)?;
+                        let fetch =
+                            i32::try_from(st.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
+                        let rows = tx.query_portal(&portal, fetch).await.map_err(sql_error)?;
+                        to_rows(stmt.columns(), rows, st.max_rows)
+                    }
+                }))
+                .await
+            };
+            let (_, out) = tokio::try_join!(set, run)?;
+            // Dropping a transaction sends ROLLBACK without waiting; the connection
+            // answers it before anything its next user sends.
             drop(tx);
             Ok(out)
         };
         let result = tokio::select! {
-            r = work => r,
-            () = cancel.cancelled() => {
-                // Best effort: the server stops the statement; the connection is then dropped.
-                let _ = cancel_token.cancel_query(self.tls.clone()).await;
-                Err(DbError::Cancelled)
-            }
+            r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {
+                Ok(r) => r,
+                Err(_) => Err(DbError::Timeout(timeout_ms)),
+            },
+            () = cancel.cancelled() => Err(DbError::Cancelled),
         };
         match result {
-            Err(DbError::Sql { sqlstate, .. }) if sqlstate == SqlState::QUERY_CANCELED.code() => {
+            // statement_timeout, or lock_timeout while waiting for a lock (Parse included).
+            Err(DbError::Sql { sqlstate, .. })
+                if sqlstate == SqlState::QUERY_CANCELED.code()
+                    || sqlstate == SqlState::LOCK_NOT_AVAILABLE.code() =>
+            {
+                guard.finish(after);
                 Err(DbError::Timeout(timeout_ms))
             }
-            Err(DbError::Cancelled) => {
-                // The connection may still be mid-statement; do not return it to the pool.
-                let _ = deadpool_postgres::Object::take(client);
-                Err(DbError::Cancelled)
+            // The statement may still run: the guard cancels it and drops the connection.
+            Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
+            other => {
+                guard.finish(after);
+                other
             }
-            other => other,
         }
     }
 
@@ -289,6 +405,50 @@ impl Db {
                 )
             })
             .collect())
+    }
+}
+
+/// A pooled connection while a call uses it. Dropped before [`CallGuard::finish`]
+/// (the call was cancelled, timed out, or its future dropped), it sends a cancel
+/// request for whatever still runs and closes the connection instead of pooling it.
+struct CallGuard {
+    client: Option<deadpool_postgres::Object>,
+    cancel: Option<tokio_postgres::CancelToken>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl CallGuard {
+    fn finish(&mut self, after: AfterCall) {
+        self.cancel = None;
+        if let Some(client) = self.client.take() {
+            if after == AfterCall::Discard {
+                drop(deadpool_postgres::Object::take(client));
+            } else {
+                if client.statement_cache.size() > STATEMENT_CACHE_MAX {
+                    client.statement_cache.clear();
+                }
+                drop(client);
+            }
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        drop(deadpool_postgres::Object::take(client));
+        if let (Some(token), Ok(rt)) = (self.cancel.take(), tokio::runtime::Handle::try_current()) {
+            let tls = self.tls.clone();
+            rt.spawn(async move {
+                // Best effort: the connection is closed either way, and the server's own
+                // statement timeout ends the statement if this request is lost.
+                if let Err(e) = token.cancel_query(tls).await {
+                    tracing::debug!("cancel request failed: {e}");
+                }
+            });
+        }
     }
 }
 

@@ -98,11 +98,7 @@ impl Engine {
                 return vec![];
             }
         };
-        let st = Statement {
-            sql: rendered.sql,
-            binds: rendered.binds,
-            max_rows: MAX_VALUES,
-        };
+        let st = Statement::new(rendered.sql, rendered.binds, MAX_VALUES);
         match db
             .read_only(&[st], Duration::from_secs(5), &CancellationToken::new())
             .await

@@ -6,6 +6,7 @@
 
 mod complete;
 mod error;
+pub mod plugin;
 pub mod shape;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
+pub use plugin::{Plugin, PluginCall, PluginFuture, Plugins};
 pub use shape::ToolOutput;
 
 use crate::compile::CompiledTool;
@@ -56,6 +58,30 @@ impl Default for Settings {
     }
 }
 
+/// The limits one call runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// A tool's limits under this server's: the server's are ceilings, and a tool's
+    /// own limit applies only where it is lower, so an operator can always tighten
+    /// every tool at once.
+    pub fn limits(&self, tool: &crate::spec::Limits) -> CallLimits {
+        let lower = |own: Option<u32>, ceiling: u32| own.map_or(ceiling, |o| o.min(ceiling));
+        CallLimits {
+            max_rows: lower(tool.max_rows, self.max_rows) as usize,
+            max_bytes: lower(tool.max_bytes, self.max_bytes) as usize,
+            timeout: Duration::from_millis(
+                lower(tool.timeout_ms, self.statement_timeout_ms).into(),
+            ),
+        }
+    }
+}
+
 const CACHE_CAPACITY: usize = 256;
 
 /// The tool-call engine, shared by every session.
@@ -64,6 +90,7 @@ pub struct Engine {
     db: Option<Db>,
     pub settings: Settings,
     cache: Mutex<HashMap<String, (Instant, ToolOutput)>>,
+    plugins: Plugins,
 }
 
 impl Engine {
@@ -73,7 +100,14 @@ impl Engine {
             db,
             settings,
             cache: Mutex::new(HashMap::new()),
+            plugins: Plugins::default(),
         }
+    }
+
+    /// Serves these Rust tools for tool files that name them in `plugin:`.
+    pub fn with_plugins(mut self, plugins: Plugins) -> Engine {
+        self.plugins = plugins;
+        self
     }
 
     /// The current snapshot.
@@ -148,8 +182,25 @@ impl Engine {
             ));
         };
 
-        if let Some(plugin) = &tool.spec.plugin {
-            return crate::plugins::call(plugin, self, &tool, &args, cancel).await;
+        if let Some(name) = &tool.spec.plugin {
+            let plugin = self.plugins.get(name).ok_or_else(|| {
+                ToolError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "tool `{}` names plugin `{name}`, which this server does not have",
+                        tool.spec.name
+                    ),
+                )
+                .hint("check `plugin:` in the tool file against the plugins citus-mcp registers")
+            })?;
+            let call = PluginCall {
+                engine: self,
+                tool: &tool,
+                args: &args,
+                cancel,
+                limits: self.settings.limits(&tool.spec.limits),
+            };
+            return plugin.call(call).await;
         }
         if tool.spec.safety == Safety::Execute {
             // Execute tools need the approval flow, which is not part of this engine yet.
@@ -244,15 +295,11 @@ impl Engine {
         db: &Db,
         cancel: &CancellationToken,
     ) -> Result<ToolOutput, ToolError> {
-        let limits = &tool.spec.limits;
-        let max_rows = limits.max_rows.unwrap_or(self.settings.max_rows) as usize;
-        let max_bytes = limits.max_bytes.unwrap_or(self.settings.max_bytes) as usize;
-        let timeout = Duration::from_millis(
-            limits
-                .timeout_ms
-                .unwrap_or(self.settings.statement_timeout_ms)
-                .into(),
-        );
+        let CallLimits {
+            max_rows,
+            max_bytes,
+            timeout,
+        } = self.settings.limits(&tool.spec.limits);
 
         let mut ctx = tool.context(&args);
         let pager = tool.pager().map(|(q, p)| (q.name.clone(), p.clone()));
@@ -301,11 +348,7 @@ impl Engine {
                 _ if q.shape == Shape::Many => max_rows,
                 _ => 1,
             };
-            let st = Statement {
-                sql: r.sql,
-                binds: r.binds,
-                max_rows: cap,
-            };
+            let st = Statement::new(r.sql, r.binds, cap);
             match target {
                 Target::Coordinator => batch.push((q, st)),
                 Target::Workers | Target::AllNodes => {
@@ -482,7 +525,7 @@ pub fn not_configured() -> ToolError {
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
 }
 
-fn render_error(e: crate::template::RenderError) -> ToolError {
+pub(crate) fn render_error(e: crate::template::RenderError) -> ToolError {
     ToolError::new(
         ErrorCode::Internal,
         format!("the tool's SQL template failed: {e}"),

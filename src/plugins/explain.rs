@@ -1,31 +1,39 @@
 //! `citus_explain_query`: EXPLAIN of one caller-supplied statement, run read-only, with
 //! the distributed plan classified from the JSON plan (router or multi-shard, tasks).
 //!
-//! This is the one tool that takes SQL text from the caller. It is checked before it
-//! reaches the database (one statement; ANALYZE only of statements that cannot write)
-//! and always runs inside a READ ONLY transaction that is rolled back.
-
-use std::time::Duration;
+//! This is the one tool that takes SQL text from the caller, so it is read with
+//! PostgreSQL's own grammar (`sql`) before the database sees it: exactly one statement
+//! that EXPLAIN takes. ANALYZE runs the statement, so it takes only a query that writes
+//! nothing by its syntax and whose every reachable function — called, or behind an
+//! operator, a cast, a view, a domain or a row-level-security policy — the live catalog
+//! calls non-volatile (or the tool file lists as harmless). The catalog query lives in
+//! the tool file (`reach`); this file only decides. Whatever passes still runs in a READ
+//! ONLY transaction that is rolled back, and an ANALYZE's connection is closed after.
 
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::db::Statement;
-use crate::engine::{Engine, ErrorCode, ToolError};
-use crate::sql;
+use crate::db::AfterCall;
+use crate::engine::{ErrorCode, Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
+use crate::sql::{self, Kind, Parsed, Reach};
 
-/// Statement kinds EXPLAIN ANALYZE may run: they only read (unless they call a function
-/// that writes, which the READ ONLY transaction refuses).
-const READING: &[&str] = &["select", "with", "values", "table"];
+/// The `explain` plugin.
+pub struct Explain;
 
-/// Runs the tool; returns its structured result.
-pub async fn run(
-    engine: &Engine,
-    args: &Map<String, Value>,
-    timeout: Duration,
-    max_bytes: usize,
-    cancel: &CancellationToken,
-) -> Result<Value, ToolError> {
+impl Plugin for Explain {
+    fn name(&self) -> &'static str {
+        "explain"
+    }
+
+    fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
+        Box::pin(run(call))
+    }
+}
+
+/// How many times views, policies and domains are followed into what they reach.
+const MAX_DEPTH: usize = 8;
+
+async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
+    let args = call.args;
     let text = args
         .get("sql")
         .and_then(Value::as_str)
@@ -38,10 +46,12 @@ pub async fn run(
         flag("costs", true),
     );
 
-    let statement = check(text, analyze)?;
-    let db = engine.db().ok_or_else(crate::engine::not_configured)?;
+    let (statement, parsed) = check(text, analyze)?;
+    if analyze {
+        refuse_unsafe_reach(&call, &parsed).await?;
+    }
     // The options are fixed keywords chosen by booleans; the statement is the caller's,
-    // checked above. No value of any other kind is pasted here.
+    // read by the parser above, and the whole text is read again below.
     let explain = format!(
         "EXPLAIN (FORMAT JSON, ANALYZE {}, VERBOSE {}, COSTS {}{}) {statement}",
         on_off(analyze),
@@ -49,26 +59,30 @@ pub async fn run(
         on_off(costs),
         if analyze { ", BUFFERS ON" } else { "" },
     );
-    let rows = db
-        .read_only(
-            &[Statement {
-                sql: explain,
-                binds: vec![],
-                max_rows: 1,
-            }],
-            timeout,
-            cancel,
-        )
-        .await?;
+    match sql::parse(&explain) {
+        Ok(p) if p.len() == 1 && p.kind().1 == "ExplainStmt" => {}
+        _ => {
+            return Err(invalid(
+                "`sql` does not stay one statement inside EXPLAIN".into(),
+                "pass one complete statement",
+            ));
+        }
+    }
+    let after = if analyze {
+        AfterCall::Discard
+    } else {
+        AfterCall::Reuse
+    };
+    let rows = call.caller_statement(explain, 1, after).await?;
     let plan = rows
+        .rows
         .into_iter()
         .next()
-        .and_then(|r| r.rows.into_iter().next())
         .and_then(|r| r.into_iter().next())
         .unwrap_or(Value::Null);
-    let mut out = summarize(plan, analyze);
+    let mut out = summarize(plan, analyze, parsed.kind().0);
     // A plan of a large query can be huge; the summary above is what matters most.
-    if serde_json::to_vec(&out).map_or(0, |v| v.len()) > max_bytes {
+    if serde_json::to_vec(&out).map_or(0, |v| v.len()) > call.limits.max_bytes {
         out["plan"] = Value::Null;
         out["truncated"] = Value::Bool(true);
         out["hint"] = Value::from(
@@ -77,60 +91,139 @@ pub async fn run(
     } else {
         out["truncated"] = Value::Bool(false);
     }
-    Ok(out)
+    // The model reads a plan tree far more easily than nested JSON.
+    Ok(ToolOutput {
+        text: text_of(&out),
+        structured: out,
+    })
 }
 
 fn on_off(b: bool) -> &'static str {
     if b { "ON" } else { "OFF" }
 }
 
-/// The statement to explain, or why it is refused.
-fn check(text: &str, analyze: bool) -> Result<&str, ToolError> {
-    let invalid =
-        |msg: String, hint: &str| Err(ToolError::new(ErrorCode::InvalidArgument, msg).hint(hint));
+fn invalid(message: String, hint: &str) -> ToolError {
+    ToolError::new(ErrorCode::InvalidArgument, message).hint(hint)
+}
+
+const PLAIN_HINT: &str = "call again with analyze: false to see the plan without running it";
+
+/// The statement to explain and its parse, or why it is refused.
+fn check(text: &str, analyze: bool) -> Result<(&str, Parsed), ToolError> {
     let statement = text.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
-    match sql::statement_count(statement) {
-        0 => return invalid("`sql` is empty".into(), "pass one SQL statement"),
+    let parsed = sql::parse(statement).map_err(|e| {
+        invalid(
+            format!("`sql` is not valid SQL: {e}"),
+            "pass one SQL statement as PostgreSQL accepts it",
+        )
+    })?;
+    match parsed.len() {
+        0 => return Err(invalid("`sql` is empty".into(), "pass one SQL statement")),
         1 => {}
         n => {
-            return invalid(
+            return Err(invalid(
                 format!("`sql` holds {n} statements; EXPLAIN takes exactly one"),
                 "pass a single statement without `;` between statements",
-            );
+            ));
         }
     }
-    let keyword = sql::first_keyword(statement).unwrap_or_default();
-    if keyword == "explain" {
-        return invalid(
-            "`sql` is already an EXPLAIN".into(),
-            "pass the statement itself; the tool adds EXPLAIN and its options",
-        );
-    }
-    if analyze {
-        let writes = if READING.contains(&keyword.as_str()) {
-            sql::writes(statement)
+    let (kind, node) = parsed.kind();
+    if kind == Kind::Other {
+        let what = if node == "ExplainStmt" {
+            "`sql` is already an EXPLAIN".to_string()
         } else {
-            Some(keyword.clone())
+            format!("EXPLAIN does not take this statement ({node})")
         };
-        if let Some(word) = writes {
-            return invalid(
-                format!("EXPLAIN ANALYZE runs the statement, and this one writes (`{word}`)"),
-                "call again with analyze: false to see the plan without running it",
-            );
+        return Err(invalid(
+            what,
+            "pass a SELECT, VALUES, TABLE, WITH, INSERT, UPDATE, DELETE or MERGE statement; the tool adds EXPLAIN and its options",
+        ));
+    }
+    if analyze && let Some(word) = parsed.writes() {
+        return Err(invalid(
+            format!("EXPLAIN ANALYZE runs the statement, and this one writes or locks ({word})"),
+            PLAIN_HINT,
+        ));
+    }
+    Ok((statement, parsed))
+}
+
+/// Asks the catalog about everything the statement reaches, following views, policies
+/// and domains into what they reach; refuses at the first name that could change
+/// anything when run.
+async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(), ToolError> {
+    let mut seen = Reach::default();
+    let mut todo = parsed.reach();
+    for _ in 0..MAX_DEPTH {
+        todo = todo.minus(&seen);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let rows = call.query("reach", reach_vars(&todo)).await?;
+        seen.extend(std::mem::take(&mut todo));
+        for row in rows.rows {
+            let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
+            let (verdict, kind, name, detail) = (field(0), field(1), field(2), field(3));
+            if verdict == "refuse" {
+                return Err(invalid(
+                    format!(
+                        "EXPLAIN ANALYZE would run {kind} `{name}` ({detail}), which may change the cluster"
+                    ),
+                    PLAIN_HINT,
+                ));
+            }
+            let inner = sql::parse(detail).map_err(|e| {
+                invalid(format!("cannot read the {kind} `{name}`: {e}"), PLAIN_HINT)
+            })?;
+            if let Some(word) = inner.writes() {
+                return Err(invalid(
+                    format!("EXPLAIN ANALYZE would reach {kind} `{name}`, which writes ({word})"),
+                    PLAIN_HINT,
+                ));
+            }
+            todo.extend(inner.reach());
         }
     }
-    Ok(statement)
+    Err(invalid(
+        format!("the statement reaches views or policies nested deeper than {MAX_DEPTH} levels"),
+        PLAIN_HINT,
+    ))
+}
+
+/// The `reach` query's variables: each kind of name as two aligned arrays.
+fn reach_vars(r: &Reach) -> Value {
+    let mut vars = Map::new();
+    for (kind, names) in [
+        ("function", &r.functions),
+        ("operator", &r.operators),
+        ("type", &r.types),
+        ("relation", &r.relations),
+    ] {
+        let (schemas, names): (Vec<&str>, Vec<&str>) =
+            names.iter().map(|(s, n)| (s.as_str(), n.as_str())).unzip();
+        vars.insert(format!("{kind}_schemas"), json!(schemas));
+        vars.insert(format!("{kind}_names"), json!(names));
+    }
+    Value::Object(vars)
 }
 
 /// The plan plus what matters about its distribution.
-fn summarize(plan: Value, analyze: bool) -> Value {
+fn summarize(plan: Value, analyze: bool, kind: Kind) -> Value {
     let mut scans = Vec::new();
     collect_citus_scans(&plan, &mut scans);
     let top = plan.get(0).cloned().unwrap_or(Value::Null);
     let task_count: u64 = scans.iter().filter_map(|s| s["task_count"].as_u64()).sum();
+    let insert_select = scans.iter().any(|s| {
+        s["executor"]
+            .as_str()
+            .is_some_and(|e| e.contains("INSERT ... SELECT"))
+    });
     let plan_type = match (scans.len(), task_count) {
+        _ if insert_select => "insert_select",
         (0, _) => "local",
-        (1, 0 | 1) => "router",
+        (1, 1) => "router",
+        // A Citus scan that shows no task count does not say where it runs.
+        (_, 0) => "distributed",
         _ => "multi_shard",
     };
     let mut nodes: Vec<Value> = scans
@@ -145,10 +238,19 @@ fn summarize(plan: Value, analyze: bool) -> Value {
         "task_count": task_count,
         "nodes_shown": nodes,
         "citus_scans": scans,
+        "statement": match kind {
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Merge => "merge",
+            Kind::Query | Kind::Other => "select",
+        },
         "analyzed": analyze,
         "explanation": match plan_type {
             "router" => "router query: Citus sends it to a single shard on one node (fast path for queries filtered by the distribution column)",
             "multi_shard" => "multi-shard query: Citus runs a task per shard in parallel and combines the results on the coordinator",
+            "insert_select" => "INSERT ... SELECT: Citus runs the SELECT and inserts its rows into the target shards (pushed down, repartitioned, or through the coordinator, as the plan's executor says)",
+            "distributed" => "distributed plan: Citus runs it on the workers; the plan does not show a task count",
             _ => "no Citus scan in the plan: the statement runs on the coordinator only (local or reference-only data, or plain PostgreSQL)",
         },
     });
@@ -207,7 +309,7 @@ fn collect_citus_scans(v: &Value, out: &mut Vec<Value>) {
 }
 
 /// The compact text of a result: the summary, then the plan as an indented tree.
-pub fn text(out: &Value) -> String {
+fn text_of(out: &Value) -> String {
     let mut s = format!(
         "plan_type: {}\ntask_count: {}\nnodes_shown: {}\n{}\n",
         out["plan_type"].as_str().unwrap_or("?"),
@@ -324,7 +426,7 @@ mod tests {
     #[test]
     fn refuses_what_it_must() {
         assert!(check("SELECT 1", true).is_ok());
-        assert_eq!(check("SELECT 1;", false).unwrap(), "SELECT 1");
+        assert_eq!(check("SELECT 1;", false).unwrap().0, "SELECT 1");
         assert_eq!(
             check("SELECT 1; SELECT 2", false).unwrap_err().code,
             ErrorCode::InvalidArgument
@@ -357,17 +459,17 @@ mod tests {
         let router = json!([{"Plan": {"Node Type": "Custom Scan", "Custom Plan Provider": "Citus Adaptive",
             "Distributed Query": {"Job": {"Task Count": 1, "Tasks Shown": "All",
               "Tasks": [{"Node": "host=127.0.0.1 port=9702 dbname=citus", "Remote Plan": [[{"Plan": {"Node Type": "Seq Scan"}}]]}]}}}}]);
-        let s = summarize(router, false);
+        let s = summarize(router, false, Kind::Query);
         assert_eq!(s["plan_type"], "router");
         assert_eq!(s["nodes_shown"], json!(["127.0.0.1:9702"]));
         let multi = json!([{"Plan": {"Node Type": "Aggregate", "Plans": [{"Node Type": "Custom Scan", "Custom Plan Provider": "Citus Adaptive",
             "Distributed Query": {"Job": {"Task Count": 32, "Tasks Shown": "One of 32", "Tasks": []}}}]}, "Execution Time": 1.5}]);
-        let s = summarize(multi, true);
+        let s = summarize(multi, true, Kind::Query);
         assert_eq!(s["plan_type"], "multi_shard");
         assert_eq!(s["task_count"], 32);
         assert_eq!(s["execution_time_ms"], 1.5);
         let local = json!([{"Plan": {"Node Type": "Seq Scan"}}]);
-        assert_eq!(summarize(local, false)["plan_type"], "local");
+        assert_eq!(summarize(local, false, Kind::Query)["plan_type"], "local");
     }
 
     #[test]
@@ -376,7 +478,7 @@ mod tests {
             "Distributed Query": {"Job": {"Task Count": 1, "Tasks Shown": "All",
               "Tasks": [{"Node": "host=127.0.0.1 port=9702 dbname=citus", "Remote Plan": [[{"Plan": {"Node Type": "Index Scan",
                 "Relation Name": "orders_102043", "Index Name": "orders_pkey_102043", "Index Cond": "(customer_id = 1)", "Plan Rows": 15}}]]}]}}}}]);
-        let t = text(&summarize(router, false));
+        let t = text_of(&summarize(router, false, Kind::Query));
         assert!(
             t.starts_with("plan_type: router\ntask_count: 1\nnodes_shown: 127.0.0.1:9702"),
             "{t}"

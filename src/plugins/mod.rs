@@ -1,60 +1,61 @@
 //! Tools written in Rust: what SQL cannot express. Their headers (name, description,
-//! input schema, examples) still live in YAML files with `plugin: <name>`.
+//! input schema, examples) and their SQL live in YAML files with `plugin: <name>`.
 //!
-//! Registered in one explicit list, [`NAMES`], dispatched by [`call`].
+//! Each implements the engine's [`Plugin`] interface; [`all`] is the one list that
+//! `main` registers, and [`NAMES`] the names tool files may use.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::compile::CompiledTool;
-use crate::engine::{Engine, ToolError, ToolOutput, shape};
+use crate::engine::{
+    Engine, Plugin, PluginCall, PluginFuture, Plugins, ToolError, ToolOutput, shape,
+};
 
 mod explain;
 
 /// Every plugin a tool file may name.
 pub const NAMES: &[&str] = &["ping", "server_info", "explain"];
 
-/// Runs a plugin tool.
-pub async fn call(
-    plugin: &str,
-    engine: &Engine,
-    tool: &CompiledTool,
-    args: &Map<String, Value>,
-    cancel: &CancellationToken,
-) -> Result<ToolOutput, ToolError> {
-    let timeout_ms = tool
-        .spec
-        .limits
-        .timeout_ms
-        .unwrap_or(engine.settings.statement_timeout_ms);
-    let timeout = std::time::Duration::from_millis(timeout_ms.into());
-    let structured = match plugin {
-        "ping" => ping(args),
-        "server_info" => server_info(engine).await,
-        "explain" => {
-            let max_bytes = tool
-                .spec
-                .limits
-                .max_bytes
-                .unwrap_or(engine.settings.max_bytes) as usize;
-            let structured = explain::run(engine, args, timeout, max_bytes, cancel).await?;
-            // The model reads a plan tree far more easily than nested JSON.
-            return Ok(ToolOutput {
-                text: explain::text(&structured),
-                structured,
-            });
-        }
-        other => {
-            return Err(ToolError::new(
-                crate::engine::ErrorCode::Internal,
-                format!("tool `{}` names unknown plugin `{other}`", tool.spec.name),
-            ));
-        }
-    };
-    Ok(ToolOutput {
+/// Every plugin, for [`Engine::with_plugins`].
+pub fn all() -> Plugins {
+    Plugins::new(vec![
+        Arc::new(Ping),
+        Arc::new(ServerInfo),
+        Arc::new(explain::Explain),
+    ])
+}
+
+/// A plugin whose result is a JSON object shown as compact `key: value` text.
+fn object(structured: Value) -> ToolOutput {
+    ToolOutput {
         text: shape::object_text(&structured),
         structured,
-    })
+    }
+}
+
+struct Ping;
+
+impl Plugin for Ping {
+    fn name(&self) -> &'static str {
+        "ping"
+    }
+
+    fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
+        Box::pin(async move { Ok(object(ping(call.args))) })
+    }
+}
+
+struct ServerInfo;
+
+impl Plugin for ServerInfo {
+    fn name(&self) -> &'static str {
+        "server_info"
+    }
+
+    fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
+        Box::pin(async move { Ok(object(server_info(call.engine).await)) })
+    }
 }
 
 /// Answers without touching the database.
@@ -123,4 +124,12 @@ fn capabilities(engine: &Engine, facts: &crate::db::ServerFacts) -> Value {
         }
     }
     json!({"available": available, "unavailable": unavailable})
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_match_the_registered_plugins() {
+        assert_eq!(super::all().names(), super::NAMES);
+    }
 }

@@ -130,8 +130,9 @@ impl Bench {
             connect_timeout: Duration::from_secs(10),
             pool_size: 4,
             application_name: "citus-mcp-bench".into(),
+            timeout_ceiling: Duration::from_secs(60),
         })?;
-        Ok(Engine::new(registry, Some(db), settings))
+        Ok(Engine::new(registry, Some(db), settings).with_plugins(citus_mcp::plugins::all()))
     }
 
     fn server(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Server> {

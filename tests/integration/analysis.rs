@@ -1,6 +1,7 @@
 //! EXPLAIN and fan-out against the test database.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use citus_mcp::db::fanout::FanOutMode;
 use citus_mcp::engine::{Engine, ErrorCode, Settings, ToolError, ToolOutput};
@@ -51,6 +52,7 @@ fn engine(ctx: &Ctx, settings: Settings) -> Engine {
             ..settings
         },
     )
+    .with_plugins(citus_mcp::plugins::all())
 }
 
 fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {
@@ -161,7 +163,7 @@ fn explain_analyze_read_only(ctx: &Ctx) {
         "{}",
         out.text
     );
-    // A writing function hides from the text check; the READ ONLY transaction stops it.
+    // A writing function is volatile in the catalog: ANALYZE is refused, naming it.
     let before = ctx
         .db()
         .psql("SELECT count(*) FROM public.citus_mcp_write_probe")
@@ -173,7 +175,21 @@ fn explain_analyze_read_only(ctx: &Ctx) {
         json!({"sql": "SELECT citus_mcp_test_write()", "analyze": true}),
     )
     .unwrap_err();
-    assert_eq!(err.code, ErrorCode::ReadOnly, "{}", err.text());
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
+    assert!(
+        err.message.contains("citus_mcp_test_write()"),
+        "{}",
+        err.text()
+    );
+    // Behind the check, PostgreSQL itself refuses: the same statement run by the
+    // database layer in its READ ONLY transaction fails with 25006.
+    let db = ctx.pool(&ctx.dsn());
+    let st = citus_mcp::db::Statement::new("SELECT public.citus_mcp_test_write()", vec![], 1);
+    let err = ctx
+        .rt
+        .block_on(db.read_only(&[st], Duration::from_secs(10), &CancellationToken::new()))
+        .unwrap_err();
+    assert_eq!(ToolError::from(err).code, ErrorCode::ReadOnly);
     assert_eq!(
         ctx.db()
             .psql("SELECT count(*) FROM public.citus_mcp_write_probe")

@@ -125,6 +125,7 @@ fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &
         errors.join("\n")
     );
     Engine::new(registry, Some(ctx.pool_named(dsn, app)), settings)
+        .with_plugins(citus_mcp::plugins::all())
 }
 
 fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {

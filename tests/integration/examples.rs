@@ -47,7 +47,8 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
                     Registry::build(&Sources { tools: vec![builtin_tools()], prompts: vec![], problems: vec![] }, None, &[], citus_mcp::plugins::NAMES),
                     Some(ctx.pool(&ctx.dsn())),
                     Settings { enable_caching: false, ..Settings::default() },
-                );
+                )
+                .with_plugins(citus_mcp::plugins::all());
                 let result = ctx.rt.block_on(engine.call(&name, ex.args.clone(), &CancellationToken::new()));
                 match (&ex.expect.error, result) {
                     (Some(code), Err(e)) if e.code.as_str() == code => Ok(()),
@@ -133,7 +134,8 @@ pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
                 enable_caching: false,
                 ..Settings::default()
             },
-        );
+        )
+        .with_plugins(citus_mcp::plugins::all());
         for ex in examples {
             let out = ctx
                 .rt

@@ -16,6 +16,7 @@ mod fixture;
 mod lint;
 mod mcp;
 mod monitoring;
+mod security;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -66,6 +67,7 @@ impl Ctx {
             connect_timeout: Duration::from_secs(10),
             pool_size: 4,
             application_name: application_name.into(),
+            timeout_ceiling: Duration::from_secs(60),
         })
         .expect("pool builds")
     }
@@ -99,6 +101,7 @@ fn main() {
     trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
     trials.extend(lint::trials(&ctx));
+    trials.extend(security::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

@@ -57,6 +57,7 @@ fn engine(ctx: &Ctx, app: &str) -> Engine {
             ..Settings::default()
         },
     )
+    .with_plugins(citus_mcp::plugins::all())
 }
 
 fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {

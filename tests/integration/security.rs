@@ -1,0 +1,521 @@
+//! The attacker's suite: hostile SQL against `citus_explain_query` (with and without
+//! ANALYZE), a lock held on a catalog table against a tool's timeout, a client that
+//! vanishes mid-call, and many distinct statements against the server's memory.
+//!
+//! After every hostile call, [`Canary::assert_unchanged`] checks that nothing changed:
+//! a canary table and sequence, advisory locks, replication slots, large objects,
+//! statistics resets, and a bystander session that must stay alive.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use citus_mcp::engine::{Engine, ErrorCode, Settings, ToolError, ToolOutput};
+use citus_mcp::registry::{Registry, Sources, builtin_tools};
+use libtest_mimic::Trial;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Ctx, trial};
+
+pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
+    vec![
+        trial(
+            ctx,
+            "security::hostile_sql_changes_nothing_with_or_without_analyze",
+            hostile_sql_changes_nothing,
+        ),
+        trial(
+            ctx,
+            "security::a_lock_on_a_catalog_table_times_out_every_tool",
+            catalog_lock_times_out,
+        ),
+        trial(
+            ctx,
+            "security::a_vanished_client_leaves_nothing_running",
+            vanished_client_leaves_nothing_running,
+        ),
+        trial(
+            ctx,
+            "security::distinct_statements_leave_no_prepared_state",
+            distinct_statements_leave_no_prepared_state,
+        ),
+    ]
+}
+
+fn engine(ctx: &Ctx, extra: &[(&str, &str)], settings: Settings, app: &str) -> Engine {
+    let extra = extra
+        .iter()
+        .map(|(name, text)| citus_mcp::compile::SourceFile {
+            origin: format!("test/{name}.yaml"),
+            text: text.to_string(),
+        })
+        .collect();
+    let registry = Registry::build(
+        &Sources {
+            tools: vec![builtin_tools(), extra],
+            prompts: vec![],
+            problems: vec![],
+        },
+        None,
+        &[],
+        citus_mcp::plugins::NAMES,
+    );
+    let errors: Vec<String> = registry.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    Engine::new(
+        registry,
+        Some(ctx.pool_named(&ctx.dsn(), app)),
+        Settings {
+            enable_caching: false,
+            ..settings
+        },
+    )
+    .with_plugins(citus_mcp::plugins::all())
+}
+
+fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {
+    ctx.rt.block_on(async {
+        // A bound, not a timing assertion: a hung call fails the test instead of hanging it.
+        match tokio::time::timeout(
+            Duration::from_secs(60),
+            e.call(tool, args, &CancellationToken::new()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => panic!("`{tool}` did not answer within a minute"),
+        }
+    })
+}
+
+/// The objects an attack would change, and a bystander session it might kill.
+struct Canary {
+    bystander: tokio_postgres::Client,
+    before: String,
+}
+
+const SETUP: &str = "
+CREATE TABLE IF NOT EXISTS public.citus_mcp_canary (x int);
+TRUNCATE public.citus_mcp_canary;
+INSERT INTO public.citus_mcp_canary VALUES (1), (2), (3);
+CREATE SEQUENCE IF NOT EXISTS public.citus_mcp_canary_seq;
+CREATE OR REPLACE FUNCTION public.citus_mcp_lock(int) RETURNS boolean LANGUAGE sql VOLATILE
+  AS 'SELECT pg_catalog.pg_try_advisory_lock($1)';
+CREATE OR REPLACE FUNCTION public.citus_mcp_lock2(int, int) RETURNS boolean LANGUAGE sql VOLATILE
+  AS 'SELECT pg_catalog.pg_try_advisory_lock($1 + $2)';
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_operator WHERE oprname = '###') THEN
+    CREATE OPERATOR public.### (FUNCTION = public.citus_mcp_lock2, LEFTARG = int, RIGHTARG = int);
+  END IF;
+  IF to_regtype('public.citus_mcp_dom') IS NULL THEN
+    CREATE DOMAIN public.citus_mcp_dom AS int CHECK (public.citus_mcp_lock(VALUE));
+  END IF;
+END $$;
+CREATE OR REPLACE VIEW public.citus_mcp_lock_view AS SELECT public.citus_mcp_lock(41) AS locked;
+CREATE OR REPLACE VIEW public.citus_mcp_nested_view AS SELECT * FROM public.citus_mcp_lock_view;
+CREATE TABLE IF NOT EXISTS public.citus_mcp_rls (x int);
+ALTER TABLE public.citus_mcp_rls ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS citus_mcp_lock_policy ON public.citus_mcp_rls;
+CREATE POLICY citus_mcp_lock_policy ON public.citus_mcp_rls USING (public.citus_mcp_lock(x));
+";
+
+/// Everything an attack might change, as one line of text.
+const STATE: &str = "SELECT concat_ws(' | ',
+  (SELECT string_agg(x::text, ',' ORDER BY x) FROM public.citus_mcp_canary),
+  (SELECT last_value || '/' || is_called FROM public.citus_mcp_canary_seq),
+  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'),
+  (SELECT count(*) FROM pg_replication_slots),
+  (SELECT count(*) FROM pg_largeobject_metadata),
+  (SELECT coalesce(stats_reset::text, 'never') FROM pg_stat_database WHERE datname = current_database()),
+  (SELECT count(*) FROM pg_class WHERE relname LIKE 'citus_mcp_new%'),
+  current_setting('work_mem'))";
+
+impl Canary {
+    fn new(ctx: &Ctx) -> Canary {
+        ctx.db().psql(SETUP).unwrap();
+        let bystander = ctx.rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&ctx.dsn(), tokio_postgres::NoTls)
+                .await
+                .expect("bystander connects");
+            tokio::spawn(conn);
+            client
+        });
+        Canary {
+            bystander,
+            before: ctx.db().psql(STATE).unwrap(),
+        }
+    }
+
+    fn bystander_pid(&self, ctx: &Ctx) -> i32 {
+        ctx.rt
+            .block_on(self.bystander.query_one("SELECT pg_backend_pid()", &[]))
+            .unwrap()
+            .get(0)
+    }
+
+    fn assert_unchanged(&self, ctx: &Ctx, what: &str) {
+        assert_eq!(
+            ctx.db().psql(STATE).unwrap(),
+            self.before,
+            "state changed after {what}"
+        );
+        let alive = ctx
+            .rt
+            .block_on(self.bystander.query_one("SELECT 1", &[]))
+            .is_ok();
+        assert!(alive, "the bystander session died after {what}");
+    }
+}
+
+/// What a hostile statement must get.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Want {
+    /// Refused before the database ran it (INVALID_ARGUMENT).
+    Refused,
+    /// Anything: a plan, or an error from the database; the state check decides.
+    Harmless,
+}
+
+fn hostile_sql_changes_nothing(ctx: &Ctx) {
+    let canary = Canary::new(ctx);
+    let pid = canary.bystander_pid(ctx);
+    let e = engine(ctx, &[], Settings::default(), "citus-mcp-security");
+    use Want::*;
+    let terminate = format!("SELECT pg_terminate_backend({pid})");
+    let cancel = format!("SELECT pg_cancel_backend({pid})");
+    let corpus: Vec<(&str, Want)> = vec![
+        // Functions that act, by every spelling of their name.
+        ("SELECT pg_advisory_lock(1)", Refused),
+        ("SELECT pg_catalog.pg_advisory_lock(1)", Refused),
+        (r#"SELECT "pg_advisory_lock"(1)"#, Refused),
+        (r#"SELECT pg_catalog."pg_advisory_lock"(1)"#, Refused),
+        (r#"SELECT U&"\0070g_advisory_lock"(1)"#, Refused),
+        (r#"SELECT U&"!0070g_advisory_lock" UESCAPE '!'(1)"#, Refused),
+        ("SELECT pg_advisory_lock/**/(1)", Refused),
+        ("SELECT pg_advisory_lock\n(1)", Refused),
+        (
+            "SELECT pg_try_advisory_lock(2) FROM generate_series(1, 3)",
+            Refused,
+        ),
+        ("VALUES (pg_advisory_lock(3))", Refused),
+        (
+            "SELECT * FROM generate_series(1, 2) g, LATERAL (SELECT pg_advisory_lock(g)) x",
+            Refused,
+        ),
+        ("SELECT (SELECT pg_advisory_lock(4)) IS NULL", Refused),
+        ("SELECT nextval('public.citus_mcp_canary_seq')", Refused),
+        ("SELECT setval('public.citus_mcp_canary_seq', 100)", Refused),
+        ("SELECT set_config('work_mem', '1MB', false)", Refused),
+        (
+            "SELECT set_config('transaction_read_only', 'off', false)",
+            Refused,
+        ),
+        ("SELECT pg_reload_conf()", Refused),
+        ("SELECT pg_stat_reset()", Refused),
+        ("SELECT lo_create(0)", Refused),
+        ("SELECT lo_import('/etc/hostname')", Refused),
+        ("SELECT pg_read_file('/etc/hostname')::int", Refused),
+        (
+            "SELECT * FROM pg_create_physical_replication_slot('citus_mcp_slot')",
+            Refused,
+        ),
+        (terminate.as_str(), Refused),
+        (cancel.as_str(), Refused),
+        (
+            "SELECT run_command_on_workers('DELETE FROM public.citus_mcp_canary')",
+            Refused,
+        ),
+        (
+            "SELECT * FROM run_command_on_all_nodes('SELECT pg_advisory_lock(5)')",
+            Refused,
+        ),
+        // STABLE in the catalog; it only assigns an id to a transaction that is rolled back.
+        ("SELECT txid_current()", Harmless),
+        // The same effect through an operator, a cast to a domain, views, a policy.
+        ("SELECT 1 ### 2", Refused),
+        ("SELECT 1 OPERATOR(public.###) 2", Refused),
+        ("SELECT 7::public.citus_mcp_dom", Refused),
+        ("SELECT CAST(8 AS public.citus_mcp_dom)", Refused),
+        ("SELECT * FROM public.citus_mcp_lock_view", Refused),
+        ("SELECT * FROM public.citus_mcp_nested_view", Refused),
+        (
+            "WITH v AS (SELECT * FROM public.citus_mcp_nested_view) SELECT * FROM v",
+            Refused,
+        ),
+        ("SELECT * FROM public.citus_mcp_rls", Refused),
+        ("SELECT public.citus_mcp_lock(9)", Refused),
+        // Writes by syntax, and text that tries to be two statements.
+        ("DELETE FROM public.citus_mcp_canary", Refused),
+        (
+            "WITH d AS (DELETE FROM public.citus_mcp_canary RETURNING *) SELECT * FROM d",
+            Refused,
+        ),
+        ("SELECT * FROM public.citus_mcp_canary FOR UPDATE", Refused),
+        (
+            "SELECT * INTO public.citus_mcp_new FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        ("CREATE TABLE public.citus_mcp_new2 AS SELECT 1", Refused),
+        ("SELECT 1; DELETE FROM public.citus_mcp_canary", Refused),
+        (
+            "SELECT $q$x$q$; DELETE FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT $é$;$é$; DELETE FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT E'\\''; DELETE FROM public.citus_mcp_canary; --'",
+            Refused,
+        ),
+        (
+            "SELECT 1 AS a$b; DELETE FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT '\\'; DELETE FROM public.citus_mcp_canary; --'",
+            Harmless,
+        ),
+        (
+            "SELECT 1 /* ; */; DELETE FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "DO $$ BEGIN DELETE FROM public.citus_mcp_canary; END $$",
+            Refused,
+        ),
+        (
+            "EXPLAIN ANALYZE DELETE FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        ("SET work_mem = '1MB'", Refused),
+        ("COMMIT; DELETE FROM public.citus_mcp_canary", Refused),
+        (
+            "SELECT 1) t; DELETE FROM public.citus_mcp_canary; SELECT (1",
+            Refused,
+        ),
+        // Reads stay possible.
+        ("TABLE public.citus_mcp_canary", Harmless),
+        (
+            "SELECT count(*), random() < 2, clock_timestamp() IS NOT NULL FROM public.citus_mcp_canary",
+            Harmless,
+        ),
+        (
+            "SELECT x FROM public.citus_mcp_canary ORDER BY x USING >",
+            Harmless,
+        ),
+    ];
+    for (sql, want) in &corpus {
+        for analyze in [true, false] {
+            let what = format!("{sql:?} (analyze: {analyze})");
+            let r = call(
+                ctx,
+                &e,
+                "citus_explain_query",
+                json!({"sql": sql, "analyze": analyze}),
+            );
+            if analyze && *want == Refused {
+                let err = r.expect_err(&what);
+                assert_eq!(
+                    err.code,
+                    ErrorCode::InvalidArgument,
+                    "{what}: {}",
+                    err.text()
+                );
+            }
+            canary.assert_unchanged(ctx, &what);
+        }
+    }
+    // Reads still run and measure.
+    let out = call(
+        ctx,
+        &e,
+        "citus_explain_query",
+        json!({"sql": "SELECT count(*) FROM public.citus_mcp_canary", "analyze": true}),
+    )
+    .unwrap();
+    assert!(
+        out.structured["execution_time_ms"].is_number(),
+        "{}",
+        out.text
+    );
+}
+
+const CATALOG_READER: &str = r#"
+name: node_count
+description: Counts nodes.
+safety: read_only
+limits: {timeout_ms: 600000}
+queries:
+  - name: n
+    shape: value
+    sql: SELECT count(*) FROM pg_catalog.pg_dist_node WHERE noderole = 'primary'
+examples:
+  - args: {}
+"#;
+
+fn catalog_lock_times_out(ctx: &Ctx) {
+    // A server-wide ceiling lower than the tool's own limit wins.
+    let settings = Settings {
+        statement_timeout_ms: 1_500,
+        ..Settings::default()
+    };
+    let e = engine(
+        ctx,
+        &[("node_count", CATALOG_READER)],
+        settings,
+        "citus-mcp-lock-test",
+    );
+    let holder = ctx.rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&ctx.dsn(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_dist_node IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        client
+    });
+    // A statement this connection never prepared must be parsed under the lock: its
+    // Parse waits on pg_dist_node, and the timeouts are already in force.
+    for tool in ["node_count", "list_nodes"] {
+        let err = call(ctx, &e, tool, json!({})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Timeout, "{tool}: {}", err.text());
+    }
+    ctx.rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    let out = call(ctx, &e, "node_count", json!({})).unwrap();
+    assert!(out.structured["n"].as_i64().is_some(), "{}", out.text);
+}
+
+const SLEEPER: &str = r#"
+name: long_sleeper
+description: Sleeps.
+safety: read_only
+input_schema: {type: object, properties: {s: {type: number}}}
+limits: {timeout_ms: 60000}
+queries:
+  - name: r
+    shape: value
+    sql: SELECT pg_sleep({{ s }}) IS NULL AS slept, 'citus-mcp-vanished' AS marker
+examples:
+  - args: {s: 0}
+"#;
+
+fn running(ctx: &Ctx, marker: &str) -> u64 {
+    ctx.db()
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
+             AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn vanished_client_leaves_nothing_running(ctx: &Ctx) {
+    let e = Arc::new(engine(
+        ctx,
+        &[("long_sleeper", SLEEPER)],
+        Settings::default(),
+        "citus-mcp-vanish",
+    ));
+    let e2 = e.clone();
+    // The call's future is dropped, as when a client goes away: no cancellation token fires.
+    let handle = ctx.rt.spawn(async move {
+        e2.call("long_sleeper", json!({"s": 60}), &CancellationToken::new())
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(ctx, "citus-mcp-vanished") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping query never showed up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handle.abort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(ctx, "citus-mcp-vanished") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the statement kept running after its caller vanished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The pool still serves.
+    assert!(call(ctx, &e, "long_sleeper", json!({"s": 0})).is_ok());
+}
+
+const PREPARED: &str = r#"
+name: prepared_count
+description: Counts the statements prepared on this connection.
+safety: read_only
+queries:
+  - name: n
+    shape: value
+    sql: SELECT count(*) FROM pg_catalog.pg_prepared_statements
+examples:
+  - args: {}
+"#;
+
+fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
+    // One connection, so every call below lands on the same backend.
+    let registry_engine = {
+        let mut dsn = citus_mcp::db::Dsn::parse(&ctx.dsn()).unwrap();
+        dsn.config.application_name("citus-mcp-prepared");
+        let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
+            dsn,
+            worker_dsns: vec![],
+            connect_timeout: Duration::from_secs(10),
+            pool_size: 1,
+            application_name: "citus-mcp-prepared".into(),
+            timeout_ceiling: Duration::from_secs(60),
+        })
+        .unwrap();
+        let extra = vec![citus_mcp::compile::SourceFile {
+            origin: "test/prepared_count.yaml".into(),
+            text: PREPARED.into(),
+        }];
+        let registry = Registry::build(
+            &Sources {
+                tools: vec![builtin_tools(), extra],
+                prompts: vec![],
+                problems: vec![],
+            },
+            None,
+            &[],
+            citus_mcp::plugins::NAMES,
+        );
+        Engine::new(
+            registry,
+            Some(db),
+            Settings {
+                enable_caching: false,
+                ..Settings::default()
+            },
+        )
+        .with_plugins(citus_mcp::plugins::all())
+    };
+    let e = registry_engine;
+    for i in 0..300 {
+        call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": format!("SELECT {i} AS n{i}"), "analyze": i % 2 == 0}),
+        )
+        .unwrap();
+    }
+    let n = call(ctx, &e, "prepared_count", json!({}))
+        .unwrap()
+        .structured["n"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        n <= 16,
+        "{n} statements stay prepared after 300 distinct EXPLAINs"
+    );
+}
