@@ -63,6 +63,7 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<NodeResult>, DbError> {
+        read_only_statement(&st.sql)?;
         match mode {
             FanOutMode::Coordinator => self.fan_out_via_coordinator(set, st, timeout, cancel).await,
             FanOutMode::Direct => self.fan_out_direct(set, st, timeout, cancel).await,
@@ -76,12 +77,25 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<NodeResult>, DbError> {
-        // Each node answers with its rows as one JSON array; the row cap is applied there.
+        // Citus runs the command on each node in autocommit, outside this call's
+        // READ ONLY transaction, so the command makes its own transaction read-only
+        // before the query is evaluated: the CASE runs the set_config calls first and
+        // the query (an initplan, run when first needed) only then. Anything after it
+        // in the same text would run in that same read-only transaction. Each node
+        // answers with its rows as one JSON array, the row cap applied there. Citus
+        // cancels the nodes' statements when this call's own statement times out.
+        let ms = timeout.as_millis().max(1);
         let command = format!(
-            "SELECT coalesce(json_agg(q), '[]'::json)::text FROM (SELECT * FROM ({}\n) q0 LIMIT {}) q",
+            "SELECT CASE WHEN pg_catalog.set_config('transaction_read_only', 'on', true) \
+             || pg_catalog.set_config('lock_timeout', '{ms}', true) IS NOT NULL \
+             THEN (SELECT coalesce(pg_catalog.json_agg(q), '[]'::json)::text \
+             FROM (SELECT * FROM ({}\n) q0 LIMIT {}) q) END",
             st.sql,
             st.max_rows.saturating_add(1)
         );
+        // The text sent is read again as a whole: a query that closes the wrapper's
+        // parentheses to add statements of its own is refused here.
+        read_only_statement(&command)?;
         let sql = match set {
             NodeSet::Workers => include_str!("fanout_workers.sql"),
             NodeSet::AllNodes => include_str!("fanout_all.sql"),
@@ -202,6 +216,27 @@ impl Db {
     }
 }
 
+/// Refuses text that is not exactly one statement that reads, by PostgreSQL's grammar.
+fn read_only_statement(sql: &str) -> Result<(), DbError> {
+    let refuse = |why: String| DbError::Sql {
+        sqlstate: "25006".into(),
+        message: format!("a fan-out query must be one statement that only reads: {why}"),
+        detail: None,
+        hint: Some("fix the tool file's query; run `citus-mcp lint` on it".into()),
+    };
+    let parsed = crate::sql::parse(sql).map_err(|e| refuse(e.to_string()))?;
+    if parsed.len() != 1 {
+        return Err(refuse(format!(
+            "the text holds {} statements",
+            parsed.len()
+        )));
+    }
+    match parsed.writes() {
+        Some(what) => Err(refuse(format!("it writes or locks ({what})"))),
+        None => Ok(()),
+    }
+}
+
 /// A node from the first four columns of a node list: nodeid, host, port, is_coordinator.
 fn node_of(r: &[Value]) -> Node {
     Node {
@@ -264,6 +299,15 @@ fn remote_error(text: &str) -> DbError {
         DbError::Connect {
             target: "the node".into(),
             reason: message,
+        }
+    } else if message.contains("in a read-only transaction") {
+        // The node's own READ ONLY transaction refused a write: the same code as a
+        // direct connection reports.
+        DbError::Sql {
+            sqlstate: "25006".into(),
+            message,
+            detail: None,
+            hint: None,
         }
     } else {
         DbError::Sql {
