@@ -161,6 +161,7 @@ pub fn compile_tool(
     check_paging(&mut ck, &spec);
     check_resources(&mut ck, &spec);
     check_execute_guard(&mut ck, &spec);
+    check_branches(&mut ck, &spec);
     // Examples only make sense once the tool itself compiled.
     if let (Some(v), false) = (&validator, ck.has_errors()) {
         check_examples(&mut ck, &spec, v, &templates);
@@ -364,6 +365,68 @@ fn check_execute_guard(ck: &mut Findings, spec: &ToolSpec) {
 
 /// Every example validates and renders, and what it renders keeps its binds out of
 /// literals, does not write (unless the tool executes) and, for fan-out, has no binds.
+/// Most branch combinations read per query; past it, the first ones are read.
+const MAX_VARIANTS: usize = 4096;
+
+/// Every branch of every query, not only those the examples take, read by
+/// PostgreSQL's grammar: none may hold more than one statement, and none of a read-only
+/// or plan tool may write. A combination that does not parse is skipped (branches can
+/// depend on each other in ways the template's tags do not show); examples must parse.
+fn check_branches(ck: &mut Findings, spec: &ToolSpec) {
+    for (qi, q) in spec.queries.iter().enumerate() {
+        let sql_at = format!("/queries/{qi}/sql");
+        let Some(variants) = crate::branches::variants(&q.sql, MAX_VARIANTS) else {
+            continue;
+        };
+        let mut reported = (false, false);
+        for text in variants {
+            let Ok(parsed) = crate::sql::parse(&text) else {
+                continue;
+            };
+            if parsed.len() > 1 && !reported.0 {
+                reported.0 = true;
+                let d = ck.add(
+                    Code::E014,
+                    &[&sql_at],
+                    format!(
+                        "a branch of query `{}` holds {} statements: {}",
+                        q.name,
+                        parsed.len(),
+                        excerpt(&text)
+                    ),
+                );
+                d.help = Some("one query, one statement, whatever the arguments".into());
+            }
+            if spec.safety != Safety::Execute
+                && !reported.1
+                && let Some(word) = parsed.writes()
+            {
+                reported.1 = true;
+                let d = ck.add(
+                    Code::E009,
+                    &[&sql_at],
+                    format!(
+                        "a branch of {} query `{}` writes ({word}): {}",
+                        safety_name(spec.safety),
+                        q.name,
+                        excerpt(&text)
+                    ),
+                );
+                d.help = Some("every branch of a read-only or plan tool must only read".into());
+            }
+        }
+    }
+}
+
+/// The start of a statement, on one line, for a message.
+fn excerpt(sql: &str) -> String {
+    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
 fn check_examples(
     ck: &mut Findings,
     spec: &ToolSpec,
@@ -794,9 +857,20 @@ examples:
                 "{writing}"
             );
         }
-        // Not one statement: E014, whatever the statements are.
+        // A write in a branch that no example takes is found too.
+        let branchy = TOOL.replace(
+            sql,
+            "WITH x AS (SELECT 1) {% if table == 'zap' %}DELETE FROM t WHERE name = {{ table }} AND {{ limit }} > 0{% else %}SELECT * FROM t WHERE name = {{ table }} LIMIT {{ limit }}{% endif %}",
+        );
+        assert_eq!(codes(&branchy), vec!["E009"]);
+        let split = TOOL.replace(
+            sql,
+            &format!("{sql}{{% if table == 'zap' %}}; DELETE FROM t{{% endif %}}"),
+        );
+        assert_eq!(codes(&split), vec!["E014", "E009"]);
+        // Not one statement: E014 (and E009 when one of them writes).
         assert_eq!(
-            codes(&TOOL.replace(sql, &format!("{sql}; DELETE FROM t"))),
+            codes(&TOOL.replace(sql, &format!("{sql}; SELECT 2"))),
             vec!["E014"]
         );
         assert_eq!(codes(&TOOL.replace(sql, "SELEC {{ table }}")), vec!["E014"]);
