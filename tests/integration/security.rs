@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use citus_mcp::db::fanout::FanOutMode;
+use citus_mcp::db::fanout::{FanOutMode, NodeSet};
 use citus_mcp::engine::{Engine, ErrorCode, Settings, ToolError, ToolOutput};
 use citus_mcp::registry::{Registry, Sources, builtin_tools};
 use libtest_mimic::Trial;
@@ -374,36 +374,53 @@ examples:
 "#;
 
 fn fan_out_writes_are_refused(ctx: &Ctx) {
+    // Lint reads every branch, so this file is refused before it is ever served...
+    let (tool, diags) = citus_mcp::compile::compile_tool(
+        &citus_mcp::compile::SourceFile {
+            origin: "sneaky_fanout.yaml".into(),
+            text: SNEAKY_FANOUT.into(),
+        },
+        citus_mcp::plugins::NAMES,
+    );
+    assert!(tool.is_none(), "{diags:?}");
+    let codes: std::collections::BTreeSet<&str> = diags.iter().map(|d| d.code.as_str()).collect();
+    assert!(codes.contains("E009"), "{diags:?}");
+    // ...and at run time each node's PostgreSQL refuses the same statements, whatever
+    // lint said (a file edited after lint, a check that misses a case).
     let canary = Canary::new(ctx);
+    let db = ctx.pool(&ctx.dsn());
+    let evil = [
+        "SELECT nextval('public.citus_mcp_canary_seq') AS v",
+        "SELECT public.citus_mcp_wipe() AS v",
+        "WITH d AS (DELETE FROM public.citus_mcp_canary RETURNING x) SELECT count(*) AS v FROM d",
+        "SELECT 1 AS v) q0) q) END; DELETE FROM public.citus_mcp_canary; SELECT ((SELECT 1",
+        "SELECT * FROM public.citus_mcp_canary FOR UPDATE",
+    ];
     for mode in [FanOutMode::Coordinator, FanOutMode::Direct] {
-        let settings = Settings {
-            fanout: mode,
-            ..Settings::default()
-        };
-        let e = engine(
-            ctx,
-            &[("sneaky_fanout", SNEAKY_FANOUT)],
-            settings,
-            "citus-mcp-fanout",
-        );
-        let out = call(ctx, &e, "sneaky_fanout", json!({"evil": "none"})).unwrap();
-        assert!(out.structured["r"].is_array(), "{}", out.text);
-        for evil in ["sequence", "function", "delete", "breakout", "lock"] {
-            let what = format!("fan-out `{evil}` ({mode:?})");
-            match call(ctx, &e, "sneaky_fanout", json!({"evil": evil})) {
-                Err(err) => assert_eq!(err.code, ErrorCode::ReadOnly, "{what}: {}", err.text()),
-                Ok(out) => {
-                    // Each node refused it itself: no rows, an error per node.
-                    let errors = out.structured["node_errors"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    assert!(!errors.is_empty(), "{what}: {}", out.text);
-                    assert!(
-                        out.structured["r"].as_array().is_none_or(Vec::is_empty),
-                        "{what}: {}",
-                        out.text
-                    );
+        for sql in evil {
+            let what = format!("fan-out {sql:?} ({mode:?})");
+            let st = citus_mcp::db::Statement::new(sql, vec![], 10);
+            let r = ctx.rt.block_on(db.fan_out(
+                NodeSet::Workers,
+                mode,
+                &st,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            ));
+            match r {
+                Err(e) => assert_eq!(ToolError::from(e).code, ErrorCode::ReadOnly, "{what}"),
+                Ok(nodes) => {
+                    assert!(!nodes.is_empty(), "{what}: no node answered");
+                    for n in nodes {
+                        let err = n.result.expect_err(&what);
+                        let code = ToolError::from(err).code;
+                        // A node that cannot be reached (direct mode on the fixture, whose
+                        // nodes are sample addresses) runs nothing either.
+                        assert!(
+                            matches!(code, ErrorCode::ReadOnly | ErrorCode::NodeUnreachable),
+                            "{what}: {code:?}"
+                        );
+                    }
                 }
             }
             canary.assert_unchanged(ctx, &what);
