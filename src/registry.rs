@@ -137,6 +137,9 @@ pub struct Registry {
     pub prompts: BTreeMap<String, Arc<CompiledPrompt>>,
     /// Every problem found while building this snapshot (warnings included).
     pub diagnostics: Vec<Diagnostic>,
+    /// The text of each tool file (by origin) that its diagnostics above were found in.
+    /// A kept last-good tool's own text may differ from it: the file is broken now.
+    compiled: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -156,13 +159,17 @@ impl Registry {
             let mut layer_names = BTreeMap::new();
             for file in layer {
                 // An unchanged file keeps its compiled tool and its diagnostics: reloading
-                // a folder costs only the files that changed.
-                let unchanged = previous.and_then(|p| {
-                    p.tools
-                        .values()
-                        .find(|t| t.origin == file.origin && t.source == file.text)
-                        .map(|t| (p, t.clone()))
-                });
+                // a folder costs only the files that changed. Both must come from this very
+                // text: after good → bad → good again, the kept tool matches the text but the
+                // previous diagnostics are the broken version's, so that file recompiles.
+                let unchanged = previous
+                    .filter(|p| p.compiled.get(&file.origin) == Some(&file.text))
+                    .and_then(|p| {
+                        p.tools
+                            .values()
+                            .find(|t| t.origin == file.origin && t.source == file.text)
+                            .map(|t| (p, t.clone()))
+                    });
                 let (tool, diags) = match unchanged {
                     Some((p, t)) => (
                         Some(t),
@@ -178,6 +185,7 @@ impl Registry {
                     }
                 };
                 reg.diagnostics.extend(diags);
+                reg.compiled.insert(file.origin.clone(), file.text.clone());
                 let tool = match tool {
                     Some(t) => t,
                     None => match previous
@@ -432,6 +440,30 @@ mod tests {
         let removed = Registry::build(&Sources::default(), Some(&third), &[], &[]);
         assert!(removed.tools.is_empty());
         assert!(removed.tools_differ(&third));
+    }
+
+    /// Issue #6: good → bad → the same good text again must clear the error.
+    #[test]
+    fn restoring_a_good_file_clears_its_errors() {
+        let good = Sources {
+            tools: vec![vec![src("a/t.yaml", tool("t", "SELECT 1"))]],
+            ..Default::default()
+        };
+        let bad = Sources {
+            tools: vec![vec![src("a/t.yaml", "name: t\nsafety: [".into())]],
+            ..Default::default()
+        };
+        let first = Registry::build(&good, None, &[], &[]);
+        let second = Registry::build(&bad, Some(&first), &[], &[]);
+        assert_eq!(second.errors().count(), 1);
+        let third = Registry::build(&good, Some(&second), &[], &[]);
+        let errors: Vec<_> = third.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!third.tools_differ(&first));
+        // And an unchanged file still reuses its compiled tool and its (empty) findings.
+        let fourth = Registry::build(&good, Some(&third), &[], &[]);
+        assert!(Arc::ptr_eq(&third.tools["t"], &fourth.tools["t"]));
+        assert_eq!(fourth.errors().count(), 0);
     }
 
     #[test]
