@@ -10,6 +10,7 @@ pub mod compile;
 pub mod config;
 pub mod db;
 pub mod diagnostic;
+pub mod echo;
 pub mod engine;
 pub mod lint;
 pub mod plugins;

@@ -267,7 +267,11 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                 ToolsCommand::Call { name, args } => {
                     let args: serde_json::Value =
                         serde_json::from_str(&args).context("--args must be a JSON object")?;
-                    match engine.call(&name, args, &CancellationToken::new()).await {
+                    match engine
+                        .call(&name, args, &CancellationToken::new())
+                        .await
+                        .map_err(citus_mcp::engine::ToolError::capped)
+                    {
                         Ok(out) => {
                             print_out(&out.structured.to_string());
                             Ok(ExitCode::SUCCESS)

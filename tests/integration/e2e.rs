@@ -30,6 +30,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         trial(ctx, "e2e::unknown_tool_is_a_protocol_error", unknown_tool),
         trial(
             ctx,
+            "e2e::errors_cap_the_values_they_echo",
+            errors_cap_echoed_values,
+        ),
+        trial(
+            ctx,
             "e2e::hot_reload_updates_the_list_and_sends_list_changed",
             hot_reload,
         ),
@@ -202,6 +207,32 @@ fn unknown_tool(ctx: &Ctx) {
         json!({"name": "no_such_tool", "arguments": {}}),
     );
     assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert_eq!(c.call("ping", json!({}))["isError"], false);
+}
+
+/// Issue #6: an 8 MB bad argument was quoted back whole, twice (text and structured).
+fn errors_cap_echoed_values(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let huge = "x".repeat(8 << 20);
+    let r = c.call("list_nodes", json!({"limit": huge}));
+    let size = r.to_string().len();
+    assert!(size < 4096, "the error result is {size} bytes");
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("INVALID_ARGUMENT") && text.contains("(8388608 bytes)"),
+        "{text}"
+    );
+    assert!(
+        r["structuredContent"]["error"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("is not of type"),
+        "{r}"
+    );
+    let r = c.request("tools/call", json!({"name": huge, "arguments": {}}));
+    assert_eq!(r["error"]["code"], -32602);
+    let size = r.to_string().len();
+    assert!(size < 4096, "the unknown-tool error is {size} bytes");
     assert_eq!(c.call("ping", json!({}))["isError"], false);
 }
 
