@@ -18,5 +18,6 @@ pub mod registry;
 pub mod server;
 pub mod spec;
 pub mod sql;
+pub mod stdio;
 pub mod template;
 pub mod watch;

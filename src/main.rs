@@ -364,13 +364,18 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "no coordinator_dsn configured: only tools that need no database will work"
         ),
     }
+    // Our own line reader in front of rmcp: it answers every line, malformed ones
+    // included, and owns stdout (see citus_mcp::stdio).
+    let (read, write) = rmcp::transport::stdio_pipes();
+    let (transport, pumps) = citus_mcp::stdio::start(read, write);
     let service = Server::new(engine, changes)
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await
         .context("MCP initialization failed")?;
     service
         .waiting()
         .await
         .context("MCP session ended with an error")?;
+    pumps.finish().await.context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         trial(ctx, "e2e::unknown_tool_is_a_protocol_error", unknown_tool),
         trial(
             ctx,
+            "e2e::every_request_line_gets_one_answer",
+            every_line_answered,
+        ),
+        trial(
+            ctx,
+            "e2e::a_reused_request_id_gets_an_error_not_silence",
+            reused_id,
+        ),
+        trial(
+            ctx,
             "e2e::errors_cap_the_values_they_echo",
             errors_cap_echoed_values,
         ),
@@ -208,6 +218,74 @@ fn unknown_tool(ctx: &Ctx) {
     );
     assert_eq!(r["error"]["code"], -32602, "{r}");
     assert_eq!(c.call("ping", json!({}))["isError"], false);
+}
+
+/// Issue #6: rmcp's stdio transport dropped unreadable lines, and the client hung.
+fn every_line_answered(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let answer = |c: &mut McpClient, line: &str, id: Value, code: i64| {
+        c.send_line(line);
+        let r = c
+            .wait_reply(&id, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no answer to {line:.80}"));
+        assert_eq!(r["error"]["code"], code, "{line:.80}: {r}");
+    };
+    answer(
+        &mut c,
+        "{\"jsonrpc\": \"2.0\", \"id\": 1",
+        Value::Null,
+        -32700,
+    );
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":900,"method":"tools/call","params":{{"name":"ping","arguments":{{"message":{}1{}}}}}}}"#,
+        "[".repeat(129),
+        "]".repeat(129)
+    );
+    answer(&mut c, &deep, Value::Null, -32700);
+    answer(
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":901,"method":"tools/call","params":5}"#,
+        json!(901),
+        -32602,
+    );
+    answer(
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":902,"method":"tools/call","params":{"name":7}}"#,
+        json!(902),
+        -32602,
+    );
+    assert_eq!(
+        c.call("ping", json!({"message": "still here"}))["structuredContent"]["message"],
+        "still here"
+    );
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// Issue #6: a second request with the id of one still running took over its id in
+/// rmcp, and one of the two replies was lost.
+fn reused_id(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = SLOW_TOOL.replace("pg_sleep(30)", "pg_sleep(120)");
+    std::fs::write(dir.path().join("slow.yaml"), slow).unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let slow_call = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "slow", "arguments": {}}});
+    c.send(slow_call);
+    c.send(json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}));
+    let r = c
+        .wait_reply(&json!(500), Duration::from_secs(10))
+        .expect("the second request with id 500 is answered");
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("500"),
+        "{r}"
+    );
+    // Once the first is cancelled, its id may be used again.
+    c.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 500}}));
+    c.send(json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}));
+    let r = c
+        .wait_reply(&json!(500), Duration::from_secs(10))
+        .expect("a reply after the cancel");
+    assert_eq!(r["result"]["structuredContent"]["message"], "pong", "{r}");
 }
 
 /// Issue #6: an 8 MB bad argument was quoted back whole, twice (text and structured).
