@@ -551,6 +551,14 @@ fn invalid_config(_: &Ctx) {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`mode`") && err.contains("c.yaml"), "{err}");
+    std::fs::write(&file, "max_rows: 10\nmax_rows: 20\n").unwrap();
+    let out = bin()
+        .args(["tools", "list", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("duplicate key `max_rows`"), "{err}");
 }
 
 fn lint_cli(_: &Ctx) {
