@@ -343,6 +343,25 @@ fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
     Ok(Arc::new(Engine::new(registry, connect(config)?, settings)))
 }
 
+/// Warns, in the background, about worker DSNs that match no node of the cluster.
+fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
+    // connect() has parsed these already; one that did not parse stopped the server.
+    let workers: Vec<Dsn> = config
+        .worker_dsns
+        .iter()
+        .filter_map(|w| Dsn::parse(w.expose()).ok())
+        .collect();
+    let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    tokio::spawn(async move {
+        let Some(db) = engine.db() else { return };
+        let warnings = citus_mcp::checks::worker_dsns(db, &workers, timeout).await;
+        if !warnings.is_empty() {
+            // add_warnings logs them and rebuilds the snapshot: blocking file I/O.
+            let _ = tokio::task::spawn_blocking(move || reloader.add_warnings(warnings)).await;
+        }
+    });
+}
+
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let engine = engine(&config)?;
     let (changes, _) = tokio::sync::broadcast::channel(16);
@@ -352,10 +371,13 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         prompt_dirs: config.prompts_dirs.clone(),
         disabled: config.disabled_tools.clone(),
         changes: changes.clone(),
+        warnings: Default::default(),
     };
+    let checker = reloader.clone();
     let _watcher = reloader
         .watch()
         .context("cannot start watching the tool folders")?;
+    check_worker_dsns(&config, engine.clone(), checker);
     match engine.db() {
         Some(db) => {
             tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")

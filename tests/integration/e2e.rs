@@ -50,6 +50,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::config_problems_are_warnings_in_the_log_and_server_info",
+            config_warnings,
+        ),
+        trial(
+            ctx,
+            "e2e::a_missing_tools_dir_is_loaded_once_created",
+            missing_tools_dir,
+        ),
+        trial(
+            ctx,
             "e2e::secrets_never_reach_output_or_logs",
             secrets_never_leak,
         ),
@@ -398,6 +408,85 @@ fn hot_reload(ctx: &Ctx) {
             .is_some()
     );
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// server_info's `config_warnings`, polled until `done` accepts them.
+fn wait_config_warnings(c: &mut McpClient, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.call("server_info", json!({}));
+        let warnings = info["structuredContent"]["config_warnings"].to_string();
+        if done(&warnings) {
+            return warnings;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "config_warnings never settled: {warnings}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the server's log contains `needle`.
+fn wait_stderr(c: &McpClient, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.stderr_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never mentioned {needle}:\n{}",
+            c.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue #6: a misspelt disabled tool and a worker DSN for no node were silent.
+fn config_warnings(ctx: &Ctx) {
+    let mut c = client(
+        ctx,
+        &[
+            "--disabled-tools",
+            "ping,nope_tool",
+            "--worker-dsns",
+            "host=127.0.0.1 port=9701 dbname=x,host=wrong.example port=9999 dbname=x",
+        ],
+        &[],
+    );
+    assert!(!tool_names(&mut c).contains(&"ping".to_string()));
+    wait_stderr(&c, "`nope_tool`");
+    wait_stderr(&c, "wrong.example:9999");
+    let warnings = wait_config_warnings(&mut c, |w| w.contains("wrong.example"));
+    assert!(
+        warnings.contains("disabled_tools: no tool or prompt is named `nope_tool`"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("`wrong.example:9999/x`"), "{warnings}");
+    if ctx.is_fixture() {
+        assert!(!warnings.contains("`127.0.0.1:9701/x`"), "{warnings}");
+    }
+}
+
+/// Issue #6: a tools_dirs folder that did not exist at startup was never watched.
+fn missing_tools_dir(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("later").join("tools");
+    let mut c = client(ctx, &["--tools-dirs", tools.to_str().unwrap()], &[]);
+    wait_stderr(&c, "does not exist");
+    let warnings = wait_config_warnings(&mut c, |w| w != "[]");
+    assert!(warnings.contains("later/tools"), "{warnings}");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(tools.join("hello.yaml"), EXTRA_TOOL).unwrap();
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(10))
+            .is_some(),
+        "no list_changed after creating the folder; log:\n{}",
+        c.stderr_text()
+    );
+    assert_eq!(
+        c.call("hello", json!({}))["structuredContent"]["greeting"],
+        "hello"
+    );
+    wait_config_warnings(&mut c, |w| w == "[]");
 }
 
 fn secrets_never_leak(ctx: &Ctx) {
