@@ -393,6 +393,26 @@ fn hot_reload(ctx: &Ctx) {
         "bonjour"
     );
 
+    // Restore the same good text: the error is gone (issue #6: it stayed forever).
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        EXTRA_TOOL.replace("'hello'", "'bonjour'"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.call("server_info", json!({}));
+        if info["structuredContent"]["spec_errors"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixed file's error is still reported: {}",
+            info["structuredContent"]["spec_errors"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Remove it: the tool goes away.
     std::fs::remove_file(dir.path().join("hello.yaml")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
