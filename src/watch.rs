@@ -30,7 +30,9 @@ pub struct Reloader {
     pub disabled: Vec<String>,
     pub changes: broadcast::Sender<Change>,
     /// Configuration warnings found outside the files (worker DSNs that match no node),
-    /// carried into every snapshot so `server_info` shows them.
+    /// carried into every snapshot so `server_info` shows them. A reload holds this lock
+    /// throughout, so reloads never overlap and none swaps in a snapshot that lacks a
+    /// warning added meanwhile.
     pub warnings: Arc<Mutex<Vec<String>>>,
 }
 
@@ -64,11 +66,10 @@ impl Reloader {
 
     /// Rescans, swaps, and notifies; returns what changed.
     pub fn reload(&self) -> Vec<Change> {
+        let warnings = lock(&self.warnings);
         let old = self.engine.registry();
         let mut sources = Sources::gather(&self.tool_dirs, &self.prompt_dirs);
-        sources
-            .warnings
-            .extend(lock(&self.warnings).iter().cloned());
+        sources.warnings.extend(warnings.iter().cloned());
         let new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NAMES);
         for d in new.diagnostics.iter().filter(|d| {
             !old.diagnostics
@@ -97,6 +98,7 @@ impl Reloader {
             "reloaded tool files"
         );
         self.engine.swap(new);
+        drop(warnings);
         for c in &changed {
             // No receivers just means no client is connected yet.
             let _ = self.changes.send(*c);
