@@ -231,9 +231,10 @@ fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
     let value: Value = match ext {
         "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
-        "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
+        "toml" => toml::from_str(&text).map_err(|e| toml_error(&e, &text)),
         _ => serde_yaml::from_str(&text).map_err(|e| e.to_string()),
     }
+    .map(|Unique(v)| v)
     .map_err(|e| {
         ConfigError(format!(
             "config file {} does not parse: {e}",
@@ -247,6 +248,100 @@ fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
             "config file {} must be a mapping of keys to values",
             path.display()
         ))),
+    }
+}
+
+/// A TOML error without the quoted source line that `toml` adds: that line may hold a
+/// password. A duplicate key is named, since its span is the key.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let key = text
+        .get(span)
+        .filter(|k| e.message().starts_with("duplicate key") && k.len() <= 100)
+        .map(|k| format!(" `{}`", k.trim()))
+        .unwrap_or_default();
+    format!("{}{key} at line {line} column {column}", e.message())
+}
+
+/// A JSON value whose mappings have no duplicate keys. serde_json and YAML hand every
+/// key to the visitor and `serde_json::Value` keeps the last one, so a file with
+/// `max_rows` twice would silently use the second; this makes it an error naming the key.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a configuration value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Unique::deserialize(d).map(|Unique(v)| v)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let Unique(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -351,6 +446,45 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Issue #6: a key given twice silently took the last value.
+    #[test]
+    fn duplicate_keys_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("c.yaml", "max_rows: 10\nmode: admin\nmax_rows: 20\n"),
+            (
+                "c.json",
+                r#"{"max_rows": 10, "mode": "admin", "max_rows": 20}"#,
+            ),
+            ("c.toml", "max_rows = 10\nmode = \"admin\"\nmax_rows = 20\n"),
+        ] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, text).unwrap();
+            let e = load(Some(&file), &env(&[]), &Flags::new()).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains("max_rows") && e.contains(name), "{name}: {e}");
+            assert!(e.contains("duplicate"), "{name}: {e}");
+        }
+        let file = dir.path().join("secret.toml");
+        std::fs::write(
+            &file,
+            "approval_secret = \"s3cr3t-value\"\napproval_secret = \"s3cr3t-value\"\n",
+        )
+        .unwrap();
+        let e = load(Some(&file), &env(&[]), &Flags::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t-value"), "{e}");
+        assert!(
+            e.contains("duplicate key `approval_secret` at line 2"),
+            "{e}"
+        );
+        let file = dir.path().join("nested.yaml");
+        std::fs::write(&file, "disabled_tools: [a, a]\nmax_rows: 5\n").unwrap();
+        let c = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        assert_eq!(c.max_rows, 5, "a repeated list item is not a duplicate key");
     }
 
     #[test]

@@ -7,10 +7,12 @@
 #![deny(clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod branches;
+pub mod checks;
 pub mod compile;
 pub mod config;
 pub mod db;
 pub mod diagnostic;
+pub mod echo;
 pub mod engine;
 pub mod lint;
 pub mod plugins;
@@ -18,5 +20,6 @@ pub mod registry;
 pub mod server;
 pub mod spec;
 pub mod sql;
+pub mod stdio;
 pub mod template;
 pub mod watch;

@@ -267,7 +267,11 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
                 ToolsCommand::Call { name, args } => {
                     let args: serde_json::Value =
                         serde_json::from_str(&args).context("--args must be a JSON object")?;
-                    match engine.call(&name, args, &CancellationToken::new()).await {
+                    match engine
+                        .call(&name, args, &CancellationToken::new())
+                        .await
+                        .map_err(citus_mcp::engine::ToolError::capped)
+                    {
                         Ok(out) => {
                             print_out(&out.structured.to_string());
                             Ok(ExitCode::SUCCESS)
@@ -342,6 +346,25 @@ fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
     ))
 }
 
+/// Warns, in the background, about worker DSNs that match no node of the cluster.
+fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
+    // connect() has parsed these already; one that did not parse stopped the server.
+    let workers: Vec<Dsn> = config
+        .worker_dsns
+        .iter()
+        .filter_map(|w| Dsn::parse(w.expose()).ok())
+        .collect();
+    let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    tokio::spawn(async move {
+        let Some(db) = engine.db() else { return };
+        let warnings = citus_mcp::checks::worker_dsns(db, &workers, timeout).await;
+        if !warnings.is_empty() {
+            // add_warnings logs them and rebuilds the snapshot: blocking file I/O.
+            let _ = tokio::task::spawn_blocking(move || reloader.add_warnings(warnings)).await;
+        }
+    });
+}
+
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let engine = engine(&config)?;
     let (changes, _) = tokio::sync::broadcast::channel(16);
@@ -351,10 +374,13 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         prompt_dirs: config.prompts_dirs.clone(),
         disabled: config.disabled_tools.clone(),
         changes: changes.clone(),
+        warnings: Default::default(),
     };
+    let checker = reloader.clone();
     let _watcher = reloader
         .watch()
         .context("cannot start watching the tool folders")?;
+    check_worker_dsns(&config, engine.clone(), checker);
     match engine.db() {
         Some(db) => {
             tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")
@@ -363,13 +389,18 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "no coordinator_dsn configured: only tools that need no database will work"
         ),
     }
+    // Our own line reader in front of rmcp: it answers every line, malformed ones
+    // included, and owns stdout (see citus_mcp::stdio).
+    let (read, write) = rmcp::transport::stdio_pipes();
+    let (transport, pumps) = citus_mcp::stdio::start(read, write);
     let service = Server::new(engine, changes)
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await
         .context("MCP initialization failed")?;
     service
         .waiting()
         .await
         .context("MCP session ended with an error")?;
+    pumps.finish().await.context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -95,8 +95,11 @@ pub struct Sources {
     /// Tool files by layer; later layers override earlier ones by name.
     pub tools: Vec<Vec<SourceFile>>,
     pub prompts: Vec<Vec<SourceFile>>,
-    /// Problems met while reading the sources (missing folders, unreadable files).
+    /// Problems met while reading the sources (unreadable folders and files).
     pub problems: Vec<Diagnostic>,
+    /// Configuration problems that do not stop the server: folders that do not exist
+    /// (yet), and whatever the caller adds (worker DSNs that match no node).
+    pub warnings: Vec<String>,
 }
 
 impl Sources {
@@ -105,26 +108,32 @@ impl Sources {
         Sources {
             tools: vec![builtin_tools()],
             prompts: vec![builtin_prompts()],
-            problems: vec![],
+            ..Default::default()
         }
     }
 
     /// The built-ins plus the files of the given folders, read now.
     pub fn gather(tool_dirs: &[PathBuf], prompt_dirs: &[PathBuf]) -> Sources {
-        let mut s = Sources {
-            tools: vec![builtin_tools()],
-            prompts: vec![builtin_prompts()],
-            problems: vec![],
-        };
-        for dir in tool_dirs {
-            let (files, problems) = read_dir(dir);
-            s.tools.push(files);
-            s.problems.extend(problems);
-        }
-        for dir in prompt_dirs {
-            let (files, problems) = read_dir(dir);
-            s.prompts.push(files);
-            s.problems.extend(problems);
+        let mut s = Sources::builtin();
+        for (key, dirs) in [("tools_dirs", tool_dirs), ("prompts_dirs", prompt_dirs)] {
+            for dir in dirs {
+                // A folder that does not exist yet is a warning, not a broken file: the
+                // watcher loads it once it is created.
+                let (files, problems) = if dir.exists() {
+                    read_dir(dir)
+                } else {
+                    s.warnings.push(format!(
+                        "{key}: folder {} does not exist; it is loaded once it is created",
+                        dir.display()
+                    ));
+                    (vec![], vec![])
+                };
+                match key {
+                    "tools_dirs" => s.tools.push(files),
+                    _ => s.prompts.push(files),
+                }
+                s.problems.extend(problems);
+            }
         }
         s
     }
@@ -137,6 +146,12 @@ pub struct Registry {
     pub prompts: BTreeMap<String, Arc<CompiledPrompt>>,
     /// Every problem found while building this snapshot (warnings included).
     pub diagnostics: Vec<Diagnostic>,
+    /// Configuration problems of this snapshot ([`Sources::warnings`], and names in
+    /// `disabled_tools` that match no tool or prompt).
+    pub warnings: Vec<String>,
+    /// The text of each tool file (by origin) that its diagnostics above were found in.
+    /// A kept last-good tool's own text may differ from it: the file is broken now.
+    compiled: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -150,19 +165,24 @@ impl Registry {
     ) -> Registry {
         let mut reg = Registry {
             diagnostics: sources.problems.clone(),
+            warnings: sources.warnings.clone(),
             ..Default::default()
         };
         for layer in &sources.tools {
             let mut layer_names = BTreeMap::new();
             for file in layer {
                 // An unchanged file keeps its compiled tool and its diagnostics: reloading
-                // a folder costs only the files that changed.
-                let unchanged = previous.and_then(|p| {
-                    p.tools
-                        .values()
-                        .find(|t| t.origin == file.origin && t.source == file.text)
-                        .map(|t| (p, t.clone()))
-                });
+                // a folder costs only the files that changed. Both must come from this very
+                // text: after good → bad → good again, the kept tool matches the text but the
+                // previous diagnostics are the broken version's, so that file recompiles.
+                let unchanged = previous
+                    .filter(|p| p.compiled.get(&file.origin) == Some(&file.text))
+                    .and_then(|p| {
+                        p.tools
+                            .values()
+                            .find(|t| t.origin == file.origin && t.source == file.text)
+                            .map(|t| (p, t.clone()))
+                    });
                 let (tool, diags) = match unchanged {
                     Some((p, t)) => (
                         Some(t),
@@ -178,6 +198,7 @@ impl Registry {
                     }
                 };
                 reg.diagnostics.extend(diags);
+                reg.compiled.insert(file.origin.clone(), file.text.clone());
                 let tool = match tool {
                     Some(t) => t,
                     None => match previous
@@ -222,9 +243,20 @@ impl Registry {
                 reg.prompts.insert(prompt.spec.name.clone(), prompt);
             }
         }
+        let mut unknown = Vec::new();
         for name in disabled {
-            reg.tools.remove(name);
-            reg.prompts.remove(name);
+            let tool = reg.tools.remove(name);
+            let prompt = reg.prompts.remove(name);
+            if tool.is_none() && prompt.is_none() && !unknown.contains(&name) {
+                unknown.push(name);
+            }
+        }
+        if !unknown.is_empty() {
+            let names: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
+            reg.warnings.push(format!(
+                "disabled_tools: no tool or prompt is named {}",
+                names.join(", ")
+            ));
         }
         let mut uris: BTreeMap<&str, &str> = BTreeMap::new();
         for tool in reg.tools.values() {
@@ -434,6 +466,30 @@ mod tests {
         assert!(removed.tools_differ(&third));
     }
 
+    /// Issue #6: good → bad → the same good text again must clear the error.
+    #[test]
+    fn restoring_a_good_file_clears_its_errors() {
+        let good = Sources {
+            tools: vec![vec![src("a/t.yaml", tool("t", "SELECT 1"))]],
+            ..Default::default()
+        };
+        let bad = Sources {
+            tools: vec![vec![src("a/t.yaml", "name: t\nsafety: [".into())]],
+            ..Default::default()
+        };
+        let first = Registry::build(&good, None, &[], &[]);
+        let second = Registry::build(&bad, Some(&first), &[], &[]);
+        assert_eq!(second.errors().count(), 1);
+        let third = Registry::build(&good, Some(&second), &[], &[]);
+        let errors: Vec<_> = third.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!third.tools_differ(&first));
+        // And an unchanged file still reuses its compiled tool and its (empty) findings.
+        let fourth = Registry::build(&good, Some(&third), &[], &[]);
+        assert!(Arc::ptr_eq(&third.tools["t"], &fourth.tools["t"]));
+        assert_eq!(fourth.errors().count(), 0);
+    }
+
     #[test]
     fn duplicate_names_in_one_folder_are_errors_and_disabled_tools_are_left_out() {
         let s = Sources {
@@ -448,5 +504,35 @@ mod tests {
         assert!(reg.errors().any(|d| d.code == Code::E004));
         let reg = Registry::build(&s, None, &["t".to_string()], &[]);
         assert!(reg.tools.is_empty());
+        assert!(reg.warnings.is_empty(), "{:?}", reg.warnings);
+    }
+
+    /// Issue #6: a misspelt name in disabled_tools disabled nothing, silently.
+    #[test]
+    fn disabled_names_that_match_nothing_are_warnings() {
+        let s = Sources {
+            tools: vec![vec![src("a/t.yaml", tool("t", "SELECT 1"))]],
+            ..Default::default()
+        };
+        let disabled = ["t", "nope", "also_nope", "nope"].map(String::from);
+        let reg = Registry::build(&s, None, &disabled, &[]);
+        assert_eq!(
+            reg.warnings,
+            vec!["disabled_tools: no tool or prompt is named `nope`, `also_nope`"]
+        );
+    }
+
+    /// Issue #6: a tools_dirs folder that does not exist is a warning, not an error.
+    #[test]
+    fn missing_folders_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("later");
+        let s = Sources::gather(std::slice::from_ref(&missing), &[]);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("tools_dirs: folder") && s.warnings[0].contains("later"));
+        let reg = Registry::build(&s, None, &[], crate::plugins::NAMES);
+        assert_eq!(reg.errors().count(), 0);
+        assert_eq!(reg.warnings, s.warnings);
     }
 }

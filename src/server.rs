@@ -22,7 +22,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::compile::CompiledTool;
-use crate::engine::{CompletionRef, Engine, ErrorCode};
+use crate::echo;
+use crate::engine::{CompletionRef, Engine, ErrorCode, ToolError};
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -159,7 +160,12 @@ impl ServerHandler for Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = req.arguments.map(Value::Object).unwrap_or(Value::Null);
-        match self.engine.call(&req.name, args, &ctx.ct).await {
+        match self
+            .engine
+            .call(&req.name, args, &ctx.ct)
+            .await
+            .map_err(ToolError::capped)
+        {
             Ok(out) => {
                 let mut r = CallToolResult::success(vec![ContentBlock::text(out.text)]);
                 r.structured_content = Some(out.structured);
@@ -169,7 +175,7 @@ impl ServerHandler for Server {
                 Err(ErrorData::invalid_params(e.message, None))
             }
             Err(e) => {
-                tracing::info!(tool = %req.name, code = e.code.as_str(), "tool call failed: {}", e.message);
+                tracing::info!(tool = %echo::cap(&req.name), code = e.code.as_str(), "tool call failed: {}", e.message);
                 let mut r = CallToolResult::error(vec![ContentBlock::text(e.text())]);
                 r.structured_content = Some(serde_json::json!({"error": e}));
                 Ok(r.into())
@@ -221,13 +227,16 @@ impl ServerHandler for Server {
     ) -> Result<GetPromptResponse, ErrorData> {
         let registry = self.engine.registry();
         let prompt = registry.prompts.get(&req.name).ok_or_else(|| {
-            ErrorData::invalid_params(format!("unknown prompt `{}`", req.name), None)
+            ErrorData::invalid_params(
+                echo::cap(&format!("unknown prompt `{}`", req.name)).into_owned(),
+                None,
+            )
         })?;
         let args: serde_json::Map<String, Value> =
             req.arguments.unwrap_or_default().into_iter().collect();
         let messages = prompt
             .render(&args)
-            .map_err(|e| ErrorData::invalid_params(e, None))?;
+            .map_err(|e| ErrorData::invalid_params(echo::cap(&e).into_owned(), None))?;
         let messages = messages
             .into_iter()
             .map(|(role, text)| {
@@ -285,9 +294,14 @@ impl ServerHandler for Server {
         req: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        match self.engine.read_resource(&req.uri, &ctx.ct).await {
+        match self
+            .engine
+            .read_resource(&req.uri, &ctx.ct)
+            .await
+            .map(|r| r.map_err(ToolError::capped))
+        {
             None => Err(ErrorData::resource_not_found(
-                format!("no resource `{}`", req.uri),
+                echo::cap(&format!("no resource `{}`", req.uri)).into_owned(),
                 None,
             )),
             Some(Ok(out)) => {

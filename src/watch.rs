@@ -3,13 +3,18 @@
 //!
 //! Any relevant event rescans everything (cheap: files are small) and builds a whole
 //! new snapshot; a file that fails keeps its last good tool (see `registry`).
+//!
+//! A configured folder that does not exist yet cannot be watched, so its nearest
+//! existing parent is, until the folder appears; then the folder itself is watched
+//! and loaded. The same happens when a watched folder is removed.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::engine::Engine;
@@ -24,6 +29,11 @@ pub struct Reloader {
     pub prompt_dirs: Vec<PathBuf>,
     pub disabled: Vec<String>,
     pub changes: broadcast::Sender<Change>,
+    /// Configuration warnings found outside the files (worker DSNs that match no node),
+    /// carried into every snapshot so `server_info` shows them. A reload holds this lock
+    /// throughout, so reloads never overlap and none swaps in a snapshot that lacks a
+    /// warning added meanwhile.
+    pub warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl Reloader {
@@ -42,24 +52,34 @@ impl Reloader {
         for d in &reg.diagnostics {
             tracing::warn!("{d}");
         }
+        for w in &reg.warnings {
+            tracing::warn!("{w}");
+        }
         reg
+    }
+
+    /// Adds configuration warnings to this and every later snapshot.
+    pub fn add_warnings(&self, warnings: Vec<String>) {
+        lock(&self.warnings).extend(warnings);
+        self.reload();
     }
 
     /// Rescans, swaps, and notifies; returns what changed.
     pub fn reload(&self) -> Vec<Change> {
+        let warnings = lock(&self.warnings);
         let old = self.engine.registry();
-        let new = Registry::build(
-            &Sources::gather(&self.tool_dirs, &self.prompt_dirs),
-            Some(&old),
-            &self.disabled,
-            crate::plugins::NAMES,
-        );
+        let mut sources = Sources::gather(&self.tool_dirs, &self.prompt_dirs);
+        sources.warnings.extend(warnings.iter().cloned());
+        let new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NAMES);
         for d in new.diagnostics.iter().filter(|d| {
             !old.diagnostics
                 .iter()
                 .any(|o| o.to_string() == d.to_string())
         }) {
             tracing::warn!("{d}");
+        }
+        for w in new.warnings.iter().filter(|w| !old.warnings.contains(w)) {
+            tracing::warn!("{w}");
         }
         let mut changed = Vec::new();
         if new.tools_differ(&old) {
@@ -78,6 +98,7 @@ impl Reloader {
             "reloaded tool files"
         );
         self.engine.swap(new);
+        drop(warnings);
         for c in &changed {
             // No receivers just means no client is connected yet.
             let _ = self.changes.send(*c);
@@ -88,7 +109,15 @@ impl Reloader {
     /// Watches the folders until the returned guard is dropped.
     pub fn watch(self) -> notify::Result<Watcher> {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let mut debouncer = new_debouncer(
+        // Events carry absolute paths; compare them with absolute folders.
+        let dirs: Vec<PathBuf> = self
+            .tool_dirs
+            .iter()
+            .chain(&self.prompt_dirs)
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+            .collect();
+        let folders = dirs.clone();
+        let debouncer = new_debouncer(
             Duration::from_millis(200),
             None,
             move |res: DebounceEventResult| {
@@ -97,7 +126,11 @@ impl Reloader {
                         matches!(
                             e.event.kind,
                             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                        ) && e.event.paths.iter().any(|p| is_spec_file(p))
+                        ) && e.event.paths.iter().any(|p| {
+                            // A spec file, or a configured folder (or one of its parents)
+                            // appearing or going away.
+                            is_spec_file(p) || folders.iter().any(|d| d.starts_with(p))
+                        })
                     }),
                     Err(_) => true,
                 };
@@ -107,31 +140,111 @@ impl Reloader {
                 }
             },
         )?;
-        for dir in self.tool_dirs.iter().chain(&self.prompt_dirs) {
-            match debouncer.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "watching for tool file changes"),
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch folder: {e}"),
-            }
-        }
+        let watches = Arc::new(Mutex::new(Watches {
+            debouncer,
+            dirs,
+            watched: BTreeSet::new(),
+            anchors: BTreeSet::new(),
+        }));
+        lock(&watches).rearm();
+        let task_watches = watches.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 while rx.try_recv().is_ok() {}
                 let me = self.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || me.reload()).await {
+                let watches = task_watches.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    // Re-arm first: files written into a folder before its watch existed
+                    // are still read by the reload that follows.
+                    lock(&watches).rearm();
+                    me.reload();
+                });
+                if let Err(e) = done.await {
                     tracing::error!("reload failed: {e}");
                 }
             }
         });
         Ok(Watcher {
-            _debouncer: Box::new(debouncer),
+            _watches: watches,
             task,
         })
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update under these locks is a single call, so a panicked holder leaves
+    // nothing half done.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What is watched: the configured folders that exist, and for each one that does not,
+/// its nearest existing parent (an anchor).
+struct Watches {
+    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    dirs: Vec<PathBuf>,
+    watched: BTreeSet<PathBuf>,
+    anchors: BTreeSet<PathBuf>,
+}
+
+impl Watches {
+    /// Watches every configured folder that exists and is not watched yet, moves the
+    /// anchors of the missing ones, and drops anchors no longer needed.
+    fn rearm(&mut self) {
+        let mut anchors = BTreeSet::new();
+        for dir in &self.dirs {
+            if dir.is_dir() {
+                if self.watched.contains(dir) {
+                    continue;
+                }
+                match self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir.display(), "watching for tool file changes");
+                        self.watched.insert(dir.clone());
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch folder: {e}"),
+                }
+            } else {
+                // Removed (its watch went with it), or not created yet.
+                self.watched.remove(dir);
+                if let Some(parent) = nearest_existing(dir) {
+                    anchors.insert(parent);
+                }
+            }
+        }
+        for gone in self.anchors.difference(&anchors) {
+            if !self.watched.contains(gone) {
+                // The parent may be gone too; nothing to undo then.
+                let _ = self.debouncer.unwatch(gone);
+            }
+        }
+        for anchor in anchors.difference(&self.anchors) {
+            // A watched folder already reports its entries; watching it twice would
+            // make unwatching the anchor end the folder's own watch.
+            if self.watched.contains(anchor) {
+                continue;
+            }
+            match self.debouncer.watch(anchor, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(dir = %anchor.display(), "watching for a missing folder")
+                }
+                Err(e) => tracing::warn!(dir = %anchor.display(), "cannot watch folder: {e}"),
+            }
+        }
+        self.anchors = anchors;
+    }
+}
+
+/// The nearest parent of `dir` that exists.
+fn nearest_existing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .skip(1)
+        .find(|a| a.is_dir())
+        .map(Path::to_path_buf)
+}
+
 /// Keeps watching while alive.
 pub struct Watcher {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    _watches: Arc<Mutex<Watches>>,
     task: tokio::task::JoinHandle<()>,
 }
 

@@ -114,6 +114,22 @@ impl ToolError {
         self
     }
 
+    /// The same error with every echoed value cut to a readable size ([`crate::echo::cap`]).
+    /// Callers may send megabytes of arguments; an error that quotes them back whole
+    /// (in the text and again in the structured result) costs the model its context.
+    pub fn capped(mut self) -> Self {
+        fn cap(s: String) -> String {
+            match crate::echo::cap(&s) {
+                std::borrow::Cow::Borrowed(_) => s,
+                std::borrow::Cow::Owned(c) => c,
+            }
+        }
+        self.message = cap(self.message);
+        self.problems = self.problems.into_iter().map(cap).collect();
+        self.hint = self.hint.map(cap);
+        self
+    }
+
     /// The compact text form: `ERROR CODE: message` plus problems and hint.
     pub fn text(&self) -> String {
         let mut s = format!("ERROR {}: {}", self.code.as_str(), self.message);
@@ -160,5 +176,25 @@ impl From<DbError> for ToolError {
                 ToolError { code, message, hint, problems: vec![], sqlstate: Some(sqlstate) }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_errors_stay_small() {
+        let mut e = ToolError::new(
+            ErrorCode::InvalidArgument,
+            format!("bad `{}`", "n".repeat(100_000)),
+        );
+        e.problems = vec![format!(
+            r#"/a: "{}" is not of type "integer""#,
+            "x".repeat(1 << 20)
+        )];
+        let e = e.hint("a hint").capped();
+        assert!(e.text().len() < 2000, "{}", e.text().len());
+        assert!(e.problems[0].ends_with(r#"…(1048576 bytes)" is not of type "integer""#));
     }
 }

@@ -79,6 +79,7 @@ async fn server_info(engine: &Engine) -> Value {
         "tools_loaded": registry.tools.len(),
         "prompts": registry.prompts.len(),
         "spec_errors": registry.errors().map(ToString::to_string).collect::<Vec<_>>(),
+        "config_warnings": registry.warnings,
         "limits": {"max_rows": s.max_rows, "max_bytes": s.max_bytes, "statement_timeout_ms": s.statement_timeout_ms},
         "caching": {"enabled": s.enable_caching, "ttl_s": s.cache_ttl_s},
         "fanout": s.fanout,

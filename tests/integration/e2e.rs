@@ -30,8 +30,33 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         trial(ctx, "e2e::unknown_tool_is_a_protocol_error", unknown_tool),
         trial(
             ctx,
+            "e2e::every_request_line_gets_one_answer",
+            every_line_answered,
+        ),
+        trial(
+            ctx,
+            "e2e::a_reused_request_id_gets_an_error_not_silence",
+            reused_id,
+        ),
+        trial(
+            ctx,
+            "e2e::errors_cap_the_values_they_echo",
+            errors_cap_echoed_values,
+        ),
+        trial(
+            ctx,
             "e2e::hot_reload_updates_the_list_and_sends_list_changed",
             hot_reload,
+        ),
+        trial(
+            ctx,
+            "e2e::config_problems_are_warnings_in_the_log_and_server_info",
+            config_warnings,
+        ),
+        trial(
+            ctx,
+            "e2e::a_missing_tools_dir_is_loaded_once_created",
+            missing_tools_dir,
         ),
         trial(
             ctx,
@@ -205,6 +230,100 @@ fn unknown_tool(ctx: &Ctx) {
     assert_eq!(c.call("ping", json!({}))["isError"], false);
 }
 
+/// Issue #6: rmcp's stdio transport dropped unreadable lines, and the client hung.
+fn every_line_answered(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let answer = |c: &mut McpClient, line: &str, id: Value, code: i64| {
+        c.send_line(line);
+        let r = c
+            .wait_reply(&id, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no answer to {line:.80}"));
+        assert_eq!(r["error"]["code"], code, "{line:.80}: {r}");
+    };
+    answer(
+        &mut c,
+        "{\"jsonrpc\": \"2.0\", \"id\": 1",
+        Value::Null,
+        -32700,
+    );
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":900,"method":"tools/call","params":{{"name":"ping","arguments":{{"message":{}1{}}}}}}}"#,
+        "[".repeat(129),
+        "]".repeat(129)
+    );
+    answer(&mut c, &deep, Value::Null, -32700);
+    answer(
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":901,"method":"tools/call","params":5}"#,
+        json!(901),
+        -32602,
+    );
+    answer(
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":902,"method":"tools/call","params":{"name":7}}"#,
+        json!(902),
+        -32602,
+    );
+    assert_eq!(
+        c.call("ping", json!({"message": "still here"}))["structuredContent"]["message"],
+        "still here"
+    );
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// Issue #6: a second request with the id of one still running took over its id in
+/// rmcp, and one of the two replies was lost.
+fn reused_id(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = SLOW_TOOL.replace("pg_sleep(30)", "pg_sleep(120)");
+    std::fs::write(dir.path().join("slow.yaml"), slow).unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let slow_call = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "slow", "arguments": {}}});
+    c.send(slow_call);
+    c.send(json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}));
+    let r = c
+        .wait_reply(&json!(500), Duration::from_secs(10))
+        .expect("the second request with id 500 is answered");
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("500"),
+        "{r}"
+    );
+    // Once the first is cancelled, its id may be used again.
+    c.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 500}}));
+    c.send(json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}));
+    let r = c
+        .wait_reply(&json!(500), Duration::from_secs(10))
+        .expect("a reply after the cancel");
+    assert_eq!(r["result"]["structuredContent"]["message"], "pong", "{r}");
+}
+
+/// Issue #6: an 8 MB bad argument was quoted back whole, twice (text and structured).
+fn errors_cap_echoed_values(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let huge = "x".repeat(8 << 20);
+    let r = c.call("list_nodes", json!({"limit": huge}));
+    let size = r.to_string().len();
+    assert!(size < 4096, "the error result is {size} bytes");
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("INVALID_ARGUMENT") && text.contains("(8388608 bytes)"),
+        "{text}"
+    );
+    assert!(
+        r["structuredContent"]["error"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("is not of type"),
+        "{r}"
+    );
+    let r = c.request("tools/call", json!({"name": huge, "arguments": {}}));
+    assert_eq!(r["error"]["code"], -32602);
+    let size = r.to_string().len();
+    assert!(size < 4096, "the unknown-tool error is {size} bytes");
+    assert_eq!(c.call("ping", json!({}))["isError"], false);
+}
+
 const EXTRA_TOOL: &str = "name: hello\ndescription: Says hello from an operator's folder.\nsafety: read_only\nqueries:\n  - name: greeting\n    shape: value\n    sql: SELECT 'hello'::text\nexamples:\n  - args: {}\n";
 
 fn hot_reload(ctx: &Ctx) {
@@ -274,6 +393,26 @@ fn hot_reload(ctx: &Ctx) {
         "bonjour"
     );
 
+    // Restore the same good text: the error is gone (issue #6: it stayed forever).
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        EXTRA_TOOL.replace("'hello'", "'bonjour'"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.call("server_info", json!({}));
+        if info["structuredContent"]["spec_errors"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixed file's error is still reported: {}",
+            info["structuredContent"]["spec_errors"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Remove it: the tool goes away.
     std::fs::remove_file(dir.path().join("hello.yaml")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -289,6 +428,85 @@ fn hot_reload(ctx: &Ctx) {
             .is_some()
     );
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// server_info's `config_warnings`, polled until `done` accepts them.
+fn wait_config_warnings(c: &mut McpClient, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.call("server_info", json!({}));
+        let warnings = info["structuredContent"]["config_warnings"].to_string();
+        if done(&warnings) {
+            return warnings;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "config_warnings never settled: {warnings}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the server's log contains `needle`.
+fn wait_stderr(c: &McpClient, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.stderr_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never mentioned {needle}:\n{}",
+            c.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue #6: a misspelt disabled tool and a worker DSN for no node were silent.
+fn config_warnings(ctx: &Ctx) {
+    let mut c = client(
+        ctx,
+        &[
+            "--disabled-tools",
+            "ping,nope_tool",
+            "--worker-dsns",
+            "host=127.0.0.1 port=9701 dbname=x,host=wrong.example port=9999 dbname=x",
+        ],
+        &[],
+    );
+    assert!(!tool_names(&mut c).contains(&"ping".to_string()));
+    wait_stderr(&c, "`nope_tool`");
+    wait_stderr(&c, "wrong.example:9999");
+    let warnings = wait_config_warnings(&mut c, |w| w.contains("wrong.example"));
+    assert!(
+        warnings.contains("disabled_tools: no tool or prompt is named `nope_tool`"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("`wrong.example:9999/x`"), "{warnings}");
+    if ctx.is_fixture() {
+        assert!(!warnings.contains("`127.0.0.1:9701/x`"), "{warnings}");
+    }
+}
+
+/// Issue #6: a tools_dirs folder that did not exist at startup was never watched.
+fn missing_tools_dir(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("later").join("tools");
+    let mut c = client(ctx, &["--tools-dirs", tools.to_str().unwrap()], &[]);
+    wait_stderr(&c, "does not exist");
+    let warnings = wait_config_warnings(&mut c, |w| w != "[]");
+    assert!(warnings.contains("later/tools"), "{warnings}");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(tools.join("hello.yaml"), EXTRA_TOOL).unwrap();
+    assert!(
+        c.wait_notification("notifications/tools/list_changed", Duration::from_secs(10))
+            .is_some(),
+        "no list_changed after creating the folder; log:\n{}",
+        c.stderr_text()
+    );
+    assert_eq!(
+        c.call("hello", json!({}))["structuredContent"]["greeting"],
+        "hello"
+    );
+    wait_config_warnings(&mut c, |w| w == "[]");
 }
 
 fn secrets_never_leak(ctx: &Ctx) {
@@ -442,6 +660,14 @@ fn invalid_config(_: &Ctx) {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`mode`") && err.contains("c.yaml"), "{err}");
+    std::fs::write(&file, "max_rows: 10\nmax_rows: 20\n").unwrap();
+    let out = bin()
+        .args(["tools", "list", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("duplicate key `max_rows`"), "{err}");
 }
 
 fn lint_cli(_: &Ctx) {

@@ -112,7 +112,7 @@ fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &
         &Sources {
             tools: vec![builtin_tools(), extra],
             prompts: vec![],
-            problems: vec![],
+            ..Default::default()
         },
         None,
         &[],

@@ -22,7 +22,7 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
         &Sources {
             tools: vec![builtin_tools()],
             prompts: vec![builtin_prompts()],
-            problems: vec![],
+            ..Default::default()
         },
         None,
         &[],
@@ -44,7 +44,7 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
             let title = ex.title.clone().unwrap_or_default();
             out.push(Trial::test(format!("examples::{name}::{i} {title}"), move || {
                 let engine = Engine::new(
-                    Registry::build(&Sources { tools: vec![builtin_tools()], prompts: vec![], problems: vec![] }, None, &[], citus_mcp::plugins::NAMES),
+                    Registry::build(&Sources { tools: vec![builtin_tools()], prompts: vec![], ..Default::default() }, None, &[], citus_mcp::plugins::NAMES),
                     Some(ctx.pool(&ctx.dsn())),
                     Settings { enable_caching: false, ..Settings::default() },
                 )
@@ -108,7 +108,7 @@ pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
             &Sources {
                 tools: vec![vec![file]],
                 prompts: vec![],
-                problems: vec![],
+                ..Default::default()
             },
             None,
             &[],

@@ -134,11 +134,24 @@ impl McpClient {
         })
     }
 
+    /// Writes one raw line (it need not be JSON).
+    pub fn send_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to the server");
+        self.stdin.flush().expect("flush");
+    }
+
     pub fn wait_response(&mut self, id: u64, timeout: Duration) -> Option<Value> {
+        self.wait_reply(&json!(id), timeout)
+    }
+
+    /// Waits for the reply with this id (`null` for replies to unreadable lines).
+    pub fn wait_reply(&mut self, id: &Value, timeout: Duration) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.next(deadline)?;
-            if v.get("id") == Some(&json!(id)) {
+            if v.get("id") == Some(id) {
                 return Some(v);
             }
             if v.get("id").is_none() {

@@ -1,0 +1,578 @@
+//! The stdio transport: every request line gets exactly one answer, and stdout has
+//! exactly one writer.
+//!
+//! rmcp's own stdio transport drops lines it cannot read (invalid JSON, JSON nested
+//! past serde_json's limit of 128 levels) without a reply, answers a known method
+//! with parameters of the wrong type as an unknown method, and lets a second request
+//! with the id of one still running take over that id. A client waiting for any of
+//! those replies hangs. [`start`] reads the lines itself: it answers what rmcp would
+//! mishandle (-32700 parse error, -32600 invalid request, -32602 invalid params)
+//! and hands every well-formed message, already parsed, to rmcp through
+//! [`LineTransport`].
+//!
+//! Both rmcp's messages and those answers go through one writer task, a line at a
+//! time, so lines never interleave. It deliberately does not interpret anything
+//! rmcp handles correctly: it knows message shapes, not MCP semantics.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use rmcp::RoleServer;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode, JsonRpcMessage, RequestId,
+    ServerJsonRpcMessage,
+};
+use rmcp::transport::Transport;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::echo;
+
+/// The longest line read, as rmcp's own limit: a longer one is answered with -32600
+/// and skipped, rather than buffered until memory runs out.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many parsed messages wait for rmcp before the reader stops reading.
+const QUEUE: usize = 64;
+
+/// Request ids sent on to rmcp and not answered yet. rmcp keys a running request by
+/// its id, so a second request with the same id would take over the first one's
+/// slot: the first one's answer cancels the second, and one reply is lost.
+type InFlight = Arc<Mutex<HashSet<RequestId>>>;
+
+/// Starts reading `read` and writing `write`; returns the transport to serve rmcp on
+/// and the tasks behind it.
+pub fn start<R, W>(read: R, write: W) -> (LineTransport, Pumps)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, lines) = mpsc::unbounded_channel();
+    let (to_rmcp, from_reader) = mpsc::channel(QUEUE);
+    let in_flight = InFlight::default();
+    let reader = tokio::spawn(read_loop(
+        BufReader::new(read),
+        to_rmcp,
+        out.clone(),
+        in_flight.clone(),
+    ));
+    let writer = tokio::spawn(write_loop(write, lines));
+    let transport = LineTransport {
+        messages: from_reader,
+        out: Some(out),
+        in_flight,
+    };
+    (transport, Pumps { reader, writer })
+}
+
+/// The reader and writer tasks.
+pub struct Pumps {
+    reader: JoinHandle<()>,
+    writer: JoinHandle<std::io::Result<()>>,
+}
+
+impl Pumps {
+    /// Stops reading and waits until every queued line is written. Call it after
+    /// the rmcp service has ended (and so closed its [`LineTransport`]).
+    pub async fn finish(self) -> std::io::Result<()> {
+        self.reader.abort();
+        // The reader holds a sender of the writer's queue; once it and the transport
+        // are gone, the writer drains the queue and ends.
+        let _ = self.reader.await;
+        match self.writer.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// What rmcp serves on: parsed messages in, serialized lines out.
+pub struct LineTransport {
+    messages: mpsc::Receiver<ClientJsonRpcMessage>,
+    /// None once closed.
+    out: Option<mpsc::UnboundedSender<String>>,
+    in_flight: InFlight,
+}
+
+impl Transport<RoleServer> for LineTransport {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: ServerJsonRpcMessage,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let id = match &item {
+            JsonRpcMessage::Response(r) => Some(&r.id),
+            JsonRpcMessage::Error(e) => e.id.as_ref(),
+            _ => None,
+        };
+        if let Some(id) = id {
+            lock(&self.in_flight).remove(id);
+        }
+        // Queued now, not when the future runs, so lines leave in the order rmcp sent
+        // them.
+        let result = match (serde_json::to_string(&item), &self.out) {
+            (Ok(mut line), Some(out)) => {
+                line.push('\n');
+                out.send(line).map_err(|_| closed("stdout is closed"))
+            }
+            (Ok(_), None) => Err(closed("the transport is closed")),
+            (Err(e), _) => Err(std::io::Error::other(e)),
+        };
+        std::future::ready(result)
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<ClientJsonRpcMessage>> + Send {
+        // A channel receive is cancel-safe: rmcp polls this inside a select!.
+        self.messages.recv()
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.out = None;
+        self.messages.close();
+        Ok(())
+    }
+}
+
+fn closed(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, what.to_string())
+}
+
+fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<RequestId>> {
+    // The set stays consistent even if a holder panicked: every update is one call.
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut lines: mpsc::UnboundedReceiver<String>,
+) -> std::io::Result<()> {
+    while let Some(line) = lines.recv().await {
+        write.write_all(line.as_bytes()).await?;
+        // Flush once the queue is empty: no delay for a lone reply, fewer writes in a burst.
+        if lines.is_empty() {
+            write.flush().await?;
+        }
+    }
+    write.flush().await
+}
+
+async fn read_loop<R: AsyncBufRead + Unpin>(
+    mut read: R,
+    to_rmcp: mpsc::Sender<ClientJsonRpcMessage>,
+    out: mpsc::UnboundedSender<String>,
+    in_flight: InFlight,
+) {
+    let mut line = Vec::new();
+    loop {
+        let verdict = match read_line(&mut read, &mut line).await {
+            LineRead::Line => classify(&line, &in_flight),
+            LineRead::TooLong(bytes) => Verdict::Reply(error_line(
+                None,
+                ErrorCode::INVALID_REQUEST,
+                format!("message too large: {bytes} bytes, the limit is {MAX_LINE_BYTES}"),
+            )),
+            LineRead::Eof => break,
+            LineRead::Failed(e) => {
+                tracing::error!("cannot read stdin: {e}");
+                break;
+            }
+        };
+        line.clear();
+        match verdict {
+            Verdict::Forward(message) => {
+                if to_rmcp.send(message).await.is_err() {
+                    break;
+                }
+            }
+            Verdict::Reply(reply) => {
+                if out.send(reply).is_err() {
+                    break;
+                }
+            }
+            Verdict::Ignore => {}
+        }
+    }
+}
+
+enum LineRead {
+    /// A line is in the buffer (with its newline, unless the input ended without one).
+    Line,
+    /// A line longer than [`MAX_LINE_BYTES`] was skipped.
+    TooLong(usize),
+    Eof,
+    Failed(std::io::Error),
+}
+
+/// Reads one line into `buf` without letting it grow past [`MAX_LINE_BYTES`].
+async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R, buf: &mut Vec<u8>) -> LineRead {
+    let mut skipped = 0usize;
+    loop {
+        let available = match read.fill_buf().await {
+            Ok(a) => a,
+            Err(e) => return LineRead::Failed(e),
+        };
+        if available.is_empty() {
+            // A last line without a newline is still a line.
+            return match (skipped, buf.is_empty()) {
+                (0, true) => LineRead::Eof,
+                (0, false) => LineRead::Line,
+                (n, _) => LineRead::TooLong(n),
+            };
+        }
+        let newline = available.iter().position(|b| *b == b'\n');
+        let take = newline.map_or(available.len(), |i| i + 1);
+        if skipped > 0 || buf.len() + take > MAX_LINE_BYTES {
+            skipped += buf.len() + take;
+            buf.clear();
+        } else {
+            buf.extend_from_slice(&available[..take]);
+        }
+        read.consume(take);
+        if newline.is_some() {
+            return match skipped {
+                0 => LineRead::Line,
+                n => LineRead::TooLong(n),
+            };
+        }
+    }
+}
+
+/// What to do with one line.
+// One verdict exists at a time; boxing the message would only add an allocation per line.
+#[allow(clippy::large_enum_variant)]
+enum Verdict {
+    Forward(ClientJsonRpcMessage),
+    Reply(String),
+    Ignore,
+}
+
+/// Parses one line and decides: hand it to rmcp, answer it here, or drop it (blank
+/// lines, and notifications, which JSON-RPC never answers).
+fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Verdict::Ignore;
+    }
+    match serde_json::from_slice::<ClientJsonRpcMessage>(line) {
+        Ok(JsonRpcMessage::Request(req)) => {
+            if let ClientRequest::CustomRequest(custom) = &req.request
+                && let Some(problem) = params_problem(&custom.method, custom.params.clone())
+            {
+                return Verdict::Reply(error_line(
+                    Some(&req.id),
+                    ErrorCode::INVALID_PARAMS,
+                    format!("invalid params for {}: {problem}", custom.method),
+                ));
+            }
+            if !lock(in_flight).insert(req.id.clone()) {
+                return Verdict::Reply(error_line(
+                    Some(&req.id),
+                    ErrorCode::INVALID_REQUEST,
+                    format!(
+                        "request id {} is already used by a request in progress; this request was not run (use a new id)",
+                        req.id
+                    ),
+                ));
+            }
+            Verdict::Forward(JsonRpcMessage::Request(req))
+        }
+        Ok(JsonRpcMessage::Notification(n)) => {
+            // rmcp forgets a cancelled request, and sends no reply for it.
+            if let ClientNotification::CancelledNotification(c) = &n.notification
+                && let Some(id) = &c.params.request_id
+            {
+                lock(in_flight).remove(id);
+            }
+            Verdict::Forward(JsonRpcMessage::Notification(n))
+        }
+        Ok(message) => Verdict::Forward(message),
+        Err(e) => match serde_json::from_slice::<Value>(line) {
+            // Not JSON at all, or nested deeper than serde_json reads: no id can be known.
+            Err(e) => Verdict::Reply(error_line(
+                None,
+                ErrorCode::PARSE_ERROR,
+                format!("parse error: {e}"),
+            )),
+            Ok(v) => {
+                let id = v.get("id").and_then(request_id);
+                if id.is_none() && v.get("method").is_some_and(Value::is_string) {
+                    tracing::debug!(
+                        "ignoring an unreadable notification: {}",
+                        echo::cap(&e.to_string())
+                    );
+                    return Verdict::Ignore;
+                }
+                let method = v.get("method").and_then(Value::as_str);
+                if let (Some(id), Some(method), Some("2.0")) =
+                    (&id, method, v.get("jsonrpc").and_then(Value::as_str))
+                    && let Some(problem) = params_problem(method, v.get("params").cloned())
+                {
+                    return Verdict::Reply(error_line(
+                        Some(id),
+                        ErrorCode::INVALID_PARAMS,
+                        format!("invalid params for {method}: {problem}"),
+                    ));
+                }
+                let what = if v.is_array() {
+                    "batches are not supported; send one message per line".to_string()
+                } else {
+                    format!("not a JSON-RPC 2.0 message: {e}")
+                };
+                Verdict::Reply(error_line(id.as_ref(), ErrorCode::INVALID_REQUEST, what))
+            }
+        },
+    }
+}
+
+/// A JSON-RPC id, if `v` is one (a string or an integer).
+fn request_id(v: &Value) -> Option<RequestId> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// One error reply, as a line. Written by hand rather than through rmcp's types so
+/// that an unknown id is sent as `"id": null`, as JSON-RPC 2.0 requires.
+fn error_line(id: Option<&RequestId>, code: ErrorCode, message: String) -> String {
+    let message = echo::cap(&message);
+    let mut line = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code.0, "message": message},
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// Why `params` do not fit `method`, if it is a method rmcp knows. rmcp reads a known
+/// method whose params do not fit as a custom request, which it then answers as an
+/// unknown method (-32601); this tells the client what is actually wrong.
+#[allow(deprecated)] // logging and resources/subscribe are deprecated, but legacy clients still send them
+fn params_problem(method: &str, params: Option<Value>) -> Option<String> {
+    use rmcp::model::*;
+    let body = match params {
+        Some(p) => json!({"method": method, "params": p}),
+        None => json!({"method": method}),
+    };
+    macro_rules! check {
+        ($($method:ty => $request:ty),* $(,)?) => {
+            $(
+                if method == <$method as ConstString>::VALUE {
+                    // serde would say "expected struct WithMeta", which helps nobody.
+                    if body.get("params").is_some_and(|p| !p.is_object()) {
+                        return Some("params must be a JSON object".into());
+                    }
+                    return serde_json::from_value::<$request>(body).err().map(|e| e.to_string());
+                }
+            )*
+        };
+    }
+    check! {
+        PingRequestMethod => PingRequest,
+        InitializeResultMethod => InitializeRequest,
+        DiscoverRequestMethod => DiscoverRequest,
+        CompleteRequestMethod => CompleteRequest,
+        SetLevelRequestMethod => SetLevelRequest,
+        GetPromptRequestMethod => GetPromptRequest,
+        ListPromptsRequestMethod => ListPromptsRequest,
+        ListResourcesRequestMethod => ListResourcesRequest,
+        ListResourceTemplatesRequestMethod => ListResourceTemplatesRequest,
+        ReadResourceRequestMethod => ReadResourceRequest,
+        SubscriptionsListenRequestMethod => SubscriptionsListenRequest,
+        SubscribeRequestMethod => SubscribeRequest,
+        UnsubscribeRequestMethod => UnsubscribeRequest,
+        CallToolRequestMethod => CallToolRequest,
+        ListToolsRequestMethod => ListToolsRequest,
+        GetTaskMethod => GetTaskRequest,
+        UpdateTaskMethod => UpdateTaskRequest,
+        CancelTaskMethod => CancelTaskRequest,
+        ListSkillsRequestMethod => ListSkillsRequest,
+        GetSkillRequestMethod => GetSkillRequest,
+        ReadResourceDirectoryRequestMethod => ReadResourceDirectoryRequest,
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::engine::{Engine, Settings};
+    use crate::registry::{Registry, Sources};
+    use crate::server::Server;
+
+    /// A server without a database on one end of a pipe; the test is the client.
+    struct Client {
+        write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+    }
+
+    impl Client {
+        async fn start() -> Client {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let (read, write) = tokio::io::split(server);
+            let (transport, pumps) = start(read, write);
+            let registry = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+            let engine = Arc::new(
+                Engine::new(registry, None, Settings::default())
+                    .with_plugins(crate::plugins::all()),
+            );
+            let (changes, _) = tokio::sync::broadcast::channel(4);
+            tokio::spawn(async move {
+                use rmcp::ServiceExt as _;
+                if let Ok(service) = Server::new(engine, changes).serve(transport).await {
+                    let _ = service.waiting().await;
+                }
+                let _ = pumps.finish().await;
+            });
+            let (read, write) = tokio::io::split(client);
+            let mut c = Client {
+                write,
+                lines: BufReader::new(read).lines(),
+            };
+            let init = c
+                .ask(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#)
+                .await;
+            assert!(init["result"].is_object(), "{init}");
+            c.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .await;
+            c
+        }
+
+        async fn send(&mut self, line: &str) {
+            self.write.write_all(line.as_bytes()).await.unwrap();
+            self.write.write_all(b"\n").await.unwrap();
+        }
+
+        /// Sends a line and returns the next line the server writes.
+        async fn ask(&mut self, line: &str) -> Value {
+            self.send(line).await;
+            let reply = self.lines.next_line().await.unwrap().expect("a reply");
+            serde_json::from_str(&reply).unwrap()
+        }
+    }
+
+    fn assert_error(reply: &Value, id: Value, code: i32) {
+        assert_eq!(reply["jsonrpc"], "2.0", "{reply}");
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
+
+    #[tokio::test]
+    async fn every_line_gets_one_answer_and_the_server_keeps_serving() {
+        let mut c = Client::start().await;
+        let r = c.ask("{not json").await;
+        assert_error(&r, Value::Null, -32700);
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"ping","params":{{"x":{}{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_error(&c.ask(&deep).await, Value::Null, -32700);
+        let r = c
+            .ask(r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":5}"#)
+            .await;
+        assert_error(&r, json!(6), -32602);
+        let r = c
+            .ask(r#"{"jsonrpc":"2.0","id":"seven","method":"tools/call","params":{"name":7}}"#)
+            .await;
+        assert_error(&r, json!("seven"), -32602);
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call"),
+            "{r}"
+        );
+        assert_error(&c.ask("5").await, Value::Null, -32600);
+        assert_error(
+            &c.ask(r#"[{"jsonrpc":"2.0","id":8,"method":"ping"}]"#).await,
+            Value::Null,
+            -32600,
+        );
+        assert_error(
+            &c.ask(r#"{"jsonrpc":"1.0","id":9,"method":"ping"}"#).await,
+            json!(9),
+            -32600,
+        );
+        // An unknown method is rmcp's to answer, and it does.
+        assert_error(
+            &c.ask(r#"{"jsonrpc":"2.0","id":10,"method":"no/such"}"#)
+                .await,
+            json!(10),
+            -32601,
+        );
+        // Blank lines and unreadable notifications get no answer; the next request does.
+        c.send("").await;
+        c.send(r#"{"method":"notifications/whatever"}"#).await;
+        let r = c
+            .ask(r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"ping","arguments":{}}}"#)
+            .await;
+        assert_eq!(r["id"], 11, "{r}");
+        assert_eq!(r["result"]["structuredContent"]["message"], "pong", "{r}");
+    }
+
+    #[test]
+    fn a_reused_id_is_refused_while_its_request_runs() {
+        let in_flight = InFlight::default();
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
+        let Verdict::Reply(reply) = classify(call, &in_flight) else {
+            panic!("a duplicate id was forwarded");
+        };
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_error(&reply, json!(1), -32600);
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already used"),
+            "{reply}"
+        );
+        // Once cancelled (rmcp sends no reply then), the id is free again.
+        let cancel =
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#;
+        assert!(matches!(classify(cancel, &in_flight), Verdict::Forward(_)));
+        assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
+    }
+
+    #[tokio::test]
+    async fn answered_ids_are_free_again_and_long_lines_are_refused() {
+        let in_flight = InFlight::default();
+        let (read, _keep) = tokio::io::duplex(64);
+        let (transport, _pumps) = start(read, tokio::io::sink());
+        let mut transport = LineTransport {
+            in_flight: in_flight.clone(),
+            ..transport
+        };
+        let call = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+        assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
+        let reply = ServerJsonRpcMessage::response(
+            rmcp::model::ServerResult::empty(()),
+            RequestId::Number(2),
+        );
+        transport.send(reply).await.unwrap();
+        assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
+
+        let mut long = std::io::Cursor::new(vec![b'x'; MAX_LINE_BYTES + 10]);
+        long.get_mut().extend_from_slice(b"\n{}\n");
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line(&mut long, &mut buf).await,
+            LineRead::TooLong(n) if n == MAX_LINE_BYTES + 11
+        ));
+        assert!(matches!(
+            read_line(&mut long, &mut buf).await,
+            LineRead::Line
+        ));
+        assert_eq!(buf, b"{}\n");
+    }
+}
