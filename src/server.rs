@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::compile::CompiledTool;
 use crate::echo;
-use crate::engine::{CompletionRef, Engine, ErrorCode, ToolError};
+use crate::engine::{Caller, CallerFuture, CompletionRef, Engine, ErrorCode, ToolError};
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -32,6 +32,41 @@ pub enum Change {
     Tools,
     Prompts,
     Resources,
+}
+
+/// The client of one tool call, as the engine sees it.
+struct McpCaller {
+    peer: rmcp::Peer<RoleServer>,
+    progress: Option<rmcp::model::ProgressToken>,
+}
+
+impl Caller for McpCaller {
+    fn progress<'a>(
+        &'a self,
+        done: f64,
+        total: Option<f64>,
+        message: &'a str,
+    ) -> CallerFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(token) = self.progress.clone() else {
+                return;
+            };
+            let mut p =
+                rmcp::model::ProgressNotificationParam::new(token, done).with_message(message);
+            if let Some(t) = total {
+                p = p.with_total(t);
+            }
+            // A client that went away gets no progress; the call itself notices.
+            if let Err(e) = self.peer.notify_progress(p).await {
+                tracing::debug!("progress not delivered: {e}");
+            }
+        })
+    }
+
+    fn confirm<'a>(&'a self, _message: &'a str) -> CallerFuture<'a, Option<bool>> {
+        // Elicitation comes with the approval flow (issue 7); until then nobody is asked.
+        Box::pin(async { None })
+    }
 }
 
 /// The handler; cheap to clone, one per session.
@@ -160,9 +195,13 @@ impl ServerHandler for Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = req.arguments.map(Value::Object).unwrap_or(Value::Null);
+        let caller = McpCaller {
+            peer: ctx.peer.clone(),
+            progress: ctx.meta.get_progress_token(),
+        };
         match self
             .engine
-            .call(&req.name, args, &ctx.ct)
+            .call_as(&req.name, args, &ctx.ct, &caller)
             .await
             .map_err(ToolError::capped)
         {

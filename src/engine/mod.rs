@@ -4,6 +4,7 @@
 //! The engine holds the current registry snapshot (swapped whole by the watcher) and
 //! the database. It returns [`ToolOutput`] or [`ToolError`]; it knows nothing about MCP.
 
+mod caller;
 mod complete;
 mod error;
 pub mod plugin;
@@ -17,6 +18,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
 pub use plugin::{Plugin, PluginCall, PluginFuture, Plugins};
@@ -142,12 +144,23 @@ impl Engine {
             .collect()
     }
 
-    /// Runs a tool by name.
+    /// Runs a tool by name for a caller that takes no progress and has nobody to ask.
     pub async fn call(
         &self,
         name: &str,
         args: Value,
         cancel: &CancellationToken,
+    ) -> Result<ToolOutput, ToolError> {
+        self.call_as(name, args, cancel, &NoCaller).await
+    }
+
+    /// Runs a tool by name on behalf of `caller` (progress, confirmation, identity).
+    pub async fn call_as(
+        &self,
+        name: &str,
+        args: Value,
+        cancel: &CancellationToken,
+        caller: &dyn Caller,
     ) -> Result<ToolOutput, ToolError> {
         let registry = self.registry();
         let tool = registry.tools.get(name).cloned().ok_or_else(|| {
@@ -198,6 +211,7 @@ impl Engine {
                 tool: &tool,
                 args: &args,
                 cancel,
+                caller,
                 limits: self.settings.limits(&tool.spec.limits),
             };
             return plugin.call(call).await;

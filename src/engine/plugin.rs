@@ -12,7 +12,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{CallLimits, Engine, ErrorCode, ToolError, ToolOutput, not_configured, render_error};
+use super::{
+    CallLimits, Caller, Engine, ErrorCode, ToolError, ToolOutput, not_configured, render_error,
+};
 use crate::compile::CompiledTool;
 use crate::db::{AfterCall, Db, Rows, Statement};
 use crate::spec::Shape;
@@ -36,6 +38,8 @@ pub struct PluginCall<'a> {
     pub tool: &'a CompiledTool,
     pub args: &'a Map<String, Value>,
     pub cancel: &'a CancellationToken,
+    /// Who made the call: progress, confirmation by a person, identity.
+    pub caller: &'a dyn Caller,
     /// The tool's limits under the server's ceilings.
     pub limits: CallLimits,
 }
