@@ -365,6 +365,22 @@ fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
     });
 }
 
+/// Logs, once the coordinator answers, whether the role citus-mcp connects as can do
+/// more than a read-only server needs (also in `server_info`).
+fn warn_about_role(engine: Arc<Engine>) {
+    tokio::spawn(async move {
+        let Some(db) = engine.db() else { return };
+        match db.facts().await {
+            Ok(facts) => {
+                for w in facts.role_warnings() {
+                    tracing::warn!("{w}");
+                }
+            }
+            Err(e) => tracing::debug!("role not checked: {e}"),
+        }
+    });
+}
+
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let engine = engine(&config)?;
     let (changes, _) = tokio::sync::broadcast::channel(16);
@@ -381,6 +397,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .watch()
         .context("cannot start watching the tool folders")?;
     check_worker_dsns(&config, engine.clone(), checker);
+    warn_about_role(engine.clone());
     match engine.db() {
         Some(db) => {
             tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")

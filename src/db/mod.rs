@@ -118,9 +118,32 @@ pub struct ServerFacts {
     pub citus_extension: Option<String>,
     /// `citus_version()` as reported, e.g. `Citus 13.2.2 on x86_64-pc-linux-gnu, ...`.
     pub citus_version: Option<String>,
+    /// The role citus-mcp connects as.
+    pub role: String,
+    pub superuser: bool,
+    /// A user table the role may change (INSERT, UPDATE, DELETE or TRUNCATE), if any.
+    pub writable_table: Option<String>,
 }
 
 impl ServerFacts {
+    /// What is wrong with the role citus-mcp connects as, for a read-only server: a
+    /// least-privilege role (README, "Least privilege") can do everything it needs.
+    pub fn role_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.superuser {
+            out.push(format!(
+                "connected as superuser `{}`: a least-privilege role is safer (README: Least privilege)",
+                self.role
+            ));
+        } else if let Some(t) = &self.writable_table {
+            out.push(format!(
+                "role `{}` can change user tables (e.g. {t}): a read-only role is safer (README: Least privilege)",
+                self.role
+            ));
+        }
+        out
+    }
+
     /// The Citus release as numbers, e.g. `[13, 2, 2]`.
     pub fn citus_release(&self) -> Option<Vec<u32>> {
         let v = self.citus_version.as_deref()?;
@@ -269,6 +292,9 @@ impl Db {
             server_version_num: row.get("server_version_num"),
             citus_extension: row.get("citus_extension"),
             citus_version,
+            role: row.get("role"),
+            superuser: row.get("superuser"),
+            writable_table: row.get("writable_table"),
         };
         *self.facts.lock().expect("facts lock") = Some((Instant::now(), facts.clone()));
         Ok(facts)

@@ -668,6 +668,9 @@ mod tests {
             server_version_num: 150020,
             citus_extension: None,
             citus_version: v.map(str::to_string),
+            role: "postgres".into(),
+            superuser: false,
+            writable_table: None,
         }
     }
 

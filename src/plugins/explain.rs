@@ -73,7 +73,16 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     } else {
         AfterCall::Reuse
     };
-    let rows = call.caller_statement(explain, 1, after).await?;
+    let kind = parsed.kind().0;
+    let rows = call
+        .caller_statement(explain, 1, after)
+        .await
+        .map_err(|e| match (&e.code, kind) {
+            (ErrorCode::PermissionDenied, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge) => e.hint(
+                "PostgreSQL checks the privileges of a write even to plan it; citus-mcp's read-only role has none: explain the SELECT part instead",
+            ),
+            _ => e,
+        })?;
     let plan = rows
         .rows
         .into_iter()

@@ -95,6 +95,9 @@ async fn server_info(engine: &Engine) -> Value {
                 "citus": f.citus_version.is_some(),
                 "citus_version": f.citus_version,
                 "citus_extension_version": f.citus_extension,
+                "role": f.role,
+                "superuser": f.superuser,
+                "role_warnings": f.role_warnings(),
                 "capabilities": capabilities(engine, &f),
             }),
             Err(e) => {

@@ -45,7 +45,8 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
             out.push(Trial::test(format!("examples::{name}::{i} {title}"), move || {
                 let engine = Engine::new(
                     Registry::build(&Sources { tools: vec![builtin_tools()], prompts: vec![], ..Default::default() }, None, &[], citus_mcp::plugins::NAMES),
-                    Some(ctx.pool(&ctx.dsn())),
+                    // Read-only tools run as the least-privilege role of README's recipe.
+                    Some(ctx.reader_pool()),
                     Settings { enable_caching: false, ..Settings::default() },
                 )
                 .with_plugins(citus_mcp::plugins::all());

@@ -29,6 +29,7 @@ pub use pg::{DbKind, TestDatabase};
 /// What every trial shares: the database (started once) and a runtime.
 pub struct Ctx {
     db: OnceLock<Result<TestDatabase, String>>,
+    reader: OnceLock<()>,
     pub rt: tokio::runtime::Runtime,
 }
 
@@ -57,6 +58,27 @@ impl Ctx {
         self.pool_named(dsn, "citus-mcp-tests")
     }
 
+    /// A pool that connects as the least-privilege role of README's recipe
+    /// ([`READER_ROLE`]): every read-only tool must work with it.
+    pub fn reader_pool(&self) -> Db {
+        self.reader.get_or_init(|| {
+            self.db()
+                .psql(READER_RECIPE)
+                .expect("the reader role is created");
+        });
+        let mut dsn = Dsn::parse(&self.dsn()).expect("test DSN parses");
+        dsn.config.user(READER_ROLE);
+        Db::new(DbConfig {
+            dsn,
+            worker_dsns: vec![],
+            connect_timeout: Duration::from_secs(10),
+            pool_size: 4,
+            application_name: "citus-mcp-reader".into(),
+            timeout_ceiling: Duration::from_secs(60),
+        })
+        .expect("pool builds")
+    }
+
     /// A pool whose connections carry `application_name`, so a test can find them.
     pub fn pool_named(&self, dsn: &str, application_name: &str) -> Db {
         let mut dsn = Dsn::parse(dsn).expect("test DSN parses");
@@ -72,6 +94,19 @@ impl Ctx {
         .expect("pool builds")
     }
 }
+
+/// The login role README's "Least privilege" recipe creates.
+pub const READER_ROLE: &str = "citus_mcp_reader";
+
+/// README's recipe, as the tests apply it (idempotent; no password: the test servers
+/// trust local connections).
+const READER_RECIPE: &str = "DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'citus_mcp_reader') THEN
+    CREATE ROLE citus_mcp_reader LOGIN;
+  END IF;
+END $$;
+GRANT pg_monitor, pg_read_all_data TO citus_mcp_reader;
+ALTER ROLE citus_mcp_reader SET default_transaction_read_only = on;";
 
 /// A trial that needs the shared context.
 pub fn trial(ctx: &Arc<Ctx>, name: impl Into<String>, f: fn(&Ctx)) -> Trial {
@@ -91,6 +126,7 @@ fn main() {
         .expect("runtime");
     let ctx = Arc::new(Ctx {
         db: OnceLock::new(),
+        reader: OnceLock::new(),
         rt,
     });
     let mut trials = Vec::new();

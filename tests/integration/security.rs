@@ -27,6 +27,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "security::server_info_warns_about_roles_that_can_write",
+            role_warnings,
+        ),
+        trial(
+            ctx,
             "security::fan_out_writes_are_refused_on_every_node",
             fan_out_writes_are_refused,
         ),
@@ -427,6 +432,41 @@ fn fan_out_writes_are_refused(ctx: &Ctx) {
             canary.assert_unchanged(ctx, &what);
         }
     }
+}
+
+fn role_warnings(ctx: &Ctx) {
+    let info = |db| {
+        let e = Engine::new(
+            Registry::build(
+                &Sources {
+                    tools: vec![builtin_tools()],
+                    ..Default::default()
+                },
+                None,
+                &[],
+                citus_mcp::plugins::NAMES,
+            ),
+            Some(db),
+            Settings::default(),
+        )
+        .with_plugins(citus_mcp::plugins::all());
+        call(ctx, &e, "server_info", json!({})).unwrap().structured["cluster"].clone()
+    };
+    let reader = info(ctx.reader_pool());
+    assert_eq!(reader["role"], crate::READER_ROLE, "{reader}");
+    assert_eq!(reader["superuser"], false, "{reader}");
+    assert_eq!(reader["role_warnings"], json!([]), "{reader}");
+    let owner = info(ctx.pool(&ctx.dsn()));
+    let warnings = owner["role_warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("superuser") || w.contains("can change user tables"))),
+        "{owner}"
+    );
 }
 
 const CATALOG_READER: &str = r#"
