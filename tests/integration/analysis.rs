@@ -31,6 +31,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "summary::a_clone_node_is_not_reported_inactive",
+            clone_node_is_not_inactive,
+        ),
+        trial(
+            ctx,
             "fanout::config_drift_through_the_coordinator",
             drift_via_coordinator,
         ),
@@ -274,4 +279,59 @@ fn drift_direct(ctx: &Ctx) {
     } else {
         assert!(failed.is_empty(), "{out}");
     }
+}
+
+/// A Citus 13.2 clone is inactive by design (`citus_add_clone_node` sets isactive false
+/// and noderole 'unavailable'): the summary lists it as a clone, not as an inactive node.
+/// The tool's own SQL runs in a transaction that adds the clone and is rolled back, so
+/// no other test sees the extra node.
+fn clone_node_is_not_inactive(ctx: &Ctx) {
+    let registry = Registry::build(
+        &Sources {
+            tools: vec![citus_mcp::registry::builtin_tools()],
+            ..Default::default()
+        },
+        None,
+        &[],
+        citus_mcp::plugins::NAMES,
+    );
+    let tool = registry.tools.get("citus_cluster_summary").unwrap().clone();
+    let args = serde_json::Map::new();
+    let rendered = tool
+        .templates
+        .render("warnings", &Value::Object(tool.context(&args)))
+        .unwrap();
+    assert!(
+        rendered.binds.is_empty(),
+        "the warnings query takes no binds"
+    );
+    let findings: Vec<(String, String)> = ctx.rt.block_on(async {
+        let (mut client, conn) = tokio_postgres::connect(&ctx.dsn(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute(
+            "INSERT INTO pg_catalog.pg_dist_node (nodeid, groupid, nodename, nodeport, isactive, noderole, \
+             shouldhaveshards, nodeisclone, nodeprimarynodeid) \
+             SELECT max(nodeid) + 100, -1, '127.0.0.1', 9799, false, 'unavailable', false, true, 2 FROM pg_catalog.pg_dist_node",
+        )
+        .await
+        .unwrap();
+        let rows = tx.query(rendered.sql.as_str(), &[]).await.unwrap();
+        tx.rollback().await.unwrap();
+        rows.iter().map(|r| (r.get::<_, String>("code"), r.get::<_, String>("message"))).collect()
+    });
+    assert!(
+        findings
+            .iter()
+            .any(|(code, m)| code == "CLONE_NODE" && m.contains("9799")),
+        "{findings:?}"
+    );
+    assert!(
+        !findings
+            .iter()
+            .any(|(code, m)| code == "NODE_INACTIVE" && m.contains("9799")),
+        "{findings:?}"
+    );
 }
