@@ -410,14 +410,23 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     // included, and owns stdout (see citus_mcp::stdio).
     let (read, write) = rmcp::transport::stdio_pipes();
     let (transport, pumps) = citus_mcp::stdio::start(read, write);
-    let service = Server::new(engine, changes)
+    let service = Server::new(engine.clone(), changes)
         .serve(transport)
         .await
         .context("MCP initialization failed")?;
-    service
-        .waiting()
-        .await
-        .context("MCP session ended with an error")?;
+    let ended = service.waiting().await;
+    // The client is gone: calls still in flight will never be answered, so their
+    // statements are cancelled on every node before the process exits.
+    if let Some(db) = engine.db() {
+        let cancel = db.cancel_running();
+        if tokio::time::timeout(std::time::Duration::from_secs(3), cancel)
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not cancel the statements in flight within 3 s");
+        }
+    }
+    ended.context("MCP session ended with an error")?;
     pumps.finish().await.context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

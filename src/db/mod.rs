@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -185,6 +185,43 @@ pub struct Db {
     config: DbConfig,
     /// Pools of direct connections to other nodes, by `host:port`.
     nodes: Mutex<std::collections::HashMap<String, std::sync::Arc<Db>>>,
+    /// The calls in flight, so that shutting down can cancel their statements.
+    running: Running,
+}
+
+/// Cancel tokens of the calls in flight, by call number.
+#[derive(Default, Clone)]
+struct Running(
+    std::sync::Arc<
+        Mutex<(
+            u64,
+            std::collections::HashMap<u64, tokio_postgres::CancelToken>,
+        )>,
+    >,
+);
+
+impl Running {
+    fn add(&self, token: tokio_postgres::CancelToken) -> u64 {
+        let mut g = self.0.lock().expect("running lock");
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, token);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().expect("running lock").1.remove(&id);
+    }
+
+    fn all(&self) -> Vec<tokio_postgres::CancelToken> {
+        self.0
+            .lock()
+            .expect("running lock")
+            .1
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 const FACTS_TTL: Duration = Duration::from_secs(60);
@@ -244,12 +281,39 @@ impl Db {
             facts: Mutex::new(None),
             config,
             nodes: Mutex::new(std::collections::HashMap::new()),
+            running: Running::default(),
         })
     }
 
     /// `host:port/db` of the coordinator, safe to print.
     pub fn target(&self) -> String {
         self.dsn.describe()
+    }
+
+    /// Cancels every statement in flight, on this pool and on the node pools: for a
+    /// server on its way out, whose calls' futures will never finish.
+    pub async fn cancel_running(&self) {
+        let nodes: Vec<std::sync::Arc<Db>> = self
+            .nodes
+            .lock()
+            .expect("node pools lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut tokens = self.running.all();
+        for n in &nodes {
+            tokens.extend(n.running.all());
+        }
+        let tls = self.tls.clone();
+        join_all(tokens.into_iter().map(|t| {
+            let tls = tls.clone();
+            async move {
+                if let Err(e) = t.cancel_query(tls).await {
+                    tracing::debug!("cancel request failed: {e}");
+                }
+            }
+        }))
+        .await;
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
@@ -332,12 +396,14 @@ impl Db {
         after: AfterCall,
     ) -> Result<Vec<Rows>, DbError> {
         let client = self.client().await?;
+        let token = client.cancel_token();
         let mut guard = CallGuard {
             client: Some(client),
-            cancel: None,
+            call: self.running.add(token.clone()),
+            running: self.running.clone(),
+            cancel: Some(token),
             tls: self.tls.clone(),
         };
-        guard.cancel = guard.client.as_ref().map(|c| c.cancel_token());
         let timeout_ms = timeout.as_millis() as u64;
         let client = guard.client.as_mut().expect("set above");
         let work = async {
@@ -439,6 +505,9 @@ impl Db {
 /// request for whatever still runs and closes the connection instead of pooling it.
 struct CallGuard {
     client: Option<deadpool_postgres::Object>,
+    /// This call's entry in the pool's list of calls in flight.
+    call: u64,
+    running: Running,
     cancel: Option<tokio_postgres::CancelToken>,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
@@ -446,6 +515,7 @@ struct CallGuard {
 impl CallGuard {
     fn finish(&mut self, after: AfterCall) {
         self.cancel = None;
+        self.running.remove(self.call);
         if let Some(client) = self.client.take() {
             if after == AfterCall::Discard {
                 drop(deadpool_postgres::Object::take(client));
@@ -462,19 +532,26 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
+            self.running.remove(self.call);
             return;
         };
         drop(deadpool_postgres::Object::take(client));
-        if let (Some(token), Ok(rt)) = (self.cancel.take(), tokio::runtime::Handle::try_current()) {
-            let tls = self.tls.clone();
-            rt.spawn(async move {
-                // Best effort: the connection is closed either way, and the server's own
-                // statement timeout ends the statement if this request is lost.
-                if let Err(e) = token.cancel_query(tls).await {
-                    tracing::debug!("cancel request failed: {e}");
-                }
-            });
-        }
+        let (Some(token), Ok(rt)) = (self.cancel.take(), tokio::runtime::Handle::try_current())
+        else {
+            self.running.remove(self.call);
+            return;
+        };
+        let (tls, running, call) = (self.tls.clone(), self.running.clone(), self.call);
+        // The call stays listed as running until its cancel request is through, so a
+        // shutdown that overtakes this task still cancels the statement.
+        rt.spawn(async move {
+            // Best effort: the connection is closed either way, and the server's own
+            // statement timeout ends the statement if this request is lost.
+            if let Err(e) = token.cancel_query(tls).await {
+                tracing::debug!("cancel request failed: {e}");
+            }
+            running.remove(call);
+        });
     }
 }
 

@@ -70,6 +70,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::a_client_that_goes_away_leaves_nothing_running",
+            vanished_client,
+        ),
+        trial(
+            ctx,
             "e2e::execute_tools_are_listed_only_in_admin_mode",
             execute_tools_hidden,
         ),
@@ -564,6 +569,40 @@ fn cancelled_request(ctx: &Ctx) {
         false,
         "the server keeps serving after a cancel"
     );
+}
+
+/// A client that goes away mid-call (stdin closed) leaves nothing running: the server
+/// cancels its in-flight statements on the way out.
+fn vanished_client(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        SLOW_TOOL
+            .replace("e2e_slow_marker", "e2e_vanish_marker")
+            .replace("pg_sleep(30)", "pg_sleep(120)"),
+    )
+    .unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_vanish_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.db().psql(count).unwrap().trim() == "0" {
+        assert!(Instant::now() < deadline, "the slow query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.close_stdin();
+    assert!(
+        c.wait_exit(Duration::from_secs(15)).is_some(),
+        "the server did not exit after its client went away"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.db().psql(count).unwrap().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the query kept running after the client went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_REQUIRED}\n";

@@ -17,7 +17,7 @@ enum Line {
 
 pub struct McpClient {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     rx: Receiver<Line>,
     next_id: u64,
     /// Notifications received so far, in order.
@@ -93,7 +93,7 @@ impl McpClient {
         });
         McpClient {
             child,
-            stdin,
+            stdin: Some(stdin),
             rx,
             next_id: 1,
             notifications: vec![],
@@ -110,9 +110,15 @@ impl McpClient {
         let mut line = msg.to_string();
         line.push('\n');
         self.stdin
+            .as_mut()
+            .expect("stdin is open")
             .write_all(line.as_bytes())
             .expect("write to the server");
-        self.stdin.flush().expect("flush");
+        self.stdin
+            .as_mut()
+            .expect("stdin is open")
+            .flush()
+            .expect("flush");
     }
 
     /// Sends a request and returns its id without waiting.
@@ -137,9 +143,15 @@ impl McpClient {
     /// Writes one raw line (it need not be JSON).
     pub fn send_line(&mut self, line: &str) {
         self.stdin
+            .as_mut()
+            .expect("stdin is open")
             .write_all(format!("{line}\n").as_bytes())
             .expect("write to the server");
-        self.stdin.flush().expect("flush");
+        self.stdin
+            .as_mut()
+            .expect("stdin is open")
+            .flush()
+            .expect("flush");
     }
 
     pub fn wait_response(&mut self, id: u64, timeout: Duration) -> Option<Value> {
@@ -187,6 +199,25 @@ impl McpClient {
                 Ok(Line::NotJson(s)) => self.garbage.push(s),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
+        }
+    }
+
+    /// Closes the server's stdin, as a client that goes away does.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the server process to exit; its status, or None past the timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
