@@ -60,8 +60,9 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 7] = [
+    let sections: [(&str, SectionFn); 8] = [
         ("overhead", overhead),
+        ("roundtrips", round_trips),
         ("startup", startup),
         ("memory", memory),
         ("reload", hot_reload),
@@ -249,6 +250,135 @@ fn overhead(b: &Bench) -> Result<Vec<Section>> {
     );
     s.note("engine = Engine::call: validation, rendering, that protocol, JSON decoding, shaping");
     Ok(vec![s])
+}
+
+/// Round trips per call, counted on the wire: citus-mcp talks to PostgreSQL through a
+/// proxy that counts each burst of bytes citus-mcp sends after PostgreSQL answered (one
+/// wait for an answer). The floor is a plain client's prepared query: one.
+fn round_trips(b: &Bench) -> Result<Vec<Section>> {
+    let mut s = Section::new(
+        "2. Round trips per call (counted by a proxy on the wire)",
+        &["call", "round trips per call", "note"],
+    );
+    b.rt.block_on(async {
+        let proxy = FlightProxy::start(&b.dsn).await?;
+        let port = Dsn::parse(&b.dsn)?
+            .config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432);
+        let dsn = Dsn::parse(
+            &b.dsn
+                .replace(&format!("port={port}"), &format!("port={}", proxy.port)),
+        )?;
+        let db = Db::new(DbConfig {
+            dsn,
+            worker_dsns: vec![],
+            connect_timeout: Duration::from_secs(10),
+            pool_size: 1,
+            application_name: "citus-mcp-bench-flights".into(),
+            timeout_ceiling: Duration::from_secs(60),
+        })?;
+        let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+        let engine =
+            Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
+        let runs = 200u64;
+        for (tool, args, note) in [
+            ("list_nodes", json!({}), "one statement"),
+            (
+                "citus_table_inspector",
+                json!({"table": "orders"}),
+                "several statements in one transaction",
+            ),
+            (
+                "citus_explain_query",
+                json!({"sql": "SELECT count(*) FROM orders"}),
+                "caller SQL: parsed per call",
+            ),
+        ] {
+            call(&engine, tool, &args).await?; // warm: connection, version facts, parses
+            let before = proxy.flights();
+            for _ in 0..runs {
+                call(&engine, tool, &args).await?;
+            }
+            let per_call = (proxy.flights() - before) as f64 / runs as f64;
+            s.row(vec![
+                tool.to_string(),
+                format!("{per_call:.2}"),
+                note.to_string(),
+            ]);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    s.note("a warm call: START TRANSACTION READ ONLY, then the call's timeouts with every Bind/Execute in one flight; the ROLLBACK is not waited for");
+    s.note(
+        "caller SQL (EXPLAIN) adds its Parse, which must come after the timeouts, and its Close",
+    );
+    Ok(vec![s])
+}
+
+/// A TCP proxy in front of PostgreSQL that counts the client's flights.
+struct FlightProxy {
+    port: u16,
+    flights: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FlightProxy {
+    async fn start(dsn: &str) -> Result<FlightProxy> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let parsed = Dsn::parse(dsn)?;
+        let host = match parsed.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => bail!("the bench database is not reached over TCP"),
+        };
+        let upstream = format!(
+            "{host}:{}",
+            parsed.config.get_ports().first().copied().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let flights = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = flights.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                // True once the server has answered since the client last sent.
+                let answered = std::sync::Arc::new(AtomicBool::new(true));
+                let (a1, a2, n) = (answered.clone(), answered, counter.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(k) = cr.read(&mut buf).await {
+                        if k == 0 || sw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        if a1.swap(false, Ordering::SeqCst) {
+                            n.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(k) = sr.read(&mut buf).await {
+                        if k == 0 || cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        a2.store(true, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Ok(FlightProxy { port, flights })
+    }
+
+    fn flights(&self) -> u64 {
+        self.flights.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 async fn overhead_case(
@@ -449,7 +579,7 @@ fn params<'a>(binds: &'a [Bind<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
 // 2. Startup, 3. memory, 4. hot reload: the binary over stdio
 
 fn startup(b: &Bench) -> Result<Vec<Section>> {
-    let mut s = Section::new("2. Startup: spawn to initialize response", TIMING);
+    let mut s = Section::new("3. Startup: spawn to initialize response", TIMING);
     let (init, list) = time_startups(b, 10, &[])?;
     s.timing("to initialize", &init, "built-in tools");
     s.timing("to first tools/list", &list, "");
@@ -491,7 +621,7 @@ fn stdio_calls() -> [(&'static str, Value); 4] {
 
 fn memory(b: &Bench) -> Result<Vec<Section>> {
     let mut mem = Section::new(
-        "3. Memory of the server process (caching off)",
+        "4. Memory of the server process (caching off)",
         &["", "VmRSS", "VmHWM", "notes"],
     );
     let mut lat = Section::new("3b. tools/call latency over stdio (same run)", TIMING);
@@ -522,7 +652,7 @@ fn memory(b: &Bench) -> Result<Vec<Section>> {
 
 fn hot_reload(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
-        "4. Hot reload: new tool file to notifications/tools/list_changed",
+        "5. Hot reload: new tool file to notifications/tools/list_changed",
         TIMING,
     );
     for (corpus, runs) in [
@@ -754,7 +884,7 @@ impl Drop for Server {
 
 fn lint(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
-        "5. citus-mcp lint <dir> (static) for many tool files",
+        "6. citus-mcp lint <dir> (static) for many tool files",
         GROWTH,
     );
     let small = [1, 10, 100, 1000].map(Corpus::Small);
@@ -923,7 +1053,7 @@ fn path_str(p: &Path) -> Result<&str> {
 
 fn bytes_per_row(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
-        "6. Bytes per result row: structuredContent (JSON) vs text",
+        "7. Bytes per result row: structuredContent (JSON) vs text",
         &[
             "",
             "rows",
@@ -1008,7 +1138,7 @@ examples:
 
 fn rows_growth(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
-        "7. Growth with result rows: SELECT g, md5(g::text) FROM generate_series(1, n)",
+        "8. Growth with result rows: SELECT g, md5(g::text) FROM generate_series(1, n)",
         GROWTH,
     );
     let roomy = Settings {
