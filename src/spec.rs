@@ -136,6 +136,12 @@ pub struct QuerySpec {
     /// later queries (through `results.<name>`).
     #[serde(default = "yes")]
     pub output: bool,
+    /// A node-health check: each row names a node (`nodeid`, `node`) and says whether it
+    /// answered (`reachable`, optionally with a `message`); the engine lists every node that
+    /// did not in the result's `node_errors` (NODE_UNREACHABLE), so numbers computed without
+    /// it never look complete.
+    #[serde(default)]
+    pub node_health: bool,
     /// For a plugin's query: template variables to render it with in lint (the plugin
     /// supplies them at run time, and runs the query only when it asks for it).
     pub example: Option<Map<String, Value>>,

@@ -111,7 +111,7 @@ impl Db {
                 let result = if r[4].as_bool() == Some(true) {
                     json_rows(text, st.max_rows)
                 } else {
-                    Err(remote_error(text))
+                    Err(remote_error(text, &node))
                 };
                 NodeResult { node, result }
             })
@@ -291,14 +291,19 @@ fn json_rows(text: &str, max_rows: usize) -> Result<Rows, DbError> {
     })
 }
 
-/// Citus reports a node's failure as text, e.g. `ERROR:  relation "x" does not exist`
-/// or a connection failure.
-fn remote_error(text: &str) -> DbError {
+/// Citus reports a node's failure as text, e.g. `ERROR:  relation "x" does not exist`,
+/// or `failed to connect to host:port` when it could not reach the node (citus_tools.c).
+/// A node the coordinator cannot reach is the same error, NODE_UNREACHABLE, as one a
+/// direct connection cannot reach.
+fn remote_error(text: &str, node: &Node) -> DbError {
     let message = text.trim().trim_start_matches("ERROR:").trim().to_string();
-    if message.contains("connection") || message.contains("could not connect") {
+    if message.contains("connection")
+        || message.contains("could not connect")
+        || message.contains("failed to connect")
+    {
         DbError::Connect {
-            target: "the node".into(),
-            reason: message,
+            target: node.name(),
+            reason: format!("the coordinator reports: {message}"),
         }
     } else if message.contains("in a read-only transaction") {
         // The node's own READ ONLY transaction refused a write: the same code as a
@@ -316,5 +321,51 @@ fn remote_error(text: &str) -> DbError {
             detail: None,
             hint: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        Node {
+            nodeid: Some(3),
+            host: "10.0.0.2".into(),
+            port: 5432,
+            is_coordinator: false,
+        }
+    }
+
+    #[test]
+    fn a_node_the_coordinator_cannot_reach_is_a_connect_error_naming_it() {
+        for text in [
+            "failed to connect to 10.0.0.2:5432",
+            "ERROR:  connection to the remote node postgres@10.0.0.2:5432 failed with the following error: Connection refused",
+            "could not connect to server",
+        ] {
+            match remote_error(text, &node()) {
+                DbError::Connect { target, reason } => {
+                    assert_eq!(target, "10.0.0.2:5432");
+                    assert!(
+                        reason.contains(text.trim_start_matches("ERROR:").trim()),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_remote_errors_keep_their_meaning() {
+        assert!(matches!(
+            remote_error("ERROR:  cannot execute INSERT in a read-only transaction", &node()),
+            DbError::Sql { sqlstate, .. } if sqlstate == "25006"
+        ));
+        assert!(matches!(
+            remote_error("ERROR:  relation \"x\" does not exist", &node()),
+            DbError::Sql { sqlstate, .. } if sqlstate == "XX000"
+        ));
     }
 }

@@ -342,6 +342,7 @@ impl Engine {
                     &mut batch,
                     &mut parts,
                     keep_results.then_some(&mut ctx),
+                    &mut node_errors,
                     db,
                     timeout,
                     cancel,
@@ -375,8 +376,16 @@ impl Engine {
                         .fan_out(set, self.settings.fanout, &st, timeout, cancel)
                         .await?;
                     let (rows, errors) = merge_nodes(results);
-                    node_errors.extend(errors);
-                    push_part(q, rows, &mut parts, keep_results.then_some(&mut ctx))?;
+                    for e in errors {
+                        add_node_error(&mut node_errors, e);
+                    }
+                    push_part(
+                        q,
+                        rows,
+                        &mut parts,
+                        keep_results.then_some(&mut ctx),
+                        &mut node_errors,
+                    )?;
                 }
             }
         }
@@ -384,6 +393,7 @@ impl Engine {
             &mut batch,
             &mut parts,
             keep_results.then_some(&mut ctx),
+            &mut node_errors,
             db,
             timeout,
             cancel,
@@ -413,11 +423,13 @@ impl Engine {
     }
 
     /// Runs the batched coordinator statements in one transaction and shapes them.
+    #[allow(clippy::too_many_arguments)]
     async fn flush(
         &self,
         batch: &mut Vec<(&QuerySpec, Statement)>,
         parts: &mut Vec<Part>,
         mut ctx: Option<&mut Value>,
+        node_errors: &mut Vec<Value>,
         db: &Db,
         timeout: Duration,
         cancel: &CancellationToken,
@@ -428,20 +440,27 @@ impl Engine {
         let (queries, statements): (Vec<&QuerySpec>, Vec<Statement>) = batch.drain(..).unzip();
         let results = db.read_only(&statements, timeout, cancel).await?;
         for (q, rows) in queries.into_iter().zip(results) {
-            push_part(q, rows, parts, ctx.as_deref_mut())?;
+            push_part(q, rows, parts, ctx.as_deref_mut(), node_errors)?;
         }
         Ok(())
     }
 }
 
 /// Adds a query's rows to the result (after its `on_empty` check) and to `results`,
-/// where later queries can read them.
+/// where later queries can read them; a node-health query's silent nodes go to
+/// `node_errors`.
 fn push_part(
     q: &QuerySpec,
     rows: Rows,
     parts: &mut Vec<Part>,
     ctx: Option<&mut Value>,
+    node_errors: &mut Vec<Value>,
 ) -> Result<(), ToolError> {
+    if q.node_health {
+        for e in unreachable_nodes(&q.name, &rows)? {
+            add_node_error(node_errors, e);
+        }
+    }
     if let Some(empty) = &q.on_empty {
         let is_empty = rows
             .rows
@@ -468,6 +487,55 @@ fn push_part(
         parts.push(part);
     }
     Ok(())
+}
+
+/// The nodes a node-health query found silent, as `node_errors` entries. A row counts as
+/// silent unless its `reachable` is true: a check that could not say is no proof the
+/// node's numbers are in.
+fn unreachable_nodes(query: &str, rows: &Rows) -> Result<Vec<Value>, ToolError> {
+    let col = |name: &str| rows.columns.iter().position(|c| c.name == name);
+    let (Some(nodeid), Some(node), Some(reachable)) =
+        (col("nodeid"), col("node"), col("reachable"))
+    else {
+        return Err(ToolError::new(
+            ErrorCode::Internal,
+            format!(
+                "node_health query `{query}` must return the columns nodeid, node and reachable"
+            ),
+        )
+        .hint("fix the tool file's query"));
+    };
+    let message = col("message");
+    Ok(rows
+        .rows
+        .iter()
+        .filter(|r| r[reachable] != Value::Bool(true))
+        .map(|r| {
+            let name = r[node].as_str().unwrap_or("?");
+            let text = message
+                .and_then(|m| r[m].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!("the coordinator cannot reach node {name}: its numbers are missing from this result")
+                });
+            serde_json::json!({
+                "nodeid": r[nodeid],
+                "node": name,
+                "code": ErrorCode::NodeUnreachable,
+                "message": text,
+            })
+        })
+        .collect())
+}
+
+/// Adds a per-node error unless the node already has one with the same code: a node seen
+/// down by a health check and by a fan-out is one finding.
+fn add_node_error(errors: &mut Vec<Value>, e: Value) {
+    let same =
+        |o: &Value| o["nodeid"] == e["nodeid"] && o["node"] == e["node"] && o["code"] == e["code"];
+    if !errors.iter().any(same) {
+        errors.push(e);
+    }
 }
 
 /// Every node's rows in one table, led by the node's id and name; failed nodes become
@@ -694,6 +762,79 @@ mod tests {
             ErrorCode::CitusTooOld
         );
         assert!(check_citus(&facts(Some("Citus 13.2.2 on x")), ">=13.2.2").is_ok());
+    }
+
+    fn health_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Rows {
+        Rows {
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    name: (*c).into(),
+                    type_name: "text".into(),
+                })
+                .collect(),
+            rows,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn a_node_health_check_lists_every_node_not_proven_reachable() {
+        let rows = health_rows(
+            &["nodeid", "node", "reachable"],
+            vec![
+                vec![1.into(), "127.0.0.1:9700".into(), true.into()],
+                vec![3.into(), "127.0.0.1:9702".into(), false.into()],
+                vec![4.into(), "127.0.0.1:9703".into(), Value::Null],
+            ],
+        );
+        let errors = unreachable_nodes("reachable", &rows).unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0]["nodeid"], 3);
+        assert_eq!(errors[0]["node"], "127.0.0.1:9702");
+        assert_eq!(errors[0]["code"], "NODE_UNREACHABLE");
+        assert!(
+            errors[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("127.0.0.1:9702")
+        );
+        assert_eq!(errors[1]["nodeid"], 4);
+        let with_message = health_rows(
+            &["nodeid", "node", "reachable", "message"],
+            vec![vec![
+                2.into(),
+                "w:5432".into(),
+                false.into(),
+                "down since noon".into(),
+            ]],
+        );
+        assert_eq!(
+            unreachable_nodes("q", &with_message).unwrap()[0]["message"],
+            "down since noon"
+        );
+        let missing = health_rows(&["nodeid", "ok"], vec![]);
+        assert_eq!(
+            unreachable_nodes("q", &missing).unwrap_err().code,
+            ErrorCode::Internal
+        );
+    }
+
+    #[test]
+    fn one_node_down_is_one_node_error() {
+        let mut errors = Vec::new();
+        let e = serde_json::json!({"nodeid": 3, "node": "h:1", "code": "NODE_UNREACHABLE", "message": "a"});
+        add_node_error(&mut errors, e.clone());
+        add_node_error(
+            &mut errors,
+            serde_json::json!({"nodeid": 3, "node": "h:1", "code": "NODE_UNREACHABLE", "message": "b"}),
+        );
+        add_node_error(
+            &mut errors,
+            serde_json::json!({"nodeid": 3, "node": "h:1", "code": "DB_ERROR", "message": "c"}),
+        );
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0], e);
     }
 
     #[test]

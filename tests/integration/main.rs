@@ -9,6 +9,7 @@
 mod pg;
 
 mod analysis;
+mod dead_node;
 mod e2e;
 mod engine;
 mod examples;
@@ -136,6 +137,7 @@ fn main() {
     trials.extend(fixture::trials(&ctx));
     trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
+    trials.extend(dead_node::trials(&ctx));
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);

@@ -162,9 +162,66 @@ impl TestDatabase {
         Ok(files)
     }
 
+    /// A second database on the throwaway server, loaded with the fixture, for a test that
+    /// changes the catalog (e.g. stops a worker) without disturbing the tests that share
+    /// the first one. Returns its DSN. Fixture only: a real cluster has one database.
+    pub fn fixture_database(&self, name: &str) -> Result<String> {
+        let Some(port) = self.server.as_ref().and(self.port()) else {
+            bail!("a second fixture database needs the throwaway server (not CITUS_TEST_DSN)");
+        };
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            bail!("database name {name:?}: lowercase letters and _ only");
+        }
+        self.run_psql_admin(port, &format!("DROP DATABASE IF EXISTS {name}"))?;
+        self.run_psql_admin(port, &format!("CREATE DATABASE {name}"))?;
+        let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname={name}");
+        self.load_fixture_into(&dsn)?;
+        Ok(dsn)
+    }
+
+    /// Like [`TestDatabase::psql`], on another database of the same server.
+    pub fn psql_on(&self, dsn: &str, sql: &str) -> Result<String> {
+        let out = Command::new(&self.psql_bin)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                dsn,
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.psql_bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "psql failed ({}): {}\nSQL: {sql}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The throwaway server's port, from the DSN this harness wrote.
+    fn port(&self) -> Option<u16> {
+        self.dsn
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+    }
+
     fn load_fixture(&self) -> Result<()> {
+        self.load_fixture_into(&self.dsn)
+    }
+
+    fn load_fixture_into(&self, dsn: &str) -> Result<()> {
         let mut cmd = Command::new(&self.psql_bin);
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.dsn]);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]);
         for f in Self::fixture_files()? {
             cmd.arg("-f").arg(f);
         }
