@@ -7,6 +7,7 @@
 
 pub mod dsn;
 pub mod fanout;
+mod nonce;
 pub mod value;
 
 use std::sync::Mutex;
