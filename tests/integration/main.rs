@@ -9,6 +9,7 @@
 mod pg;
 
 mod analysis;
+mod approval;
 mod e2e;
 mod engine;
 mod examples;
@@ -102,6 +103,7 @@ fn main() {
     trials.extend(analysis::trials(&ctx));
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
+    trials.extend(approval::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
