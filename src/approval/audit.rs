@@ -42,7 +42,8 @@ pub struct Entry<'a> {
     pub expires_at: Option<String>,
     /// `Caller::identity`, or the operating-system user for the CLI; null when unknown.
     pub caller: Option<String>,
-    /// `mcp` or `cli`.
+    /// Where it happened: `cli` (`citus-mcp approve`), `mcp` (the token tool) or
+    /// `server` (a call presenting a token).
     pub via: &'static str,
 }
 

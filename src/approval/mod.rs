@@ -245,7 +245,9 @@ impl Issuer {
             approval_id,
             expires_at: None,
             caller,
-            via: "mcp",
+            // A token is used by the server (for an MCP client or `tools call`); it is
+            // requested through the MCP tool.
+            via: if event == Event::Use { "server" } else { "mcp" },
         };
         if let Err(e) = self.audit.record(&entry) {
             tracing::error!(reason, "cannot write the approval audit log: {e}");
@@ -358,7 +360,7 @@ impl Gate {
                 approval_id: id.clone(),
                 expires_at: Some(audit::timestamp(claims.expires)),
                 caller: caller.identity(),
-                via: "mcp",
+                via: "server",
             })
             .map_err(|e| self.issuer.audit_failed(&e))?;
         Ok(Approved {
