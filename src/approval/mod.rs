@@ -32,6 +32,10 @@ use token::{Claims, Refusal, Signer, TOKEN_KEY};
 /// The lifetime of a token whose issuer asks for none, under the cap.
 pub const DEFAULT_TTL_SECONDS: u64 = 300;
 
+/// How far ahead of this server's clock an issuer's clock may run before a token it
+/// issued at the TTL cap counts as over the cap.
+const CLOCK_SLACK_SECONDS: u64 = 60;
+
 /// The approval settings of a configuration, checked.
 #[derive(Debug, Clone)]
 pub struct ApprovalSettings {
@@ -324,6 +328,12 @@ impl Gate {
         if now > claims.expires {
             return Err(refuse(Refusal::Expired(claims.expires), id));
         }
+        // The cap holds for tokens issued elsewhere with the same secret (a CLI run
+        // with another configuration) too; a minute of slack lets a token issued at
+        // the cap on a host whose clock runs a little ahead through.
+        if claims.expires > now.saturating_add(self.issuer.max_ttl + CLOCK_SLACK_SECONDS) {
+            return Err(refuse(Refusal::OverCap, id));
+        }
         // Only a token that is right in every other way is used up, so a call with
         // the wrong arguments does not cost the person their approval.
         match self
@@ -469,6 +479,11 @@ fn refusal_error(tool: &str, args: &Map<String, Value>, r: &Refusal, max_ttl: u6
             ErrorCode::ApprovalInvalid,
             format!("the approval token expired at {}", audit::timestamp(*at)),
             format!("tokens live at most {max_ttl} seconds: request a new one"),
+        ),
+        Refusal::OverCap => (
+            ErrorCode::ApprovalInvalid,
+            format!("the approval token is valid for longer than this server allows ({max_ttl} s)"),
+            "issue it with this server's configuration (approval_max_ttl_seconds)".to_string(),
         ),
         Refusal::Replayed => (
             ErrorCode::ApprovalInvalid,

@@ -254,6 +254,17 @@ async fn the_ttl_is_capped_by_configuration() {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "reason: expired");
+    // A token from an issuer with a larger cap (the same secret) is refused here.
+    let lax = Issuer::open(&s.settings(SECRET, 900, false), s.clock()).unwrap();
+    s.clock.store(NOW, Ordering::SeqCst);
+    let t = lax
+        .issue("split", &a, Some(600), "cli", "cli", None)
+        .unwrap()
+        .token;
+    let e = verify(&gate, "split", &with_token(&a, &t))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "reason: over_cap");
     // Through the tool, too.
     let gate = s.gate_with(SECRET, 60, false);
     let issued = gate

@@ -49,6 +49,8 @@ pub enum Refusal {
     OtherArguments,
     /// Past its expiry (unix seconds).
     Expired(u64),
+    /// Valid for longer than this server allows (issued under a larger cap).
+    OverCap,
     /// Already used once.
     Replayed,
 }
@@ -64,6 +66,7 @@ impl Refusal {
             Refusal::OtherTool(_) => "other_tool",
             Refusal::OtherArguments => "other_arguments",
             Refusal::Expired(_) => "expired",
+            Refusal::OverCap => "over_cap",
             Refusal::Replayed => "replayed",
         }
     }
