@@ -48,6 +48,16 @@ pub enum Mode {
     Admin,
 }
 
+/// Where the approval nonce ledger lives: a local file (one host), or a table on the
+/// coordinator (several server replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    #[default]
+    File,
+    Coordinator,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -61,6 +71,16 @@ pub struct Config {
     pub mode: Mode,
     pub allow_execute: bool,
     pub approval_secret: Option<Secret>,
+    /// The longest an approval token lives, whatever its issuer asks.
+    pub approval_max_ttl_seconds: u64,
+    /// Where used approval nonces are remembered.
+    pub approval_ledger: LedgerKind,
+    /// The file of [`LedgerKind::File`]; a default under the state folder when unset.
+    pub approval_ledger_path: Option<PathBuf>,
+    /// The audit log of approvals (JSON lines); a default under the state folder when unset.
+    pub approval_audit_log: Option<PathBuf>,
+    /// Issue tokens to clients that cannot ask a person (no MCP elicitation).
+    pub allow_self_issue: bool,
     pub cache_ttl_seconds: u64,
     pub enable_caching: bool,
     pub max_rows: u32,
@@ -87,6 +107,11 @@ impl Default for Config {
             mode: Mode::ReadOnly,
             allow_execute: false,
             approval_secret: None,
+            approval_max_ttl_seconds: 900,
+            approval_ledger: LedgerKind::File,
+            approval_ledger_path: None,
+            approval_audit_log: None,
+            allow_self_issue: false,
             cache_ttl_seconds: 5,
             enable_caching: true,
             max_rows: 1000,

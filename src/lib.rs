@@ -6,6 +6,7 @@
 // stdout belongs to the MCP transport: the library never prints to it.
 #![deny(clippy::print_stdout, clippy::dbg_macro)]
 
+pub mod approval;
 pub mod branches;
 pub mod checks;
 pub mod compile;

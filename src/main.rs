@@ -1,4 +1,4 @@
-//! The `citus-mcp` command line: `serve` (the default), `lint` and `tools`.
+//! The `citus-mcp` command line: `serve` (the default), `lint`, `approve` and `tools`.
 //!
 //! This is the only place that prints to stdout outside the MCP transport, the only
 //! user of anyhow, and the one that maps failures to exit codes: 0 ok, 1 lint
@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt as _;
 use tokio_util::sync::CancellationToken;
 
-use citus_mcp::config::{self, Config, Flags, Mode};
+use citus_mcp::approval::{self, ApprovalSettings};
+use citus_mcp::config::{self, Config, Flags, LedgerKind, Mode};
 use citus_mcp::db::{Db, DbConfig, Dsn};
 use citus_mcp::engine::{Engine, Settings};
 use citus_mcp::lint;
@@ -50,6 +51,20 @@ enum Command {
         db: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+    },
+    /// Approve one call of an execute tool: prints an approval token for it.
+    ///
+    /// Run it with the server's configuration (the same approval_secret); the token
+    /// works for that tool with exactly these arguments, once, until it expires.
+    Approve {
+        /// The execute tool to approve.
+        tool: String,
+        /// Its arguments as a JSON object, without approval_token.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Seconds the token stays valid (capped by approval_max_ttl_seconds).
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
     },
     /// List, show or call tools without an MCP client.
     Tools {
@@ -104,8 +119,21 @@ struct Opts {
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_execute: Option<String>,
     /// Prefer CITUS_MCP_APPROVAL_SECRET: flags show up in process lists.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, hide_env_values = true)]
     approval_secret: Option<String>,
+    /// The longest an approval token lives, whatever its issuer asks.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    approval_max_ttl_seconds: Option<String>,
+    /// Where used approval nonces are kept: file or coordinator.
+    #[arg(long, global = true)]
+    approval_ledger: Option<String>,
+    #[arg(long, global = true, value_name = "FILE")]
+    approval_ledger_path: Option<String>,
+    #[arg(long, global = true, value_name = "FILE")]
+    approval_audit_log: Option<String>,
+    /// Let clients without MCP elicitation get tokens without a person.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    allow_self_issue: Option<String>,
     #[arg(long, global = true, value_name = "SECONDS")]
     cache_ttl_seconds: Option<String>,
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -143,6 +171,14 @@ impl Opts {
             ("mode", self.mode.as_ref()),
             ("allow_execute", self.allow_execute.as_ref()),
             ("approval_secret", self.approval_secret.as_ref()),
+            (
+                "approval_max_ttl_seconds",
+                self.approval_max_ttl_seconds.as_ref(),
+            ),
+            ("approval_ledger", self.approval_ledger.as_ref()),
+            ("approval_ledger_path", self.approval_ledger_path.as_ref()),
+            ("approval_audit_log", self.approval_audit_log.as_ref()),
+            ("allow_self_issue", self.allow_self_issue.as_ref()),
             ("cache_ttl_seconds", self.cache_ttl_seconds.as_ref()),
             ("enable_caching", self.enable_caching.as_ref()),
             ("max_rows", self.max_rows.as_ref()),
@@ -193,7 +229,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, env)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("citus-mcp: {e:#}");
@@ -214,9 +250,14 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCode> {
+async fn run(
+    command: Option<Command>,
+    config: Config,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     match command {
-        None | Some(Command::Serve { .. }) => serve(config).await,
+        None | Some(Command::Serve { .. }) => serve(config, &env).await,
+        Some(Command::Approve { tool, args, ttl }) => approve(&config, &env, &tool, &args, ttl),
         Some(Command::Lint { paths, db, format }) => {
             if let Some(missing) = paths.iter().find(|p| !p.exists()) {
                 anyhow::bail!("lint: {} does not exist", missing.display());
@@ -241,7 +282,7 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<ExitCod
             Ok(ExitCode::from(lint::exit_code(&diags) as u8))
         }
         Some(Command::Tools { command }) => {
-            let engine = engine(&config)?;
+            let engine = engine(&config, &env)?;
             match command {
                 ToolsCommand::List => {
                     for t in engine.visible_tools() {
@@ -325,7 +366,46 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
     Ok(Some(db))
 }
 
-fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
+/// Issues a token for one call, as a person at a terminal approves it.
+fn approve(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+    tool: &str,
+    args: &str,
+    ttl: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let settings = ApprovalSettings::from_config(config, env)?;
+    let args: serde_json::Value =
+        serde_json::from_str(args).context("--args must be a JSON object")?;
+    let serde_json::Value::Object(args) = args else {
+        anyhow::bail!("--args must be a JSON object");
+    };
+    // Only the tool files are needed to check what is approved; no database.
+    let registry = Reloader::initial(
+        &config.tools_dirs,
+        &config.prompts_dirs,
+        &config.disabled_tools,
+    );
+    let engine = Engine::new(registry, None, Settings::default());
+    if let Err(e) = approval::check_action(&engine, tool, &args) {
+        anyhow::bail!("{}", e.capped().text());
+    }
+    let issuer = approval::Issuer::open(&settings, approval::system_clock())?;
+    let user = env.get("USER").or_else(|| env.get("LOGNAME")).cloned();
+    let issued = issuer
+        .issue(tool, &args, ttl, "cli", "cli", user)
+        .map_err(|e| anyhow::anyhow!("{}", e.text()))?;
+    print_out(&issued.token);
+    eprintln!(
+        "citus-mcp: approves one call of `{tool}` with these arguments until {} ({} s); approval id {}",
+        approval::audit::timestamp(issued.expires_at),
+        issued.ttl_seconds,
+        issued.approval_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Engine>> {
     let registry = Reloader::initial(
         &config.tools_dirs,
         &config.prompts_dirs,
@@ -341,9 +421,19 @@ fn engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
         enable_caching: config.enable_caching,
         fanout: config.fanout,
     };
-    Ok(Arc::new(
-        Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all()),
-    ))
+    let mut engine =
+        Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all());
+    // Admin mode checks approval tokens, so it cannot start without what they need.
+    if config.mode == Mode::Admin {
+        let approvals = ApprovalSettings::from_config(config, env)?;
+        let ledger_db = match approvals.ledger {
+            LedgerKind::Coordinator => connect(config)?,
+            LedgerKind::File => None,
+        };
+        let gate = approval::Gate::open(&approvals, ledger_db, approval::system_clock())?;
+        engine = engine.with_approvals(Arc::new(gate));
+    }
+    Ok(Arc::new(engine))
 }
 
 /// Warns, in the background, about worker DSNs that match no node of the cluster.
@@ -381,8 +471,8 @@ fn warn_about_role(engine: Arc<Engine>) {
     });
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let engine = engine(&config)?;
+async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+    let engine = engine(&config, env)?;
     let (changes, _) = tokio::sync::broadcast::channel(16);
     let reloader = Reloader {
         engine: engine.clone(),

@@ -7,6 +7,12 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use rmcp::model::{
+    BooleanSchema, ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction,
+    ElicitationSchema, PrimitiveSchemaDefinition, ServerRequest,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     CompletionInfo, ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse,
@@ -63,9 +69,58 @@ impl Caller for McpCaller {
         })
     }
 
-    fn confirm<'a>(&'a self, _message: &'a str) -> CallerFuture<'a, Option<bool>> {
-        // Elicitation comes with the approval flow (issue 7); until then nobody is asked.
-        Box::pin(async { None })
+    fn confirm<'a>(&'a self, message: &'a str) -> CallerFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            // Only a client that declared form elicitation can ask its person. Sessions
+            // of protocol 2026-07-28 store no client capabilities and may not send
+            // server-to-client requests at all, so they count as unable to ask.
+            let caps = self
+                .peer
+                .peer_info()
+                .and_then(|i| i.capabilities.elicitation.clone())?;
+            if caps.form.is_none() && caps.url.is_some() {
+                return None;
+            }
+            // rmcp's typed `elicit` helpers need its `elicitation` feature (which pulls
+            // in the `url` crate and its ICU tables); the request itself is part of the
+            // model and is sent as any other.
+            let approve = BooleanSchema::new()
+                .title("Approve")
+                .description("Approve this one call")
+                .with_default(false);
+            let mut schema = ElicitationSchema::new(BTreeMap::from([(
+                "approve".to_string(),
+                PrimitiveSchemaDefinition::Boolean(approve),
+            )]));
+            schema.required = Some(vec!["approve".to_string()]);
+            let params = ElicitRequestParams::FormElicitationParams {
+                meta: None,
+                message: message.to_string(),
+                requested_schema: schema,
+            };
+            let answer = self
+                .peer
+                .send_request(ServerRequest::ElicitRequest(ElicitRequest::new(params)))
+                .await;
+            match answer {
+                // Accepting the form is not enough: the box must be ticked.
+                Ok(ClientResult::ElicitResult(r)) => Some(
+                    r.action == ElicitationAction::Accept
+                        && r.content
+                            .as_ref()
+                            .and_then(|c| c.get("approve"))
+                            .and_then(Value::as_bool)
+                            == Some(true),
+                ),
+                Ok(_) => Some(false),
+                // A client that can ask but failed to is not a yes, and not a client
+                // that cannot ask (which allow_self_issue would let through).
+                Err(e) => {
+                    tracing::warn!("elicitation failed: {e}");
+                    Some(false)
+                }
+            }
+        })
     }
 }
 

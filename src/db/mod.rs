@@ -7,6 +7,7 @@
 
 pub mod dsn;
 pub mod fanout;
+mod nonce;
 pub mod value;
 
 use std::sync::Mutex;
@@ -396,14 +397,7 @@ impl Db {
         after: AfterCall,
     ) -> Result<Vec<Rows>, DbError> {
         let client = self.client().await?;
-        let token = client.cancel_token();
-        let mut guard = CallGuard {
-            client: Some(client),
-            call: self.running.add(token.clone()),
-            running: self.running.clone(),
-            cancel: Some(token),
-            tls: self.tls.clone(),
-        };
+        let mut guard = CallGuard::new(self, client);
         let timeout_ms = timeout.as_millis() as u64;
         let client = guard.client.as_mut().expect("set above");
         let work = async {
@@ -513,6 +507,18 @@ struct CallGuard {
 }
 
 impl CallGuard {
+    /// Takes `client` for one call of `db`, listed among its calls in flight.
+    fn new(db: &Db, client: deadpool_postgres::Object) -> CallGuard {
+        let token = client.cancel_token();
+        CallGuard {
+            client: Some(client),
+            call: db.running.add(token.clone()),
+            running: db.running.clone(),
+            cancel: Some(token),
+            tls: db.tls.clone(),
+        }
+    }
+
     fn finish(&mut self, after: AfterCall) {
         self.cancel = None;
         self.running.remove(self.call);

@@ -4,6 +4,7 @@
 //! The engine holds the current registry snapshot (swapped whole by the watcher) and
 //! the database. It returns [`ToolOutput`] or [`ToolError`]; it knows nothing about MCP.
 
+mod approvals;
 mod caller;
 mod complete;
 mod error;
@@ -18,6 +19,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+pub use approvals::{ApprovalFuture, Approvals, Approved, Issued};
 pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
@@ -93,6 +95,7 @@ pub struct Engine {
     pub settings: Settings,
     cache: Mutex<HashMap<String, (Instant, ToolOutput)>>,
     plugins: Plugins,
+    approvals: Option<Arc<dyn Approvals>>,
 }
 
 impl Engine {
@@ -103,7 +106,19 @@ impl Engine {
             settings,
             cache: Mutex::new(HashMap::new()),
             plugins: Plugins::default(),
+            approvals: None,
         }
+    }
+
+    /// Checks the approval token of every execute-class call with `approvals`.
+    pub fn with_approvals(mut self, approvals: Arc<dyn Approvals>) -> Engine {
+        self.approvals = Some(approvals);
+        self
+    }
+
+    /// The approval gate, when this server issues and checks tokens (admin mode).
+    pub fn approvals(&self) -> Option<&dyn Approvals> {
+        self.approvals.as_deref()
     }
 
     /// Serves these Rust tools for tool files that name them in `plugin:`.
@@ -131,7 +146,14 @@ impl Engine {
 
     /// Whether a tool is offered to clients under the current mode.
     pub fn visible(&self, tool: &CompiledTool) -> bool {
-        tool.spec.safety != Safety::Execute || (self.settings.admin && self.settings.allow_execute)
+        (tool.spec.safety != Safety::Execute
+            || (self.settings.admin && self.settings.allow_execute))
+            && tool
+                .spec
+                .plugin
+                .as_deref()
+                .and_then(|p| self.plugins.get(p))
+                .is_none_or(|p| p.served(self))
     }
 
     /// The tools offered to clients, in name order.
@@ -168,16 +190,42 @@ impl Engine {
                 .hint("call tools/list for the tools this server offers")
         })?;
         if !self.visible(&tool) {
-            return Err(ToolError::new(
-                ErrorCode::ExecuteDisabled,
-                format!("`{name}` changes the cluster and is disabled"),
-            )
-            .hint("start the server with --mode admin --allow-execute to offer execute tools"));
+            return Err(if tool.spec.safety == Safety::Execute {
+                ToolError::new(
+                    ErrorCode::ExecuteDisabled,
+                    format!("`{name}` changes the cluster and is disabled"),
+                )
+                .hint("start the server with --mode admin --allow-execute to offer execute tools")
+            } else {
+                // A plugin this server does not serve: the approval tool outside admin mode.
+                ToolError::new(
+                    ErrorCode::ExecuteDisabled,
+                    format!("`{name}` is not served in this server's mode"),
+                )
+                .hint("server_info shows the mode; approval tools are served with --mode admin")
+            });
         }
         let args = match args {
             Value::Null => Value::Object(Map::new()),
             a => a,
         };
+        // The gate comes before any execute tool runs, SQL or plugin alike, and before
+        // argument validation, so a call without a token learns how to get one rather
+        // than that `approval_token` is a required property. The token binds the exact
+        // arguments, which were checked against the schema when they were approved.
+        if tool.spec.safety == Safety::Execute {
+            let approvals = self.approvals.as_deref().ok_or_else(|| {
+                ToolError::new(
+                    ErrorCode::ApprovalRequired,
+                    format!("`{name}` needs an approval token, and this server issues none"),
+                )
+                .hint("run the server with --mode admin and an approval_secret")
+            })?;
+            let none = Map::new();
+            approvals
+                .verify(name, args.as_object().unwrap_or(&none), caller)
+                .await?;
+        }
         let problems = tool.argument_errors(&args);
         if !problems.is_empty() {
             let mut e = ToolError::new(
@@ -216,14 +264,9 @@ impl Engine {
             };
             return plugin.call(call).await;
         }
-        if tool.spec.safety == Safety::Execute {
-            // Execute tools need the approval flow, which is not part of this engine yet.
-            return Err(ToolError::new(
-                ErrorCode::ApprovalRequired,
-                format!("`{name}` needs an approval token"),
-            )
-            .hint("this build serves read-only and plan tools only"));
-        }
+        // An approved execute SQL tool runs here like any other, inside READ ONLY: the
+        // read-write path of execute tools is not built yet, and until it is their
+        // writes fail with READ_ONLY.
         let db = self.db.as_ref().ok_or_else(not_configured)?;
         if let Some(req) = &tool.spec.requires.citus {
             check_citus(&db.facts().await?, req)?;
@@ -295,7 +338,8 @@ impl Engine {
     }
 
     fn ttl(&self, tool: &CompiledTool) -> Duration {
-        if !self.settings.enable_caching {
+        // An approved call runs each time it is approved, never from the cache.
+        if !self.settings.enable_caching || tool.spec.safety == Safety::Execute {
             return Duration::ZERO;
         }
         Duration::from_secs(tool.spec.cache_ttl_s.unwrap_or(self.settings.cache_ttl_s))

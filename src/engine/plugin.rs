@@ -30,6 +30,11 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs one call with validated arguments.
     fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a>;
+    /// Whether this engine offers the plugin's tools; a plugin that needs something
+    /// only some servers have (the approval gate of admin mode) is hidden elsewhere.
+    fn served(&self, _engine: &Engine) -> bool {
+        true
+    }
 }
 
 /// One call of a plugin tool: its arguments, limits, and access to its queries.

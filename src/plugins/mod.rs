@@ -12,10 +12,11 @@ use crate::engine::{
     Engine, Plugin, PluginCall, PluginFuture, Plugins, ToolError, ToolOutput, shape,
 };
 
+mod approval;
 mod explain;
 
 /// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &["ping", "server_info", "explain"];
+pub const NAMES: &[&str] = &["ping", "server_info", "explain", "approval"];
 
 /// Every plugin, for [`Engine::with_plugins`].
 pub fn all() -> Plugins {
@@ -23,6 +24,7 @@ pub fn all() -> Plugins {
         Arc::new(Ping),
         Arc::new(ServerInfo),
         Arc::new(explain::Explain),
+        Arc::new(approval::RequestToken),
     ])
 }
 

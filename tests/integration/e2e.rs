@@ -78,6 +78,21 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "e2e::execute_tools_are_listed_only_in_admin_mode",
             execute_tools_hidden,
         ),
+        trial(
+            ctx,
+            "e2e::approval_token_issued_when_the_person_accepts_runs_once",
+            approval_accepted,
+        ),
+        trial(
+            ctx,
+            "e2e::approval_declined_or_cancelled_issues_no_token",
+            approval_declined,
+        ),
+        trial(
+            ctx,
+            "e2e::approval_without_elicitation_names_the_cli",
+            approval_without_elicitation,
+        ),
         trial(ctx, "e2e::prompts_are_listed_and_rendered", prompts),
         trial(ctx, "e2e::resources_are_listed_and_read_as_json", resources),
         trial(
@@ -111,6 +126,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             ctx,
             "cli::tools_call_runs_a_tool_without_a_client",
             tools_call,
+        ),
+        trial(
+            ctx,
+            "cli::approve_prints_a_token_the_server_accepts_once",
+            approve_cli,
+        ),
+        trial(
+            ctx,
+            "cli::admin_mode_without_a_valid_approval_secret_does_not_start",
+            admin_needs_secret,
         ),
     ]
 }
@@ -605,7 +630,7 @@ fn vanished_client(ctx: &Ctx) {
     }
 }
 
-const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_REQUIRED}\n";
+const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_INVALID}\n";
 
 fn execute_tools_hidden(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
@@ -618,16 +643,25 @@ fn execute_tools_hidden(ctx: &Ctx) {
         r["structuredContent"]["error"]["code"], "EXECUTE_DISABLED",
         "{r}"
     );
-    let mut admin_only = client(ctx, &["--tools-dirs", d, "--mode", "admin"], &[]);
+    assert!(
+        !tool_names(&mut ro).contains(&"citus_request_approval_token".to_string()),
+        "tokens are issued in admin mode only"
+    );
+    let r = ro.call(
+        "citus_request_approval_token",
+        json!({"action": "dangerous", "arguments": {}}),
+    );
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "EXECUTE_DISABLED",
+        "{r}"
+    );
+    let state = Admin::new(dir.path());
+    let mut admin_only = client(ctx, &state.args(d, false), &state.env());
     assert!(
         !tool_names(&mut admin_only).contains(&"dangerous".to_string()),
         "admin mode alone does not offer execute tools"
     );
-    let mut admin = client(
-        ctx,
-        &["--tools-dirs", d, "--mode", "admin", "--allow-execute"],
-        &[],
-    );
+    let mut admin = client(ctx, &state.args(d, true), &state.env());
     let r = admin.request("tools/list", json!({}));
     let t = r["result"]["tools"]
         .as_array()
@@ -638,6 +672,257 @@ fn execute_tools_hidden(ctx: &Ctx) {
         .clone();
     assert_eq!(t["annotations"]["destructiveHint"], true);
     assert_eq!(t["annotations"]["readOnlyHint"], false);
+}
+
+const APPROVAL_SECRET: &str = "e2e-approval-secret-Zq8-never-print";
+
+/// What an admin-mode server of the approval tests runs with: its ledger and audit
+/// log in a test folder, and a secret.
+struct Admin {
+    ledger: String,
+    audit: std::path::PathBuf,
+}
+
+impl Admin {
+    fn new(dir: &std::path::Path) -> Admin {
+        Admin {
+            ledger: dir.join("state/nonces").to_str().unwrap().to_string(),
+            audit: dir.join("state/audit.jsonl"),
+        }
+    }
+
+    fn args<'a>(&'a self, tools: &'a str, execute: bool) -> Vec<&'a str> {
+        let mut a = vec![
+            "--tools-dirs",
+            tools,
+            "--mode",
+            "admin",
+            "--approval-ledger-path",
+            &self.ledger,
+            "--approval-audit-log",
+            self.audit.to_str().unwrap(),
+        ];
+        if execute {
+            a.push("--allow-execute");
+        }
+        a
+    }
+
+    fn env(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)]
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(&self.audit).unwrap_or_default()
+    }
+}
+
+/// An admin server with the `dangerous` execute tool, whose client declares `caps`.
+fn admin_client(ctx: &Ctx, dir: &std::path::Path, caps: Value) -> (McpClient, Admin) {
+    std::fs::write(dir.join("dangerous.yaml"), EXEC_TOOL).unwrap();
+    let state = Admin::new(dir);
+    let dsn = ctx.dsn();
+    let mut env: Vec<(&str, &str)> = state.env();
+    env.push(("CITUS_MCP_COORDINATOR_DSN", &dsn));
+    let c = McpClient::start_with(&state.args(dir.to_str().unwrap(), true), &env, caps);
+    (c, state)
+}
+
+/// Calls citus_request_approval_token and answers the elicitation it sends with
+/// `answer`; returns the tool's result and the elicitation's params.
+fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value) {
+    let id = c.send_request(
+        "tools/call",
+        json!({"name": "citus_request_approval_token", "arguments": {"action": "dangerous", "arguments": args}}),
+    );
+    let ask = c
+        .wait_server_request("elicitation/create", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no elicitation; stderr:\n{}", c.stderr_text()));
+    c.respond(&ask, answer);
+    let r = c
+        .wait_response(id, Duration::from_secs(10))
+        .expect("the token tool answers");
+    (r["result"].clone(), ask["params"].clone())
+}
+
+fn approval_accepted(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {}}));
+    assert!(tool_names(&mut c).contains(&"citus_request_approval_token".to_string()));
+
+    let r = c.call("dangerous", json!({}));
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "APPROVAL_REQUIRED",
+        "{r}"
+    );
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("citus_request_approval_token"), "{text}");
+
+    let (r, ask) = request_token(
+        &mut c,
+        json!({}),
+        json!({"action": "accept", "content": {"approve": true}}),
+    );
+    assert_eq!(ask["mode"], "form", "{ask}");
+    assert!(
+        ask["message"].as_str().unwrap().contains("`dangerous`"),
+        "{ask}"
+    );
+    assert_eq!(
+        ask["requestedSchema"]["properties"]["approve"]["type"],
+        "boolean"
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    let token = r["structuredContent"]["approval_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+
+    let ok = c.call("dangerous", json!({"approval_token": token}));
+    assert_eq!(ok["isError"], false, "the approved call runs: {ok}");
+    assert_eq!(ok["structuredContent"]["r"][0]["one"], 1, "{ok}");
+    let again = c.call("dangerous", json!({"approval_token": token}));
+    assert_eq!(
+        again["structuredContent"]["error"]["code"], "APPROVAL_INVALID",
+        "{again}"
+    );
+    assert!(again.to_string().contains("reason: replayed"), "{again}");
+
+    let audit = state.audit();
+    assert!(
+        audit.contains("\"confirmed\"") && audit.contains("\"accepted\""),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(&token) && !audit.contains(APPROVAL_SECRET),
+        "{audit}"
+    );
+    assert!(!c.stderr_text().contains(&token) && !c.stderr_text().contains(APPROVAL_SECRET));
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+fn approval_declined(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {"form": {}}}));
+    for answer in [
+        json!({"action": "decline"}),
+        json!({"action": "cancel"}),
+        json!({"action": "accept", "content": {"approve": false}}),
+    ] {
+        let (r, _) = request_token(&mut c, json!({}), answer.clone());
+        assert_eq!(r["isError"], true, "{answer}: {r}");
+        assert_eq!(
+            r["structuredContent"]["error"]["code"], "APPROVAL_REQUIRED",
+            "{r}"
+        );
+        assert!(
+            r["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("declined"),
+            "{r}"
+        );
+        assert!(r["structuredContent"].get("approval_token").is_none());
+    }
+    let audit = state.audit();
+    assert_eq!(audit.matches("\"declined\"").count(), 3, "{audit}");
+    assert!(!audit.contains("\"issued\""), "{audit}");
+}
+
+fn approval_without_elicitation(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, _state) = admin_client(ctx, dir.path(), json!({}));
+    let r = c.call(
+        "citus_request_approval_token",
+        json!({"action": "dangerous", "arguments": {}}),
+    );
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "APPROVAL_REQUIRED",
+        "{r}"
+    );
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("citus-mcp approve dangerous --args '{}'"),
+        "{text}"
+    );
+    // Only execute tools, with arguments they accept, are approved.
+    let r = c.call(
+        "citus_request_approval_token",
+        json!({"action": "ping", "arguments": {}}),
+    );
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "INVALID_ARGUMENT",
+        "{r}"
+    );
+}
+
+fn approve_cli(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dangerous.yaml"), EXEC_TOOL).unwrap();
+    let state = Admin::new(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let out = bin()
+        .args(["approve", "dangerous", "--args", "{}", "--ttl", "60"])
+        .args(state.args(d, true))
+        .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!token.is_empty() && !token.contains(' '), "{token}");
+    assert!(
+        !stderr.contains(APPROVAL_SECRET) && !stderr.contains(&token),
+        "{stderr}"
+    );
+
+    let mut c = client(ctx, &state.args(d, true), &state.env());
+    let ok = c.call("dangerous", json!({"approval_token": token}));
+    assert_eq!(ok["isError"], false, "{ok}");
+    let again = c.call("dangerous", json!({"approval_token": token}));
+    assert_eq!(
+        again["structuredContent"]["error"]["code"],
+        "APPROVAL_INVALID"
+    );
+    // A restarted server shares the ledger: still refused.
+    drop(c);
+    let mut c = client(ctx, &state.args(d, true), &state.env());
+    let after = c.call("dangerous", json!({"approval_token": token}));
+    assert!(after.to_string().contains("reason: replayed"), "{after}");
+    let audit = state.audit();
+    assert!(audit.contains("\"via\":\"cli\""), "{audit}");
+    assert!(
+        !audit.contains(&token) && !audit.contains(APPROVAL_SECRET),
+        "{audit}"
+    );
+
+    // Not an execute tool, or arguments it does not take: usage errors.
+    let out = bin()
+        .args(["approve", "ping"])
+        .args(state.args(d, true))
+        .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+fn admin_needs_secret(_: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Admin::new(dir.path());
+    let d = dir.path().to_str().unwrap();
+    for secret in [None, Some("short-secret")] {
+        let mut cmd = bin();
+        cmd.args(["tools", "list"]).args(state.args(d, true));
+        if let Some(s) = secret {
+            cmd.env("CITUS_MCP_APPROVAL_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("approval_secret"), "{err}");
+        assert!(!err.contains("short-secret"), "{err}");
+    }
 }
 
 fn prompts(ctx: &Ctx) {

@@ -649,6 +649,9 @@ fn hostile_input_in_every_string_argument(ctx: &Ctx) {
         if tool.spec.plugin.as_deref() == Some("explain") {
             continue; // takes SQL text by design; covered in analysis.rs
         }
+        if !e.visible(tool) {
+            continue; // not served here (the approval tool outside admin mode): refused before its arguments are read
+        }
         let base = tool
             .spec
             .examples

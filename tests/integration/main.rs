@@ -9,6 +9,7 @@
 mod pg;
 
 mod analysis;
+mod approval;
 mod dead_node;
 mod e2e;
 mod engine;
@@ -140,6 +141,7 @@ fn main() {
     trials.extend(dead_node::trials(&ctx));
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
+    trials.extend(approval::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

@@ -26,6 +26,8 @@ pub struct McpClient {
     pub garbage: Vec<String>,
     /// Everything the server wrote to stderr.
     pub stderr: Arc<Mutex<String>>,
+    /// Replies that arrived while waiting for something else (a server request).
+    replies: Vec<Value>,
 }
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,10 +36,15 @@ impl McpClient {
     /// Starts `citus-mcp` with the given arguments and environment (nothing inherited
     /// from CITUS_MCP_*), and initializes a legacy (2025-06-18) session.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> McpClient {
+        McpClient::start_with(args, env, json!({}))
+    }
+
+    /// [`McpClient::start`], declaring these client capabilities (e.g. elicitation).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], capabilities: Value) -> McpClient {
         let mut c = McpClient::spawn(args, env);
         let init = c.request(
             "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}),
+            json!({"protocolVersion": "2025-06-18", "capabilities": capabilities, "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}),
         );
         assert!(
             init.get("result").is_some(),
@@ -99,6 +106,7 @@ impl McpClient {
             notifications: vec![],
             garbage: vec![],
             stderr,
+            replies: vec![],
         }
     }
 
@@ -160,16 +168,39 @@ impl McpClient {
 
     /// Waits for the reply with this id (`null` for replies to unreadable lines).
     pub fn wait_reply(&mut self, id: &Value, timeout: Duration) -> Option<Value> {
+        if let Some(i) = self.replies.iter().position(|r| r.get("id") == Some(id)) {
+            return Some(self.replies.remove(i));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.next(deadline)?;
-            if v.get("id") == Some(id) {
+            // A request from the server has an id of its own numbering: not a reply.
+            if v.get("id") == Some(id) && v.get("method").is_none() {
                 return Some(v);
             }
             if v.get("id").is_none() {
                 self.notifications.push(v);
             }
         }
+    }
+
+    /// Waits for a request from the server (e.g. `elicitation/create`), keeping
+    /// replies that arrive meanwhile for [`McpClient::wait_reply`].
+    pub fn wait_server_request(&mut self, method: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.next(deadline)?;
+            match (v.get("method"), v.get("id")) {
+                (Some(m), Some(_)) if m == method => return Some(v),
+                (_, None) => self.notifications.push(v),
+                _ => self.replies.push(v),
+            }
+        }
+    }
+
+    /// Answers a request from the server.
+    pub fn respond(&mut self, request: &Value, result: Value) {
+        self.send(json!({"jsonrpc": "2.0", "id": request["id"], "result": result}));
     }
 
     /// Waits for a notification with this method (or finds one already received).
