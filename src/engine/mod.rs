@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
-pub use plugin::{Plugin, PluginCall, PluginFuture, Plugins};
+pub use plugin::{NodeRows, Plugin, PluginCall, PluginFuture, Plugins};
 pub use shape::ToolOutput;
 
 use crate::compile::CompiledTool;
