@@ -12,10 +12,12 @@ use crate::engine::{
     Engine, Plugin, PluginCall, PluginFuture, Plugins, ToolError, ToolOutput, shape,
 };
 
+mod advice;
 mod explain;
+mod rebalance_prereqs;
 
 /// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &["ping", "server_info", "explain"];
+pub const NAMES: &[&str] = &["ping", "server_info", "explain", "rebalance_prereqs"];
 
 /// Every plugin, for [`Engine::with_plugins`].
 pub fn all() -> Plugins {
@@ -23,6 +25,7 @@ pub fn all() -> Plugins {
         Arc::new(Ping),
         Arc::new(ServerInfo),
         Arc::new(explain::Explain),
+        Arc::new(rebalance_prereqs::RebalancePrereqs),
     ])
 }
 
