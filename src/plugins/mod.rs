@@ -15,9 +15,16 @@ use crate::engine::{
 mod advice;
 mod explain;
 mod rebalance_prereqs;
+mod snapshot_source;
 
 /// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &["ping", "server_info", "explain", "rebalance_prereqs"];
+pub const NAMES: &[&str] = &[
+    "ping",
+    "server_info",
+    "explain",
+    "rebalance_prereqs",
+    "snapshot_source",
+];
 
 /// Every plugin, for [`Engine::with_plugins`].
 pub fn all() -> Plugins {
@@ -26,6 +33,7 @@ pub fn all() -> Plugins {
         Arc::new(ServerInfo),
         Arc::new(explain::Explain),
         Arc::new(rebalance_prereqs::RebalancePrereqs),
+        Arc::new(snapshot_source::SnapshotSource),
     ])
 }
 
