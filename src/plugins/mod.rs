@@ -13,6 +13,7 @@ use crate::engine::{
 };
 
 mod advice;
+mod advisor;
 mod explain;
 mod rebalance_prereqs;
 mod snapshot_source;
@@ -22,6 +23,7 @@ pub const NAMES: &[&str] = &[
     "ping",
     "server_info",
     "explain",
+    "advisor",
     "rebalance_prereqs",
     "snapshot_source",
 ];
@@ -32,6 +34,7 @@ pub fn all() -> Plugins {
         Arc::new(Ping),
         Arc::new(ServerInfo),
         Arc::new(explain::Explain),
+        Arc::new(advisor::Advisor),
         Arc::new(rebalance_prereqs::RebalancePrereqs),
         Arc::new(snapshot_source::SnapshotSource),
     ])
