@@ -8,6 +8,7 @@
 #[path = "../support/pg.rs"]
 mod pg;
 
+mod advisors;
 mod analysis;
 mod e2e;
 mod engine;
@@ -100,6 +101,7 @@ fn main() {
     trials.extend(fixture::trials(&ctx));
     trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
+    trials.extend(advisors::trials(&ctx));
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
