@@ -148,6 +148,15 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     if !facts.node_errors.is_empty() {
         out["node_errors"] = Value::from(facts.node_errors.clone());
     }
+    // A group of thousands of tables can outgrow the result limit: the failures matter,
+    // so passed checks go first.
+    let mut truncated = !facts.cut.is_empty();
+    if serde_json::to_vec(&out).map_or(0, |v| v.len()) > call.limits.max_bytes {
+        checks.retain(|c| c.status != Status::Pass);
+        out["checks"] = json!(checks);
+        truncated = true;
+    }
+    out["truncated"] = Value::Bool(truncated);
     let text = text_of(&out, &checks);
     Ok(ToolOutput {
         structured: out,
@@ -182,6 +191,9 @@ fn text_of(out: &Value, checks: &[Check]) -> String {
         if let Some(f) = &c.fix {
             s.push_str(&format!("  fix: {f}\n"));
         }
+    }
+    if out["truncated"] == true {
+        s.push_str("truncated: true (passed checks left out)\n");
     }
     if out["can_move_online"] == false {
         s.push_str(&format!("alternative: {BLOCK_WRITES}\n"));

@@ -126,6 +126,16 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     if !facts.node_errors.is_empty() {
         out["node_errors"] = Value::from(facts.node_errors.clone());
     }
+    // Many workers can outgrow the result limit: their raw health numbers go first (the
+    // reasons already say what they mean).
+    let mut truncated = !facts.cut.is_empty();
+    if serde_json::to_vec(&out).map_or(0, |v| v.len()) > call.limits.max_bytes {
+        for c in out["candidates"].as_array_mut().into_iter().flatten() {
+            c["health"] = Value::Null;
+        }
+        truncated = true;
+    }
+    out["truncated"] = Value::Bool(truncated);
     let text = text_of(&out, &candidates);
     Ok(ToolOutput {
         structured: out,
@@ -268,6 +278,9 @@ fn text_of(out: &Value, candidates: &[Candidate]) -> String {
     }
     for step in out["steps"].as_array().into_iter().flatten() {
         s.push_str(&format!("{}\n", step.as_str().unwrap_or("")));
+    }
+    if out["truncated"] == true {
+        s.push_str("truncated: true\n");
     }
     for e in out["errors"].as_array().into_iter().flatten() {
         s.push_str(&format!("check failed: {e}\n"));
