@@ -23,7 +23,7 @@ pub use approvals::{ApprovalFuture, Approvals, Approved, Issued};
 pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
-pub use plugin::{Plugin, PluginCall, PluginFuture, Plugins};
+pub use plugin::{NodeRows, Plugin, PluginCall, PluginFuture, Plugins};
 pub use shape::ToolOutput;
 
 use crate::compile::CompiledTool;

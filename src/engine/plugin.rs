@@ -16,8 +16,9 @@ use super::{
     CallLimits, Caller, Engine, ErrorCode, ToolError, ToolOutput, not_configured, render_error,
 };
 use crate::compile::CompiledTool;
+use crate::db::fanout::NodeSet;
 use crate::db::{AfterCall, Db, Rows, Statement};
-use crate::spec::Shape;
+use crate::spec::{Shape, Target};
 
 /// What a plugin's call returns.
 pub type PluginFuture<'a> =
@@ -57,6 +58,9 @@ impl PluginCall<'_> {
 
     /// Runs the tool file's query `name` read-only, its template rendered with `vars`.
     pub async fn query(&self, name: &str, vars: Value) -> Result<Rows, ToolError> {
+        if self.target(name) != Target::Coordinator {
+            return Err(self.wrong_target(name, "fan_out"));
+        }
         let st = self.statement(name, &vars)?;
         let mut rows = self
             .db()?
@@ -79,6 +83,50 @@ impl PluginCall<'_> {
             .read_only_then(&[st], self.limits.timeout, self.cancel, after)
             .await?;
         Ok(rows.pop().expect("one statement, one result"))
+    }
+
+    /// Runs the tool file's fan-out query `name` (`target: workers` or `all_nodes`) on
+    /// every node, as a SQL tool would: one table whose rows lead with `nodeid` and
+    /// `node`, and the nodes that failed as `node_errors` entries, never silently missing.
+    pub async fn fan_out(&self, name: &str, vars: Value) -> Result<NodeRows, ToolError> {
+        let set = match self.target(name) {
+            Target::Coordinator => return Err(self.wrong_target(name, "query")),
+            Target::Workers => NodeSet::Workers,
+            Target::AllNodes => NodeSet::AllNodes,
+        };
+        let st = self.statement(name, &vars)?;
+        let results = self
+            .db()?
+            .fan_out(
+                set,
+                self.engine.settings.fanout,
+                &st,
+                self.limits.timeout,
+                self.cancel,
+            )
+            .await?;
+        let (rows, node_errors) = super::merge_nodes(results);
+        Ok(NodeRows { rows, node_errors })
+    }
+
+    fn target(&self, name: &str) -> Target {
+        let spec = &self.tool.spec;
+        spec.queries
+            .iter()
+            .find(|q| q.name == name)
+            .and_then(|q| q.target)
+            .unwrap_or(spec.target)
+    }
+
+    fn wrong_target(&self, name: &str, instead: &str) -> ToolError {
+        ToolError::new(
+            ErrorCode::Internal,
+            format!(
+                "query `{name}` of tool `{}` has another target: the plugin must run it with `{instead}`",
+                self.tool.spec.name
+            ),
+        )
+        .hint("the plugin and its tool file disagree about where the query runs")
     }
 
     fn statement(&self, name: &str, vars: &Value) -> Result<Statement, ToolError> {
@@ -107,6 +155,14 @@ impl PluginCall<'_> {
         };
         Ok(Statement::new(r.sql, r.binds, cap))
     }
+}
+
+/// The rows of a fan-out query from every node that answered, and the nodes that did not.
+#[derive(Debug)]
+pub struct NodeRows {
+    pub rows: Rows,
+    /// `{nodeid, node, code, message}` per node that failed.
+    pub node_errors: Vec<Value>,
 }
 
 /// The plugins an engine serves, by name.

@@ -12,11 +12,23 @@ use crate::engine::{
     Engine, Plugin, PluginCall, PluginFuture, Plugins, ToolError, ToolOutput, shape,
 };
 
+mod advice;
+mod advisor;
 mod approval;
 mod explain;
+mod rebalance_prereqs;
+mod snapshot_source;
 
 /// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &["ping", "server_info", "explain", "approval"];
+pub const NAMES: &[&str] = &[
+    "ping",
+    "server_info",
+    "explain",
+    "approval",
+    "advisor",
+    "rebalance_prereqs",
+    "snapshot_source",
+];
 
 /// Every plugin, for [`Engine::with_plugins`].
 pub fn all() -> Plugins {
@@ -25,6 +37,9 @@ pub fn all() -> Plugins {
         Arc::new(ServerInfo),
         Arc::new(explain::Explain),
         Arc::new(approval::RequestToken),
+        Arc::new(advisor::Advisor),
+        Arc::new(rebalance_prereqs::RebalancePrereqs),
+        Arc::new(snapshot_source::SnapshotSource),
     ])
 }
 

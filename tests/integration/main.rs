@@ -8,6 +8,7 @@
 #[path = "../support/pg.rs"]
 mod pg;
 
+mod advisors;
 mod analysis;
 mod approval;
 mod dead_node;
@@ -139,6 +140,7 @@ fn main() {
     trials.extend(monitoring::trials(&ctx));
     trials.extend(analysis::trials(&ctx));
     trials.extend(dead_node::trials(&ctx));
+    trials.extend(advisors::trials(&ctx));
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
     trials.extend(approval::trials(&ctx));

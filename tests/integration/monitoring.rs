@@ -84,7 +84,7 @@ fn text<'a>(row: &'a Value, key: &str) -> &'a str {
 }
 
 /// A name no other test or run uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -92,7 +92,11 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -104,7 +108,7 @@ fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Optio
 }
 
 /// psql sessions of one test, all tagged with `app` (their application_name).
-struct Sessions<'a> {
+pub(crate) struct Sessions<'a> {
     ctx: &'a Ctx,
     app: String,
     children: Vec<Child>,
@@ -112,7 +116,7 @@ struct Sessions<'a> {
 }
 
 impl<'a> Sessions<'a> {
-    fn new(ctx: &'a Ctx, app: &str) -> Self {
+    pub(crate) fn new(ctx: &'a Ctx, app: &str) -> Self {
         Sessions {
             ctx,
             app: app.to_string(),
@@ -131,7 +135,7 @@ impl<'a> Sessions<'a> {
     }
 
     /// Runs each command in turn in one session (one `-c` per command); returns its index.
-    fn run(&mut self, commands: &[&str]) -> usize {
+    pub(crate) fn run(&mut self, commands: &[&str]) -> usize {
         let mut cmd = self.command();
         for c in commands {
             cmd.args(["-c", c]);
@@ -142,7 +146,7 @@ impl<'a> Sessions<'a> {
     }
 
     /// A session that runs `sql` and then stays connected, idle.
-    fn idle_after(&mut self, sql: &str) {
+    pub(crate) fn idle_after(&mut self, sql: &str) {
         let mut child = self
             .command()
             .stdin(Stdio::piped())

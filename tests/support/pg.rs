@@ -335,7 +335,7 @@ fn start_server(bindir: &Path, as_postgres: bool) -> Result<(Server, u16)> {
     let tls = root.join("tls");
     let opts = format!(
         "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-         -c synchronous_commit=off -c max_connections=100 -c ssl=on \
+         -c synchronous_commit=off -c max_connections=100 -c max_prepared_transactions=10 -c ssl=on \
          -c ssl_cert_file={cert} -c ssl_key_file={key}",
         cert = tls.join("server.crt").display(),
         key = tls.join("server.key").display(),
