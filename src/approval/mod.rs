@@ -535,7 +535,14 @@ pub fn check_action(
         )
         .hint("name an execute tool of this server (tools/list, or `citus-mcp tools list`)")
     })?;
-    if tool.spec.safety != Safety::Execute {
+    // Execute tools need a token; a read-only tool that declares `approval_token` (EXPLAIN
+    // ANALYZE of a statement its rules refuse) accepts one.
+    let accepts_token = tool
+        .spec
+        .input_schema
+        .pointer(&format!("/properties/{TOKEN_KEY}"))
+        .is_some();
+    if tool.spec.safety != Safety::Execute && !accepts_token {
         return Err(ToolError::new(
             ErrorCode::InvalidArgument,
             format!("`{action}` does not change the cluster and needs no approval"),

@@ -396,6 +396,31 @@ impl Db {
         cancel: &CancellationToken,
         after: AfterCall,
     ) -> Result<Vec<Rows>, DbError> {
+        self.in_transaction(statements, timeout, cancel, after, true)
+            .await
+    }
+
+    /// Like [`Db::read_only_then`], but in a READ WRITE transaction that is still rolled
+    /// back, on a connection that is closed afterwards: for a statement a person approved
+    /// to run although the read-only rules refuse it (EXPLAIN ANALYZE of a write).
+    pub async fn rolled_back(
+        &self,
+        statements: &[Statement],
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Rows>, DbError> {
+        self.in_transaction(statements, timeout, cancel, AfterCall::Discard, false)
+            .await
+    }
+
+    async fn in_transaction(
+        &self,
+        statements: &[Statement],
+        timeout: Duration,
+        cancel: &CancellationToken,
+        after: AfterCall,
+        read_only: bool,
+    ) -> Result<Vec<Rows>, DbError> {
         let client = self.client().await?;
         let mut guard = CallGuard::new(self, client);
         let timeout_ms = timeout.as_millis() as u64;
@@ -403,7 +428,7 @@ impl Db {
         let work = async {
             let tx = client
                 .build_transaction()
-                .read_only(true)
+                .read_only(read_only)
                 .start()
                 .await
                 .map_err(sql_error)?;

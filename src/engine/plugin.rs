@@ -129,6 +129,21 @@ impl PluginCall<'_> {
         .hint("the plugin and its tool file disagree about where the query runs")
     }
 
+    /// Runs a statement built from the caller's text that a person approved (the plugin
+    /// checked the token): read-write, but rolled back, on a connection closed after.
+    pub async fn approved_caller_statement(
+        &self,
+        sql: String,
+        max_rows: usize,
+    ) -> Result<Rows, ToolError> {
+        let st = Statement::new(sql, vec![], max_rows).once();
+        let mut rows = self
+            .db()?
+            .rolled_back(&[st], self.limits.timeout, self.cancel)
+            .await?;
+        Ok(rows.pop().expect("one statement, one result"))
+    }
+
     fn statement(&self, name: &str, vars: &Value) -> Result<Statement, ToolError> {
         let q = self
             .tool

@@ -46,10 +46,27 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         flag("costs", true),
     );
 
-    let (statement, parsed) = check(text, analyze)?;
-    if analyze {
-        refuse_unsafe_reach(&call, &parsed).await?;
-    }
+    let (statement, parsed) = check(text)?;
+    let refusal = if analyze {
+        match write_refusal(&parsed) {
+            Some(e) => Some(e),
+            None => match refuse_unsafe_reach(&call, &parsed).await {
+                Ok(()) => None,
+                Err(e) if e.code == ErrorCode::InvalidArgument => Some(e),
+                Err(e) => return Err(e),
+            },
+        }
+    } else {
+        None
+    };
+    // A statement the rules refuse runs only with a person's approval of this exact call.
+    let approved = match refusal {
+        None => false,
+        Some(refused) => {
+            approve(&call, refused).await?;
+            true
+        }
+    };
     // The options are fixed keywords chosen by booleans; the statement is the caller's,
     // read by the parser above, and the whole text is read again below.
     let explain = format!(
@@ -74,8 +91,14 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         AfterCall::Reuse
     };
     let kind = parsed.kind().0;
-    let rows = call
-        .caller_statement(explain, 1, after)
+    let run = async {
+        if approved {
+            call.approved_caller_statement(explain, 1).await
+        } else {
+            call.caller_statement(explain, 1, after).await
+        }
+    };
+    let rows = run
         .await
         .map_err(|e| match (&e.code, kind) {
             (ErrorCode::PermissionDenied, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge) => e.hint(
@@ -90,6 +113,7 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         .and_then(|r| r.into_iter().next())
         .unwrap_or(Value::Null);
     let mut out = summarize(plan, analyze, parsed.kind().0);
+    out["approved"] = Value::Bool(approved);
     // A plan of a large query can be huge; the summary above is what matters most.
     if serde_json::to_vec(&out).map_or(0, |v| v.len()) > call.limits.max_bytes {
         out["plan"] = Value::Null;
@@ -117,8 +141,46 @@ fn invalid(message: String, hint: &str) -> ToolError {
 
 const PLAIN_HINT: &str = "call again with analyze: false to see the plan without running it";
 
+/// Lets a statement the read-only rules refused run, when the call carries a token a
+/// person approved for exactly it (admin mode); otherwise returns the refusal.
+async fn approve(call: &PluginCall<'_>, refused: ToolError) -> Result<(), ToolError> {
+    let token = call.args.get("approval_token").and_then(Value::as_str);
+    let approvals = call.engine.approvals();
+    match (token, approvals) {
+        (None, None) => Err(refused),
+        (None, Some(_)) => Err(refused.hint(
+            "call again with analyze: false to see the plan without running it; or ask a person to \
+             approve this exact call (citus_request_approval_token with action citus_explain_query \
+             and these arguments, or `citus-mcp approve citus_explain_query --args ...`) and pass \
+             the token as approval_token: it then runs in a transaction that is rolled back",
+        )),
+        (Some(_), None) => Err(ToolError::new(
+            ErrorCode::ExecuteDisabled,
+            format!(
+                "{} (this server checks no approval tokens)",
+                refused.message
+            ),
+        )
+        .hint("approval tokens are checked in admin mode only; call with analyze: false")),
+        (Some(_), Some(gate)) => gate
+            .verify(&call.tool.spec.name, call.args, call.caller)
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// Why EXPLAIN ANALYZE of this statement is refused by its syntax alone, if it is.
+fn write_refusal(parsed: &Parsed) -> Option<ToolError> {
+    parsed.writes().map(|word| {
+        invalid(
+            format!("EXPLAIN ANALYZE runs the statement, and this one writes or locks ({word})"),
+            PLAIN_HINT,
+        )
+    })
+}
+
 /// The statement to explain and its parse, or why it is refused.
-fn check(text: &str, analyze: bool) -> Result<(&str, Parsed), ToolError> {
+fn check(text: &str) -> Result<(&str, Parsed), ToolError> {
     let statement = text.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
     let parsed = sql::parse(statement).map_err(|e| {
         invalid(
@@ -146,12 +208,6 @@ fn check(text: &str, analyze: bool) -> Result<(&str, Parsed), ToolError> {
         return Err(invalid(
             what,
             "pass a SELECT, VALUES, TABLE, WITH, INSERT, UPDATE, DELETE or MERGE statement; the tool adds EXPLAIN and its options",
-        ));
-    }
-    if analyze && let Some(word) = parsed.writes() {
-        return Err(invalid(
-            format!("EXPLAIN ANALYZE runs the statement, and this one writes or locks ({word})"),
-            PLAIN_HINT,
         ));
     }
     Ok((statement, parsed))
@@ -434,33 +490,26 @@ mod tests {
 
     #[test]
     fn refuses_what_it_must() {
-        assert!(check("SELECT 1", true).is_ok());
-        assert_eq!(check("SELECT 1;", false).unwrap().0, "SELECT 1");
+        let analyze =
+            |sql: &str| check(sql).and_then(|(_, p)| write_refusal(&p).map_or(Ok(()), Err));
+        assert!(analyze("SELECT 1").is_ok());
+        assert_eq!(check("SELECT 1;").unwrap().0, "SELECT 1");
         assert_eq!(
-            check("SELECT 1; SELECT 2", false).unwrap_err().code,
+            check("SELECT 1; SELECT 2").unwrap_err().code,
             ErrorCode::InvalidArgument
         );
+        assert_eq!(check("  ").unwrap_err().code, ErrorCode::InvalidArgument);
         assert_eq!(
-            check("  ", false).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            check("DELETE FROM orders", true).unwrap_err().code,
+            analyze("DELETE FROM orders").unwrap_err().code,
             ErrorCode::InvalidArgument
         );
         assert!(
-            check("DELETE FROM orders", false).is_ok(),
+            check("DELETE FROM orders").is_ok(),
             "a plan without running it is fine"
         );
-        assert!(
-            check(
-                "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
-                true
-            )
-            .is_err()
-        );
-        assert!(check("SELECT 'a;b' -- ; x", true).is_ok());
-        assert!(check("EXPLAIN SELECT 1", false).is_err());
+        assert!(analyze("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d").is_err());
+        assert!(analyze("SELECT 'a;b' -- ; x").is_ok());
+        assert!(check("EXPLAIN SELECT 1").is_err());
     }
 
     #[test]
