@@ -474,29 +474,8 @@ impl Db {
             drop(tx);
             Ok(out)
         };
-        let result = tokio::select! {
-            r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {
-                Ok(r) => r,
-                Err(_) => Err(DbError::Timeout(timeout_ms)),
-            },
-            () = cancel.cancelled() => Err(DbError::Cancelled),
-        };
-        match result {
-            // statement_timeout, or lock_timeout while waiting for a lock (Parse included).
-            Err(DbError::Sql { sqlstate, .. })
-                if sqlstate == SqlState::QUERY_CANCELED.code()
-                    || sqlstate == SqlState::LOCK_NOT_AVAILABLE.code() =>
-            {
-                guard.finish(after);
-                Err(DbError::Timeout(timeout_ms))
-            }
-            // The statement may still run: the guard cancels it and drops the connection.
-            Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
-            other => {
-                guard.finish(after);
-                other
-            }
-        }
+        let result = race(work, timeout, cancel).await;
+        guard.settle(result, timeout, after)
     }
 
     /// Prepares (does not execute) a statement and reports its result columns; for `lint --db`.
@@ -531,7 +510,50 @@ struct CallGuard {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
+/// Runs a call's work under citus-mcp's own clock (its timeout plus a grace) and its
+/// cancellation token.
+async fn race<T>(
+    work: impl std::future::Future<Output = Result<T, DbError>>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<T, DbError> {
+    tokio::select! {
+        r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Timeout(timeout.as_millis() as u64)),
+        },
+        () = cancel.cancelled() => Err(DbError::Cancelled),
+    }
+}
+
 impl CallGuard {
+    /// The call's outcome, with the server's timeouts as [`DbError::Timeout`]. A call
+    /// that finished (even with an error) gives its connection back per `after`; one
+    /// cut short keeps it in the guard, which cancels and closes it when dropped.
+    fn settle<T>(
+        &mut self,
+        result: Result<T, DbError>,
+        timeout: Duration,
+        after: AfterCall,
+    ) -> Result<T, DbError> {
+        match result {
+            // statement_timeout, or lock_timeout while waiting for a lock (Parse included).
+            Err(DbError::Sql { sqlstate, .. })
+                if sqlstate == SqlState::QUERY_CANCELED.code()
+                    || sqlstate == SqlState::LOCK_NOT_AVAILABLE.code() =>
+            {
+                self.finish(after);
+                Err(DbError::Timeout(timeout.as_millis() as u64))
+            }
+            // The statement may still run: the guard cancels it and drops the connection.
+            Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
+            other => {
+                self.finish(after);
+                other
+            }
+        }
+    }
+
     /// Takes `client` for one call of `db`, listed among its calls in flight.
     fn new(db: &Db, client: deadpool_postgres::Object) -> CallGuard {
         let token = client.cancel_token();

@@ -12,9 +12,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    AfterCall, CALL_SETTINGS, CLIENT_GRACE, CallGuard, Db, DbError, IDLE_GRACE_MS, sql_error,
-};
+use super::{AfterCall, CALL_SETTINGS, CallGuard, Db, DbError, IDLE_GRACE_MS, race, sql_error};
 
 /// One nonce to claim.
 struct Claim<'a> {
@@ -108,27 +106,7 @@ impl Db {
             tx.commit().await.map_err(sql_error)?;
             Ok(!rows.is_empty())
         };
-        let result = tokio::select! {
-            r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {
-                Ok(r) => r,
-                Err(_) => Err(DbError::Timeout(timeout_ms)),
-            },
-            () = cancel.cancelled() => Err(DbError::Cancelled),
-        };
-        match result {
-            Err(DbError::Sql { sqlstate, .. })
-                if sqlstate == SqlState::QUERY_CANCELED.code()
-                    || sqlstate == SqlState::LOCK_NOT_AVAILABLE.code() =>
-            {
-                guard.finish(AfterCall::Reuse);
-                Err(DbError::Timeout(timeout_ms))
-            }
-            // The statement may still run: the guard cancels it and drops the connection.
-            Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
-            other => {
-                guard.finish(AfterCall::Reuse);
-                other
-            }
-        }
+        let result = race(work, timeout, cancel).await;
+        guard.settle(result, timeout, AfterCall::Reuse)
     }
 }

@@ -59,6 +59,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 }
 
 fn engine(ctx: &Ctx, extra: &[(&str, &str)], settings: Settings, app: &str) -> Engine {
+    engine_on(ctx.pool_named(&ctx.dsn(), app), extra, settings)
+}
+
+/// The built-in tools plus `extra` (name, YAML) over `db`, uncached.
+fn engine_on(db: citus_mcp::db::Db, extra: &[(&str, &str)], settings: Settings) -> Engine {
     let extra = extra
         .iter()
         .map(|(name, text)| citus_mcp::compile::SourceFile {
@@ -69,9 +74,7 @@ fn engine(ctx: &Ctx, extra: &[(&str, &str)], settings: Settings, app: &str) -> E
     let registry = Registry::build(
         &Sources {
             tools: vec![builtin_tools(), extra],
-            prompts: vec![],
-            problems: vec![],
-            warnings: vec![],
+            ..Default::default()
         },
         None,
         &[],
@@ -81,7 +84,7 @@ fn engine(ctx: &Ctx, extra: &[(&str, &str)], settings: Settings, app: &str) -> E
     assert!(errors.is_empty(), "{}", errors.join("\n"));
     Engine::new(
         registry,
-        Some(ctx.pool_named(&ctx.dsn(), app)),
+        Some(db),
         Settings {
             enable_caching: false,
             ..settings
@@ -677,10 +680,10 @@ examples:
 
 fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
     // One connection, so every call below lands on the same backend.
-    let registry_engine = {
+    let db = {
         let mut dsn = citus_mcp::db::Dsn::parse(&ctx.dsn()).unwrap();
         dsn.config.application_name("citus-mcp-prepared");
-        let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
+        citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
             dsn,
             worker_dsns: vec![],
             connect_timeout: Duration::from_secs(10),
@@ -688,33 +691,9 @@ fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
             application_name: "citus-mcp-prepared".into(),
             timeout_ceiling: Duration::from_secs(60),
         })
-        .unwrap();
-        let extra = vec![citus_mcp::compile::SourceFile {
-            origin: "test/prepared_count.yaml".into(),
-            text: PREPARED.into(),
-        }];
-        let registry = Registry::build(
-            &Sources {
-                tools: vec![builtin_tools(), extra],
-                prompts: vec![],
-                problems: vec![],
-                warnings: vec![],
-            },
-            None,
-            &[],
-            citus_mcp::plugins::NAMES,
-        );
-        Engine::new(
-            registry,
-            Some(db),
-            Settings {
-                enable_caching: false,
-                ..Settings::default()
-            },
-        )
-        .with_plugins(citus_mcp::plugins::all())
+        .unwrap()
     };
-    let e = registry_engine;
+    let e = engine_on(db, &[("prepared_count", PREPARED)], Settings::default());
     for i in 0..300 {
         call(
             ctx,
