@@ -413,7 +413,33 @@ impl Db {
             .await
     }
 
+    /// One call in a transaction that is rolled back. A pooled connection the server
+    /// ended (a restart, a terminated backend) fails only its own attempt: it is closed,
+    /// and the call, which changed nothing, runs again on another connection.
     async fn in_transaction(
+        &self,
+        statements: &[Statement],
+        timeout: Duration,
+        cancel: &CancellationToken,
+        after: AfterCall,
+        read_only: bool,
+    ) -> Result<Vec<Rows>, DbError> {
+        let mut attempts = self.config.pool_size.max(1) + 1;
+        loop {
+            attempts -= 1;
+            match self
+                .in_transaction_once(statements, timeout, cancel, after, read_only)
+                .await
+            {
+                Err(e) if attempts > 0 && connection_lost(&e) => {
+                    tracing::debug!("retrying on another connection: {e}");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn in_transaction_once(
         &self,
         statements: &[Statement],
         timeout: Duration,
@@ -547,6 +573,11 @@ impl CallGuard {
             }
             // The statement may still run: the guard cancels it and drops the connection.
             Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
+            // The server ended this connection: it goes, it does not go back to the pool.
+            Err(e) if connection_lost(&e) => {
+                self.finish(AfterCall::Discard);
+                Err(e)
+            }
             other => {
                 self.finish(after);
                 other
@@ -641,6 +672,23 @@ fn to_rows(
     })
 }
 
+/// The server ended an established connection (shutdown, restart, terminated backend,
+/// broken socket), as opposed to refusing a new one or failing a statement.
+fn connection_lost(e: &DbError) -> bool {
+    match e {
+        DbError::Connect { reason, .. } => reason == CONNECTION_CLOSED,
+        DbError::Sql { sqlstate, .. } => {
+            matches!(
+                sqlstate.as_str(),
+                "57P01" | "57P02" | "57P03" | "08006" | "08003" | "08000"
+            )
+        }
+        _ => false,
+    }
+}
+
+const CONNECTION_CLOSED: &str = "the connection was closed";
+
 fn sql_error(e: tokio_postgres::Error) -> DbError {
     match e.as_db_error() {
         Some(db) => DbError::Sql {
@@ -651,7 +699,7 @@ fn sql_error(e: tokio_postgres::Error) -> DbError {
         },
         None if e.is_closed() => DbError::Connect {
             target: "the coordinator".into(),
-            reason: "the connection was closed".into(),
+            reason: CONNECTION_CLOSED.into(),
         },
         None => DbError::Sql {
             sqlstate: "08000".into(),

@@ -47,6 +47,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "security::a_server_restart_mid_session_costs_no_call",
+            server_restart,
+        ),
+        trial(
+            ctx,
             "security::a_vanished_client_leaves_nothing_running",
             vanished_client_leaves_nothing_running,
         ),
@@ -604,6 +609,45 @@ fn catalog_lock_times_out(ctx: &Ctx) {
     ctx.rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
     let out = call(ctx, &e, "node_count", json!({})).unwrap();
     assert!(out.structured["n"].as_i64().is_some(), "{}", out.text);
+}
+
+/// A restart of PostgreSQL ends every pooled connection; the session goes on: the next
+/// calls reconnect without an error. A server of its own, so no other test sees it go.
+fn server_restart(ctx: &Ctx) {
+    if !ctx.is_fixture() {
+        eprintln!("skipped on a real cluster: the test restarts a throwaway server of its own");
+        return;
+    }
+    let own = crate::TestDatabase::start().expect("a second throwaway server starts");
+    let mut dsn = citus_mcp::db::Dsn::parse(own.dsn()).unwrap();
+    dsn.config.application_name("citus-mcp-restart");
+    let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
+        dsn,
+        worker_dsns: vec![],
+        connect_timeout: Duration::from_secs(10),
+        pool_size: 2,
+        application_name: "citus-mcp-restart".into(),
+        timeout_ceiling: Duration::from_secs(60),
+    })
+    .unwrap();
+    let e = engine_on(db, &[], Settings::default());
+    for tool in ["list_nodes", "citus_table_inspector"] {
+        let args = if tool == "list_nodes" {
+            json!({})
+        } else {
+            json!({"table": "orders"})
+        };
+        call(ctx, &e, tool, args.clone()).unwrap();
+        own.restart().expect("the server restarts");
+        for _ in 0..3 {
+            let r = call(ctx, &e, tool, args.clone());
+            assert!(
+                r.is_ok(),
+                "{tool} after a restart: {:?}",
+                r.err().map(|e| e.text())
+            );
+        }
+    }
 }
 
 const SLEEPER: &str = r#"

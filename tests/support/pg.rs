@@ -207,6 +207,39 @@ impl TestDatabase {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Restarts the throwaway server (fast shutdown: every session ends), on the same port
+    /// and data, as an operator's restart would. Not for a real cluster.
+    pub fn restart(&self) -> Result<()> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow!("only a throwaway server can be restarted"))?;
+        let data = server.data_dir.to_string_lossy().into_owned();
+        let log = server
+            .data_dir
+            .parent()
+            .unwrap_or(&server.data_dir)
+            .join("server.log")
+            .to_string_lossy()
+            .into_owned();
+        let out = run_pg(
+            server.as_postgres,
+            &server.bindir.join("pg_ctl"),
+            &[
+                "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "30", "restart",
+            ],
+            server.dir.as_ref().map(|d| d.path()),
+        )?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl restart failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The throwaway server's port, from the DSN this harness wrote.
     fn port(&self) -> Option<u16> {
         self.dsn
