@@ -9,6 +9,7 @@ pub mod dsn;
 pub mod fanout;
 mod nonce;
 pub mod value;
+mod write;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -188,6 +189,9 @@ pub struct Db {
     nodes: Mutex<std::collections::HashMap<String, std::sync::Arc<Db>>>,
     /// The calls in flight, so that shutting down can cancel their statements.
     running: Running,
+    /// How a connection is made, before the session's timeouts are added: a
+    /// read-write call opens its own connection with its own timeouts from this.
+    startup: tokio_postgres::Config,
 }
 
 /// Cancel tokens of the calls in flight, by call number.
@@ -248,19 +252,11 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name(&cfg.application_name);
         }
+        let startup = pg.clone();
         // Session defaults from the startup packet: every statement on these
         // connections, the version probe and `lint --db`'s prepares included, is
         // bounded before anything is parsed. Calls lower them with SET LOCAL.
-        let ceiling = cfg.timeout_ceiling.as_millis().max(1);
-        let ours = format!(
-            "-c statement_timeout={ceiling} -c lock_timeout={ceiling} -c idle_in_transaction_session_timeout={}",
-            ceiling + IDLE_GRACE_MS
-        );
-        let options = match pg.get_options() {
-            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
-            _ => ours,
-        };
-        pg.options(&options);
+        let pg = with_session_timeouts(&startup, cfg.timeout_ceiling);
         let mgr = Manager::from_config(
             pg,
             tls.clone(),
@@ -283,6 +279,7 @@ impl Db {
             config,
             nodes: Mutex::new(std::collections::HashMap::new()),
             running: Running::default(),
+            startup,
         })
     }
 
@@ -637,6 +634,27 @@ impl Drop for CallGuard {
             running.remove(call);
         });
     }
+}
+
+/// `base` with `timeout` as the session's statement and lock timeouts (and the idle
+/// limit a little above them), set in the startup packet so that they bind before the
+/// first statement is parsed. The caller's own `options` are kept, ours come last.
+fn with_session_timeouts(
+    base: &tokio_postgres::Config,
+    timeout: Duration,
+) -> tokio_postgres::Config {
+    let ms = timeout.as_millis().max(1);
+    let ours = format!(
+        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+        ms + IDLE_GRACE_MS
+    );
+    let options = match base.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    let mut pg = base.clone();
+    pg.options(&options);
+    pg
 }
 
 fn to_rows(

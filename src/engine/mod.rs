@@ -213,6 +213,7 @@ impl Engine {
         // argument validation, so a call without a token learns how to get one rather
         // than that `approval_token` is a required property. The token binds the exact
         // arguments, which were checked against the schema when they were approved.
+        let mut approved = None;
         if tool.spec.safety == Safety::Execute {
             let approvals = self.approvals.as_deref().ok_or_else(|| {
                 ToolError::new(
@@ -222,9 +223,11 @@ impl Engine {
                 .hint("run the server with --mode admin and an approval_secret")
             })?;
             let none = Map::new();
-            approvals
-                .verify(name, args.as_object().unwrap_or(&none), caller)
-                .await?;
+            approved = Some(
+                approvals
+                    .verify(name, args.as_object().unwrap_or(&none), caller)
+                    .await?,
+            );
         }
         let problems = tool.argument_errors(&args);
         if !problems.is_empty() {
@@ -261,12 +264,13 @@ impl Engine {
                 cancel,
                 caller,
                 limits: self.settings.limits(&tool.spec.limits),
+                approved,
             };
             return plugin.call(call).await;
         }
-        // An approved execute SQL tool runs here like any other, inside READ ONLY: the
-        // read-write path of execute tools is not built yet, and until it is their
-        // writes fail with READ_ONLY.
+        // An approved execute SQL tool runs its statements on the read-write path (each
+        // in autocommit, see `flush`); every other tool reads inside READ ONLY.
+        let write = approved.is_some();
         let db = self.db.as_ref().ok_or_else(not_configured)?;
         if let Some(req) = &tool.spec.requires.citus {
             check_citus(&db.facts().await?, req)?;
@@ -280,7 +284,7 @@ impl Engine {
         {
             return Ok(out.clone());
         }
-        let out = self.run(&tool, args, db, cancel).await?;
+        let out = self.run(&tool, args, db, cancel, write).await?;
         if ttl > Duration::ZERO {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.len() >= CACHE_CAPACITY {
@@ -352,6 +356,7 @@ impl Engine {
         args: Map<String, Value>,
         db: &Db,
         cancel: &CancellationToken,
+        write: bool,
     ) -> Result<ToolOutput, ToolError> {
         let CallLimits {
             max_rows,
@@ -390,6 +395,7 @@ impl Engine {
                     db,
                     timeout,
                     cancel,
+                    write,
                 )
                 .await?;
             }
@@ -441,6 +447,7 @@ impl Engine {
             db,
             timeout,
             cancel,
+            write,
         )
         .await?;
 
@@ -477,12 +484,23 @@ impl Engine {
         db: &Db,
         timeout: Duration,
         cancel: &CancellationToken,
+        write: bool,
     ) -> Result<(), ToolError> {
         if batch.is_empty() {
             return Ok(());
         }
         let (queries, statements): (Vec<&QuerySpec>, Vec<Statement>) = batch.drain(..).unzip();
-        let results = db.read_only(&statements, timeout, cancel).await?;
+        let results = if write {
+            // An approved execute tool: each statement alone in autocommit, in order,
+            // because Citus's operations refuse or misbehave inside a transaction block.
+            let mut out = Vec::with_capacity(statements.len());
+            for st in &statements {
+                out.push(db.read_write(st, timeout, cancel).await?);
+            }
+            out
+        } else {
+            db.read_only(&statements, timeout, cancel).await?
+        };
         for (q, rows) in queries.into_iter().zip(results) {
             push_part(q, rows, parts, ctx.as_deref_mut(), node_errors)?;
         }

@@ -13,12 +13,13 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CallLimits, Caller, Engine, ErrorCode, ToolError, ToolOutput, not_configured, render_error,
+    Approved, CallLimits, Caller, Engine, ErrorCode, ToolError, ToolOutput, not_configured,
+    render_error,
 };
 use crate::compile::CompiledTool;
 use crate::db::fanout::NodeSet;
 use crate::db::{AfterCall, Db, Rows, Statement};
-use crate::spec::{Shape, Target};
+use crate::spec::{Safety, Shape, Target};
 
 /// What a plugin's call returns.
 pub type PluginFuture<'a> =
@@ -48,6 +49,9 @@ pub struct PluginCall<'a> {
     pub caller: &'a dyn Caller,
     /// The tool's limits under the server's ceilings.
     pub limits: CallLimits,
+    /// The approval the gate accepted for this call: set by the engine only, for an
+    /// execute-class tool whose token it verified. [`PluginCall::execute`] needs it.
+    pub(super) approved: Option<Approved>,
 }
 
 impl PluginCall<'_> {
@@ -67,6 +71,35 @@ impl PluginCall<'_> {
             .read_only(&[st], self.limits.timeout, self.cancel)
             .await?;
         Ok(rows.pop().expect("one statement, one result"))
+    }
+
+    /// Runs the tool file's query `name` in autocommit on a connection of its own (the
+    /// read-write path): only for an execute-class tool whose approval token the gate
+    /// accepted for exactly this call. The call's timeout bounds the statement.
+    pub async fn execute(&self, name: &str, vars: Value) -> Result<Rows, ToolError> {
+        if self.tool.spec.safety != Safety::Execute || self.approved.is_none() {
+            return Err(ToolError::new(
+                ErrorCode::Internal,
+                format!(
+                    "tool `{}` may not change the cluster: only an approved call of an execute tool can",
+                    self.tool.spec.name
+                ),
+            )
+            .hint("declare the tool `safety: execute`; the engine then requires an approval token"));
+        }
+        if self.target(name) != Target::Coordinator {
+            return Err(self.wrong_target(name, "fan_out"));
+        }
+        let st = self.statement(name, &vars)?;
+        Ok(self
+            .db()?
+            .read_write(&st, self.limits.timeout, self.cancel)
+            .await?)
+    }
+
+    /// The approval this call runs under (execute tools), for the result.
+    pub fn approval_id(&self) -> Option<&str> {
+        self.approved.as_ref().map(|a| a.approval_id.as_str())
     }
 
     /// Runs a statement built from the caller's text (checked by the plugin) read-only,

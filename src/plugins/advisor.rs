@@ -341,8 +341,8 @@ fn node_skew(nodes: &[Record]) -> Vec<Finding> {
                 "max_avg_ratio": round2(max_b / avg_b), "threshold_ratio": SKEW_RATIO,
                 "per_node": per_node,
             }))
-            .recommend("rebalance by disk size (rebalance_strategy by_disk_size) after checking the prerequisites; hot shards (one tenant) need tenant isolation instead")
-            .next("citus_shard_skew_report", json!({"metric": "bytes"})),
+            .recommend("rebalance by disk size (rebalance_strategy by_disk_size) after checking the prerequisites: the plan shows the moves and bytes per node after; hot shards (one tenant) need tenant isolation instead (citus_shard_skew_report names them)")
+            .next("citus_rebalance_plan", json!({"strategy": "by_disk_size"})),
         );
     }
     let (max_s, min_s, avg_s) = stats(&shards);
@@ -364,8 +364,8 @@ fn node_skew(nodes: &[Record]) -> Vec<Finding> {
                 "max_shards": max_s, "min_shards": min_s, "avg_shards": round2(avg_s),
                 "per_node": per_node,
             }))
-            .recommend("rebalance (the default strategy by_shard_count evens out placements)")
-            .next("citus_shard_skew_report", json!({"metric": "shard_count"})),
+            .recommend("rebalance with the strategy by_shard_count, which evens out placements: the plan shows the moves")
+            .next("citus_rebalance_plan", json!({"strategy": "by_shard_count"})),
         );
     }
     out
@@ -757,7 +757,16 @@ fn background_jobs(jobs: &[Record]) -> Vec<Finding> {
             _ => None,
         };
         if let Some(f) = finding {
-            out.push(f.evidence(ev).next("citus_job_inspector", next));
+            // A rebalance has its own status tool: tasks with their shards and bytes.
+            let f = if text(j, "job_type") == "rebalance" {
+                f.next(
+                    "citus_rebalance_status",
+                    json!({"job_id": id, "verbose": true}),
+                )
+            } else {
+                f.next("citus_job_inspector", next)
+            };
+            out.push(f.evidence(ev));
         }
     }
     capped(out, "background_job")

@@ -16,6 +16,7 @@ mod advice;
 mod advisor;
 mod approval;
 mod explain;
+mod operations;
 mod rebalance_prereqs;
 mod snapshot_source;
 
@@ -28,6 +29,8 @@ pub const NAMES: &[&str] = &[
     "advisor",
     "rebalance_prereqs",
     "snapshot_source",
+    "rebalance_execute",
+    "move_shard_execute",
 ];
 
 /// Every plugin, for [`Engine::with_plugins`].
@@ -40,6 +43,8 @@ pub fn all() -> Plugins {
         Arc::new(advisor::Advisor),
         Arc::new(rebalance_prereqs::RebalancePrereqs),
         Arc::new(snapshot_source::SnapshotSource),
+        Arc::new(operations::RebalanceExecute),
+        Arc::new(operations::MoveShardExecute),
     ])
 }
 

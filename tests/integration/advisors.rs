@@ -311,7 +311,7 @@ fn advisor_reports_nodes_jobs_and_cleanup_records(ctx: &Ctx) {
     );
     assert_eq!(
         failed["next_tool"],
-        json!({"name": "citus_job_inspector", "arguments": {"job_id": failed["evidence"]["job_id"], "include_tasks": true}})
+        json!({"name": "citus_rebalance_status", "arguments": {"job_id": failed["evidence"]["job_id"], "verbose": true}})
     );
     let cleanup = one(v, "leftover_cleanup", &marker);
     assert!(

@@ -50,6 +50,18 @@ const COORDINATOR_ONLY: &[(&str, &str)] = &[
         "plans on the coordinator (the fixture has no Citus planner; on real Citus a remote EXPLAIN on the node fails with NODE_UNREACHABLE)",
     ),
     (
+        "citus_rebalance_execute",
+        "execute tool: not served outside admin mode, and its example runs outside it; reads no node",
+    ),
+    (
+        "citus_rebalance_stop",
+        "execute tool: not served outside admin mode, and its example runs outside it; reads no node",
+    ),
+    (
+        "citus_move_shard_execute",
+        "execute tool: not served outside admin mode, and its example runs outside it; reads no node",
+    ),
+    (
         "citus_job_inspector",
         "its first example lists jobs from pg_dist_background_job (the catalog)",
     ),

@@ -19,6 +19,7 @@ mod fixture;
 mod lint;
 mod mcp;
 mod monitoring;
+mod operations;
 mod security;
 
 use std::sync::{Arc, OnceLock};
@@ -144,6 +145,7 @@ fn main() {
     trials.extend(lint::trials(&ctx));
     trials.extend(security::trials(&ctx));
     trials.extend(approval::trials(&ctx));
+    trials.extend(operations::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

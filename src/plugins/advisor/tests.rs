@@ -45,9 +45,13 @@ fn node_skew_sees_bytes_and_shard_counts() {
     assert_eq!(rules(&f), ["data_skew", "shard_count_skew"]);
     assert!(f[0].title.contains("127.0.0.1:9701"), "{}", f[0].title);
     assert_eq!(f[0].evidence["per_node"]["127.0.0.1:9703"]["bytes"], 0);
+    // Skew leads to the plan of the rebalance that would even it out, by the same measure.
+    let next = f[0].next_tool.as_ref().unwrap();
+    assert_eq!(next.name, "citus_rebalance_plan");
+    assert_eq!(next.arguments, json!({"strategy": "by_disk_size"}));
     assert_eq!(
-        f[0].next_tool.as_ref().unwrap().name,
-        "citus_shard_skew_report"
+        f[1].next_tool.as_ref().unwrap().arguments,
+        json!({"strategy": "by_shard_count"})
     );
     assert_eq!(f[1].evidence["min_shards"], 0.0);
 
@@ -293,9 +297,16 @@ fn background_jobs_failed_error_tasks_and_stuck() {
         ]
     );
     assert!(f[1].title.contains("task 7"), "{}", f[1].title);
+    // A rebalance job leads to its own status tool.
+    let next = f[2].next_tool.as_ref().unwrap();
+    assert_eq!(next.name, "citus_rebalance_status");
+    assert_eq!(next.arguments, json!({"job_id": 3, "verbose": true}));
+    let copy = background_jobs(&recs(json!([
+        {"job_id": 9, "state": "failed", "job_type": "copy", "tasks": 1, "tasks_error": 1},
+    ])));
     assert_eq!(
-        f[2].next_tool.as_ref().unwrap().arguments,
-        json!({"job_id": 3, "include_tasks": true})
+        copy[0].next_tool.as_ref().unwrap().arguments,
+        json!({"job_id": 9, "include_tasks": true})
     );
 }
 
