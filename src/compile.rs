@@ -142,10 +142,30 @@ impl CompiledPrompt {
     }
 }
 
+/// How much a compile checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Everything lint checks: examples rendered and parsed, every template branch parsed.
+    Lint,
+    /// What serving needs (schema, templates, paging, resources, the execute guard); the
+    /// rendering checks are skipped. For built-in files, which the tests lint in full
+    /// (`registry::tests::builtins_compile_without_findings`): startup does not pay for it.
+    Serve,
+}
+
 /// Compiles a tool file; `None` when any error was found (warnings still compile).
 pub fn compile_tool(
     file: &SourceFile,
     plugins: &[&str],
+) -> (Option<CompiledTool>, Vec<Diagnostic>) {
+    compile_tool_to(file, plugins, Depth::Lint)
+}
+
+/// [`compile_tool`] to the given depth.
+pub fn compile_tool_to(
+    file: &SourceFile,
+    plugins: &[&str],
+    depth: Depth,
 ) -> (Option<CompiledTool>, Vec<Diagnostic>) {
     let spec = match spec::parse_tool(&file.origin, &file.text) {
         Ok(s) => s,
@@ -161,10 +181,12 @@ pub fn compile_tool(
     check_paging(&mut ck, &spec);
     check_resources(&mut ck, &spec);
     check_execute_guard(&mut ck, &spec);
-    check_branches(&mut ck, &spec);
-    // Examples only make sense once the tool itself compiled.
-    if let (Some(v), false) = (&validator, ck.has_errors()) {
-        check_examples(&mut ck, &spec, v, &templates);
+    if depth == Depth::Lint {
+        check_branches(&mut ck, &spec);
+        // Examples only make sense once the tool itself compiled.
+        if let (Some(v), false) = (&validator, ck.has_errors()) {
+            check_examples(&mut ck, &spec, v, &templates);
+        }
     }
 
     let out = dedup(ck.out);
