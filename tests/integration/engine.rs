@@ -443,8 +443,10 @@ examples:
 fn lost_connections_are_reestablished(ctx: &Ctx) {
     let e = engine_named(ctx, &ctx.dsn(), &[], no_cache(), "citus-mcp-reconnect-test");
     assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
-    // Terminate every connection of the pool from the outside.
-    ctx.db().psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'citus-mcp-reconnect-test'").unwrap();
+    // Terminate every connection of the pool from the outside, waiting (up to 10 s) until
+    // each backend has exited: a backend still finishing would answer the first call, and
+    // the loss would land on the second.
+    ctx.db().psql("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = 'citus-mcp-reconnect-test'").unwrap();
     // The first call after the loss may fail cleanly; a later one must succeed.
     let first = call(ctx, &e, "list_nodes", json!({}));
     if let Err(err) = &first {
