@@ -325,30 +325,59 @@ impl Db {
         })
     }
 
-    /// Server and Citus versions; cached for a minute.
+    /// Server and Citus versions; cached for a minute. Bounded by the pool's ceiling.
     pub async fn facts(&self) -> Result<ServerFacts, DbError> {
+        self.facts_within(self.config.timeout_ceiling).await
+    }
+
+    /// [`Db::facts`], bounded by a call's own timeout. On Citus the probe is not free:
+    /// the first statement of a new backend loads Citus's metadata cache, which waits
+    /// for any lock held on `pg_dist_node`, before a call's SET LOCAL timeouts can
+    /// apply. Past `timeout` the probe is cancelled and its connection closed.
+    pub async fn facts_within(&self, timeout: Duration) -> Result<ServerFacts, DbError> {
         if let Some((at, f)) = self.facts.lock().expect("facts lock").as_ref()
             && at.elapsed() < FACTS_TTL
         {
             return Ok(f.clone());
         }
+        let timeout_ms = timeout.as_millis() as u64;
         let client = self.client().await?;
-        let row = client
-            .query_one(include_str!("probe.sql"), &[])
-            .await
-            .map_err(sql_error)?;
-        let has_citus: bool = row.get("has_citus");
-        let citus_version = if has_citus {
-            Some(
-                client
-                    .query_one("SELECT pg_catalog.citus_version()", &[])
-                    .await
-                    .map_err(sql_error)?
-                    .get(0),
-            )
-        } else {
-            None
+        // Dropped unfinished (timed out, or a failed probe), the guard cancels the
+        // probe on the server and closes the connection instead of pooling it.
+        let mut guard = CallGuard::new(self, client);
+        let client = guard.client.as_mut().expect("set above");
+        let probe = async {
+            let row = client
+                .query_one(include_str!("probe.sql"), &[])
+                .await
+                .map_err(sql_error)?;
+            let has_citus: bool = row.get("has_citus");
+            let citus_version: Option<String> = if has_citus {
+                Some(
+                    client
+                        .query_one("SELECT pg_catalog.citus_version()", &[])
+                        .await
+                        .map_err(sql_error)?
+                        .get(0),
+                )
+            } else {
+                None
+            };
+            Ok::<_, DbError>((row, citus_version))
         };
+        let (row, citus_version) = match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(r)) => r,
+            // The session ceiling or lock timeout (startup options) ended the probe.
+            Ok(Err(DbError::Sql { sqlstate, .. }))
+                if sqlstate == SqlState::QUERY_CANCELED.code()
+                    || sqlstate == SqlState::LOCK_NOT_AVAILABLE.code() =>
+            {
+                return Err(DbError::Timeout(timeout_ms));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(DbError::Timeout(timeout_ms)),
+        };
+        guard.finish(AfterCall::Reuse);
         let facts = ServerFacts {
             server_version: row.get("server_version"),
             server_version_num: row.get("server_version_num"),

@@ -273,7 +273,8 @@ impl Engine {
         let write = approved.is_some();
         let db = self.db.as_ref().ok_or_else(not_configured)?;
         if let Some(req) = &tool.spec.requires.citus {
-            check_citus(&db.facts().await?, req)?;
+            let timeout = self.settings.limits(&tool.spec.limits).timeout;
+            check_citus(&db.facts_within(timeout).await?, req)?;
         }
 
         let ttl = self.ttl(&tool);

@@ -228,7 +228,7 @@ impl Facts {
 /// does for SQL tools (it leaves plugins to check for themselves).
 pub async fn require_citus(call: &PluginCall<'_>) -> Result<(), ToolError> {
     if let Some(req) = &call.tool.spec.requires.citus {
-        crate::engine::check_citus(&call.db()?.facts().await?, req)?;
+        crate::engine::check_citus(&call.db()?.facts_within(call.limits.timeout).await?, req)?;
     }
     Ok(())
 }

@@ -142,7 +142,9 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         reads.push(Read::nodes("settings"));
         reads.push(Read::nodes("versions"));
     }
-    let facts = Facts::gather(&call, reads).await?;
+    let mut facts = Facts::gather(&call, reads).await?;
+    let nodes = facts.get("nodes").unwrap_or_default().to_vec();
+    name_unreachable_nodes(&nodes, &mut facts.node_errors);
     let findings = judge(&facts, focus, max_tables, &limits);
 
     let registry = call.engine.registry();
@@ -161,6 +163,27 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         .collect();
     sort(&mut findings);
     Ok(output(focus_name, findings, &facts, call.limits.max_bytes))
+}
+
+/// Nodes the `nodes` query found silent (`reachable` false) go to `node_errors`, as the
+/// other tools name them, unless a fan-out already did: their sizes are unknown (null).
+fn name_unreachable_nodes(nodes: &[Record], node_errors: &mut Vec<Value>) {
+    for n in nodes {
+        if n.get("reachable") != Some(&Value::Bool(false))
+            || node_errors.iter().any(|o| o["nodeid"] == val(n, "nodeid"))
+        {
+            continue;
+        }
+        node_errors.push(json!({
+            "nodeid": val(n, "nodeid"),
+            "node": val(n, "node"),
+            "code": crate::engine::ErrorCode::NodeUnreachable,
+            "message": format!(
+                "the coordinator cannot reach node {}: its numbers are missing from this result",
+                text(n, "node")
+            ),
+        }));
+    }
 }
 
 /// Every rule the focus asks for, over the facts that were read.
@@ -313,15 +336,21 @@ fn node_skew(nodes: &[Record]) -> Vec<Finding> {
         .map(|n| {
             (
                 text(n, "node").to_string(),
-                json!({"bytes": int(n, "bytes"), "shards": int(n, "shards")}),
+                json!({"bytes": val(n, "bytes"), "shards": int(n, "shards")}),
             )
         })
         .collect();
     let mut out = Vec::new();
-    let bytes: Vec<f64> = workers.iter().map(|n| int(n, "bytes") as f64).collect();
+    // A worker that did not answer has no size (null): data skew is then unknown, while
+    // shard counts come from the catalog and still count.
+    let bytes: Option<Vec<f64>> = workers.iter().map(|n| num(n, "bytes")).collect();
     let shards: Vec<f64> = workers.iter().map(|n| int(n, "shards") as f64).collect();
-    let (max_b, min_b, avg_b) = stats(&bytes);
-    if avg_b > 0.0 && max_b > SKEW_RATIO * avg_b && max_b - min_b >= SKEW_MIN_BYTES {
+    if let Some(bytes) = bytes
+        && let (max_b, min_b, avg_b) = stats(&bytes)
+        && avg_b > 0.0
+        && max_b > SKEW_RATIO * avg_b
+        && max_b - min_b >= SKEW_MIN_BYTES
+    {
         let fullest = workers[argmax(&bytes)];
         out.push(
             Finding::new(
@@ -415,8 +444,9 @@ fn hot_shards(tables: &[Record], max_tables: usize) -> Vec<Finding> {
         .filter(|t| matches!(text(t, "table_type"), "distributed" | "schema"))
         .filter_map(|t| {
             let shards = int(t, "shards");
-            let largest = int(t, "largest_shard_bytes") as f64;
-            let avg = int(t, "bytes") as f64 / shards.max(1) as f64;
+            // Unknown (null) while a node holding one of its shards does not answer.
+            let largest = num(t, "largest_shard_bytes")?;
+            let avg = num(t, "bytes")? / shards.max(1) as f64;
             (shards >= HOT_SHARD_MIN_SHARDS
                 && largest >= HOT_SHARD_MIN_BYTES
                 && largest > HOT_SHARD_RATIO * avg)
@@ -487,7 +517,7 @@ fn tables_without_replica_identity(
                     "replica_identity": val(t, "replica_identity"),
                     "has_primary_key": val(t, "has_primary_key"),
                     "access_method": val(t, "access_method"),
-                    "colocation_id": val(t, "colocation_id"), "bytes": int(t, "bytes"),
+                    "colocation_id": val(t, "colocation_id"), "bytes": val(t, "bytes"),
                 }))
                 .recommend("add a primary key, or set REPLICA IDENTITY USING INDEX (a unique index on NOT NULL columns) or FULL; until then moves need shard_transfer_mode 'block_writes' (writes wait during the move)")
                 .next("citus_validate_rebalance_prereqs", json!({"table": val(t, "table_name")}))
@@ -554,6 +584,22 @@ fn node_states(nodes: &[Record]) -> Vec<Finding> {
         }
         if text(n, "role") != "primary" {
             continue;
+        }
+        // Reachable is null when not checked; false when the coordinator's check failed.
+        if n.get("reachable") == Some(&Value::Bool(false)) {
+            out.push(
+                Finding::new(
+                    Severity::Critical,
+                    "unreachable_node",
+                    format!(
+                        "node {node} (nodeid {}) does not answer the coordinator: queries that need its shards fail, and its sizes are unknown",
+                        val(n, "nodeid")
+                    ),
+                )
+                .evidence(ev.clone())
+                .recommend("check that PostgreSQL runs on the node and accepts the coordinator's connections (citus_check_connection_to_node); until it answers, skew and sizes cannot be judged")
+                .next("list_nodes", json!({})),
+            );
         }
         if !flag(n, "is_coordinator") && !flag(n, "should_have_shards") {
             let shards = int(n, "shards");

@@ -76,7 +76,7 @@ impl Plugin for ServerInfo {
     }
 
     fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
-        Box::pin(async move { Ok(object(server_info(call.engine).await)) })
+        Box::pin(async move { Ok(object(server_info(call.engine, call.limits.timeout).await)) })
     }
 }
 
@@ -90,7 +90,7 @@ fn ping(args: &Map<String, Value>) -> Value {
 }
 
 /// The server, its mode, the cluster's versions, and the state of the tool files.
-async fn server_info(engine: &Engine) -> Value {
+async fn server_info(engine: &Engine, timeout: std::time::Duration) -> Value {
     let registry = engine.registry();
     let s = &engine.settings;
     let mut info = json!({
@@ -108,7 +108,7 @@ async fn server_info(engine: &Engine) -> Value {
     });
     let cluster = match engine.db() {
         None => json!({"connected": false, "error": "no coordinator is configured"}),
-        Some(db) => match db.facts().await {
+        Some(db) => match db.facts_within(timeout).await {
             Ok(f) => json!({
                 "connected": true,
                 "coordinator": db.target(),

@@ -242,9 +242,12 @@ impl Check<'_> {
             let about_dead = o.get("nodeid").and_then(Value::as_i64) == Some(DEAD_NODEID)
                 || o.get("node").and_then(Value::as_str) == Some(self.dead)
                 || o.get("group_key").and_then(Value::as_str) == Some(self.dead);
-            if !about_dead || o.contains_key("code") {
-                return;
-            }
+            // Evidence keyed by node name (the advisor's per_node) is about it too.
+            let o = match o.get(self.dead) {
+                Some(Value::Object(inner)) => inner,
+                _ if about_dead && !o.contains_key("code") => o,
+                _ => return,
+            };
             for (k, v) in o {
                 let sized = k.contains("bytes")
                     || k == "size"

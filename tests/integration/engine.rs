@@ -443,8 +443,9 @@ examples:
 fn lost_connections_are_reestablished(ctx: &Ctx) {
     let e = engine_named(ctx, &ctx.dsn(), &[], no_cache(), "citus-mcp-reconnect-test");
     assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
-    // Terminate every connection of the pool from the outside.
-    ctx.db().psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'citus-mcp-reconnect-test'").unwrap();
+    // Terminate every connection of the pool from the outside, waiting (up to 10 s) until
+    // each backend has exited: a backend still finishing would answer the first call.
+    ctx.db().psql("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = 'citus-mcp-reconnect-test'").unwrap();
     // As after a server restart: the next calls find their connections gone, close them
     // and run on new ones, without an error for the caller.
     for _ in 0..3 {

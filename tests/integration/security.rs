@@ -412,6 +412,28 @@ fn fan_out_writes_are_refused(ctx: &Ctx) {
     // ...and at run time each node's PostgreSQL refuses the same statements, whatever
     // lint said (a file edited after lint, a check that misses a case).
     let canary = Canary::new(ctx);
+    // On a real cluster the canary table and sequence are the coordinator's local
+    // objects, which Citus does not propagate (it does the functions and views): without
+    // copies on the workers, they would answer "does not exist" and prove nothing.
+    let on_workers = |sql: &str| {
+        ctx.db()
+            .psql(&format!(
+                "SELECT nodeport, success, result FROM run_command_on_workers($cmd${sql}$cmd$) ORDER BY nodeport"
+            ))
+            .unwrap()
+    };
+    let workers_before = (!ctx.is_fixture()).then(|| {
+        for sql in [
+            "CREATE TABLE IF NOT EXISTS public.citus_mcp_canary (x int)",
+            "TRUNCATE public.citus_mcp_canary",
+            "INSERT INTO public.citus_mcp_canary VALUES (1), (2), (3)",
+            "CREATE SEQUENCE IF NOT EXISTS public.citus_mcp_canary_seq",
+        ] {
+            let out = on_workers(sql);
+            assert!(!out.contains("|f|"), "{sql}: {out}");
+        }
+        on_workers(WORKER_STATE)
+    });
     let db = ctx.pool(&ctx.dsn());
     let evil = [
         "SELECT nextval('public.citus_mcp_canary_seq') AS v",
@@ -454,6 +476,13 @@ fn fan_out_writes_are_refused(ctx: &Ctx) {
                 }
             }
             canary.assert_unchanged(ctx, &what);
+            if let Some(before) = &workers_before {
+                assert_eq!(
+                    &on_workers(WORKER_STATE),
+                    before,
+                    "workers changed after {what}"
+                );
+            }
         }
     }
 }
@@ -528,6 +557,11 @@ fn approved_analyze(ctx: &Ctx) {
     assert_eq!(err.code, ErrorCode::ApprovalInvalid, "{}", err.text());
     canary.assert_unchanged(ctx, "a replayed token");
 }
+
+/// The workers' copies of the canary (real clusters only), as one line per worker.
+const WORKER_STATE: &str = "SELECT concat_ws(' | ', \
+  (SELECT string_agg(x::text, ',' ORDER BY x) FROM public.citus_mcp_canary), \
+  (SELECT last_value || '/' || is_called FROM public.citus_mcp_canary_seq))";
 
 fn role_warnings(ctx: &Ctx) {
     let info = |db| {

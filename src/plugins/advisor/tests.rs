@@ -73,6 +73,35 @@ fn node_skew_sees_bytes_and_shard_counts() {
 }
 
 #[test]
+fn a_worker_that_did_not_answer_has_unknown_bytes_not_zero() {
+    // The nodes query: reachable false and bytes null for a worker citus_shards could not
+    // measure. Data skew is then unknown; shard counts still come from the catalog.
+    let mut nodes = sample_nodes();
+    nodes[2].insert("reachable".into(), json!(false));
+    nodes[2].insert("bytes".into(), Value::Null);
+    let f = node_skew(&nodes);
+    assert_eq!(rules(&f), ["shard_count_skew"]);
+    assert_eq!(
+        f[0].evidence["per_node"]["127.0.0.1:9702"]["bytes"],
+        Value::Null
+    );
+    let f = node_states(&nodes);
+    assert_eq!(rules(&f), ["unreachable_node"]);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].evidence["node"], "127.0.0.1:9702");
+
+    // It is named in node_errors, once, even when a fan-out named it too.
+    let mut errors = vec![
+        json!({"nodeid": 4, "node": "127.0.0.1:9703", "code": "NODE_UNREACHABLE", "message": "x"}),
+    ];
+    nodes[3].insert("reachable".into(), json!(false));
+    name_unreachable_nodes(&nodes, &mut errors);
+    let named: Vec<&Value> = errors.iter().map(|e| &e["node"]).collect();
+    assert_eq!(named, [&json!("127.0.0.1:9703"), &json!("127.0.0.1:9702")]);
+    assert_eq!(errors[1]["code"], "NODE_UNREACHABLE");
+}
+
+#[test]
 fn node_skew_ignores_clones_and_needs_two_workers() {
     let mut nodes = sample_nodes();
     nodes.truncate(2);
@@ -127,6 +156,11 @@ fn hot_shards_need_a_dominant_shard_in_a_table_of_several() {
         json!({"table": "public.events"})
     );
     assert!(hot_shards(&tables, 0).is_empty(), "max_tables caps them");
+    // A table with a shard on a node that did not answer has no total: no finding.
+    let mut unknown = tables.clone();
+    unknown[0].insert("bytes".into(), Value::Null);
+    unknown[0].insert("largest_shard_bytes".into(), Value::Null);
+    assert!(hot_shards(&unknown, 10).is_empty());
 }
 
 #[test]
