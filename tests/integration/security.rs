@@ -150,7 +150,9 @@ CREATE POLICY citus_mcp_lock_policy ON public.citus_mcp_rls USING (public.citus_
 const STATE: &str = "SELECT concat_ws(' | ',
   (SELECT string_agg(x::text, ',' ORDER BY x) FROM public.citus_mcp_canary),
   (SELECT last_value || '/' || is_called FROM public.citus_mcp_canary_seq),
-  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'),
+  -- Session-level locks a SQL caller can take (objsubid 1: one bigint key, 2: two int4
+  -- keys); Citus's own advisory locks (shard moves, cleanup) use other objsubid values.
+  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid IN (1, 2)),
   (SELECT count(*) FROM pg_replication_slots),
   (SELECT count(*) FROM pg_largeobject_metadata),
   (SELECT coalesce(stats_reset::text, 'never') FROM pg_stat_database WHERE datname = current_database()),
