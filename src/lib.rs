@@ -16,6 +16,7 @@ pub mod diagnostic;
 pub mod echo;
 pub mod engine;
 pub mod lint;
+pub mod manual;
 pub mod plugins;
 pub mod registry;
 pub mod server;

@@ -75,10 +75,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ToolsCommand {
-    /// The tools this configuration serves.
+    /// The tools this configuration serves: name, safety, toolset, bytes in tools/list, title.
     List,
-    /// One tool's definition as MCP lists it.
-    Show { name: String },
+    /// One tool's manual (as the resource citus://tools/NAME serves it).
+    Show {
+        name: String,
+        /// Print the tool's tools/list entry as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call a tool and print its result as JSON.
     Call {
         name: String,
@@ -285,24 +290,39 @@ async fn run(
             let engine = engine(&config, &env)?;
             match command {
                 ToolsCommand::List => {
-                    for t in engine.visible_tools() {
+                    let tools = engine.visible_tools();
+                    let mut total = 0;
+                    for t in &tools {
                         let safety = serde_json::to_value(t.spec.safety)?;
+                        let bytes = server::list_entry_bytes(t);
+                        total += bytes;
                         print_out(&format!(
-                            "{}\t{}\t{}",
+                            "{}\t{}\t{}\t{bytes}\t{}",
                             t.spec.name,
                             safety.as_str().unwrap_or(""),
+                            t.spec.toolset.map_or("-", |s| s.as_str()),
                             t.spec.title.as_deref().unwrap_or("")
                         ));
                     }
+                    // The budget of issue #8, on stderr so that stdout stays one tool a line.
+                    eprintln!(
+                        "citus-mcp: {} tools, {total} bytes in tools/list ({} per tool)",
+                        tools.len(),
+                        total.checked_div(tools.len()).unwrap_or(0)
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
-                ToolsCommand::Show { name } => {
+                ToolsCommand::Show { name, json } => {
                     let registry = engine.registry();
                     let tool = registry
                         .tools
                         .get(&name)
                         .with_context(|| format!("no tool named `{name}`"))?;
-                    print_out(&serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    if json {
+                        print_out(&serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    } else {
+                        print_out(citus_mcp::manual::markdown(tool).trim_end());
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 ToolsCommand::Call { name, args } => {

@@ -30,6 +30,7 @@ use tokio::sync::broadcast;
 use crate::compile::CompiledTool;
 use crate::echo;
 use crate::engine::{Caller, CallerFuture, CompletionRef, Engine, ErrorCode, ToolError};
+use crate::manual;
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -137,7 +138,8 @@ impl Server {
     }
 }
 
-/// A tool as MCP lists it: schemas from YAML, annotations from the safety class.
+/// A tool as MCP lists it: schemas from YAML, annotations from the safety class. A tool
+/// with `details` says where its manual is, so the short description can stay short.
 pub fn mcp_tool(t: &CompiledTool) -> Tool {
     let spec = &t.spec;
     let annotations = ToolAnnotations::new()
@@ -145,12 +147,12 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
         .destructive(spec.safety == Safety::Execute)
         .idempotent(spec.safety != Safety::Execute)
         .open_world(false);
-    let mut tool = Tool::new(
-        spec.name.clone(),
-        spec.description.trim().to_string(),
-        t.input_schema.clone(),
-    )
-    .with_annotations(annotations);
+    let mut description = spec.description.trim().to_string();
+    if spec.details.is_some() {
+        description.push_str(&format!(" Manual: {}", manual::uri(&spec.name)));
+    }
+    let mut tool = Tool::new(spec.name.clone(), description, t.input_schema.clone())
+        .with_annotations(annotations);
     if let Some(title) = &spec.title {
         tool = tool.with_title(title.clone());
     }
@@ -158,6 +160,12 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
         tool = tool.with_raw_output_schema(out.clone());
     }
     tool
+}
+
+/// The bytes a tool costs in every `tools/list`: its entry as compact JSON, which is
+/// what a client receives and, in most clients, what the model reads.
+pub fn list_entry_bytes(t: &CompiledTool) -> usize {
+    serde_json::to_vec(&mcp_tool(t)).map_or(0, |v| v.len())
 }
 
 impl Server {
@@ -180,6 +188,30 @@ impl Server {
                 specs.into_iter().map(move |r| (r, t.clone()))
             })
             .collect()
+    }
+}
+
+impl Server {
+    /// A served tool's manual as a markdown resource; tools this server does not serve
+    /// (another mode, a toolset not selected) have none, as they have no tools/list entry.
+    fn read_manual(&self, name: &str, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
+        let registry = self.engine.registry();
+        let tool = registry
+            .tools
+            .get(name)
+            .filter(|t| self.engine.visible(t))
+            .ok_or_else(|| {
+                ErrorData::resource_not_found(
+                    echo::cap(&format!(
+                        "no tool `{name}` is served here; tools/list names the tools this server offers"
+                    ))
+                    .into_owned(),
+                    None,
+                )
+            })?;
+        let contents = ResourceContents::text(manual::markdown(tool), uri.to_string())
+            .with_mime_type("text/markdown");
+        Ok(ReadResourceResult::new(vec![contents]).into())
     }
 }
 
@@ -379,6 +411,15 @@ impl ServerHandler for Server {
                     None => tpl,
                 }
             })
+            .chain(std::iter::once(
+                ResourceTemplate::new(manual::URI_TEMPLATE, "tool-manual")
+                    .with_title("Tool manual")
+                    .with_mime_type("text/markdown")
+                    .with_description(
+                        "The manual of a tool this server serves: what it is for, every parameter, \
+                         the result's columns and rules, paging, examples.",
+                    ),
+            ))
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
@@ -388,6 +429,9 @@ impl ServerHandler for Server {
         req: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let Some(name) = manual::tool_of(&req.uri) {
+            return self.read_manual(name, &req.uri);
+        }
         match self
             .engine
             .read_resource(&req.uri, &ctx.ct)
@@ -419,6 +463,20 @@ impl ServerHandler for Server {
         req: CompleteRequestParams,
         _: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        if let Reference::Resource(r) = &req.r#ref
+            && r.uri == manual::URI_TEMPLATE
+        {
+            let values: Vec<String> = self
+                .engine
+                .visible_tools()
+                .iter()
+                .map(|t| t.spec.name.clone())
+                .filter(|n| n.starts_with(&req.argument.value))
+                .collect();
+            let info = CompletionInfo::with_all_values(values)
+                .map_err(|e| ErrorData::internal_error(e, None))?;
+            return Ok(CompleteResult::new(info));
+        }
         let target = match &req.r#ref {
             Reference::Prompt(p) => CompletionRef::Prompt(&p.name),
             Reference::Resource(r) => CompletionRef::Resource(&r.uri),
