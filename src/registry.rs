@@ -342,6 +342,13 @@ mod tests {
         assert!(findings.is_empty(), "{}", findings.join("\n"));
         for t in reg.tools.values() {
             assert!(t.spec.title.is_some(), "{} has no title", t.spec.name);
+            // Every built-in belongs to exactly one built-in toolset (the file holds one
+            // `toolset:`), so selecting toolsets never leaves a built-in unreachable.
+            assert!(
+                t.spec.toolset.is_some(),
+                "{} declares no `toolset:` (inspect, monitor, advise or operate)",
+                t.spec.name
+            );
             assert!(
                 t.spec.description.len() >= 80,
                 "{} needs a description written for the model",

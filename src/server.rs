@@ -544,3 +544,64 @@ impl ServerHandler for Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Registry, Sources};
+
+    /// The average a built-in tool may cost in `tools/list` (issue #8: a session pays for
+    /// every entry before the user asks anything; 1 KB is about 250 tokens).
+    const AVERAGE_ENTRY_BYTES: usize = 1024;
+    /// What any one built-in tool may cost: past this, move text into `details`.
+    const ENTRY_CEILING_BYTES: usize = 2048;
+
+    /// Tidy: every built-in tool file, whoever adds it, fits the context budget.
+    #[test]
+    fn tools_list_fits_the_context_budget() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let sizes: Vec<(usize, &str)> = reg
+            .tools
+            .values()
+            .map(|t| (list_entry_bytes(t), t.spec.name.as_str()))
+            .collect();
+        let over: Vec<String> = sizes
+            .iter()
+            .filter(|(bytes, _)| *bytes > ENTRY_CEILING_BYTES)
+            .map(|(bytes, name)| format!("{name}: {bytes} bytes"))
+            .collect();
+        assert!(
+            over.is_empty(),
+            "tools/list entries over {ENTRY_CEILING_BYTES} bytes (move result columns and rules to `details`): {}",
+            over.join(", ")
+        );
+        let total: usize = sizes.iter().map(|(b, _)| b).sum();
+        let average = total / sizes.len().max(1);
+        let mut biggest = sizes.clone();
+        biggest.sort_unstable_by(|a, b| b.cmp(a));
+        let biggest: Vec<String> = biggest
+            .iter()
+            .take(5)
+            .map(|(b, n)| format!("{n} {b}"))
+            .collect();
+        assert!(
+            average <= AVERAGE_ENTRY_BYTES,
+            "tools/list averages {average} bytes per tool ({total} for {}), over {AVERAGE_ENTRY_BYTES}; biggest: {}",
+            sizes.len(),
+            biggest.join(", ")
+        );
+    }
+
+    #[test]
+    fn a_tool_with_details_points_to_its_manual() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        for t in reg.tools.values() {
+            let listed = mcp_tool(t);
+            let points = listed
+                .description
+                .as_deref()
+                .is_some_and(|d| d.ends_with(&manual::uri(&t.spec.name)));
+            assert_eq!(points, t.spec.details.is_some(), "{}", t.spec.name);
+        }
+    }
+}
