@@ -24,4 +24,5 @@ pub mod spec;
 pub mod sql;
 pub mod stdio;
 pub mod template;
+pub mod toolsets;
 pub mod watch;

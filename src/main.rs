@@ -163,6 +163,13 @@ struct Opts {
     /// Comma-separated tool or prompt names not to serve.
     #[arg(long, global = true)]
     disabled_tools: Option<String>,
+    /// Comma-separated toolsets to serve: inspect, monitor, advise, operate, your own
+    /// toolset_groups, or all (the default).
+    #[arg(long, global = true)]
+    toolsets: Option<String>,
+    /// Your own toolsets as JSON, e.g. '{"oncall": ["monitor", "citus_advisor"]}'.
+    #[arg(long, global = true, value_name = "JSON")]
+    toolset_groups: Option<String>,
 }
 
 impl Opts {
@@ -197,6 +204,8 @@ impl Opts {
             ("tools_dirs", self.tools_dirs.as_ref()),
             ("prompts_dirs", self.prompts_dirs.as_ref()),
             ("disabled_tools", self.disabled_tools.as_ref()),
+            ("toolsets", self.toolsets.as_ref()),
+            ("toolset_groups", self.toolset_groups.as_ref()),
         ];
         pairs
             .into_iter()
@@ -405,6 +414,7 @@ fn approve(
         &config.tools_dirs,
         &config.prompts_dirs,
         &config.disabled_tools,
+        &config.toolsets()?,
     );
     let engine = Engine::new(registry, None, Settings::default());
     if let Err(e) = approval::check_action(&engine, tool, &args) {
@@ -426,10 +436,12 @@ fn approve(
 }
 
 fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Engine>> {
+    let toolsets = config.toolsets()?;
     let registry = Reloader::initial(
         &config.tools_dirs,
         &config.prompts_dirs,
         &config.disabled_tools,
+        &toolsets,
     );
     let settings = Settings {
         admin: config.mode == Mode::Admin,
@@ -440,6 +452,7 @@ fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc
         cache_ttl_s: config.cache_ttl_seconds,
         enable_caching: config.enable_caching,
         fanout: config.fanout,
+        toolsets,
     };
     let mut engine =
         Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all());

@@ -162,6 +162,39 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
     tool
 }
 
+/// Where to start, by task; the server's instructions name only the tools it serves.
+const GUIDE: &[(&str, &[&str])] = &[
+    (
+        "Start with",
+        &[
+            "citus_cluster_summary",
+            "list_nodes",
+            "citus_list_distributed_tables",
+            "citus_table_inspector",
+        ],
+    ),
+    (
+        "for health and skew",
+        &[
+            "citus_advisor",
+            "citus_shard_skew_report",
+            "citus_shard_heatmap",
+        ],
+    ),
+    (
+        "for what is running",
+        &[
+            "citus_activity",
+            "citus_lock_inspector",
+            "citus_job_inspector",
+        ],
+    ),
+    (
+        "for how a statement is distributed",
+        &["citus_explain_query"],
+    ),
+];
+
 /// The bytes a tool costs in every `tools/list`: its entry as compact JSON, which is
 /// what a client receives and, in most clients, what the model reads.
 pub fn list_entry_bytes(t: &CompiledTool) -> usize {
@@ -192,6 +225,37 @@ impl Server {
 }
 
 impl Server {
+    /// The instructions sent at initialization: where to start, among the tools served.
+    fn instructions(&self) -> String {
+        let served: Vec<String> = self
+            .engine
+            .visible_tools()
+            .iter()
+            .map(|t| t.spec.name.clone())
+            .collect();
+        let steps: Vec<String> = GUIDE
+            .iter()
+            .filter_map(|(intro, tools)| {
+                let named: Vec<&str> = tools
+                    .iter()
+                    .copied()
+                    .filter(|t| served.iter().any(|s| s == t))
+                    .collect();
+                (!named.is_empty()).then(|| format!("{intro} {}", named.join(", ")))
+            })
+            .collect();
+        let mut s = String::from("Inspect a Citus cluster (distributed PostgreSQL).");
+        if !steps.is_empty() {
+            s.push_str(&format!(" {}.", steps.join("; ")));
+        }
+        s.push_str(
+            " Everything is read-only unless the server runs in admin mode. Each tool's manual \
+             (result columns, rules, examples) is the resource citus://tools/{name}. The prompts \
+             are guided workflows.",
+        );
+        s
+    }
+
     /// A served tool's manual as a markdown resource; tools this server does not serve
     /// (another mode, a toolset not selected) have none, as they have no tools/list entry.
     fn read_manual(&self, name: &str, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
@@ -243,14 +307,11 @@ impl ServerHandler for Server {
             .enable_completions()
             .build();
         ServerConfig::new(caps)
-            .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Inspect a Citus cluster (distributed PostgreSQL). Start with citus_cluster_summary, then list_nodes, \
-                 citus_list_distributed_tables and citus_table_inspector; for skew citus_shard_skew_report and \
-                 citus_shard_heatmap; for what is running citus_activity, citus_lock_inspector and citus_job_inspector; \
-                 citus_explain_query shows how a statement is distributed. Everything is read-only unless the server \
-                 runs in admin mode. The prompts (citus.health_check, citus.ops_triage, ...) are guided workflows.",
-            )
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(self.instructions())
     }
 
     async fn list_tools(
@@ -316,9 +377,8 @@ impl ServerHandler for Server {
     ) -> Result<ListPromptsResult, ErrorData> {
         let prompts = self
             .engine
-            .registry()
-            .prompts
-            .values()
+            .visible_prompts()
+            .iter()
             .map(|p| {
                 let args: Vec<PromptArgument> = p
                     .spec
@@ -358,6 +418,15 @@ impl ServerHandler for Server {
                 None,
             )
         })?;
+        if let Some(tool) = self.engine.prompt_needs_unserved_tool(prompt) {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "prompt `{}` is not served: it uses `{tool}`, outside the toolsets this server serves",
+                    prompt.spec.name
+                ),
+                None,
+            ));
+        }
         let args: serde_json::Map<String, Value> =
             req.arguments.unwrap_or_default().into_iter().collect();
         let messages = prompt

@@ -31,6 +31,7 @@ use crate::db::fanout::{FanOutMode, NodeResult, NodeSet};
 use crate::db::{Column, Db, Rows, ServerFacts, Statement};
 use crate::registry::Registry;
 use crate::spec::{Paging, QuerySpec, Safety, Shape, Target};
+use crate::toolsets::Toolsets;
 use shape::{Page, Part};
 
 /// Who may run what, and the default limits.
@@ -45,6 +46,8 @@ pub struct Settings {
     pub enable_caching: bool,
     /// How fan-out tools reach the nodes.
     pub fanout: FanOutMode,
+    /// The toolsets served; tools outside them are neither listed nor callable.
+    pub toolsets: Toolsets,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             cache_ttl_s: 5,
             enable_caching: true,
             fanout: FanOutMode::Coordinator,
+            toolsets: Toolsets::all(),
         }
     }
 }
@@ -144,10 +148,11 @@ impl Engine {
         self.db.as_ref()
     }
 
-    /// Whether a tool is offered to clients under the current mode.
+    /// Whether a tool is offered to clients under the current mode and toolsets.
     pub fn visible(&self, tool: &CompiledTool) -> bool {
-        (tool.spec.safety != Safety::Execute
-            || (self.settings.admin && self.settings.allow_execute))
+        self.settings.toolsets.serves(&tool.spec)
+            && (tool.spec.safety != Safety::Execute
+                || (self.settings.admin && self.settings.allow_execute))
             && tool
                 .spec
                 .plugin
@@ -162,6 +167,42 @@ impl Engine {
             .tools
             .values()
             .filter(|t| self.visible(t))
+            .cloned()
+            .collect()
+    }
+
+    /// The first tool a prompt names (in a code span) that the selected toolsets do not
+    /// serve, or `None`. Such a prompt is not offered: its workflow would lead the model
+    /// to calls that fail. Tools hidden by the mode (execute tools) do not count, since
+    /// prompts say themselves what needs admin mode.
+    pub fn prompt_needs_unserved_tool(
+        &self,
+        prompt: &crate::compile::CompiledPrompt,
+    ) -> Option<String> {
+        if !self.settings.toolsets.is_selective() {
+            return None;
+        }
+        let registry = self.registry();
+        prompt
+            .spec
+            .messages
+            .iter()
+            .flat_map(|m| crate::toolsets::names_in_code_spans(&m.text))
+            .find(|n| {
+                registry
+                    .tools
+                    .get(*n)
+                    .is_some_and(|t| !self.settings.toolsets.serves(&t.spec))
+            })
+            .map(str::to_string)
+    }
+
+    /// The prompts offered to clients, in name order.
+    pub fn visible_prompts(&self) -> Vec<Arc<crate::compile::CompiledPrompt>> {
+        self.registry()
+            .prompts
+            .values()
+            .filter(|p| self.prompt_needs_unserved_tool(p).is_none())
             .cloned()
             .collect()
     }
@@ -189,6 +230,31 @@ impl Engine {
             ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
                 .hint("call tools/list for the tools this server offers")
         })?;
+        // Outside the toolsets comes first: such a tool is not served in any mode, and the
+        // person who can change that needs the toolset's name.
+        if let Some(refusal) = self.settings.toolsets.refusal(&tool.spec) {
+            let served = refusal.served.join(", ");
+            return Err(match refusal.toolset {
+                Some(t) => ToolError::new(
+                    ErrorCode::ToolsetNotServed,
+                    format!(
+                        "`{name}` belongs to toolset `{}`, which this server does not serve (it serves: {served})",
+                        t.as_str()
+                    ),
+                )
+                .hint(format!(
+                    "use the tools tools/list offers; an operator can add `{}` to toolsets (--toolsets, CITUS_MCP_TOOLSETS)",
+                    t.as_str()
+                )),
+                None => ToolError::new(
+                    ErrorCode::ToolsetNotServed,
+                    format!(
+                        "`{name}` belongs to no toolset this server serves (it serves: {served})"
+                    ),
+                )
+                .hint("use the tools tools/list offers; an operator can name the tool in a toolset_groups entry that toolsets selects, or give its file a `toolset:`"),
+            });
+        }
         if !self.visible(&tool) {
             return Err(if tool.spec.safety == Safety::Execute {
                 ToolError::new(
