@@ -119,7 +119,7 @@ impl Default for Config {
             cache_ttl_seconds: 5,
             enable_caching: true,
             max_rows: 1000,
-            max_text_bytes: 200_000,
+            max_text_bytes: 50_000,
             connect_timeout_seconds: 10,
             statement_timeout_ms: 30_000,
             log_level: "info".into(),

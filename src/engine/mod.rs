@@ -56,7 +56,9 @@ impl Default for Settings {
             admin: false,
             allow_execute: false,
             max_rows: 1000,
-            max_bytes: 200_000,
+            // About 12k tokens: a result fits a client that accepts 25k tokens (Claude
+            // Code's default) with room for the conversation (issue #8).
+            max_bytes: 50_000,
             statement_timeout_ms: 30_000,
             cache_ttl_s: 5,
             enable_caching: true,
@@ -328,7 +330,22 @@ impl Engine {
                 caller,
                 limits: self.settings.limits(&tool.spec.limits),
             };
-            return plugin.call(call).await;
+            let mut out = plugin.call(call).await?;
+            // Plugins cut their own results; the engine says how to get the rest, in the
+            // tool's own arguments, the same way for every plugin.
+            if out.structured["truncated"] == true
+                && out.structured.get(shape::HOW_TO_GET_MORE).is_none()
+            {
+                let hint = shape::how_to_get_more(
+                    &tool.spec,
+                    &tool.context(&args),
+                    &Page::default(),
+                    self.settings.limits(&tool.spec.limits).max_bytes,
+                );
+                out.text.push_str(&format!("\nhow to get more: {hint}"));
+                out.structured[shape::HOW_TO_GET_MORE] = Value::from(hint);
+            }
+            return Ok(out);
         }
         // An approved execute SQL tool runs here like any other, inside READ ONLY: the
         // read-write path of execute tools is not built yet, and until it is their
@@ -510,7 +527,19 @@ impl Engine {
         )
         .await?;
 
-        let cut = shape::fit(&mut parts, max_bytes);
+        // The rows fit what the result's other keys leave of the budget: the node errors,
+        // the paging keys and the note on how to get more (at most the unpaged one, plus
+        // room for an offset or a cursor).
+        let reserve = serde_json::to_vec(&node_errors).map_or(0, |v| v.len())
+            + shape::how_to_get_more(
+                &tool.spec,
+                &tool.context(&args),
+                &Page::default(),
+                max_bytes,
+            )
+            .len()
+            + 256;
+        let cut = shape::fit(&mut parts, max_bytes - reserve.min(max_bytes / 2));
         let mut result_page = Page {
             truncated: cut,
             node_errors,
@@ -528,6 +557,16 @@ impl Engine {
                     result_page.next_cursor = keyset_cursor(&tool.spec.name, cols, part)
                 }
             }
+        }
+        let truncated =
+            result_page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many);
+        if truncated {
+            result_page.how_to_get_more = Some(shape::how_to_get_more(
+                &tool.spec,
+                &tool.context(&args),
+                &result_page,
+                max_bytes,
+            ));
         }
         Ok(shape::finish(&parts, &result_page))
     }
