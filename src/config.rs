@@ -91,6 +91,10 @@ pub struct Config {
     pub tools_dirs: Vec<PathBuf>,
     pub prompts_dirs: Vec<PathBuf>,
     pub disabled_tools: Vec<String>,
+    /// The toolsets served (built-in or from `toolset_groups`); empty or `all` serves every tool.
+    pub toolsets: Vec<String>,
+    /// The operator's own toolsets: a name and its members (built-in toolsets or tool names).
+    pub toolset_groups: BTreeMap<String, Vec<String>>,
     /// Where each key that is not a default came from.
     #[serde(skip)]
     pub sources: BTreeMap<String, Source>,
@@ -115,13 +119,15 @@ impl Default for Config {
             cache_ttl_seconds: 5,
             enable_caching: true,
             max_rows: 1000,
-            max_text_bytes: 200_000,
+            max_text_bytes: 50_000,
             connect_timeout_seconds: 10,
             statement_timeout_ms: 30_000,
             log_level: "info".into(),
             tools_dirs: vec![],
             prompts_dirs: vec![],
             disabled_tools: vec![],
+            toolsets: vec![],
+            toolset_groups: BTreeMap::new(),
             sources: BTreeMap::new(),
         }
     }
@@ -228,7 +234,23 @@ pub fn load(
     let mut config: Config =
         serde_json::from_value(merged).map_err(|e| ConfigError(e.to_string()))?;
     config.sources = sources;
+    // A toolset name that does not exist would serve nothing from it, silently: stop here,
+    // where the message can say where the name came from.
+    if let Err(e) = config.toolsets() {
+        let from = config
+            .sources
+            .get(e.key)
+            .map_or_else(String::new, |s| format!(" (from {s})"));
+        return Err(ConfigError(format!("`{}`{from}: {}", e.key, e.message)));
+    }
     Ok(config)
+}
+
+impl Config {
+    /// The toolsets this configuration serves.
+    pub fn toolsets(&self) -> Result<crate::toolsets::Toolsets, crate::toolsets::SelectionError> {
+        crate::toolsets::Toolsets::new(&self.toolsets, &self.toolset_groups)
+    }
 }
 
 /// `--config`, `CITUS_MCP_CONFIG`, then the usual places; the first that exists.
@@ -393,6 +415,8 @@ fn typed(key: &str, raw: &str, source: &Source) -> Result<Value, ConfigError> {
             "false" | "0" | "no" | "off" => false,
             _ => return Err(err("true or false")),
         }),
+        // A mapping (toolset_groups) is JSON in the environment and on the command line.
+        Some("object") => serde_json::from_str(raw).map_err(|_| err("a JSON object"))?,
         Some("array") => Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -510,6 +534,59 @@ mod tests {
         std::fs::write(&file, "disabled_tools: [a, a]\nmax_rows: 5\n").unwrap();
         let c = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
         assert_eq!(c.max_rows, 5, "a repeated list item is not a duplicate key");
+    }
+
+    #[test]
+    fn toolsets_come_from_every_layer_and_unknown_names_stop_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "toolsets: [inspect, oncall]\ntoolset_groups:\n  oncall: [monitor, citus_advisor]\n",
+        )
+        .unwrap();
+        let c = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        assert_eq!(c.toolsets, vec!["inspect", "oncall"]);
+        assert!(c.toolsets().unwrap().is_selective());
+        let c = load(
+            Some(&file),
+            &env(&[("CITUS_MCP_TOOLSETS", "all")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert!(!c.toolsets().unwrap().is_selective());
+        let c = load(
+            None,
+            &env(&[(
+                "CITUS_MCP_TOOLSET_GROUPS",
+                r#"{"dba": ["inspect", "citus_activity"]}"#,
+            )]),
+            &Flags::from([("toolsets".to_string(), "dba".to_string())]),
+        )
+        .unwrap();
+        assert_eq!(c.toolset_groups["dba"], vec!["inspect", "citus_activity"]);
+        let e = load(
+            Some(&file),
+            &env(&[]),
+            &Flags::from([("toolsets".to_string(), "inspect,monitr".to_string())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`toolsets` (from flag --toolsets)") && e.contains("`monitr`"),
+            "{e}"
+        );
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_TOOLSET_GROUPS", "oncall=monitor")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("toolset_groups") && e.contains("JSON object"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -75,10 +75,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ToolsCommand {
-    /// The tools this configuration serves.
+    /// The tools this configuration serves: name, safety, toolset, bytes in tools/list, title.
     List,
-    /// One tool's definition as MCP lists it.
-    Show { name: String },
+    /// One tool's manual (as the resource citus://tools/NAME serves it).
+    Show {
+        name: String,
+        /// Print the tool's tools/list entry as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call a tool and print its result as JSON.
     Call {
         name: String,
@@ -158,6 +163,13 @@ struct Opts {
     /// Comma-separated tool or prompt names not to serve.
     #[arg(long, global = true)]
     disabled_tools: Option<String>,
+    /// Comma-separated toolsets to serve: inspect, monitor, advise, operate, your own
+    /// toolset_groups, or all (the default).
+    #[arg(long, global = true)]
+    toolsets: Option<String>,
+    /// Your own toolsets as JSON, e.g. '{"oncall": ["monitor", "citus_advisor"]}'.
+    #[arg(long, global = true, value_name = "JSON")]
+    toolset_groups: Option<String>,
 }
 
 impl Opts {
@@ -192,6 +204,8 @@ impl Opts {
             ("tools_dirs", self.tools_dirs.as_ref()),
             ("prompts_dirs", self.prompts_dirs.as_ref()),
             ("disabled_tools", self.disabled_tools.as_ref()),
+            ("toolsets", self.toolsets.as_ref()),
+            ("toolset_groups", self.toolset_groups.as_ref()),
         ];
         pairs
             .into_iter()
@@ -285,24 +299,39 @@ async fn run(
             let engine = engine(&config, &env)?;
             match command {
                 ToolsCommand::List => {
-                    for t in engine.visible_tools() {
+                    let tools = engine.visible_tools();
+                    let mut total = 0;
+                    for t in &tools {
                         let safety = serde_json::to_value(t.spec.safety)?;
+                        let bytes = server::list_entry_bytes(t);
+                        total += bytes;
                         print_out(&format!(
-                            "{}\t{}\t{}",
+                            "{}\t{}\t{}\t{bytes}\t{}",
                             t.spec.name,
                             safety.as_str().unwrap_or(""),
+                            t.spec.toolset.map_or("-", |s| s.as_str()),
                             t.spec.title.as_deref().unwrap_or("")
                         ));
                     }
+                    // The budget of issue #8, on stderr so that stdout stays one tool a line.
+                    eprintln!(
+                        "citus-mcp: {} tools, {total} bytes in tools/list ({} per tool)",
+                        tools.len(),
+                        total.checked_div(tools.len()).unwrap_or(0)
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
-                ToolsCommand::Show { name } => {
+                ToolsCommand::Show { name, json } => {
                     let registry = engine.registry();
                     let tool = registry
                         .tools
                         .get(&name)
                         .with_context(|| format!("no tool named `{name}`"))?;
-                    print_out(&serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    if json {
+                        print_out(&serde_json::to_string_pretty(&server::mcp_tool(tool))?);
+                    } else {
+                        print_out(citus_mcp::manual::markdown(tool).trim_end());
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 ToolsCommand::Call { name, args } => {
@@ -385,6 +414,7 @@ fn approve(
         &config.tools_dirs,
         &config.prompts_dirs,
         &config.disabled_tools,
+        &config.toolsets()?,
     );
     let engine = Engine::new(registry, None, Settings::default());
     if let Err(e) = approval::check_action(&engine, tool, &args) {
@@ -406,10 +436,12 @@ fn approve(
 }
 
 fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Engine>> {
+    let toolsets = config.toolsets()?;
     let registry = Reloader::initial(
         &config.tools_dirs,
         &config.prompts_dirs,
         &config.disabled_tools,
+        &toolsets,
     );
     let settings = Settings {
         admin: config.mode == Mode::Admin,
@@ -420,6 +452,7 @@ fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc
         cache_ttl_s: config.cache_ttl_seconds,
         enable_caching: config.enable_caching,
         fanout: config.fanout,
+        toolsets,
     };
     let mut engine =
         Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all());

@@ -359,6 +359,13 @@ mod tests {
         assert!(findings.is_empty(), "{}", findings.join("\n"));
         for t in reg.tools.values() {
             assert!(t.spec.title.is_some(), "{} has no title", t.spec.name);
+            // Every built-in belongs to exactly one built-in toolset (the file holds one
+            // `toolset:`), so selecting toolsets never leaves a built-in unreachable.
+            assert!(
+                t.spec.toolset.is_some(),
+                "{} declares no `toolset:` (inspect, monitor, advise or operate)",
+                t.spec.name
+            );
             assert!(
                 t.spec.description.len() >= 80,
                 "{} needs a description written for the model",
@@ -420,6 +427,7 @@ mod tests {
         let name_ref = regex_lite::Regex::new(r"^\| `([a-z_]+)` \| ([^|]*) \|").unwrap();
         let param_ref = regex_lite::Regex::new(r"`([a-z_]+)\??`").unwrap();
         let mut listed = BTreeMap::new();
+        let mut toolsets = BTreeMap::new();
         for line in readme.lines() {
             if let Some(c) = name_ref.captures(line) {
                 let params: Vec<String> = param_ref
@@ -427,9 +435,18 @@ mod tests {
                     .map(|p| p[1].to_string())
                     .collect();
                 listed.insert(c[1].to_string(), params);
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                if let [_, _, _, _, toolset, ""] = cells[..] {
+                    toolsets.insert(c[1].to_string(), toolset.to_string());
+                }
             }
         }
         for (name, tool) in &reg.tools {
+            assert_eq!(
+                toolsets.get(name).map(String::as_str),
+                tool.spec.toolset.map(|t| t.as_str()),
+                "README's toolset of `{name}`"
+            );
             let params = listed
                 .get(name)
                 .unwrap_or_else(|| panic!("README's tool table lacks `{name}`"));

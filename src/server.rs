@@ -30,6 +30,7 @@ use tokio::sync::broadcast;
 use crate::compile::CompiledTool;
 use crate::echo;
 use crate::engine::{Caller, CallerFuture, CompletionRef, Engine, ErrorCode, ToolError};
+use crate::manual;
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -137,7 +138,8 @@ impl Server {
     }
 }
 
-/// A tool as MCP lists it: schemas from YAML, annotations from the safety class.
+/// A tool as MCP lists it: schemas from YAML, annotations from the safety class. A tool
+/// with `details` says where its manual is, so the short description can stay short.
 pub fn mcp_tool(t: &CompiledTool) -> Tool {
     let spec = &t.spec;
     let annotations = ToolAnnotations::new()
@@ -145,12 +147,12 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
         .destructive(spec.safety == Safety::Execute)
         .idempotent(spec.safety != Safety::Execute)
         .open_world(false);
-    let mut tool = Tool::new(
-        spec.name.clone(),
-        spec.description.trim().to_string(),
-        t.input_schema.clone(),
-    )
-    .with_annotations(annotations);
+    let mut description = spec.description.trim().to_string();
+    if spec.details.is_some() {
+        description.push_str(&format!(" Manual: {}", manual::uri(&spec.name)));
+    }
+    let mut tool = Tool::new(spec.name.clone(), description, t.input_schema.clone())
+        .with_annotations(annotations);
     if let Some(title) = &spec.title {
         tool = tool.with_title(title.clone());
     }
@@ -158,6 +160,45 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
         tool = tool.with_raw_output_schema(out.clone());
     }
     tool
+}
+
+/// Where to start, by task; the server's instructions name only the tools it serves.
+const GUIDE: &[(&str, &[&str])] = &[
+    (
+        "Start with",
+        &[
+            "citus_cluster_summary",
+            "list_nodes",
+            "citus_list_distributed_tables",
+            "citus_table_inspector",
+        ],
+    ),
+    (
+        "for health and skew",
+        &[
+            "citus_advisor",
+            "citus_shard_skew_report",
+            "citus_shard_heatmap",
+        ],
+    ),
+    (
+        "for what is running",
+        &[
+            "citus_activity",
+            "citus_lock_inspector",
+            "citus_job_inspector",
+        ],
+    ),
+    (
+        "for how a statement is distributed",
+        &["citus_explain_query"],
+    ),
+];
+
+/// The bytes a tool costs in every `tools/list`: its entry as compact JSON, which is
+/// what a client receives and, in most clients, what the model reads.
+pub fn list_entry_bytes(t: &CompiledTool) -> usize {
+    serde_json::to_vec(&mcp_tool(t)).map_or(0, |v| v.len())
 }
 
 impl Server {
@@ -180,6 +221,61 @@ impl Server {
                 specs.into_iter().map(move |r| (r, t.clone()))
             })
             .collect()
+    }
+}
+
+impl Server {
+    /// The instructions sent at initialization: where to start, among the tools served.
+    fn instructions(&self) -> String {
+        let served: Vec<String> = self
+            .engine
+            .visible_tools()
+            .iter()
+            .map(|t| t.spec.name.clone())
+            .collect();
+        let steps: Vec<String> = GUIDE
+            .iter()
+            .filter_map(|(intro, tools)| {
+                let named: Vec<&str> = tools
+                    .iter()
+                    .copied()
+                    .filter(|t| served.iter().any(|s| s == t))
+                    .collect();
+                (!named.is_empty()).then(|| format!("{intro} {}", named.join(", ")))
+            })
+            .collect();
+        let mut s = String::from("Inspect a Citus cluster (distributed PostgreSQL).");
+        if !steps.is_empty() {
+            s.push_str(&format!(" {}.", steps.join("; ")));
+        }
+        s.push_str(
+            " Everything is read-only unless the server runs in admin mode. Each tool's manual \
+             (result columns, rules, examples) is the resource citus://tools/{name}. The prompts \
+             are guided workflows.",
+        );
+        s
+    }
+
+    /// A served tool's manual as a markdown resource; tools this server does not serve
+    /// (another mode, a toolset not selected) have none, as they have no tools/list entry.
+    fn read_manual(&self, name: &str, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
+        let registry = self.engine.registry();
+        let tool = registry
+            .tools
+            .get(name)
+            .filter(|t| self.engine.visible(t))
+            .ok_or_else(|| {
+                ErrorData::resource_not_found(
+                    echo::cap(&format!(
+                        "no tool `{name}` is served here; tools/list names the tools this server offers"
+                    ))
+                    .into_owned(),
+                    None,
+                )
+            })?;
+        let contents = ResourceContents::text(manual::markdown(tool), uri.to_string())
+            .with_mime_type("text/markdown");
+        Ok(ReadResourceResult::new(vec![contents]).into())
     }
 }
 
@@ -211,14 +307,11 @@ impl ServerHandler for Server {
             .enable_completions()
             .build();
         ServerConfig::new(caps)
-            .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Inspect a Citus cluster (distributed PostgreSQL). Start with citus_cluster_summary, then list_nodes, \
-                 citus_list_distributed_tables and citus_table_inspector; for skew citus_shard_skew_report and \
-                 citus_shard_heatmap; for what is running citus_activity, citus_lock_inspector and citus_job_inspector; \
-                 citus_explain_query shows how a statement is distributed. Everything is read-only unless the server \
-                 runs in admin mode. The prompts (citus.health_check, citus.ops_triage, ...) are guided workflows.",
-            )
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(self.instructions())
     }
 
     async fn list_tools(
@@ -284,9 +377,8 @@ impl ServerHandler for Server {
     ) -> Result<ListPromptsResult, ErrorData> {
         let prompts = self
             .engine
-            .registry()
-            .prompts
-            .values()
+            .visible_prompts()
+            .iter()
             .map(|p| {
                 let args: Vec<PromptArgument> = p
                     .spec
@@ -326,6 +418,15 @@ impl ServerHandler for Server {
                 None,
             )
         })?;
+        if let Some(tool) = self.engine.prompt_needs_unserved_tool(prompt) {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "prompt `{}` is not served: it uses `{tool}`, outside the toolsets this server serves",
+                    prompt.spec.name
+                ),
+                None,
+            ));
+        }
         let args: serde_json::Map<String, Value> =
             req.arguments.unwrap_or_default().into_iter().collect();
         let messages = prompt
@@ -379,6 +480,15 @@ impl ServerHandler for Server {
                     None => tpl,
                 }
             })
+            .chain(std::iter::once(
+                ResourceTemplate::new(manual::URI_TEMPLATE, "tool-manual")
+                    .with_title("Tool manual")
+                    .with_mime_type("text/markdown")
+                    .with_description(
+                        "The manual of a tool this server serves: what it is for, every parameter, \
+                         the result's columns and rules, paging, examples.",
+                    ),
+            ))
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
@@ -388,6 +498,9 @@ impl ServerHandler for Server {
         req: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let Some(name) = manual::tool_of(&req.uri) {
+            return self.read_manual(name, &req.uri);
+        }
         match self
             .engine
             .read_resource(&req.uri, &ctx.ct)
@@ -419,6 +532,20 @@ impl ServerHandler for Server {
         req: CompleteRequestParams,
         _: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        if let Reference::Resource(r) = &req.r#ref
+            && r.uri == manual::URI_TEMPLATE
+        {
+            let values: Vec<String> = self
+                .engine
+                .visible_tools()
+                .iter()
+                .map(|t| t.spec.name.clone())
+                .filter(|n| n.starts_with(&req.argument.value))
+                .collect();
+            let info = CompletionInfo::with_all_values(values)
+                .map_err(|e| ErrorData::internal_error(e, None))?;
+            return Ok(CompleteResult::new(info));
+        }
         let target = match &req.r#ref {
             Reference::Prompt(p) => CompletionRef::Prompt(&p.name),
             Reference::Resource(r) => CompletionRef::Resource(&r.uri),
@@ -483,6 +610,67 @@ impl ServerHandler for Server {
                     };
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Registry, Sources};
+
+    /// The average a built-in tool may cost in `tools/list` (issue #8: a session pays for
+    /// every entry before the user asks anything; 1 KB is about 250 tokens).
+    const AVERAGE_ENTRY_BYTES: usize = 1024;
+    /// What any one built-in tool may cost: past this, move text into `details`.
+    const ENTRY_CEILING_BYTES: usize = 2048;
+
+    /// Tidy: every built-in tool file, whoever adds it, fits the context budget.
+    #[test]
+    fn tools_list_fits_the_context_budget() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let sizes: Vec<(usize, &str)> = reg
+            .tools
+            .values()
+            .map(|t| (list_entry_bytes(t), t.spec.name.as_str()))
+            .collect();
+        let over: Vec<String> = sizes
+            .iter()
+            .filter(|(bytes, _)| *bytes > ENTRY_CEILING_BYTES)
+            .map(|(bytes, name)| format!("{name}: {bytes} bytes"))
+            .collect();
+        assert!(
+            over.is_empty(),
+            "tools/list entries over {ENTRY_CEILING_BYTES} bytes (move result columns and rules to `details`): {}",
+            over.join(", ")
+        );
+        let total: usize = sizes.iter().map(|(b, _)| b).sum();
+        let average = total / sizes.len().max(1);
+        let mut biggest = sizes.clone();
+        biggest.sort_unstable_by(|a, b| b.cmp(a));
+        let biggest: Vec<String> = biggest
+            .iter()
+            .take(5)
+            .map(|(b, n)| format!("{n} {b}"))
+            .collect();
+        assert!(
+            average <= AVERAGE_ENTRY_BYTES,
+            "tools/list averages {average} bytes per tool ({total} for {}), over {AVERAGE_ENTRY_BYTES}; biggest: {}",
+            sizes.len(),
+            biggest.join(", ")
+        );
+    }
+
+    #[test]
+    fn a_tool_with_details_points_to_its_manual() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        for t in reg.tools.values() {
+            let listed = mcp_tool(t);
+            let points = listed
+                .description
+                .as_deref()
+                .is_some_and(|d| d.ends_with(&manual::uri(&t.spec.name)));
+            assert_eq!(points, t.spec.details.is_some(), "{}", t.spec.name);
         }
     }
 }

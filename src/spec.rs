@@ -39,6 +39,45 @@ pub enum Safety {
     Execute,
 }
 
+/// The built-in group a tool belongs to; an operator serves a subset with `toolsets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Toolset {
+    /// What the cluster is: nodes, tables, shards, colocation, plans.
+    Inspect,
+    /// What it is doing now: sessions, locks, background jobs.
+    Monitor,
+    /// What it needs: advisors, skew and drift reports.
+    Advise,
+    /// What changes it: approvals, rebalances, shard moves.
+    Operate,
+}
+
+impl Toolset {
+    /// Every built-in toolset, in the order the documentation lists them.
+    pub const ALL: [Toolset; 4] = [
+        Toolset::Inspect,
+        Toolset::Monitor,
+        Toolset::Advise,
+        Toolset::Operate,
+    ];
+
+    /// The name used in tool files and the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Toolset::Inspect => "inspect",
+            Toolset::Monitor => "monitor",
+            Toolset::Advise => "advise",
+            Toolset::Operate => "operate",
+        }
+    }
+
+    /// The toolset of that name, if it is a built-in one.
+    pub fn parse(name: &str) -> Option<Toolset> {
+        Toolset::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
 /// Where a tool's queries run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,7 +279,15 @@ impl ResourceSpec {
 pub struct ToolSpec {
     pub name: String,
     pub title: Option<String>,
+    /// What the tool is for and when to use it, in a few sentences: it is sent in every
+    /// `tools/list`, so it costs context in every session.
     pub description: String,
+    /// The manual (markdown): result columns, rules, caveats. Served on demand as the
+    /// resource `citus://tools/{name}` and by `citus-mcp tools show`, never in `tools/list`.
+    pub details: Option<String>,
+    /// The built-in toolset the tool belongs to; a tool without one is served only when
+    /// no toolsets are selected, or when a selected `toolset_groups` entry names it.
+    pub toolset: Option<Toolset>,
     pub safety: Safety,
     #[serde(default = "default_input_schema")]
     pub input_schema: Value,

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::engine::Engine;
 use crate::registry::{Registry, Sources, is_spec_file};
 use crate::server::Change;
+use crate::toolsets::Toolsets;
 
 /// Rebuilds the registry from the configured folders.
 #[derive(Clone)]
@@ -42,13 +43,16 @@ impl Reloader {
         tool_dirs: &[PathBuf],
         prompt_dirs: &[PathBuf],
         disabled: &[String],
+        toolsets: &Toolsets,
     ) -> Registry {
-        let reg = Registry::build(
+        let mut reg = Registry::build(
             &Sources::gather(tool_dirs, prompt_dirs),
             None,
             disabled,
             crate::plugins::NAMES,
         );
+        let warnings = toolsets.warnings(reg.tools.keys().map(String::as_str));
+        reg.warnings.extend(warnings);
         for d in &reg.diagnostics {
             tracing::warn!("{d}");
         }
@@ -70,7 +74,12 @@ impl Reloader {
         let old = self.engine.registry();
         let mut sources = Sources::gather(&self.tool_dirs, &self.prompt_dirs);
         sources.warnings.extend(warnings.iter().cloned());
-        let new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NAMES);
+        let mut new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NAMES);
+        // Group members are checked against each snapshot: a tool file added later can
+        // make a member real, and a removed one can make it name nothing.
+        let toolsets = &self.engine.settings.toolsets;
+        let group_warnings = toolsets.warnings(new.tools.keys().map(String::as_str));
+        new.warnings.extend(group_warnings);
         for d in new.diagnostics.iter().filter(|d| {
             !old.diagnostics
                 .iter()
@@ -85,7 +94,9 @@ impl Reloader {
         if new.tools_differ(&old) {
             changed.push(Change::Tools);
         }
-        if new.prompts_differ(&old) {
+        // Which prompts are listed depends on the tools when toolsets are selected (a
+        // prompt that names a tool not served is hidden).
+        if new.prompts_differ(&old) || (toolsets.is_selective() && new.tools_differ(&old)) {
             changed.push(Change::Prompts);
         }
         if new.resources() != old.resources() {

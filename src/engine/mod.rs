@@ -31,6 +31,7 @@ use crate::db::fanout::{FanOutMode, NodeResult, NodeSet};
 use crate::db::{Column, Db, Rows, ServerFacts, Statement};
 use crate::registry::Registry;
 use crate::spec::{Paging, QuerySpec, Safety, Shape, Target};
+use crate::toolsets::Toolsets;
 use shape::{Page, Part};
 
 /// Who may run what, and the default limits.
@@ -45,6 +46,8 @@ pub struct Settings {
     pub enable_caching: bool,
     /// How fan-out tools reach the nodes.
     pub fanout: FanOutMode,
+    /// The toolsets served; tools outside them are neither listed nor callable.
+    pub toolsets: Toolsets,
 }
 
 impl Default for Settings {
@@ -53,11 +56,14 @@ impl Default for Settings {
             admin: false,
             allow_execute: false,
             max_rows: 1000,
-            max_bytes: 200_000,
+            // About 12k tokens: a result fits a client that accepts 25k tokens (Claude
+            // Code's default) with room for the conversation (issue #8).
+            max_bytes: 50_000,
             statement_timeout_ms: 30_000,
             cache_ttl_s: 5,
             enable_caching: true,
             fanout: FanOutMode::Coordinator,
+            toolsets: Toolsets::all(),
         }
     }
 }
@@ -144,10 +150,11 @@ impl Engine {
         self.db.as_ref()
     }
 
-    /// Whether a tool is offered to clients under the current mode.
+    /// Whether a tool is offered to clients under the current mode and toolsets.
     pub fn visible(&self, tool: &CompiledTool) -> bool {
-        (tool.spec.safety != Safety::Execute
-            || (self.settings.admin && self.settings.allow_execute))
+        self.settings.toolsets.serves(&tool.spec)
+            && (tool.spec.safety != Safety::Execute
+                || (self.settings.admin && self.settings.allow_execute))
             && tool
                 .spec
                 .plugin
@@ -162,6 +169,42 @@ impl Engine {
             .tools
             .values()
             .filter(|t| self.visible(t))
+            .cloned()
+            .collect()
+    }
+
+    /// The first tool a prompt names (in a code span) that the selected toolsets do not
+    /// serve, or `None`. Such a prompt is not offered: its workflow would lead the model
+    /// to calls that fail. Tools hidden by the mode (execute tools) do not count, since
+    /// prompts say themselves what needs admin mode.
+    pub fn prompt_needs_unserved_tool(
+        &self,
+        prompt: &crate::compile::CompiledPrompt,
+    ) -> Option<String> {
+        if !self.settings.toolsets.is_selective() {
+            return None;
+        }
+        let registry = self.registry();
+        prompt
+            .spec
+            .messages
+            .iter()
+            .flat_map(|m| crate::toolsets::names_in_code_spans(&m.text))
+            .find(|n| {
+                registry
+                    .tools
+                    .get(*n)
+                    .is_some_and(|t| !self.settings.toolsets.serves(&t.spec))
+            })
+            .map(str::to_string)
+    }
+
+    /// The prompts offered to clients, in name order.
+    pub fn visible_prompts(&self) -> Vec<Arc<crate::compile::CompiledPrompt>> {
+        self.registry()
+            .prompts
+            .values()
+            .filter(|p| self.prompt_needs_unserved_tool(p).is_none())
             .cloned()
             .collect()
     }
@@ -189,6 +232,31 @@ impl Engine {
             ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
                 .hint("call tools/list for the tools this server offers")
         })?;
+        // Outside the toolsets comes first: such a tool is not served in any mode, and the
+        // person who can change that needs the toolset's name.
+        if let Some(refusal) = self.settings.toolsets.refusal(&tool.spec) {
+            let served = refusal.served.join(", ");
+            return Err(match refusal.toolset {
+                Some(t) => ToolError::new(
+                    ErrorCode::ToolsetNotServed,
+                    format!(
+                        "`{name}` belongs to toolset `{}`, which this server does not serve (it serves: {served})",
+                        t.as_str()
+                    ),
+                )
+                .hint(format!(
+                    "use the tools tools/list offers; an operator can add `{}` to toolsets (--toolsets, CITUS_MCP_TOOLSETS)",
+                    t.as_str()
+                )),
+                None => ToolError::new(
+                    ErrorCode::ToolsetNotServed,
+                    format!(
+                        "`{name}` belongs to no toolset this server serves (it serves: {served})"
+                    ),
+                )
+                .hint("use the tools tools/list offers; an operator can name the tool in a toolset_groups entry that toolsets selects, or give its file a `toolset:`"),
+            });
+        }
         if !self.visible(&tool) {
             return Err(if tool.spec.safety == Safety::Execute {
                 ToolError::new(
@@ -266,7 +334,22 @@ impl Engine {
                 limits: self.settings.limits(&tool.spec.limits),
                 approved,
             };
-            return plugin.call(call).await;
+            let mut out = plugin.call(call).await?;
+            // Plugins cut their own results; the engine says how to get the rest, in the
+            // tool's own arguments, the same way for every plugin.
+            if out.structured["truncated"] == true
+                && out.structured.get(shape::HOW_TO_GET_MORE).is_none()
+            {
+                let hint = shape::how_to_get_more(
+                    &tool.spec,
+                    &tool.context(&args),
+                    &Page::default(),
+                    self.settings.limits(&tool.spec.limits).max_bytes,
+                );
+                out.text.push_str(&format!("\nhow to get more: {hint}"));
+                out.structured[shape::HOW_TO_GET_MORE] = Value::from(hint);
+            }
+            return Ok(out);
         }
         // An approved execute SQL tool runs its statements on the read-write path (each
         // in autocommit, see `flush`); every other tool reads inside READ ONLY.
@@ -452,7 +535,19 @@ impl Engine {
         )
         .await?;
 
-        let cut = shape::fit(&mut parts, max_bytes);
+        // The rows fit what the result's other keys leave of the budget: the node errors,
+        // the paging keys and the note on how to get more (at most the unpaged one, plus
+        // room for an offset or a cursor).
+        let reserve = serde_json::to_vec(&node_errors).map_or(0, |v| v.len())
+            + shape::how_to_get_more(
+                &tool.spec,
+                &tool.context(&args),
+                &Page::default(),
+                max_bytes,
+            )
+            .len()
+            + 256;
+        let cut = shape::fit(&mut parts, max_bytes - reserve.min(max_bytes / 2));
         let mut result_page = Page {
             truncated: cut,
             node_errors,
@@ -470,6 +565,16 @@ impl Engine {
                     result_page.next_cursor = keyset_cursor(&tool.spec.name, cols, part)
                 }
             }
+        }
+        let truncated =
+            result_page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many);
+        if truncated {
+            result_page.how_to_get_more = Some(shape::how_to_get_more(
+                &tool.spec,
+                &tool.context(&args),
+                &result_page,
+                max_bytes,
+            ));
         }
         Ok(shape::finish(&parts, &result_page))
     }

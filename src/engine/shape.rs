@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::db::Rows;
-use crate::spec::Shape;
+use crate::spec::{Shape, ToolSpec};
 
 /// A successful tool call.
 #[derive(Debug, Clone)]
@@ -62,6 +62,95 @@ pub struct Page {
     pub node_errors: Vec<Value>,
     pub next_offset: Option<u64>,
     pub next_cursor: Option<String>,
+    /// For a cut result: which arguments fetch what it left out ([`how_to_get_more`]).
+    pub how_to_get_more: Option<String>,
+}
+
+/// The key of a cut result that says how to get the rest, in every tool's result.
+pub const HOW_TO_GET_MORE: &str = "how_to_get_more";
+
+/// What a cut result tells the model, in the tool's own arguments (issue #8: a result cut
+/// to fit the context is only useful if the model knows how to get the rest). `args` are
+/// the call's arguments with the schema's defaults applied.
+///
+/// A paged result names its next page exactly. Otherwise the tool's schema says what
+/// narrows the call: filters it did not set (string and number arguments, and enums with
+/// no default or set to `all`), caps on text (`*_max_chars`), sections it turned on
+/// (`include_*`, `verbose`, `all`), and limits (`limit`, `*_limit`, `top_*`, `max_*`).
+pub fn how_to_get_more(
+    tool: &ToolSpec,
+    args: &Map<String, Value>,
+    page: &Page,
+    max_bytes: usize,
+) -> String {
+    let name = &tool.name;
+    if let Some(o) = page.next_offset {
+        return format!("call {name} again with offset: {o} and the same other arguments");
+    }
+    if page.next_cursor.is_some() {
+        return format!(
+            "call {name} again with cursor set to next_cursor and the same other arguments"
+        );
+    }
+    let props = tool
+        .input_schema
+        .get("properties")
+        .and_then(Value::as_object);
+    let (mut narrow, mut shorten, mut drop, mut fewer) = (vec![], vec![], vec![], vec![]);
+    for (arg, schema) in props.into_iter().flatten() {
+        let ty = schema.get("type").and_then(Value::as_str);
+        let given = args.get(arg);
+        let code = format!("`{arg}`");
+        if matches!(arg.as_str(), "offset" | "cursor" | "approval_token") {
+            continue;
+        }
+        if arg.ends_with("_max_chars") {
+            shorten.push(code);
+        } else if arg == "limit"
+            || arg.ends_with("_limit")
+            || arg.starts_with("top_")
+            || arg.starts_with("max_")
+        {
+            fewer.push(code);
+        } else if ty == Some("boolean") {
+            let turned_on = given == Some(&Value::Bool(true));
+            if turned_on && (arg.starts_with("include_") || arg == "verbose" || arg == "all") {
+                drop.push(format!("`{arg}: false`"));
+            }
+        } else if schema.get("enum").is_some() {
+            let filters = schema.get("default").is_none() || given == Some(&Value::from("all"));
+            if filters && given.is_none_or(|v| v == "all") {
+                narrow.push(code);
+            }
+        } else if matches!(ty, Some("string" | "integer" | "number") | None) && given.is_none() {
+            narrow.push(code);
+        }
+    }
+    let mut ways = Vec::new();
+    if !narrow.is_empty() {
+        ways.push(format!("narrow it with {}", narrow.join(", ")));
+    }
+    if !drop.is_empty() {
+        ways.push(format!("leave sections out with {}", drop.join(", ")));
+    }
+    if !shorten.is_empty() {
+        ways.push(format!("cut text shorter with {}", shorten.join(", ")));
+    }
+    if !fewer.is_empty() {
+        ways.push(format!(
+            "ask for fewer rows with a lower {}",
+            fewer.join(", ")
+        ));
+    }
+    if ways.is_empty() {
+        return format!(
+            "{name} has no argument that narrows or pages it: this is what fits the server's limits (max_rows, and max_text_bytes: {max_bytes} bytes here), which an operator can raise"
+        );
+    }
+    format!(
+        "to get the rest, call {name} again and {}",
+        ways.join("; or ")
+    )
 }
 
 /// Drops trailing rows of the largest `many` parts until the result's JSON fits
@@ -110,6 +199,9 @@ fn structured(parts: &[Part], page: &Page) -> Value {
     }
     if let Some(c) = &page.next_cursor {
         obj.insert("next_cursor".into(), Value::from(c.clone()));
+    }
+    if let Some(h) = &page.how_to_get_more {
+        obj.insert(HOW_TO_GET_MORE.into(), Value::from(h.clone()));
     }
     if !page.node_errors.is_empty() {
         obj.insert("node_errors".into(), Value::Array(page.node_errors.clone()));
@@ -174,6 +266,9 @@ pub fn text(parts: &[Part], page: &Page) -> String {
         }
         if let Some(c) = &page.next_cursor {
             s.push_str(&format!(" (next page: cursor={c})"));
+        }
+        if let Some(h) = &page.how_to_get_more {
+            s.push_str(&format!("\nhow to get more: {h}"));
         }
         s.push('\n');
     }
@@ -266,5 +361,82 @@ mod tests {
         assert_eq!(out.structured["truncated"], json!(true));
         assert!(out.text.contains("more available"));
         assert!(!out.structured["nodes"].as_array().unwrap().is_empty());
+    }
+
+    fn spec(properties: &str) -> ToolSpec {
+        crate::spec::parse_tool(
+            "t.yaml",
+            &format!(
+                "name: t\ndescription: d\nsafety: read_only\ninput_schema: {{type: object, properties: {properties}}}\nqueries:\n  - name: q\n    sql: SELECT 1\nexamples:\n  - args: {{}}\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_cut_result_names_the_arguments_that_get_the_rest() {
+        let paged = spec("{limit: {type: integer}, offset: {type: integer}}");
+        let page = Page {
+            truncated: true,
+            next_offset: Some(200),
+            ..Page::default()
+        };
+        let hint = how_to_get_more(&paged, &args(json!({"limit": 100})), &page, 50_000);
+        assert_eq!(
+            hint,
+            "call t again with offset: 200 and the same other arguments"
+        );
+        let cursor = Page {
+            next_cursor: Some("abc".into()),
+            ..Page::default()
+        };
+        assert!(how_to_get_more(&paged, &Map::new(), &cursor, 50_000).contains("cursor"));
+
+        let wide = spec(
+            "{table: {type: string}, nodeid: {type: integer}, state: {type: string, enum: [a, b]}, \
+             metric: {type: string, enum: [x, y], default: x}, include_shards: {type: boolean}, \
+             include_idle: {type: boolean}, query_max_chars: {type: integer}, limit: {type: integer}}",
+        );
+        let given = args(
+            json!({"nodeid": 3, "include_shards": true, "include_idle": false, "metric": "x"}),
+        );
+        let hint = how_to_get_more(&wide, &given, &Page::default(), 50_000);
+        assert_eq!(
+            hint,
+            "to get the rest, call t again and narrow it with `table`, `state`; \
+             or leave sections out with `include_shards: false`; or cut text shorter with \
+             `query_max_chars`; or ask for fewer rows with a lower `limit`"
+        );
+
+        let bare = spec("{}");
+        let hint = how_to_get_more(&bare, &Map::new(), &Page::default(), 50_000);
+        assert!(hint.contains("max_text_bytes"), "{hint}");
+    }
+
+    #[test]
+    fn the_text_of_a_cut_result_says_how_to_get_more() {
+        let out = assemble(
+            vec![part(Shape::Many, 500)],
+            Page {
+                how_to_get_more: Some("call t again with offset: 7".into()),
+                next_offset: Some(7),
+                ..Page::default()
+            },
+            2_000,
+        );
+        assert_eq!(
+            out.structured[HOW_TO_GET_MORE],
+            "call t again with offset: 7"
+        );
+        assert!(
+            out.text
+                .ends_with("truncated: true (next page: offset=7)\nhow to get more: call t again with offset: 7"),
+            "{}",
+            out.text
+        );
     }
 }

@@ -1200,8 +1200,10 @@ async fn truncated_case(s: &mut Section, b: &Bench) -> Result<()> {
     let out = call(&engine, "series", &case.args).await?;
     let kept = Size::of(&out, "rows");
     let note = format!(
-        "max_bytes 200000: {} rows kept, truncated={}",
-        kept.rows, out.structured["truncated"]
+        "max_bytes {}: {} rows kept, truncated={}",
+        Settings::default().max_bytes,
+        kept.rows,
+        out.structured["truncated"]
     );
     s.per_row(
         "engine, n = 10000, cut to fit".to_string(),

@@ -117,6 +117,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::toolsets_limit_what_is_listed_callable_and_prompted",
+            toolsets,
+        ),
+        trial(
+            ctx,
+            "e2e::every_served_tool_has_a_markdown_manual",
+            tool_manuals,
+        ),
+        trial(
+            ctx,
             "cli::invalid_configuration_exits_2_naming_key_and_source",
             invalid_config,
         ),
@@ -1135,6 +1145,104 @@ fn resources(ctx: &Ctx) {
     assert!(group.to_string().contains("orders"), "{group}");
     assert!(read(&mut c, "citus://tables/no_such_table")["error"].is_object());
     assert!(read(&mut c, "citus://nothing/here")["error"].is_object());
+}
+
+/// Issue #8: an operator serves only the toolsets a team needs.
+fn toolsets(ctx: &Ctx) {
+    let mut c = client(
+        ctx,
+        &["--toolsets", "monitor,oncall"],
+        &[(
+            "CITUS_MCP_TOOLSET_GROUPS",
+            r#"{"oncall": ["citus_advisor", "server_info", "nope_tool"]}"#,
+        )],
+    );
+    let mut names = tool_names(&mut c);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "citus_activity",
+            "citus_advisor",
+            "citus_job_inspector",
+            "citus_lock_inspector",
+            "citus_rebalance_status",
+            "server_info"
+        ],
+    );
+    let r = c.call("list_nodes", json!({}));
+    assert_eq!(r["isError"], true, "{r}");
+    let e = &r["structuredContent"]["error"];
+    assert_eq!(e["code"], "TOOLSET_NOT_SERVED", "{r}");
+    assert!(e["message"].as_str().unwrap().contains("`inspect`"), "{e}");
+    assert!(e["hint"].as_str().unwrap().contains("toolsets"), "{e}");
+    assert_eq!(c.call("citus_activity", json!({}))["isError"], false);
+    // Every built-in prompt names an inspect tool, so none is offered, and none answers.
+    let prompts = c.request("prompts/list", json!({}));
+    assert_eq!(prompts["result"]["prompts"], json!([]), "{prompts}");
+    let got = c.request("prompts/get", json!({"name": "citus.health_check"}));
+    assert!(
+        got["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not served")),
+        "{got}"
+    );
+    let manual = c.request("resources/read", json!({"uri": "citus://tools/list_nodes"}));
+    assert!(manual["error"].is_object(), "{manual}");
+    let warnings = wait_config_warnings(&mut c, |w| w.contains("nope_tool"));
+    assert!(warnings.contains("toolset_groups: `oncall`"), "{warnings}");
+
+    let out = bin()
+        .args(["tools", "list", "--toolsets", "inspect,monitr"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`monitr`") && err.contains("--toolsets"),
+        "{err}"
+    );
+}
+
+/// Issue #8: tools/list stays short; each tool's manual is a resource.
+fn tool_manuals(ctx: &Ctx) {
+    let mut c = client(ctx, &[], &[]);
+    let templates = c.request("resources/templates/list", json!({}));
+    let manual = templates["result"]["resourceTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["uriTemplate"] == "citus://tools/{name}")
+        .cloned()
+        .unwrap_or_else(|| panic!("no manual template: {templates}"));
+    assert_eq!(manual["mimeType"], "text/markdown");
+    for name in tool_names(&mut c) {
+        let uri = format!("citus://tools/{name}");
+        let r = c.request("resources/read", json!({"uri": uri}));
+        let content = &r["result"]["contents"][0];
+        assert_eq!(content["mimeType"], "text/markdown", "{r}");
+        let text = content["text"].as_str().unwrap();
+        assert!(text.starts_with(&format!("# {name}")), "{text}");
+    }
+    let done = c.request(
+        "completion/complete",
+        json!({"ref": {"type": "ref/resource", "uri": "citus://tools/{name}"},
+               "argument": {"name": "name", "value": "citus_sh"}}),
+    );
+    let values = done["result"]["completion"]["values"].to_string();
+    assert!(
+        values.contains("citus_shard_heatmap") && !values.contains("list_nodes"),
+        "{done}"
+    );
+    let out = bin()
+        .args(["tools", "show", "list_nodes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("# list_nodes") && text.contains("## Result"),
+        "{text}"
+    );
 }
 
 fn completions(ctx: &Ctx) {

@@ -328,11 +328,13 @@ fn max_rows_and_max_bytes_truncate_explicitly(ctx: &Ctx) {
     let out = call(ctx, &e, "series", json!({})).unwrap();
     assert_eq!(
         out.structured,
-        json!({"n": [{"g": 1}, {"g": 2}, {"g": 3}], "truncated": true}),
+        json!({"n": [{"g": 1}, {"g": 2}, {"g": 3}], "truncated": true,
+               "how_to_get_more": "series has no argument that narrows or pages it: this is what fits the server's limits (max_rows, and max_text_bytes: 50000 bytes here), which an operator can raise"}),
         "{}",
         out.text
     );
     assert!(out.text.contains("more available"));
+    assert!(out.text.contains("how to get more: "), "{}", out.text);
     let defaults = engine(
         ctx,
         &ctx.dsn(),
@@ -364,6 +366,10 @@ fn max_rows_and_max_bytes_truncate_explicitly(ctx: &Ctx) {
     assert_eq!(
         out.structured["next_offset"], n,
         "the next page starts after the rows that fit"
+    );
+    assert_eq!(
+        out.structured["how_to_get_more"],
+        format!("call wide again with offset: {n} and the same other arguments")
     );
     let next = call(ctx, &small, "wide", json!({"limit": 100, "offset": n})).unwrap();
     assert_eq!(next.structured["rows"][0]["g"], n + 1);
