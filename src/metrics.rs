@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -44,8 +44,48 @@ struct Counts {
 #[derive(Default)]
 pub struct Metrics {
     counts: Mutex<Counts>,
-    in_flight: AtomicUsize,
+    calls: Arc<Running>,
+}
+
+/// How many of something are running, and a way to wait until none is.
+#[derive(Default)]
+pub struct Running {
+    count: AtomicUsize,
     idle: Notify,
+}
+
+/// One running thing; dropping it ends it, however it ended.
+pub struct Entered(Arc<Running>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Running {
+    pub fn enter(self: &Arc<Self>) -> Entered {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Entered(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once nothing is running.
+    pub async fn idle(&self) {
+        loop {
+            // Registered before the check, so an end in between still wakes us.
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What one finished tool call returned.
@@ -58,17 +98,6 @@ pub struct CallRecord<'a> {
     pub result: Option<&'a Value>,
 }
 
-/// A call in flight; dropping it ends the call, however it ended.
-pub struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Counters stay usable after a panic elsewhere: they are plain numbers.
@@ -76,26 +105,13 @@ impl Metrics {
     }
 
     /// Marks a tool call as running until the guard is dropped.
-    pub fn start_call(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self)
+    pub fn start_call(&self) -> Entered {
+        self.calls.enter()
     }
 
     /// Tool calls running now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Returns once no tool call is running.
-    pub async fn idle(&self) {
-        loop {
-            // Registered before the check, so a call ending in between still wakes us.
-            let notified = self.idle.notified();
-            if self.in_flight() == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.calls.count()
     }
 
     /// Counts one finished tool call.
@@ -324,21 +340,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_returns_when_the_last_call_ends() {
-        let m = std::sync::Arc::new(Metrics::default());
-        m.idle().await;
-        let m2 = m.clone();
+    async fn idle_returns_when_the_last_one_ends() {
+        let r = Arc::new(Running::default());
+        r.idle().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let entered = r.enter();
         let running = tokio::spawn(async move {
-            let _call = m2.start_call();
+            let _entered = entered;
             let _ = rx.await;
         });
-        while m.in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
+        assert_eq!(r.count(), 1);
         let _ = tx.send(());
-        m.idle().await;
+        r.idle().await;
         running.await.unwrap();
-        assert_eq!(m.in_flight(), 0);
+        assert_eq!(r.count(), 0);
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::echo;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
+use crate::metrics::{Entered, Metrics, Running};
 use crate::server::{CallerName, Change, Server};
 use crate::spec::Safety;
 use auth::{Grant, TokenConfig, Tokens};
@@ -122,6 +122,8 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
 struct Shared {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// POST responses not yet fully sent, which a shutdown lets finish.
+    responses: Arc<Running>,
     tokens: Tokens,
     max_body: usize,
     max_headers: usize,
@@ -207,9 +209,11 @@ pub async fn serve(
              headers are accepted; list the names clients use in http.allowed_hosts"
         );
     }
+    let responses = Arc::new(Running::default());
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         metrics: metrics.clone(),
+        responses: responses.clone(),
         tokens: prepared.tokens,
         max_body: prepared.config.max_body_bytes,
         max_headers: prepared.config.max_header_bytes,
@@ -218,7 +222,8 @@ pub async fn serve(
     let protected = Router::new()
         .route_service("/mcp", mcp)
         .route("/metrics", get(metrics_page))
-        .layer(middleware::from_fn_with_state(shared.clone(), authorize));
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(middleware::from_fn_with_state(shared.clone(), track));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -251,7 +256,8 @@ pub async fn serve(
         "shutting down: calls in flight have {} s to finish",
         grace.as_secs()
     );
-    if tokio::time::timeout(grace, metrics.idle()).await.is_err() {
+    // A call is done when its answer is written, not when its handler returns.
+    if tokio::time::timeout(grace, responses.idle()).await.is_err() {
         tracing::warn!(
             in_flight = metrics.in_flight(),
             "calls still running after the grace period: cancelling them"
@@ -300,6 +306,55 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Counts a POST to /mcp as running until its response body is written or dropped.
+/// `subscriptions/listen` (a stream that lasts as long as the client wants) and GET
+/// streams are not counted: a shutdown closes them.
+async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let stream = req.method() != Method::POST
+        || req
+            .headers()
+            .get("mcp-method")
+            .is_some_and(|m| m == "subscriptions/listen");
+    if stream {
+        return next.run(req).await;
+    }
+    let entered = s.responses.enter();
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Tracked {
+            inner: body,
+            _entered: entered,
+        }),
+    )
+}
+
+/// A response body that holds its request's place among the running ones.
+struct Tracked {
+    inner: Body,
+    _entered: Entered,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
