@@ -95,6 +95,8 @@ pub struct Config {
     pub toolsets: Vec<String>,
     /// The operator's own toolsets: a name and its members (built-in toolsets or tool names).
     pub toolset_groups: BTreeMap<String, Vec<String>>,
+    /// Serving over Streamable HTTP instead of stdio (`http.listen`), and how.
+    pub http: crate::httpd::HttpConfig,
     /// Where each key that is not a default came from.
     #[serde(skip)]
     pub sources: BTreeMap<String, Source>,
@@ -128,6 +130,7 @@ impl Default for Config {
             disabled_tools: vec![],
             toolsets: vec![],
             toolset_groups: BTreeMap::new(),
+            http: Default::default(),
             sources: BTreeMap::new(),
         }
     }
@@ -192,17 +195,17 @@ pub fn load(
             merged.insert(k, v);
         }
     }
-    for key in keys() {
-        let var = format!("CITUS_MCP_{}", key.to_ascii_uppercase());
+    for key in settable_keys() {
+        let var = format!("CITUS_MCP_{}", key.replace('.', "_").to_ascii_uppercase());
         if let Some(raw) = env.get(&var) {
             let source = Source::Env(var);
-            merged.insert(key.clone(), typed(&key, raw, &source)?);
+            set(&mut merged, &key, typed(&key, raw, &source)?);
             sources.insert(key, source);
         }
     }
     for (key, raw) in flags {
-        let source = Source::Flag(key.replace('_', "-"));
-        merged.insert(key.clone(), typed(key, raw, &source)?);
+        let source = Source::Flag(key.replace(['_', '.'], "-"));
+        set(&mut merged, key, typed(key, raw, &source)?);
         sources.insert(key.clone(), source);
     }
 
@@ -216,8 +219,12 @@ pub fn load(
             .next()
             .unwrap_or("")
             .to_string();
+        // A section's key set by a flag or variable (`http.listen`) names its own source.
+        let nested = path.trim_start_matches('/').replacen('/', ".", 1);
+        let nested: String = nested.split('/').next().unwrap_or("").to_string();
         let from = sources
-            .get(&key)
+            .get(&nested)
+            .or_else(|| sources.get(&key))
             .map_or_else(String::new, |s| format!(" (from {s})"));
         // Secrets must not be echoed back in the message.
         let message = if is_secret(&key) {
@@ -392,9 +399,50 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
     }
 }
 
+/// The keys a variable or flag can set: every key, and for a section (an object of
+/// keys, like `http`) each of its keys as `section.key`.
+fn settable_keys() -> Vec<String> {
+    let mut out = Vec::new();
+    for key in keys() {
+        match SCHEMA["properties"][&key]["properties"].as_object() {
+            Some(section) => out.extend(section.keys().map(|k| format!("{key}.{k}"))),
+            None => out.push(key),
+        }
+    }
+    out
+}
+
+/// The schema of a key, `section.key` included.
+fn property(key: &str) -> Option<&'static Value> {
+    match key.split_once('.') {
+        Some((section, k)) => SCHEMA["properties"].get(section)?["properties"].get(k),
+        None => SCHEMA["properties"].get(key),
+    }
+}
+
+/// Sets a key, `section.key` inside its section, over what lower layers gave.
+fn set(merged: &mut Map<String, Value>, key: &str, value: Value) {
+    match key.split_once('.') {
+        Some((section, k)) => {
+            let entry = merged
+                .entry(section.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
+            }
+            if let Value::Object(m) = entry {
+                m.insert(k.to_string(), value);
+            }
+        }
+        None => {
+            merged.insert(key.to_string(), value);
+        }
+    }
+}
+
 /// Turns a string from the environment or a flag into the JSON type the schema wants.
 fn typed(key: &str, raw: &str, source: &Source) -> Result<Value, ConfigError> {
-    let Some(prop) = SCHEMA["properties"].get(key) else {
+    let Some(prop) = property(key) else {
         return Err(ConfigError(format!("unknown key `{key}` (from {source})")));
     };
     let secret = is_secret(key);
@@ -585,6 +633,38 @@ mod tests {
         .to_string();
         assert!(
             e.contains("toolset_groups") && e.contains("JSON object"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn section_keys_layer_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "http:\n  listen: 127.0.0.1:1\n  allowed_hosts: [a.example]\n",
+        )
+        .unwrap();
+        let flags = Flags::from([("http.listen".to_string(), "127.0.0.1:2".to_string())]);
+        let c = load(
+            Some(&file),
+            &env(&[("CITUS_MCP_HTTP_STATELESS", "true")]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.as_deref(), Some("127.0.0.1:2"));
+        assert!(c.http.stateless);
+        assert_eq!(c.http.allowed_hosts, vec!["a.example"]);
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_HTTP_MAX_BODY_BYTES", "-1")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("(from environment variable CITUS_MCP_HTTP_MAX_BODY_BYTES)"),
             "{e}"
         );
     }

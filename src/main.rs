@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve MCP over stdio (the default).
+    /// Serve MCP over stdio (the default), or over HTTP with --http.
     Serve {
         /// Connection string of the coordinator (same as --coordinator-dsn).
         dsn: Option<String>,
@@ -71,6 +71,26 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
+    /// Bearer tokens for `serve --http`.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a random token: prints it on stdout, and its configuration entry (with
+    /// only its hash) on stderr.
+    New {
+        /// Who will hold it; shown in the log and the approval audit log.
+        name: String,
+        /// Comma-separated safety classes it may call: read_only, plan, execute.
+        #[arg(long, default_value = "read_only,plan")]
+        classes: String,
+    },
+    /// Prints the SHA-256 of a token read from stdin, for http.tokens.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +190,12 @@ struct Opts {
     /// Your own toolsets as JSON, e.g. '{"oncall": ["monitor", "citus_advisor"]}'.
     #[arg(long, global = true, value_name = "JSON")]
     toolset_groups: Option<String>,
+    /// Serve MCP over Streamable HTTP at http://ADDR/mcp instead of stdio (http.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    http: Option<String>,
+    /// Keep no HTTP sessions, for replicas behind a round-robin balancer (http.stateless).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    http_stateless: Option<String>,
 }
 
 impl Opts {
@@ -206,6 +232,8 @@ impl Opts {
             ("disabled_tools", self.disabled_tools.as_ref()),
             ("toolsets", self.toolsets.as_ref()),
             ("toolset_groups", self.toolset_groups.as_ref()),
+            ("http.listen", self.http.as_ref()),
+            ("http.stateless", self.http_stateless.as_ref()),
         ];
         pairs
             .into_iter()
@@ -272,6 +300,7 @@ async fn run(
     match command {
         None | Some(Command::Serve { .. }) => serve(config, &env).await,
         Some(Command::Approve { tool, args, ttl }) => approve(&config, &env, &tool, &args, ttl),
+        Some(Command::Token { command }) => token(command),
         Some(Command::Lint { paths, db, format }) => {
             if let Some(missing) = paths.iter().find(|p| !p.exists()) {
                 anyhow::bail!("lint: {} does not exist", missing.display());
@@ -435,6 +464,38 @@ fn approve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `token new` and `token hash`: the token goes to stdout only, never to a log.
+fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    use citus_mcp::httpd::auth;
+    match command {
+        TokenCommand::New { name, classes } => {
+            let classes: Vec<&str> = classes.split(',').map(str::trim).collect();
+            if let Some(bad) = classes
+                .iter()
+                .find(|c| !["read_only", "plan", "execute"].contains(c))
+            {
+                anyhow::bail!("--classes: `{bad}` is not read_only, plan or execute");
+            }
+            let token = auth::new_token()?;
+            print_out(&token);
+            eprintln!(
+                "citus-mcp: add this to http.tokens (or to the list in http.tokens_file):\n  \
+                 - name: {name}\n    sha256: {}\n    classes: [{}]",
+                auth::hash_hex(&token),
+                classes.join(", ")
+            );
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the token from stdin")?;
+            print_out(&auth::hash_hex(line.trim_end_matches(['\r', '\n'])));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Engine>> {
     let toolsets = config.toolsets()?;
     let registry = Reloader::initial(
@@ -505,6 +566,11 @@ fn warn_about_role(engine: Arc<Engine>) {
 }
 
 async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+    // An HTTP configuration that cannot be served safely stops here, before any I/O.
+    let http = match &config.http.listen {
+        Some(_) => Some(citus_mcp::httpd::Prepared::new(&config.http)?),
+        None => None,
+    };
     let engine = engine(&config, env)?;
     let (changes, _) = tokio::sync::broadcast::channel(16);
     let reloader = Reloader {
@@ -521,6 +587,15 @@ async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result
         .context("cannot start watching the tool folders")?;
     check_worker_dsns(&config, engine.clone(), checker);
     warn_about_role(engine.clone());
+    if let Some(http) = http {
+        if engine.db().is_none() {
+            tracing::warn!(
+                "no coordinator_dsn configured: only tools that need no database will work"
+            );
+        }
+        citus_mcp::httpd::serve(http, engine, changes).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     match engine.db() {
         Some(db) => {
             tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")

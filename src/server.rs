@@ -31,6 +31,7 @@ use crate::compile::CompiledTool;
 use crate::echo;
 use crate::engine::{Caller, CallerFuture, CompletionRef, Engine, ErrorCode, ToolError};
 use crate::manual;
+use crate::metrics::{self, CallRecord, Metrics};
 use crate::spec::{Role, Safety};
 
 /// What changed in the registry, for `list_changed` notifications.
@@ -41,10 +42,24 @@ pub enum Change {
     Resources,
 }
 
+/// The authenticated name of an HTTP caller: the transport puts it in the request's
+/// extensions, and it reaches the engine as [`Caller::identity`] (the approval audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerName(pub String);
+
+/// The caller's name, when the HTTP transport authenticated one for this request.
+fn caller_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<CallerName>())
+        .map(|n| n.0.clone())
+}
+
 /// The client of one tool call, as the engine sees it.
 struct McpCaller {
     peer: rmcp::Peer<RoleServer>,
     progress: Option<rmcp::model::ProgressToken>,
+    identity: Option<String>,
 }
 
 impl Caller for McpCaller {
@@ -123,6 +138,10 @@ impl Caller for McpCaller {
             }
         })
     }
+
+    fn identity(&self) -> Option<String> {
+        self.identity.clone()
+    }
 }
 
 /// The handler; cheap to clone, one per session.
@@ -130,11 +149,22 @@ impl Caller for McpCaller {
 pub struct Server {
     engine: Arc<Engine>,
     changes: broadcast::Sender<Change>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Server {
     pub fn new(engine: Arc<Engine>, changes: broadcast::Sender<Change>) -> Server {
-        Server { engine, changes }
+        Server {
+            engine,
+            changes,
+            metrics: None,
+        }
+    }
+
+    /// Counts every tool call in `metrics` (served at `/metrics` over HTTP).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Server {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -346,13 +376,30 @@ impl ServerHandler for Server {
         let caller = McpCaller {
             peer: ctx.peer.clone(),
             progress: ctx.meta.get_progress_token(),
+            identity: caller_name(&ctx),
         };
-        match self
+        let _running = self.metrics.as_ref().map(|m| m.start_call());
+        let started = std::time::Instant::now();
+        let result = self
             .engine
             .call_as(&req.name, args, &ctx.ct, &caller)
             .await
-            .map_err(ToolError::capped)
-        {
+            .map_err(ToolError::capped);
+        if let Some(m) = &self.metrics {
+            // Only names the registry knows become labels: callers cannot grow the page.
+            let known = self.engine.registry().tools.contains_key(req.name.as_ref());
+            m.record_call(&CallRecord {
+                tool: if known {
+                    &req.name
+                } else {
+                    metrics::UNKNOWN_TOOL
+                },
+                outcome: result.as_ref().map_or_else(|e| e.code.as_str(), |_| "ok"),
+                elapsed: started.elapsed(),
+                result: result.as_ref().ok().map(|o| &o.structured),
+            });
+        }
+        match result {
             Ok(out) => {
                 let mut r = CallToolResult::success(vec![ContentBlock::text(out.text)]);
                 r.structured_content = Some(out.structured);

@@ -102,6 +102,8 @@ pub struct Engine {
     cache: Mutex<HashMap<String, (Instant, ToolOutput)>>,
     plugins: Plugins,
     approvals: Option<Arc<dyn Approvals>>,
+    /// How many snapshots `swap` has put in, for the reload counter of `/metrics`.
+    swaps: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -113,7 +115,13 @@ impl Engine {
             cache: Mutex::new(HashMap::new()),
             plugins: Plugins::default(),
             approvals: None,
+            swaps: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many times a reload swapped in a new snapshot.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks the approval token of every execute-class call with `approvals`.
@@ -143,6 +151,8 @@ impl Engine {
         let new = Arc::new(registry);
         let old = std::mem::replace(&mut *self.registry.write().expect("registry lock"), new);
         self.cache.lock().expect("cache lock").clear();
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         old
     }
 

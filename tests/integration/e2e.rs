@@ -364,7 +364,7 @@ fn errors_cap_echoed_values(ctx: &Ctx) {
     assert_eq!(c.call("ping", json!({}))["isError"], false);
 }
 
-const EXTRA_TOOL: &str = "name: hello\ndescription: Says hello from an operator's folder.\nsafety: read_only\nqueries:\n  - name: greeting\n    shape: value\n    sql: SELECT 'hello'::text\nexamples:\n  - args: {}\n";
+pub const EXTRA_TOOL: &str = "name: hello\ndescription: Says hello from an operator's folder.\nsafety: read_only\nqueries:\n  - name: greeting\n    shape: value\n    sql: SELECT 'hello'::text\nexamples:\n  - args: {}\n";
 
 fn hot_reload(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
@@ -577,7 +577,7 @@ fn secrets_never_leak(ctx: &Ctx) {
     assert!(!seen.contains(secret), "the approval secret leaked");
 }
 
-const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {timeout_ms: 60000}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep(30) IS NULL AS e2e_slow_marker\nexamples:\n  - args: {}\n";
+pub const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {timeout_ms: 60000}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep(30) IS NULL AS e2e_slow_marker\nexamples:\n  - args: {}\n";
 
 fn cancelled_request(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
@@ -640,7 +640,7 @@ fn vanished_client(ctx: &Ctx) {
     }
 }
 
-const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_INVALID}\n";
+pub const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_INVALID}\n";
 
 fn execute_tools_hidden(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
@@ -960,7 +960,7 @@ fn prompts(ctx: &Ctx) {
     }
 }
 
-fn bin() -> Command {
+pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_citus-mcp"));
     for (k, _) in std::env::vars() {
         if k.starts_with("CITUS_MCP_") {

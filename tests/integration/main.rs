@@ -16,6 +16,7 @@ mod e2e;
 mod engine;
 mod examples;
 mod fixture;
+mod httpd;
 mod lint;
 mod mcp;
 mod monitoring;
@@ -146,6 +147,7 @@ fn main() {
     trials.extend(security::trials(&ctx));
     trials.extend(approval::trials(&ctx));
     trials.extend(operations::trials(&ctx));
+    trials.extend(httpd::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

@@ -650,6 +650,14 @@ fn real_citus(ctx: &Ctx) {
         );
         return;
     }
+    // It changes where every shard lives, and the other tests read the sample cluster's
+    // layout (an empty worker, the skew): run it on its own, on a cluster you can rebuild.
+    if std::env::var("CITUS_TEST_MOVE_SHARDS").as_deref() != Ok("1") {
+        eprintln!(
+            "operations::real_citus_moves_a_shard_and_rebalances: skipped; it moves shards and rebalances the cluster, which changes what the other tests see: run it alone with CITUS_TEST_MOVE_SHARDS=1 (cargo test --test integration -- operations::real_citus)"
+        );
+        return;
+    }
     let dsn = ctx.dsn();
     let a = Admin::new(ctx, &dsn);
     let none = Progress::default();

@@ -1,0 +1,570 @@
+//! MCP over Streamable HTTP (`serve --http`): rmcp's `StreamableHttpService` at `/mcp`,
+//! behind axum, beside `/healthz`, `/readyz` and `/metrics`.
+//!
+//! This module owns the HTTP edge: the listen address and the refusal to serve a
+//! non-loopback address without authentication, `Host` and `Origin` allow-lists
+//! (rmcp checks them), body and header size limits, bearer tokens and their grants
+//! (`auth`), and the graceful shutdown. Everything MCP is the same [`Server`] stdio
+//! uses, one per session (or per request when stateless), over the same engine, so
+//! hot reload and `list_changed` reach HTTP sessions too. It never sees SQL.
+
+pub mod auth;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt as _;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::echo;
+use crate::engine::Engine;
+use crate::metrics::{Entered, Metrics, Running};
+use crate::server::{CallerName, Change, Server};
+use crate::spec::Safety;
+use auth::{Grant, TokenConfig, Tokens};
+
+/// The `http` section of the configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to serve on; stdio when unset.
+    pub listen: Option<String>,
+    /// No sessions: every request stands alone (replicas without sticky sessions).
+    pub stateless: bool,
+    /// `Host` values accepted; loopback names and the listen address when empty.
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted; loopback origins when unset.
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub shutdown_grace_seconds: u64,
+    pub tokens: Vec<TokenConfig>,
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            stateless: false,
+            allowed_hosts: vec![],
+            allowed_origins: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            shutdown_grace_seconds: 10,
+            tokens: vec![],
+            tokens_file: None,
+        }
+    }
+}
+
+/// Why the HTTP server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("http.listen `{0}` is not an address: use ip:port, e.g. 127.0.0.1:8080")]
+    Address(String),
+    #[error(
+        "refusing to listen on {0} without authentication: anyone who can reach it could query \
+         the cluster. Configure http.tokens or http.tokens_file (`citus-mcp token new NAME` makes \
+         one), or listen on a loopback address such as 127.0.0.1"
+    )]
+    Unauthenticated(SocketAddr),
+    #[error("http tokens: {0}")]
+    Tokens(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Origins a browser on this machine sends; anything else is refused when present.
+const LOOPBACK_ORIGINS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+/// How long a shutdown waits for the coordinator to cancel statements, and for the
+/// connections to drain once sessions are closed.
+const CANCEL_WAIT: Duration = Duration::from_secs(3);
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The address to listen on: an IP and port (`localhost:PORT` is 127.0.0.1).
+pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match text.strip_prefix("localhost:").map(str::parse::<u16>) {
+        Some(Ok(port)) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        _ => Err(HttpError::Address(text.to_string())),
+    }
+}
+
+/// What the request handlers share.
+struct Shared {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    /// POST responses not yet fully sent, which a shutdown lets finish.
+    responses: Arc<Running>,
+    tokens: Tokens,
+    max_body: usize,
+    max_headers: usize,
+}
+
+/// Everything checked before binding: a configuration that cannot be served safely
+/// never opens a socket.
+pub struct Prepared {
+    addr: SocketAddr,
+    config: HttpConfig,
+    tokens: Tokens,
+}
+
+impl Prepared {
+    pub fn new(config: &HttpConfig) -> Result<Prepared, HttpError> {
+        let text = config.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let addr = listen_address(text)?;
+        let tokens = Tokens::load(&config.tokens, config.tokens_file.as_deref())?;
+        if !addr.ip().is_loopback() && tokens.is_empty() {
+            return Err(HttpError::Unauthenticated(addr));
+        }
+        Ok(Prepared {
+            addr,
+            config: config.clone(),
+            tokens,
+        })
+    }
+
+    fn rmcp_config(&self, cancel: CancellationToken) -> StreamableHttpServerConfig {
+        let mut hosts = self.config.allowed_hosts.clone();
+        if hosts.is_empty() {
+            hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if !self.addr.ip().is_unspecified() && !self.addr.ip().is_loopback() {
+                // An IP literal in Host cannot be a rebinding attack.
+                hosts.push(self.addr.ip().to_string());
+            }
+        }
+        let origins = self
+            .config
+            .allowed_origins
+            .clone()
+            .unwrap_or_else(|| LOOPBACK_ORIGINS.map(String::from).to_vec());
+        StreamableHttpServerConfig::default()
+            .with_allowed_hosts(hosts)
+            .with_allowed_origins(origins)
+            // An empty list means "no browser origin", not "no check".
+            .enforce_origin_validation()
+            .with_max_request_body_bytes(self.config.max_body_bytes)
+            .with_legacy_session_mode(!self.config.stateless)
+            .with_cancellation_token(cancel)
+    }
+}
+
+/// Serves until SIGTERM or ctrl-c, then shuts down gracefully: no new connections,
+/// calls in flight get `http.shutdown_grace_seconds` to finish, then sessions close and
+/// the statements still running are cancelled on every node.
+pub async fn serve(
+    prepared: Prepared,
+    engine: Arc<Engine>,
+    changes: broadcast::Sender<Change>,
+) -> Result<(), HttpError> {
+    let listener = tokio::net::TcpListener::bind(prepared.addr)
+        .await
+        .map_err(|source| HttpError::Listen {
+            addr: prepared.addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| HttpError::Listen {
+        addr: prepared.addr,
+        source,
+    })?;
+    let sessions = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let server = Server::new(engine.clone(), changes).with_metrics(metrics.clone());
+    let mcp = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        prepared.rmcp_config(sessions.clone()),
+    );
+    if prepared.addr.ip().is_unspecified() && prepared.config.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "listening on every interface with the default http.allowed_hosts: only loopback Host \
+             headers are accepted; list the names clients use in http.allowed_hosts"
+        );
+    }
+    let responses = Arc::new(Running::default());
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        responses: responses.clone(),
+        tokens: prepared.tokens,
+        max_body: prepared.config.max_body_bytes,
+        max_headers: prepared.config.max_header_bytes,
+    });
+    let authenticated = !shared.tokens.is_empty();
+    let protected = Router::new()
+        .route_service("/mcp", mcp)
+        .route("/metrics", get(metrics_page))
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(middleware::from_fn_with_state(shared.clone(), track));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            limit_headers,
+        ))
+        .with_state(shared);
+
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(
+        address = %local,
+        stateless = prepared.config.stateless,
+        authenticated,
+        tools = engine.visible_tools().len(),
+        "serving MCP on http://{local}/mcp"
+    );
+    shutdown_signal().await;
+
+    stop.cancel();
+    let grace = Duration::from_secs(prepared.config.shutdown_grace_seconds);
+    tracing::info!(
+        in_flight = metrics.in_flight(),
+        "shutting down: calls in flight have {} s to finish",
+        grace.as_secs()
+    );
+    // A call is done when its answer is written, not when its handler returns.
+    if tokio::time::timeout(grace, responses.idle()).await.is_err() {
+        tracing::warn!(
+            in_flight = metrics.in_flight(),
+            "calls still running after the grace period: cancelling them"
+        );
+    }
+    // Sessions hold their GET streams open; closing them lets the connections drain.
+    sessions.cancel();
+    if let Some(db) = engine.db()
+        && tokio::time::timeout(CANCEL_WAIT, db.cancel_running())
+            .await
+            .is_err()
+    {
+        tracing::warn!("could not cancel the statements in flight within 3 s");
+    }
+    match tokio::time::timeout(DRAIN_WAIT, running).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+        Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+        Err(_) => tracing::warn!("connections still open after 5 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// SIGTERM (systemd, containers) or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for ctrl-c: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Counts a POST to /mcp as running until its response body is written or dropped.
+/// `subscriptions/listen` (a stream that lasts as long as the client wants) and GET
+/// streams are not counted: a shutdown closes them.
+async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let stream = req.method() != Method::POST
+        || req
+            .headers()
+            .get("mcp-method")
+            .is_some_and(|m| m == "subscriptions/listen");
+    if stream {
+        return next.run(req).await;
+    }
+    let entered = s.responses.enter();
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Tracked {
+            inner: body,
+            _entered: entered,
+        }),
+    )
+}
+
+/// A response body that holds its request's place among the running ones.
+struct Tracked {
+    inner: Body,
+    _entered: Entered,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// 431 for a request whose headers (names, values and the target) exceed the limit.
+async fn limit_headers(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if size > s.max_headers {
+        s.metrics.record_refusal("headers_too_large");
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Authentication (401 without a valid token) and the token's grant (403 for a tool
+/// outside it); the holder's name goes on to the server as [`CallerName`].
+async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    if s.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let holder = match auth::bearer(req.headers()) {
+        None => return s.unauthorized(None),
+        Some(t) => match s.tokens.verify(t) {
+            Some(h) => h.clone(),
+            None => return s.unauthorized(Some("invalid_token")),
+        },
+    };
+    if req.method() == Method::POST && req.uri().path() == "/mcp" {
+        // The grant depends on the tool, which only the body names (2025 clients send
+        // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
+        let (parts, body) = req.into_parts();
+        let bytes = match http_body_util::Limited::new(body, s.max_body)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                s.metrics.record_refusal("body_too_large");
+                return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+            }
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
+            }
+        };
+        if let Some((id, what)) = refused(&s.engine, &holder.grant, &bytes) {
+            tracing::warn!(caller = %holder.name, tool = %echo::cap(&what), "refused: outside the token's grant");
+            s.metrics.record_refusal("forbidden");
+            return forbidden(id, &holder.name, &what);
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    tracing::debug!(caller = %holder.name, method = %req.method(), "authenticated");
+    req.extensions_mut().insert(CallerName(holder.name));
+    next.run(req).await
+}
+
+impl Shared {
+    fn unauthorized(&self, error: Option<&str>) -> Response {
+        self.metrics.record_refusal("unauthenticated");
+        tracing::info!(
+            reason = error.unwrap_or("no bearer token"),
+            "refused an unauthenticated request"
+        );
+        let challenge = match error {
+            Some(e) => format!("Bearer realm=\"citus-mcp\", error=\"{e}\""),
+            None => "Bearer realm=\"citus-mcp\"".to_string(),
+        };
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "unauthorized", "error_description": "a valid bearer token is required"}),
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+}
+
+/// The first message of a POST body the grant does not cover: its id and what it asked
+/// for. A body that does not parse, or a tool no one may see, goes on to rmcp and the
+/// engine, which answer it as for any caller.
+fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<(Value, String)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let messages = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    let registry = engine.registry();
+    messages.into_iter().find_map(|m| {
+        let method = m.get("method")?.as_str()?;
+        let id = m.get("id").cloned().unwrap_or(Value::Null);
+        match method {
+            "tools/call" => {
+                let name = m.pointer("/params/name")?.as_str()?;
+                let tool = registry.tools.get(name).filter(|t| engine.visible(t))?;
+                (!grant.allows(name, tool.spec.safety)).then(|| (id, name.to_string()))
+            }
+            // Both run read-only queries of the tools behind them.
+            "resources/read" | "completion/complete" => {
+                (!grant.classes.contains(&Safety::ReadOnly)).then(|| (id, method.to_string()))
+            }
+            _ => None,
+        }
+    })
+}
+
+fn forbidden(id: Value, holder: &str, what: &str) -> Response {
+    let message = format!("the token `{holder}` may not call `{}`", echo::cap(what));
+    let mut r = json_response(
+        StatusCode::FORBIDDEN,
+        &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32003, "message": message}}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"citus-mcp\", error=\"insufficient_scope\""),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// 200 once the coordinator has answered within the last minute (`Db::facts` caches
+/// for that long); 503 otherwise, without the reason (this page needs no token).
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let Some(db) = s.engine.db() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no coordinator configured\n",
+        )
+            .into_response();
+    };
+    match tokio::time::timeout(Duration::from_secs(5), db.facts()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::debug!("not ready: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "coordinator not reachable\n",
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "coordinator did not answer\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.render(s.engine.swaps()),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_and_non_loopback_needs_tokens() {
+        assert_eq!(
+            listen_address("localhost:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert!(listen_address("[::1]:1").unwrap().ip().is_loopback());
+        assert!(matches!(
+            listen_address("example.com:80"),
+            Err(HttpError::Address(_))
+        ));
+        let open = HttpConfig {
+            listen: Some("0.0.0.0:8080".into()),
+            ..HttpConfig::default()
+        };
+        let e = Prepared::new(&open).err().unwrap();
+        assert!(matches!(e, HttpError::Unauthenticated(_)), "{e}");
+        assert!(e.to_string().contains("http.tokens"), "{e}");
+        let with_token = HttpConfig {
+            tokens: vec![TokenConfig {
+                name: "ops".into(),
+                sha256: auth::hash_hex("t"),
+                classes: vec![Safety::ReadOnly],
+                tools: vec![],
+            }],
+            ..open
+        };
+        assert!(Prepared::new(&with_token).is_ok());
+        assert!(Prepared::new(&HttpConfig::default()).is_ok());
+    }
+}

@@ -1,0 +1,796 @@
+//! End to end over Streamable HTTP: the built binary with `--http 127.0.0.1:0`, driven
+//! with raw HTTP/1.1 requests as a remote MCP client sends them.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use libtest_mimic::Trial;
+use serde_json::{Value, json};
+
+use crate::e2e::{EXEC_TOOL, EXTRA_TOOL, SLOW_TOOL, bin};
+use crate::{Ctx, trial};
+
+pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
+    vec![
+        trial(
+            ctx,
+            "http::legacy_session_calls_and_gets_list_changed_on_its_get_stream",
+            legacy_session,
+        ),
+        trial(
+            ctx,
+            "http::protocol_2026_07_28_and_stateless_mode_need_no_session",
+            stateless,
+        ),
+        trial(
+            ctx,
+            "http::tokens_401_without_403_outside_the_grant_name_in_audit_log",
+            tokens,
+        ),
+        trial(
+            ctx,
+            "http::bad_origin_host_and_oversized_requests_are_refused",
+            refusals,
+        ),
+        trial(
+            ctx,
+            "http::non_loopback_without_tokens_does_not_start",
+            non_loopback,
+        ),
+        trial(
+            ctx,
+            "http::health_readiness_and_metrics_count_a_call",
+            health_and_metrics,
+        ),
+        trial(
+            ctx,
+            "http::load_64_concurrent_clients_lose_no_response",
+            load,
+        ),
+        trial(
+            ctx,
+            "http::sigterm_finishes_calls_in_flight_then_cancels_the_rest",
+            graceful_shutdown,
+        ),
+    ]
+}
+
+/// A `citus-mcp serve --http 127.0.0.1:0` process and its log; requests go through
+/// its [`Endpoint`].
+struct HttpServer {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    ep: Endpoint,
+}
+
+impl std::ops::Deref for HttpServer {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.ep
+    }
+}
+
+/// Where requests go: cheap to clone into a task.
+#[derive(Clone)]
+struct Endpoint {
+    port: u16,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What a POST or GET answered: status, headers, and the JSON-RPC messages of the body
+/// (an SSE stream's `data:` lines, or a JSON body).
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    messages: Vec<Value>,
+    text: String,
+}
+
+impl Answer {
+    /// The one response message (not a notification).
+    fn response(&self) -> &Value {
+        self.messages
+            .iter()
+            .find(|m| m.get("id").is_some() && m.get("method").is_none())
+            .unwrap_or_else(|| panic!("no response in {} {}", self.status, self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+
+fn meta_2026() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+impl HttpServer {
+    fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
+        let mut cmd = bin();
+        cmd.args(["serve", "--http", "127.0.0.1:0"])
+            .args(args)
+            .env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("the server starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let text = log.lock().unwrap().clone();
+            if let Some(rest) = text.split("serving MCP on http://127.0.0.1:").nth(1) {
+                break rest
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("the log names the port");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the server exited ({status}):\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never listened:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        HttpServer {
+            child,
+            log,
+            ep: Endpoint {
+                port,
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            },
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn terminate(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "SIGTERM was not delivered");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Endpoint {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        self.try_send(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("no answer: {e}"))
+    }
+
+    /// A request whose failure (a server on its way out) is an answer too.
+    async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        let mut req = hyper::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Answer {
+            status,
+            headers,
+            messages: messages(&text),
+            text,
+        })
+    }
+
+    async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Answer {
+        let mut all = vec![("content-type", "application/json"), ACCEPT];
+        all.extend_from_slice(headers);
+        self.send("POST", "/mcp", &all, body.to_string().into_bytes())
+            .await
+    }
+
+    /// A legacy session: initialize and initialized; returns its id.
+    async fn initialize(&self, headers: &[(&str, &str)]) -> String {
+        let init = self
+            .post(
+                headers,
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}}),
+            )
+            .await;
+        assert_eq!(init.status, 200, "{}", init.text);
+        assert_eq!(
+            init.response()["result"]["protocolVersion"],
+            "2025-06-18",
+            "{}",
+            init.text
+        );
+        let session = init
+            .header("mcp-session-id")
+            .expect("a session id")
+            .to_string();
+        let mut h = headers.to_vec();
+        h.push(("mcp-session-id", &session));
+        h.push(("mcp-protocol-version", "2025-06-18"));
+        let done = self
+            .post(
+                &h,
+                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            )
+            .await;
+        assert_eq!(done.status, 202, "{}", done.text);
+        session
+    }
+
+    /// tools/call in a legacy session.
+    async fn call(
+        &self,
+        session: &str,
+        headers: &[(&str, &str)],
+        id: u64,
+        tool: &str,
+        args: Value,
+    ) -> Answer {
+        let mut h = headers.to_vec();
+        h.push(("mcp-session-id", session));
+        h.push(("mcp-protocol-version", "2025-06-18"));
+        self.post(
+            &h,
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}}),
+        )
+        .await
+    }
+
+    /// tools/call as a 2026-07-28 request: no session, the method and name in headers.
+    async fn call_2026(
+        &self,
+        headers: &[(&str, &str)],
+        id: u64,
+        tool: &str,
+        args: Value,
+    ) -> Answer {
+        let mut h = headers.to_vec();
+        h.extend([
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", tool),
+        ]);
+        self.post(
+            &h,
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"_meta": meta_2026(), "name": tool, "arguments": args}}),
+        )
+        .await
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON-RPC messages of a body: SSE `data:` lines, or the body itself.
+fn messages(text: &str) -> Vec<Value> {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return vec![v];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+fn structured(a: &Answer) -> &Value {
+    &a.response()["result"]["structuredContent"]
+}
+
+fn legacy_session(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = HttpServer::start(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    ctx.rt.block_on(async {
+        let session = s.initialize(&[]).await;
+        let r = s
+            .call(&session, &[], 1, "ping", json!({"message": "over http"}))
+            .await;
+        assert_eq!(structured(&r)["message"], "over http", "{}", r.text);
+        let r = s.call(&session, &[], 2, "list_nodes", json!({})).await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+
+        // The session's GET stream carries list_changed after a hot reload.
+        let get = hyper::Request::builder()
+            .method("GET")
+            .uri(s.url("/mcp"))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = s.client.request(get).await.expect("the stream opens");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        std::fs::write(dir.path().join("hello.yaml"), EXTRA_TOOL).unwrap();
+        let mut seen = String::new();
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    seen.push_str(&String::from_utf8_lossy(d));
+                    if seen.contains("notifications/tools/list_changed") {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "no list_changed on the GET stream: {seen}");
+        let r = s.call(&session, &[], 3, "hello", json!({})).await;
+        assert_eq!(structured(&r)["greeting"], "hello", "{}", r.text);
+    });
+}
+
+fn stateless(ctx: &Ctx) {
+    // 2026-07-28 requests need no session, in the default mode too.
+    let s = HttpServer::start(ctx, &[], &[]);
+    ctx.rt.block_on(async {
+        let r = s
+            .call_2026(&[], 1, "ping", json!({"message": "2026"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(structured(&r)["message"], "2026", "{}", r.text);
+        assert!(r.header("mcp-session-id").is_none());
+    });
+    drop(s);
+
+    // http.stateless: a 2025 client initializes and then calls without a session, as it
+    // would through a round-robin balancer to another replica.
+    let s = HttpServer::start(ctx, &["--http-stateless"], &[]);
+    ctx.rt.block_on(async {
+        let init = s
+            .post(
+                &[],
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "citus-mcp-tests", "version": "0"}}}),
+            )
+            .await;
+        assert_eq!(init.status, 200, "{}", init.text);
+        assert!(init.header("mcp-session-id").is_none(), "stateless mode issued a session");
+        let r = s
+            .post(
+                &[("mcp-protocol-version", "2025-06-18")],
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}),
+            )
+            .await;
+        assert_eq!(structured(&r)["message"], "pong", "{}", r.text);
+        let r = s.call_2026(&[], 2, "list_nodes", json!({})).await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+    });
+}
+
+const ALICE: &str = "alice-token-7f3a-never-print";
+const BOB: &str = "bob-token-c91e-never-print";
+const APPROVAL_SECRET: &str = "http-approval-secret-never-print";
+
+fn tokens(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dangerous.yaml"), EXEC_TOOL).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  tokens:\n    - name: alice\n      sha256: {}\n      classes: [read_only, plan]\n  tokens_file: {}\n",
+            citus_mcp::httpd::auth::hash_hex(ALICE),
+            dir.path().join("tokens.yaml").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokens.yaml"),
+        format!(
+            "- name: bob\n  sha256: {}\n  tools: [ping, citus_request_approval_token]\n",
+            citus_mcp::httpd::auth::hash_hex(BOB)
+        ),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let s = HttpServer::start(
+        ctx,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--tools-dirs",
+            d,
+            "--mode",
+            "admin",
+            "--allow-execute",
+            "--allow-self-issue",
+            "--approval-ledger-path",
+            dir.path().join("nonces").to_str().unwrap(),
+            "--approval-audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)],
+    );
+    let alice = format!("Bearer {ALICE}");
+    let bob = format!("Bearer {BOB}");
+    ctx.rt.block_on(async {
+        // No token, or a wrong one: 401 with a Bearer challenge.
+        let r = s.call_2026(&[], 1, "ping", json!({})).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+        assert!(
+            r.header("www-authenticate").unwrap().starts_with("Bearer"),
+            "{:?}",
+            r.headers
+        );
+        let r = s
+            .call_2026(&[("authorization", "Bearer nope")], 1, "ping", json!({}))
+            .await;
+        assert_eq!(r.status, 401);
+        assert!(
+            r.header("www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+        let r = s.send("GET", "/metrics", &[], vec![]).await;
+        assert_eq!(
+            r.status, 401,
+            "metrics need a token when tokens are configured"
+        );
+
+        // Bob may call ping but not list_nodes (read_only is not in his grant).
+        let r = s
+            .call_2026(&[("authorization", &bob)], 2, "ping", json!({}))
+            .await;
+        assert_eq!(structured(&r)["message"], "pong", "{}", r.text);
+        let session = s.initialize(&[("authorization", &bob)]).await;
+        let r = s
+            .call(
+                &session,
+                &[("authorization", &bob)],
+                3,
+                "list_nodes",
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert!(
+            r.header("www-authenticate")
+                .unwrap()
+                .contains("insufficient_scope")
+        );
+        assert_eq!(r.response()["id"], 3);
+        assert!(
+            r.text.contains("`bob` may not call `list_nodes`"),
+            "{}",
+            r.text
+        );
+        // Alice may; nobody without execute may call the execute tool.
+        let r = s
+            .call(
+                &session,
+                &[("authorization", &alice)],
+                4,
+                "list_nodes",
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+        let r = s
+            .call_2026(
+                &[("authorization", &alice)],
+                5,
+                "dangerous",
+                json!({"approval_token": "x"}),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+
+        // Bob's name reaches the approval audit log through Caller::identity.
+        let r = s
+            .call(
+                &session,
+                &[("authorization", &bob)],
+                6,
+                "citus_request_approval_token",
+                json!({"action": "dangerous", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+        let log = std::fs::read_to_string(&audit).unwrap();
+        let issued: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(issued["caller"], "bob", "{log}");
+
+        let m = s
+            .send("GET", "/metrics", &[("authorization", &alice)], vec![])
+            .await;
+        assert_eq!(m.status, 200);
+        assert!(
+            m.text
+                .contains("citus_mcp_http_refused_total{reason=\"forbidden\"} 2"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text
+                .contains("citus_mcp_http_refused_total{reason=\"unauthenticated\"} 3"),
+            "{}",
+            m.text
+        );
+    });
+    let log = s.log();
+    assert!(log.contains("caller=bob"), "{log}");
+    for secret in [ALICE, BOB, APPROVAL_SECRET] {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+}
+
+fn refusals(ctx: &Ctx) {
+    let s = HttpServer::start(ctx, &[], &[("CITUS_MCP_HTTP_MAX_BODY_BYTES", "4096")]);
+    ctx.rt.block_on(async {
+        let r = s
+            .call_2026(&[("origin", "http://evil.example")], 1, "ping", json!({}))
+            .await;
+        assert_eq!(r.status, 403, "a foreign Origin: {}", r.text);
+        let r = s
+            .call_2026(&[("origin", "http://localhost:6274")], 1, "ping", json!({}))
+            .await;
+        assert_eq!(r.status, 200, "a loopback Origin: {}", r.text);
+        let host = format!("rebound.example:{}", s.port);
+        let r = s.call_2026(&[("host", &host)], 1, "ping", json!({})).await;
+        assert_eq!(r.status, 403, "a foreign Host: {}", r.text);
+        let r = s
+            .call_2026(&[], 1, "ping", json!({"message": "x".repeat(5000)}))
+            .await;
+        assert_eq!(r.status, 413, "{}", r.text);
+        let big = "y".repeat(20_000);
+        let r = s
+            .call_2026(&[("x-padding", &big)], 1, "ping", json!({}))
+            .await;
+        assert_eq!(r.status, 431, "{}", r.text);
+        let r = s.call_2026(&[], 1, "ping", json!({})).await;
+        assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
+    });
+}
+
+fn non_loopback(_: &Ctx) {
+    let out = bin()
+        .args(["serve", "--http", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without authentication") && err.contains("http.tokens"),
+        "{err}"
+    );
+}
+
+fn health_and_metrics(ctx: &Ctx) {
+    let s = HttpServer::start(ctx, &[], &[]);
+    ctx.rt.block_on(async {
+        assert_eq!(s.send("GET", "/healthz", &[], vec![]).await.status, 200);
+        // Ready once the coordinator answers (it is up for the whole test run).
+        let r = s.send("GET", "/readyz", &[], vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = s.call_2026(&[], 1, "list_nodes", json!({})).await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+        let r = s
+            .call_2026(&[], 2, "list_nodes", json!({"no_such": 1}))
+            .await;
+        assert_eq!(r.response()["result"]["isError"], true, "{}", r.text);
+        let m = s.send("GET", "/metrics", &[], vec![]).await;
+        assert_eq!(m.status, 200);
+        assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+        for line in [
+            "citus_mcp_tool_calls_total{tool=\"list_nodes\",outcome=\"ok\"} 1",
+            "citus_mcp_tool_calls_total{tool=\"list_nodes\",outcome=\"INVALID_ARGUMENT\"} 1",
+            "citus_mcp_tool_call_duration_seconds_count{tool=\"list_nodes\"} 2",
+            "citus_mcp_tool_calls_in_flight 0",
+        ] {
+            assert!(m.text.contains(line), "{line} missing from:\n{}", m.text);
+        }
+        assert!(
+            !m.text
+                .contains("citus_mcp_tool_rows_returned_total{tool=\"list_nodes\"} 0"),
+            "{}",
+            m.text
+        );
+    });
+}
+
+/// 64 clients at once, half in legacy sessions and half as 2026-07-28 requests, each
+/// making four calls: every call gets its own answer.
+fn load(ctx: &Ctx) {
+    let server = HttpServer::start(ctx, &[], &[]);
+    ctx.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..64u64 {
+            let s = server.ep.clone();
+            tasks.push(tokio::spawn(async move {
+                let session = if c % 2 == 0 {
+                    Some(s.initialize(&[]).await)
+                } else {
+                    None
+                };
+                let mut answered = 0;
+                for i in 0..4u64 {
+                    let id = c * 10 + i;
+                    let message = format!("client {c} call {i}");
+                    let r = match &session {
+                        Some(sid) => {
+                            s.call(sid, &[], id, "ping", json!({"message": message}))
+                                .await
+                        }
+                        None => {
+                            s.call_2026(&[], id, "ping", json!({"message": message}))
+                                .await
+                        }
+                    };
+                    assert_eq!(r.response()["id"], id, "{}", r.text);
+                    assert_eq!(structured(&r)["message"], message, "{}", r.text);
+                    answered += 1;
+                }
+                answered
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("a client finished");
+        }
+        assert_eq!(total, 256);
+    });
+}
+
+fn graceful_shutdown(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let short = SLOW_TOOL
+        .replace("name: slow", "name: short")
+        .replace("pg_sleep(30)", "pg_sleep(1)")
+        .replace("e2e_slow_marker", "http_short_marker");
+    let long = SLOW_TOOL
+        .replace("pg_sleep(30)", "pg_sleep(120)")
+        .replace("e2e_slow_marker", "http_long_marker");
+    std::fs::write(dir.path().join("short.yaml"), short).unwrap();
+    std::fs::write(dir.path().join("slow.yaml"), long).unwrap();
+    let active = |marker: &str| {
+        format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+        )
+    };
+    let wait_count = |sql: &str, want_zero: bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while (ctx.db().psql(sql).unwrap().trim() == "0") != want_zero {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A call in flight when SIGTERM arrives still gets its answer.
+    let mut s = HttpServer::start(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let ep = s.ep.clone();
+    let call = ctx
+        .rt
+        .spawn(async move { ep.call_2026(&[], 1, "short", json!({})).await.text });
+    wait_count(
+        &active("http_short_marker"),
+        false,
+        "the short query never started",
+    );
+    s.terminate();
+    let text = ctx.rt.block_on(call).unwrap();
+    assert!(text.contains("\"isError\":false"), "{text}");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(20)).and_then(|e| e.code()),
+        Some(0),
+        "{}",
+        s.log()
+    );
+
+    // With no grace left, a long call's statement is cancelled and the server exits.
+    let mut s = HttpServer::start(
+        ctx,
+        &["--tools-dirs", dir.path().to_str().unwrap()],
+        &[("CITUS_MCP_HTTP_SHUTDOWN_GRACE_SECONDS", "0")],
+    );
+    let ep = s.ep.clone();
+    let call = ctx.rt.spawn(async move {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"_meta": meta_2026(), "name": "slow", "arguments": {}}});
+        let headers = [
+            ("content-type", "application/json"),
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "slow"),
+        ];
+        // The server may end the connection before answering: either is fine here.
+        let _ = ep
+            .try_send("POST", "/mcp", &headers, body.to_string().into_bytes())
+            .await;
+    });
+    wait_count(
+        &active("http_long_marker"),
+        false,
+        "the long query never started",
+    );
+    s.terminate();
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(20)).and_then(|e| e.code()),
+        Some(0),
+        "{}",
+        s.log()
+    );
+    wait_count(
+        &active("http_long_marker"),
+        true,
+        "the long query kept running after the server exited",
+    );
+    let _ = ctx.rt.block_on(call);
+}
