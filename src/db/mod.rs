@@ -646,23 +646,31 @@ impl Drop for CallGuard {
             return;
         };
         drop(deadpool_postgres::Object::take(client));
-        let (Some(token), Ok(rt)) = (self.cancel.take(), tokio::runtime::Handle::try_current())
-        else {
-            self.running.remove(self.call);
-            return;
-        };
-        let (tls, running, call) = (self.tls.clone(), self.running.clone(), self.call);
-        // The call stays listed as running until its cancel request is through, so a
-        // shutdown that overtakes this task still cancels the statement.
-        rt.spawn(async move {
-            // Best effort: the connection is closed either way, and the server's own
-            // statement timeout ends the statement if this request is lost.
-            if let Err(e) = token.cancel_query(tls).await {
-                tracing::debug!("cancel request failed: {e}");
-            }
-            running.remove(call);
-        });
+        cancel_in_background(self.cancel.take(), &self.tls, &self.running, self.call);
     }
+}
+
+/// Sends a cancel request for a call cut short, from a task of its own (a `Drop` cannot
+/// wait). The call stays listed as running until the request is through, so a shutdown
+/// that overtakes the task still cancels the statement. Best effort: the server's own
+/// statement timeout ends the statement if the request is lost.
+fn cancel_in_background(
+    token: Option<tokio_postgres::CancelToken>,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    running: &Running,
+    call: u64,
+) {
+    let (Some(token), Ok(rt)) = (token, tokio::runtime::Handle::try_current()) else {
+        running.remove(call);
+        return;
+    };
+    let (tls, running) = (tls.clone(), running.clone());
+    rt.spawn(async move {
+        if let Err(e) = token.cancel_query(tls).await {
+            tracing::debug!("cancel request failed: {e}");
+        }
+        running.remove(call);
+    });
 }
 
 /// `base` with `timeout` as the session's statement and lock timeouts (and the idle

@@ -122,21 +122,7 @@ impl WriteGuard {
 
 impl Drop for WriteGuard {
     fn drop(&mut self) {
-        let (Some(token), Ok(rt)) = (self.cancel.take(), tokio::runtime::Handle::try_current())
-        else {
-            self.running.remove(self.call);
-            return;
-        };
-        let (tls, running, call) = (self.tls.clone(), self.running.clone(), self.call);
-        // Listed as running until the cancel request is through, so that a shutdown
-        // overtaking this task still cancels the statement.
-        rt.spawn(async move {
-            // Best effort: the server's statement_timeout ends the statement otherwise.
-            if let Err(e) = token.cancel_query(tls).await {
-                tracing::debug!("cancel request failed: {e}");
-            }
-            running.remove(call);
-        });
+        super::cancel_in_background(self.cancel.take(), &self.tls, &self.running, self.call);
     }
 }
 
