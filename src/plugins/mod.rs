@@ -105,6 +105,7 @@ async fn server_info(engine: &Engine, timeout: std::time::Duration) -> Value {
         "limits": {"max_rows": s.max_rows, "max_bytes": s.max_bytes, "statement_timeout_ms": s.statement_timeout_ms},
         "caching": {"enabled": s.enable_caching, "ttl_s": s.cache_ttl_s},
         "fanout": s.fanout,
+        "toolsets": s.toolsets.names(),
     });
     let cluster = match engine.db() {
         None => json!({"connected": false, "error": "no coordinator is configured"}),
