@@ -144,6 +144,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::an_approved_rebalance_sends_progress_for_a_progress_token",
+            rebalance_progress,
+        ),
+        trial(
+            ctx,
             "cli::admin_mode_without_a_valid_approval_secret_does_not_start",
             admin_needs_secret,
         ),
@@ -863,6 +868,71 @@ fn approval_without_elicitation(ctx: &Ctx) {
     assert_eq!(
         r["structuredContent"]["error"]["code"], "INVALID_ARGUMENT",
         "{r}"
+    );
+}
+
+/// Issue #7: an execute tool reports MCP progress notifications when the client sent a
+/// progressToken. The fixture's citus_rebalance_start schedules a job that never runs, so
+/// the tool waits (and reports) until its wait is over. A database of its own: the job
+/// would show in every other test's job list.
+fn rebalance_progress(ctx: &Ctx) {
+    if !ctx.is_fixture() {
+        eprintln!("skipped on a real cluster: it would start a rebalance there");
+        return;
+    }
+    let dsn = ctx
+        .db()
+        .fixture_database("e_two_e_progress")
+        .expect("a fixture database of its own");
+    let dir = tempfile::tempdir().unwrap();
+    let state = Admin::new(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let args = json!({"wait_seconds": 2, "shard_transfer_mode": "block_writes"});
+    let out = bin()
+        .args([
+            "approve",
+            "citus_rebalance_execute",
+            "--args",
+            &args.to_string(),
+        ])
+        .args(state.args(d, true))
+        .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut env = state.env();
+    env.push(("CITUS_MCP_COORDINATOR_DSN", &dsn));
+    let mut c = client(ctx, &state.args(d, true), &env);
+    let mut call_args = args.clone();
+    call_args["approval_token"] = json!(token);
+    let id = c.send_request(
+        "tools/call",
+        json!({"name": "citus_rebalance_execute", "arguments": call_args, "_meta": {"progressToken": "rebalance-1"}}),
+    );
+    let r = c
+        .wait_response(id, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no answer; stderr:\n{}", c.stderr_text()));
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    let progress: Vec<&Value> = c
+        .notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .collect();
+    assert!(
+        progress
+            .iter()
+            .any(|n| n["params"]["progressToken"] == "rebalance-1"
+                && n["params"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("rebalance job"))),
+        "no progress for the token: {:?}",
+        c.notifications
     );
 }
 
