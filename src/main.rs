@@ -96,7 +96,10 @@ enum TokenCommand {
 #[derive(Subcommand)]
 enum ToolsCommand {
     /// The tools this configuration serves: name, safety, toolset, bytes in tools/list, title.
-    List,
+    List {
+        /// Connection string of the coordinator (same as --coordinator-dsn).
+        dsn: Option<String>,
+    },
     /// One tool's manual (as the resource citus://tools/NAME serves it).
     Show {
         name: String,
@@ -110,6 +113,8 @@ enum ToolsCommand {
         /// The arguments as a JSON object.
         #[arg(long, default_value = "{}")]
         args: String,
+        /// Connection string of the coordinator (same as --coordinator-dsn).
+        dsn: Option<String>,
     },
 }
 
@@ -245,7 +250,11 @@ impl Opts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dsn = match &cli.command {
-        Some(Command::Serve { dsn }) => dsn.clone().or(cli.dsn.clone()),
+        // The DSN is accepted wherever a user puts it: before the subcommand or after.
+        Some(Command::Serve { dsn })
+        | Some(Command::Tools {
+            command: ToolsCommand::List { dsn } | ToolsCommand::Call { dsn, .. },
+        }) => dsn.clone().or(cli.dsn.clone()),
         _ => cli.dsn.clone(),
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -327,7 +336,7 @@ async fn run(
         Some(Command::Tools { command }) => {
             let engine = engine(&config, &env)?;
             match command {
-                ToolsCommand::List => {
+                ToolsCommand::List { .. } => {
                     let tools = engine.visible_tools();
                     let mut total = 0;
                     for t in &tools {
@@ -363,7 +372,7 @@ async fn run(
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                ToolsCommand::Call { name, args } => {
+                ToolsCommand::Call { name, args, .. } => {
                     let args: serde_json::Value =
                         serde_json::from_str(&args).context("--args must be a JSON object")?;
                     match engine

@@ -1156,6 +1156,29 @@ fn tools_call(ctx: &Ctx) {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // The DSN where a user puts it: after the subcommand (issue #9), or before it.
+    let dsn = ctx.dsn();
+    for args in [
+        vec!["tools", "call", "server_info", &dsn],
+        vec![&dsn, "tools", "call", "server_info"],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cluster"]["connected"], true, "{args:?}: {v}");
+    }
+    let out = bin().args(["tools", "list", &dsn]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn resources(ctx: &Ctx) {
