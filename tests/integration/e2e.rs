@@ -727,6 +727,17 @@ impl Admin {
         vec![("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)]
     }
 
+    /// `citus-mcp approve TOOL --args ARGS [extra]` with this server's configuration.
+    fn approve(&self, tools: &str, tool: &str, args: &str, extra: &[&str]) -> std::process::Output {
+        bin()
+            .args(["approve", tool, "--args", args])
+            .args(extra)
+            .args(self.args(tools, true))
+            .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
+            .output()
+            .unwrap()
+    }
+
     fn audit(&self) -> String {
         std::fs::read_to_string(&self.audit).unwrap_or_default()
     }
@@ -888,17 +899,7 @@ fn rebalance_progress(ctx: &Ctx) {
     let state = Admin::new(dir.path());
     let d = dir.path().to_str().unwrap();
     let args = json!({"wait_seconds": 2, "shard_transfer_mode": "block_writes"});
-    let out = bin()
-        .args([
-            "approve",
-            "citus_rebalance_execute",
-            "--args",
-            &args.to_string(),
-        ])
-        .args(state.args(d, true))
-        .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
-        .output()
-        .unwrap();
+    let out = state.approve(d, "citus_rebalance_execute", &args.to_string(), &[]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -941,12 +942,7 @@ fn approve_cli(ctx: &Ctx) {
     std::fs::write(dir.path().join("dangerous.yaml"), EXEC_TOOL).unwrap();
     let state = Admin::new(dir.path());
     let d = dir.path().to_str().unwrap();
-    let out = bin()
-        .args(["approve", "dangerous", "--args", "{}", "--ttl", "60"])
-        .args(state.args(d, true))
-        .env("CITUS_MCP_APPROVAL_SECRET", APPROVAL_SECRET)
-        .output()
-        .unwrap();
+    let out = state.approve(d, "dangerous", "{}", &["--ttl", "60"]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
