@@ -324,6 +324,12 @@ impl Engine {
             ));
         };
 
+        // What a tool needs of the cluster is checked here for every tool, plugins too.
+        if let Some(req) = &tool.spec.requires.citus {
+            let db = self.db.as_ref().ok_or_else(not_configured)?;
+            let timeout = self.settings.limits(&tool.spec.limits).timeout;
+            check_citus(&db.facts_within(timeout).await?, req)?;
+        }
         if let Some(name) = &tool.spec.plugin {
             let plugin = self.plugins.get(name).ok_or_else(|| {
                 ToolError::new(
@@ -365,10 +371,6 @@ impl Engine {
         // in autocommit, see `flush`); every other tool reads inside READ ONLY.
         let write = approved.is_some();
         let db = self.db.as_ref().ok_or_else(not_configured)?;
-        if let Some(req) = &tool.spec.requires.citus {
-            let timeout = self.settings.limits(&tool.spec.limits).timeout;
-            check_citus(&db.facts_within(timeout).await?, req)?;
-        }
 
         let ttl = self.ttl(&tool);
         let key = format!("{name}\u{0}{}", Value::Object(args.clone()));

@@ -224,15 +224,6 @@ impl Facts {
     }
 }
 
-/// Refuses a cluster that does not meet the tool file's `requires.citus`, as the engine
-/// does for SQL tools (it leaves plugins to check for themselves).
-pub async fn require_citus(call: &PluginCall<'_>) -> Result<(), ToolError> {
-    if let Some(req) = &call.tool.spec.requires.citus {
-        crate::engine::check_citus(&call.db()?.facts_within(call.limits.timeout).await?, req)?;
-    }
-    Ok(())
-}
-
 /// Why Citus cannot move this table's shards with logical replication, or `None` when
 /// it can. Citus publishes a table when its replica identity is FULL or it has a replica
 /// identity index (its primary key under DEFAULT, or the index named by USING INDEX);

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::advice::{
     Facts, Finding, Read, Record, Severity, findings_text, flag, int, num, pretty_bytes,
-    replica_identity_gap, require_citus, sort, summary, text, val,
+    replica_identity_gap, sort, summary, text, val,
 };
 use crate::engine::{Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
@@ -111,7 +111,6 @@ impl Focus {
 }
 
 async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
-    require_citus(&call).await?;
     let focus_name = call
         .args
         .get("focus")

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::advice::{Record, int, records, require_citus, text};
+use super::advice::{Record, int, records, text};
 use crate::engine::{ErrorCode, Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
 /// How often a running operation is polled for progress: often enough for a person to
@@ -64,7 +64,6 @@ fn first(rows: &crate::db::Rows) -> Option<Record> {
 }
 
 async fn rebalance(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
-    require_citus(&call).await?;
     let args = vars(&call);
     let started = call.execute("start", Value::Object(args.clone())).await?;
     let job_id = first(&started).and_then(|r| r.get("job_id").cloned());
@@ -153,7 +152,6 @@ async fn report_job(call: &PluginCall<'_>, job: &Record) {
 }
 
 async fn move_shard(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
-    require_citus(&call).await?;
     let mut args = vars(&call);
     let shard_id = args.get("shard_id").cloned().unwrap_or(Value::Null);
     let resolved = call.query("resolve", Value::Object(args.clone())).await?;

@@ -6,9 +6,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::advice::{
-    Facts, Read, Record, flag, int, replica_identity_gap, require_citus, text, val,
-};
+use super::advice::{Facts, Read, Record, flag, int, replica_identity_gap, text, val};
 use crate::engine::{ErrorCode, Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
 /// The `rebalance_prereqs` plugin.
@@ -71,7 +69,6 @@ impl Check {
 const BLOCK_WRITES: &str = "shard_transfer_mode => 'block_writes' moves the shards without these prerequisites, but writes to them wait until each move ends";
 
 async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
-    require_citus(&call).await?;
     let table = call
         .args
         .get("table")

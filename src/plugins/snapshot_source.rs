@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::advice::{Facts, Read, Record, flag, int, num, pretty_bytes, require_citus, text, val};
+use super::advice::{Facts, Read, Record, flag, int, num, pretty_bytes, text, val};
 use crate::engine::{Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
 /// The `snapshot_source` plugin.
@@ -62,7 +62,6 @@ struct Candidate {
 }
 
 async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
-    require_citus(&call).await?;
     let facts = Facts::gather(
         &call,
         vec![

@@ -466,6 +466,9 @@ fn plain_postgres_gets_not_citus(ctx: &Ctx) {
     let err = call(ctx, &e, "citus_cluster_summary", json!({})).unwrap_err();
     assert_eq!(err.code, ErrorCode::NotCitus, "{}", err.text());
     assert!(err.hint.is_some());
+    // The engine checks `requires` for plugin tools too.
+    let err = call(ctx, &e, "citus_advisor", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotCitus, "{}", err.text());
     // Tools that need no Citus still work there.
     assert!(call(ctx, &e, "ping", json!({})).is_ok());
     let info = call(ctx, &e, "server_info", json!({})).unwrap().structured;
