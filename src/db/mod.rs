@@ -735,7 +735,7 @@ fn connection_lost(e: &DbError) -> bool {
         DbError::Sql { sqlstate, .. } => {
             matches!(
                 sqlstate.as_str(),
-                "57P01" | "57P02" | "57P03" | "08006" | "08003" | "08000"
+                "57P01" | "57P02" | "57P03" | "08006" | "08003"
             )
         }
         _ => false,
@@ -752,10 +752,17 @@ fn sql_error(e: tokio_postgres::Error) -> DbError {
             detail: db.detail().map(str::to_string),
             hint: db.hint().map(str::to_string),
         },
-        None if e.is_closed() => DbError::Connect {
-            target: "the coordinator".into(),
-            reason: CONNECTION_CLOSED.into(),
-        },
+        // A closed connection or a broken socket: the session is gone, the call changed
+        // nothing and may run again elsewhere. Other client-side errors (a parameter that
+        // does not encode, an unexpected message) are not retried.
+        None if e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
+        {
+            DbError::Connect {
+                target: "the coordinator".into(),
+                reason: CONNECTION_CLOSED.into(),
+            }
+        }
         None => DbError::Sql {
             sqlstate: "08000".into(),
             message: e.to_string(),
@@ -774,5 +781,38 @@ fn pool_reason(e: deadpool_postgres::PoolError) -> String {
             None => std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
         },
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(state: &str) -> DbError {
+        DbError::Sql {
+            sqlstate: state.into(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn only_an_ended_session_is_retried() {
+        let closed = DbError::Connect {
+            target: "x".into(),
+            reason: CONNECTION_CLOSED.into(),
+        };
+        assert!(connection_lost(&closed));
+        assert!(connection_lost(&sql("57P01")), "terminated by an administrator");
+        assert!(connection_lost(&sql("08006")));
+        // A client-side error, a refused connection, a statement error: not retried.
+        assert!(!connection_lost(&sql("08000")));
+        assert!(!connection_lost(&sql("42601")));
+        assert!(!connection_lost(&DbError::Connect {
+            target: "x".into(),
+            reason: "Connection refused".into(),
+        }));
+        assert!(!connection_lost(&DbError::Timeout(1)));
     }
 }
