@@ -63,7 +63,7 @@ impl Db {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<NodeResult>, DbError> {
-        read_only_statement(&st.sql)?;
+        self.read_only_statement(&st.sql)?;
         match mode {
             FanOutMode::Coordinator => self.fan_out_via_coordinator(set, st, timeout, cancel).await,
             FanOutMode::Direct => self.fan_out_direct(set, st, timeout, cancel).await,
@@ -95,7 +95,7 @@ impl Db {
         );
         // The text sent is read again as a whole: a query that closes the wrapper's
         // parentheses to add statements of its own is refused here.
-        read_only_statement(&command)?;
+        self.read_only_statement(&command)?;
         let sql = match set {
             NodeSet::Workers => include_str!("fanout_workers.sql"),
             NodeSet::AllNodes => include_str!("fanout_all.sql"),
@@ -213,6 +213,30 @@ impl Db {
         })?);
         pools.insert(key, db.clone());
         Ok(db)
+    }
+}
+
+/// At most this many fan-out texts are remembered as checked; past it the list starts over.
+const CHECKED_TEXTS_MAX: usize = 512;
+
+impl Db {
+    /// [`read_only_statement`], remembering the texts that passed.
+    fn read_only_statement(&self, sql: &str) -> Result<(), DbError> {
+        if self
+            .read_only_texts
+            .lock()
+            .expect("checked texts lock")
+            .contains(sql)
+        {
+            return Ok(());
+        }
+        read_only_statement(sql)?;
+        let mut checked = self.read_only_texts.lock().expect("checked texts lock");
+        if checked.len() >= CHECKED_TEXTS_MAX {
+            checked.clear();
+        }
+        checked.insert(sql.to_string());
+        Ok(())
     }
 }
 

@@ -189,6 +189,9 @@ pub struct Db {
     nodes: Mutex<std::collections::HashMap<String, std::sync::Arc<Db>>>,
     /// The calls in flight, so that shutting down can cancel their statements.
     running: Running,
+    /// Fan-out texts already read by the parser and found to be one statement that only
+    /// reads: a tool's fan-out text recurs call after call, and is parsed once.
+    read_only_texts: Mutex<std::collections::HashSet<String>>,
     /// How a connection is made, before the session's timeouts are added: a
     /// read-write call opens its own connection with its own timeouts from this.
     startup: tokio_postgres::Config,
@@ -279,6 +282,7 @@ impl Db {
             config,
             nodes: Mutex::new(std::collections::HashMap::new()),
             running: Running::default(),
+            read_only_texts: Mutex::new(std::collections::HashSet::new()),
             startup,
         })
     }
@@ -804,7 +808,10 @@ mod tests {
             reason: CONNECTION_CLOSED.into(),
         };
         assert!(connection_lost(&closed));
-        assert!(connection_lost(&sql("57P01")), "terminated by an administrator");
+        assert!(
+            connection_lost(&sql("57P01")),
+            "terminated by an administrator"
+        );
         assert!(connection_lost(&sql("08006")));
         // A client-side error, a refused connection, a statement error: not retried.
         assert!(!connection_lost(&sql("08000")));
