@@ -76,6 +76,16 @@ impl Finding {
 }
 
 /// Rows as records keyed by column name.
+/// Rows written by hand as a JSON array of objects, for the rules' unit tests.
+#[cfg(test)]
+pub fn test_records(v: Value) -> Vec<Record> {
+    v.as_array()
+        .expect("an array of rows")
+        .iter()
+        .map(|r| r.as_object().expect("a row object").clone())
+        .collect()
+}
+
 pub fn records(rows: &Rows) -> Vec<Record> {
     rows.rows
         .iter()

@@ -411,15 +411,8 @@ fn check_no_running_job(jobs: &[Record]) -> Check {
 
 #[cfg(test)]
 mod tests {
+    use super::super::advice::test_records as recs;
     use super::*;
-
-    fn recs(v: Value) -> Vec<Record> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_object().unwrap().clone())
-            .collect()
-    }
 
     fn nodes() -> Vec<Record> {
         recs(json!([

@@ -309,15 +309,8 @@ fn text_of(out: &Value, candidates: &[Candidate]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::advice::test_records as recs;
     use super::*;
-
-    fn recs(v: Value) -> Vec<Record> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_object().unwrap().clone())
-            .collect()
-    }
 
     const MB: i64 = 1024 * 1024;
 

@@ -3,14 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-
-fn recs(v: Value) -> Vec<Record> {
-    v.as_array()
-        .expect("an array of rows")
-        .iter()
-        .map(|r| r.as_object().expect("a row object").clone())
-        .collect()
-}
+use crate::plugins::advice::test_records as recs;
 
 fn rules(f: &[Finding]) -> Vec<&str> {
     f.iter().map(|f| f.rule).collect()
