@@ -75,7 +75,6 @@ impl Finding {
     }
 }
 
-/// Rows as records keyed by column name.
 /// Rows written by hand as a JSON array of objects, for the rules' unit tests.
 #[cfg(test)]
 pub fn test_records(v: Value) -> Vec<Record> {
@@ -86,6 +85,7 @@ pub fn test_records(v: Value) -> Vec<Record> {
         .collect()
 }
 
+/// Rows as records keyed by column name.
 pub fn records(rows: &Rows) -> Vec<Record> {
     rows.rows
         .iter()
