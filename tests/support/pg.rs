@@ -114,30 +114,7 @@ impl TestDatabase {
     /// Runs SQL through `psql -X -q -A -t -v ON_ERROR_STOP=1` and returns its stdout
     /// (unaligned, tuples only: one row per line, columns separated by `|`).
     pub fn psql(&self, sql: &str) -> Result<String> {
-        let out = Command::new(&self.psql_bin)
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.dsn,
-                "-c",
-                sql,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", self.psql_bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "psql failed ({}): {}\nSQL: {sql}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.psql_on(&self.dsn, sql)
     }
 
     /// The fixture's SQL files, in load order: `tests/fixtures/citus/NN_*.sql`.
@@ -179,7 +156,7 @@ impl TestDatabase {
         Ok(dsn)
     }
 
-    /// Like [`TestDatabase::psql`], on another database of the same server.
+    /// Like [`TestDatabase::psql`], on another database (or cluster) `dsn`.
     pub fn psql_on(&self, dsn: &str, sql: &str) -> Result<String> {
         let out = Command::new(&self.psql_bin)
             .args([
