@@ -95,6 +95,11 @@ const CALL_SETTINGS: &str = "SELECT pg_catalog.set_config('statement_timeout', $
      pg_catalog.set_config('idle_in_transaction_session_timeout', $2, true), \
      pg_catalog.set_config('standard_conforming_strings', 'on', true)";
 
+/// Our own transaction statements, prepared once per connection.
+const BEGIN_READ_ONLY: &str = "START TRANSACTION READ ONLY";
+const BEGIN_READ_WRITE: &str = "START TRANSACTION READ WRITE";
+const ROLLBACK: &str = "ROLLBACK";
+
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -259,7 +264,15 @@ impl Db {
         // Session defaults from the startup packet: every statement on these
         // connections, the version probe and `lint --db`'s prepares included, is
         // bounded before anything is parsed. Calls lower them with SET LOCAL.
-        let pg = with_session_timeouts(&startup, cfg.timeout_ceiling);
+        // Pooled sessions are read-only by default too: a statement that ever ran
+        // outside the call's own transaction could still not write. The paths that
+        // write (an approved ANALYZE, the nonce ledger) ask for READ WRITE explicitly.
+        let mut pg = with_session_timeouts(&startup, cfg.timeout_ceiling);
+        let options = format!(
+            "{} -c default_transaction_read_only=on",
+            pg.get_options().unwrap_or_default()
+        );
+        pg.options(&options);
         let mgr = Manager::from_config(
             pg,
             tls.clone(),
@@ -479,59 +492,25 @@ impl Db {
     ) -> Result<Vec<Rows>, DbError> {
         let client = self.client().await?;
         let mut guard = CallGuard::new(self, client);
-        let timeout_ms = timeout.as_millis() as u64;
         let client = guard.client.as_mut().expect("set above");
-        let work = async {
-            let tx = client
-                .build_transaction()
-                .read_only(read_only)
-                .start()
-                .await
-                .map_err(sql_error)?;
-            let settings = tx.prepare_cached(CALL_SETTINGS).await.map_err(sql_error)?;
-            let ms = timeout_ms.to_string();
-            let idle = (u128::from(timeout_ms) + IDLE_GRACE_MS).to_string();
-            // Polled first, so the settings reach the server before any Parse below.
-            let set = async {
-                tx.execute(&settings, &[&ms, &idle])
-                    .await
-                    .map_err(sql_error)
-            };
-            let run = async {
-                // Cached statements resolve without I/O, so on a warm connection the
-                // Binds below leave in the same flight as the settings.
-                let prepared = try_join_all(statements.iter().map(|st| async {
-                    if st.cached {
-                        tx.prepare_cached(&st.sql).await
-                    } else {
-                        tx.prepare(&st.sql).await
-                    }
-                }))
-                .await
-                .map_err(sql_error)?;
-                try_join_all(statements.iter().zip(&prepared).map(|(st, stmt)| {
-                    let tx = &tx;
-                    async move {
-                        let binds: Vec<Bind<'_>> = st.binds.iter().map(Bind).collect();
-                        let params: Vec<&(dyn ToSql + Sync)> =
-                            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-                        let portal = tx.bind(stmt, &params).await.map_err(sql_error)?;
-                        let fetch =
-                            i32::try_from(st.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
-                        let rows = tx.query_portal(&portal, fetch).await.map_err(sql_error)?;
-                        to_rows(stmt.columns(), rows, st.max_rows)
-                    }
-                }))
-                .await
-            };
-            let (_, out) = tokio::try_join!(set, run)?;
-            // Dropping a transaction sends ROLLBACK without waiting; the connection
-            // answers it before anything its next user sends.
-            drop(tx);
-            Ok(out)
-        };
-        let result = race(work, timeout, cancel).await;
-        guard.settle(result, timeout, after)
+        let result = race(
+            pipelined(client, statements, timeout, read_only),
+            timeout,
+            cancel,
+        )
+        .await;
+        match result {
+            // The last statement had more rows than the call takes and the server is still
+            // sending them: the guard cancels it and closes the connection.
+            Ok(Ran {
+                rows,
+                cut_short: true,
+            }) => {
+                drop(guard);
+                Ok(rows)
+            }
+            other => guard.settle(other.map(|ran| ran.rows), timeout, after),
+        }
     }
 
     /// Prepares (does not execute) a statement and reports its result columns; for `lint --db`.
@@ -552,6 +531,146 @@ impl Db {
             })
             .collect())
     }
+}
+
+/// What a pipelined call read.
+struct Ran {
+    rows: Vec<Rows>,
+    /// The last statement was still sending rows past its cap when the call stopped
+    /// reading: the connection must not be reused.
+    cut_short: bool,
+}
+
+/// One call in one flight on a warm connection: `START TRANSACTION`, the call's
+/// settings, every statement's Bind/Execute and the ROLLBACK are sent before any answer
+/// is awaited (tokio-postgres sends requests in the order their futures are first
+/// polled), and the answers are read back in order. A statement not prepared on this
+/// connection yet is parsed after the settings are sent, so the call's timeouts bind
+/// its Parse; that costs one more round trip, once per connection.
+///
+/// Each message group ends in its own Sync, so a failed statement leaves the
+/// transaction aborted for those after it; the ROLLBACK, always sent once the
+/// transaction was begun, ends it. The session's own `default_transaction_read_only`
+/// (set at connection start) keeps even a failed `START TRANSACTION` from running
+/// anything read-write.
+///
+/// Rows come through the unnamed portal: the call reads `max_rows + 1` of them and
+/// stops. Rows past the cap of an earlier statement are read and dropped (the next
+/// statement's answer comes after them); past the cap of the last one, the call ends
+/// there and the statement is cancelled with its connection ([`Ran::cut_short`]).
+async fn pipelined(
+    client: &deadpool_postgres::Object,
+    statements: &[Statement],
+    timeout: Duration,
+    read_only: bool,
+) -> Result<Ran, DbError> {
+    use futures_util::TryStreamExt as _;
+    use futures_util::future::{MaybeDone, maybe_done};
+    use std::future::Future;
+    use std::pin::Pin;
+
+    /// Polls a request's future once: its message is on its way; its answer is kept.
+    async fn send<F: Future>(mut f: Pin<&mut MaybeDone<F>>) {
+        std::future::poll_fn(|cx| {
+            let _ = f.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    /// The answer of a request sent with [`send`].
+    async fn answer<F: Future>(mut f: Pin<&mut MaybeDone<F>>) -> F::Output {
+        f.as_mut().await;
+        f.take_output().expect("awaited above")
+    }
+
+    // Our own statements are constant text, prepared once per connection.
+    let begin = if read_only {
+        BEGIN_READ_ONLY
+    } else {
+        BEGIN_READ_WRITE
+    };
+    let begin = client.prepare_cached(begin).await.map_err(sql_error)?;
+    let settings = client
+        .prepare_cached(CALL_SETTINGS)
+        .await
+        .map_err(sql_error)?;
+    let rollback = client.prepare_cached(ROLLBACK).await.map_err(sql_error)?;
+
+    let timeout_ms = timeout.as_millis() as u64;
+    let ms = timeout_ms.to_string();
+    let idle = (u128::from(timeout_ms) + IDLE_GRACE_MS).to_string();
+    let mut begun = std::pin::pin!(maybe_done(client.execute(&begin, &[])));
+    send(begun.as_mut()).await;
+    let values: [&(dyn ToSql + Sync); 2] = [&ms, &idle];
+    let mut set = std::pin::pin!(maybe_done(client.execute(&settings, &values)));
+    send(set.as_mut()).await;
+
+    // Cached statements resolve without I/O; the others are parsed now, after the
+    // settings. A statement that does not parse is the call's answer, after the ROLLBACK.
+    let prepared = try_join_all(statements.iter().map(|st| async move {
+        if st.cached {
+            client.prepare_cached(&st.sql).await
+        } else {
+            client.prepare(&st.sql).await
+        }
+    }))
+    .await
+    .map_err(sql_error);
+    let (prepared, unparsed) = match prepared {
+        Ok(p) => (p, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let binds: Vec<Vec<Bind<'_>>> = statements
+        .iter()
+        .map(|st| st.binds.iter().map(Bind).collect())
+        .collect();
+    let mut queries = Vec::new();
+    for (stmt, binds) in prepared.iter().zip(&binds) {
+        let params = binds.iter().map(|b| b as &(dyn ToSql + Sync));
+        let mut q = Box::pin(maybe_done(client.query_raw(stmt, params)));
+        send(q.as_mut()).await;
+        queries.push(q);
+    }
+    let mut rolled_back = std::pin::pin!(maybe_done(client.execute(&rollback, &[])));
+    send(rolled_back.as_mut()).await;
+
+    answer(begun).await.map_err(sql_error)?;
+    answer(set).await.map_err(sql_error)?;
+    if let Some(e) = unparsed {
+        return Err(e);
+    }
+    let mut out = Vec::with_capacity(statements.len());
+    let last = statements.len().saturating_sub(1);
+    for (i, ((st, stmt), mut q)) in statements.iter().zip(&prepared).zip(queries).enumerate() {
+        let stream = answer(q.as_mut()).await.map_err(sql_error)?;
+        let mut stream = std::pin::pin!(stream);
+        let mut rows = Vec::new();
+        let mut more = false;
+        while let Some(row) = stream.try_next().await.map_err(sql_error)? {
+            if rows.len() == st.max_rows {
+                more = true;
+                break;
+            }
+            rows.push(row);
+        }
+        if more && i == last {
+            out.push(to_rows(stmt.columns(), rows, true)?);
+            return Ok(Ran {
+                rows: out,
+                cut_short: true,
+            });
+        }
+        if more {
+            while stream.try_next().await.map_err(sql_error)?.is_some() {}
+        }
+        out.push(to_rows(stmt.columns(), rows, more)?);
+    }
+    // The ROLLBACK is not waited for: the connection answers it before anything its
+    // next user sends.
+    Ok(Ran {
+        rows: out,
+        cut_short: false,
+    })
 }
 
 /// A pooled connection while a call uses it. Dropped before [`CallGuard::finish`]
@@ -701,9 +820,8 @@ fn with_session_timeouts(
 fn to_rows(
     columns: &[tokio_postgres::Column],
     rows: Vec<tokio_postgres::Row>,
-    max_rows: usize,
+    more: bool,
 ) -> Result<Rows, DbError> {
-    let more = rows.len() > max_rows;
     let columns: Vec<Column> = columns
         .iter()
         .map(|c| Column {
@@ -711,8 +829,8 @@ fn to_rows(
             type_name: c.type_().name().to_string(),
         })
         .collect();
-    let mut out = Vec::with_capacity(rows.len().min(max_rows));
-    for row in rows.into_iter().take(max_rows) {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
         let mut values = Vec::with_capacity(columns.len());
         for (i, col) in columns.iter().enumerate() {
             let PgJson(v) = row.try_get(i).map_err(|e| DbError::Decode {

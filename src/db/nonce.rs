@@ -75,8 +75,10 @@ impl Db {
         let timeout_ms = timeout.as_millis() as u64;
         let client = guard.client.as_mut().expect("set above");
         let work = async {
+            // Pooled sessions default to read-only transactions; this one writes.
             let tx = client
                 .build_transaction()
+                .read_only(false)
                 .start()
                 .await
                 .map_err(sql_error)?;

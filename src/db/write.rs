@@ -66,8 +66,10 @@ impl Db {
             let params: Vec<&(dyn ToSql + Sync)> =
                 binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
             // No transaction: the extended protocol's Sync commits the statement alone.
-            let rows = client.query(&stmt, &params).await.map_err(sql_error)?;
-            to_rows(stmt.columns(), rows, st.max_rows)
+            let mut rows = client.query(&stmt, &params).await.map_err(sql_error)?;
+            let more = rows.len() > st.max_rows;
+            rows.truncate(st.max_rows);
+            to_rows(stmt.columns(), rows, more)
         };
         let result = tokio::select! {
             r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use citus_mcp::compile::SourceFile;
 use citus_mcp::db::value::Bind;
-use citus_mcp::db::{Db, DbConfig, Dsn};
+use citus_mcp::db::{Db, DbConfig, Dsn, Statement};
 use citus_mcp::engine::{Engine, Settings, ToolOutput};
 use citus_mcp::registry::{Registry, Sources};
 use citus_mcp::template::Rendered;
@@ -272,24 +272,46 @@ fn round_trips(b: &Bench) -> Result<Vec<Section>> {
             &b.dsn
                 .replace(&format!("port={port}"), &format!("port={}", proxy.port)),
         )?;
-        let db = Db::new(DbConfig {
-            dsn,
-            worker_dsns: vec![],
-            connect_timeout: Duration::from_secs(10),
-            pool_size: 1,
-            application_name: "citus-mcp-bench-flights".into(),
-            timeout_ceiling: Duration::from_secs(60),
-        })?;
+        let pool = || {
+            Db::new(DbConfig {
+                dsn: dsn.clone(),
+                worker_dsns: vec![],
+                connect_timeout: Duration::from_secs(10),
+                pool_size: 1,
+                application_name: "citus-mcp-bench-flights".into(),
+                timeout_ceiling: Duration::from_secs(60),
+            })
+        };
+        let runs = 200u64;
+        // The database layer alone, one statement: the floor is one.
+        let layer = pool()?;
+        let one = [Statement::new("SELECT 1 AS one", vec![], 1)];
+        let never = CancellationToken::new();
+        let read = || layer.read_only(&one, Duration::from_secs(10), &never);
+        read().await?;
+        let before = proxy.flights();
+        for _ in 0..runs {
+            read().await?;
+        }
+        s.row(vec![
+            "Db::read_only (SELECT 1)".into(),
+            format!("{:.2}", (proxy.flights() - before) as f64 / runs as f64),
+            "the database layer: one statement".into(),
+        ]);
+        let db = pool()?;
         let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
         let engine =
             Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
-        let runs = 200u64;
         for (tool, args, note) in [
-            ("list_nodes", json!({}), "one statement"),
+            (
+                "list_nodes",
+                json!({}),
+                "two statements, the second reads the first's rows",
+            ),
             (
                 "citus_table_inspector",
                 json!({"table": "orders"}),
-                "several statements in one transaction",
+                "several statements, some reading earlier rows",
             ),
             (
                 "citus_explain_query",
@@ -311,7 +333,7 @@ fn round_trips(b: &Bench) -> Result<Vec<Section>> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    s.note("a warm call: START TRANSACTION READ ONLY, then the call's timeouts with every Bind/Execute in one flight; the ROLLBACK is not waited for");
+    s.note("a warm call sends START TRANSACTION READ ONLY, its timeouts, every Bind/Execute and the ROLLBACK in one flight and waits once; a statement that reads an earlier one's rows waits for them");
     s.note(
         "caller SQL (EXPLAIN) adds its Parse, which must come after the timeouts, and its Close",
     );

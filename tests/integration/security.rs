@@ -60,6 +60,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "security::distinct_statements_leave_no_prepared_state",
             distinct_statements_leave_no_prepared_state,
         ),
+        trial(
+            ctx,
+            "security::rows_past_the_cap_stop_on_the_server",
+            rows_past_the_cap_stop_on_the_server,
+        ),
+        trial(
+            ctx,
+            "security::pooled_sessions_are_read_only_outside_a_call_too",
+            pooled_sessions_are_read_only,
+        ),
     ]
 }
 
@@ -792,4 +802,131 @@ fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
         n <= 16,
         "{n} statements stay prepared after 300 distinct EXPLAINs"
     );
+}
+
+/// The call reads `max_rows + 1` rows and no more: a statement that would go on sending
+/// rows for minutes is stopped on the server, and one that is not the call's last is
+/// read to its end so the next statement's answer still arrives.
+fn rows_past_the_cap_stop_on_the_server(ctx: &Ctx) {
+    let db = ctx.pool_named(&ctx.dsn(), "citus-mcp-cap");
+    let slow = citus_mcp::db::Statement::new(
+        "SELECT /* citus-mcp-capped */ i, pg_catalog.pg_sleep(0.01)::text AS s \
+         FROM pg_catalog.generate_series(1, 10000) AS i",
+        vec![],
+        5,
+    );
+    let started = Instant::now();
+    let rows = ctx
+        .rt
+        .block_on(db.read_only(&[slow], Duration::from_secs(300), &CancellationToken::new()))
+        .unwrap();
+    assert_eq!(rows[0].rows.len(), 5);
+    assert!(rows[0].more, "the cut is reported");
+    assert_eq!(rows[0].rows[4][0], json!(5));
+    // 10,000 rows at 10 ms each would take 100 s; the call stops after the sixth.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the call waited for rows past its cap"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(ctx, "citus-mcp-capped") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the statement kept sending rows past the call's cap"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An earlier statement past its cap: its rows are cut, the next one still answers.
+    let first = citus_mcp::db::Statement::new(
+        "SELECT i FROM pg_catalog.generate_series(1, 1000) AS i",
+        vec![],
+        3,
+    );
+    let second = citus_mcp::db::Statement::new("SELECT 42 AS answer", vec![], 1);
+    let rows = ctx
+        .rt
+        .block_on(db.read_only(
+            &[first, second],
+            Duration::from_secs(30),
+            &CancellationToken::new(),
+        ))
+        .unwrap();
+    assert_eq!(rows[0].rows.len(), 3);
+    assert!(rows[0].more);
+    assert_eq!(rows[1].rows, vec![vec![json!(42)]]);
+    assert!(!rows[1].more);
+
+    // Exactly the cap is not a cut.
+    let exact = citus_mcp::db::Statement::new(
+        "SELECT i FROM pg_catalog.generate_series(1, 4) AS i",
+        vec![],
+        4,
+    );
+    let rows = ctx
+        .rt
+        .block_on(db.read_only(&[exact], Duration::from_secs(30), &CancellationToken::new()))
+        .unwrap();
+    assert_eq!(rows[0].rows.len(), 4);
+    assert!(!rows[0].more);
+}
+
+/// Behind each call's READ ONLY transaction, the pooled sessions themselves default to
+/// read-only transactions, so a statement could not write even if the call's
+/// `START TRANSACTION` were lost; the statement's own answer is the database's refusal.
+fn pooled_sessions_are_read_only(ctx: &Ctx) {
+    let db = ctx.pool_named(&ctx.dsn(), "citus-mcp-session-ro");
+    let st = citus_mcp::db::Statement::new(
+        "SELECT pg_catalog.current_setting('default_transaction_read_only') AS ro, \
+                pg_catalog.current_setting('transaction_read_only') AS tx_ro",
+        vec![],
+        1,
+    );
+    let rows = ctx
+        .rt
+        .block_on(db.read_only(&[st], Duration::from_secs(10), &CancellationToken::new()))
+        .unwrap();
+    assert_eq!(rows[0].rows, vec![vec![json!("on"), json!("on")]]);
+    // A failed statement in the middle of a call leaves the connection clean for the next.
+    let bad = citus_mcp::db::Statement::new("SELECT 1/0 AS boom", vec![], 1);
+    let after = citus_mcp::db::Statement::new("SELECT 2 AS two", vec![], 1);
+    let err = ctx
+        .rt
+        .block_on(db.read_only(
+            &[bad, after.clone()],
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&err, citus_mcp::db::DbError::Sql { sqlstate, .. } if sqlstate == "22012"),
+        "the first error is the call's answer, not the aborted transaction's: {err:?}"
+    );
+    for _ in 0..8 {
+        let rows = ctx
+            .rt
+            .block_on(db.read_only(
+                std::slice::from_ref(&after),
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            ))
+            .unwrap();
+        assert_eq!(rows[0].rows, vec![vec![json!(2)]]);
+    }
+    // A statement that does not parse fails alone; the pool still serves.
+    let unparsable = citus_mcp::db::Statement::new("SELEC 1", vec![], 1);
+    assert!(
+        ctx.rt
+            .block_on(db.read_only(
+                &[unparsable],
+                Duration::from_secs(10),
+                &CancellationToken::new()
+            ))
+            .is_err()
+    );
+    let rows = ctx
+        .rt
+        .block_on(db.read_only(&[after], Duration::from_secs(10), &CancellationToken::new()))
+        .unwrap();
+    assert_eq!(rows[0].rows, vec![vec![json!(2)]]);
 }
