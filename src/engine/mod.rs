@@ -511,6 +511,22 @@ impl Engine {
             };
             let st = Statement::new(r.sql, r.binds, cap);
             match target {
+                // A node-health check is a stage of its own: what it finds survives a
+                // later statement's failure, and names the node that failure is about.
+                Target::Coordinator if q.node_health => {
+                    batch.push((q, st));
+                    self.flush(
+                        &mut batch,
+                        &mut parts,
+                        keep_results.then_some(&mut ctx),
+                        &mut node_errors,
+                        db,
+                        timeout,
+                        cancel,
+                        write,
+                    )
+                    .await?;
+                }
                 Target::Coordinator => batch.push((q, st)),
                 Target::Workers | Target::AllNodes => {
                     let set = if target == Target::Workers {
@@ -520,7 +536,8 @@ impl Engine {
                     };
                     let results = db
                         .fan_out(set, self.settings.fanout, &st, timeout, cancel)
-                        .await?;
+                        .await
+                        .map_err(|e| name_silent_nodes(e.into(), &node_errors))?;
                     let (rows, errors) = merge_nodes(results);
                     for e in errors {
                         add_node_error(&mut node_errors, e);
@@ -617,13 +634,36 @@ impl Engine {
             }
             out
         } else {
-            db.read_only(&statements, timeout, cancel).await?
+            db.read_only(&statements, timeout, cancel)
+                .await
+                .map_err(|e| name_silent_nodes(e.into(), node_errors))?
         };
         for (q, rows) in queries.into_iter().zip(results) {
             push_part(q, rows, parts, ctx.as_deref_mut(), node_errors)?;
         }
         Ok(())
     }
+}
+
+/// A statement that failed because a node did not answer (Citus often does not say
+/// which: "cannot get the size because of a connection error") names the nodes this
+/// call's health check already found silent.
+fn name_silent_nodes(mut e: ToolError, node_errors: &[Value]) -> ToolError {
+    if e.code != ErrorCode::NodeUnreachable {
+        return e;
+    }
+    let silent: Vec<String> = node_errors
+        .iter()
+        .filter(|n| n["code"] == serde_json::json!(ErrorCode::NodeUnreachable))
+        .filter_map(|n| {
+            let node = n["node"].as_str()?;
+            (!e.message.contains(node)).then(|| format!("{node} (nodeid {})", n["nodeid"]))
+        })
+        .collect();
+    if !silent.is_empty() {
+        e.message = format!("{}; unreachable: {}", e.message, silent.join(", "));
+    }
+    e
 }
 
 /// Adds a query's rows to the result (after its `on_empty` check) and to `results`,
@@ -956,6 +996,29 @@ mod tests {
             rows,
             more: false,
         }
+    }
+
+    #[test]
+    fn a_failure_about_a_silent_node_names_it() {
+        let silent = vec![serde_json::json!({
+            "nodeid": 3, "node": "127.0.0.1:9702", "code": ErrorCode::NodeUnreachable, "message": "x"
+        })];
+        let e = ToolError::new(
+            ErrorCode::NodeUnreachable,
+            "cannot get the size because of a connection error",
+        );
+        assert_eq!(
+            name_silent_nodes(e, &silent).message,
+            "cannot get the size because of a connection error; unreachable: 127.0.0.1:9702 (nodeid 3)"
+        );
+        // Already named, or another kind of failure: unchanged.
+        let e = ToolError::new(ErrorCode::NodeUnreachable, "cannot reach 127.0.0.1:9702");
+        assert_eq!(
+            name_silent_nodes(e, &silent).message,
+            "cannot reach 127.0.0.1:9702"
+        );
+        let e = ToolError::new(ErrorCode::Timeout, "slow");
+        assert_eq!(name_silent_nodes(e, &silent).message, "slow");
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! host:port) next to the other nodes' rows, or fails with NODE_UNREACHABLE naming it. Its
 //! shards never show 0 bytes, and no total silently leaves them out.
 //!
-//! The worker is "stopped" by pointing its `pg_dist_node` row at a closed port, in a database
-//! of this test's own: the other tests share the first database and must keep seeing a
-//! healthy cluster while this one runs.
+//! On the fixture the worker is "stopped" by pointing its `pg_dist_node` row at a closed port,
+//! in a database of this test's own: the other tests share the first database and must keep
+//! seeing a healthy cluster while this one runs. On a real cluster (`CITUS_TEST_DSN`) the
+//! worker is really stopped and started again by the commands in `CITUS_TEST_STOP_WORKER`
+//! and `CITUS_TEST_START_WORKER` (run with `sh -c`; README shows them for a local cluster);
+//! without them the test says so and does nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -67,44 +70,102 @@ const COORDINATOR_ONLY: &[(&str, &str)] = &[
     ),
 ];
 
-/// Puts the stopped worker back on its port, also when an assertion fails.
-struct Restart<'a> {
-    ctx: &'a Ctx,
-    dsn: &'a str,
+/// Brings the stopped worker back, also when an assertion fails.
+enum Restart<'a> {
+    /// The fixture: its row goes back to its port.
+    Port { ctx: &'a Ctx, dsn: &'a str },
+    /// A real cluster: the command that starts it again.
+    Command(String),
 }
 
 impl Drop for Restart<'_> {
     fn drop(&mut self) {
-        // A failed restore only leaves this test's own database behind.
-        let _ = self.ctx.db().psql_on(
-            self.dsn,
-            &format!("UPDATE pg_dist_node SET nodeport = {DEAD_PORT} WHERE nodeid = {DEAD_NODEID}"),
-        );
+        match self {
+            // A failed restore only leaves this test's own database behind.
+            Restart::Port { ctx, dsn } => {
+                let _ = ctx.db().psql_on(
+                    dsn,
+                    &format!(
+                        "UPDATE pg_dist_node SET nodeport = {DEAD_PORT} WHERE nodeid = {DEAD_NODEID}"
+                    ),
+                );
+            }
+            Restart::Command(start) => {
+                if let Err(e) = sh(start) {
+                    eprintln!("dead_node: CITUS_TEST_START_WORKER failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs an operator's command for the real cluster.
+fn sh(command: &str) -> Result<(), String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
 fn every_tool_names_a_stopped_worker(ctx: &Ctx) {
-    if !ctx.is_fixture() {
-        eprintln!(
-            "dead_node: skipped on a real cluster (CITUS_TEST_DSN): stopping a worker of a shared cluster is not the test suite's to do"
-        );
-        return;
+    let dsn;
+    let dead;
+    let _restart;
+    if ctx.is_fixture() {
+        dsn = ctx
+            .db()
+            .fixture_database("citus_dead_node")
+            .expect("a fixture database of this test's own");
+        // A port nothing listens on: connections are refused at once, so no wait is involved.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        dead = format!("127.0.0.1:{closed}");
+        _restart = Restart::Port { ctx, dsn: &dsn };
+        ctx.db()
+            .psql_on(
+                &dsn,
+                &format!(
+                    "UPDATE pg_dist_node SET nodeport = {closed} WHERE nodeid = {DEAD_NODEID}"
+                ),
+            )
+            .expect("psql");
+    } else {
+        let (Ok(stop), Ok(start)) = (
+            std::env::var("CITUS_TEST_STOP_WORKER"),
+            std::env::var("CITUS_TEST_START_WORKER"),
+        ) else {
+            eprintln!(
+                "dead_node: skipped on a real cluster: set CITUS_TEST_STOP_WORKER and CITUS_TEST_START_WORKER to commands that stop and start the worker with nodeid {DEAD_NODEID}"
+            );
+            return;
+        };
+        dsn = ctx.dsn();
+        dead = ctx
+            .db()
+            .psql_on(
+                &dsn,
+                &format!(
+                    "SELECT nodename || ':' || nodeport FROM pg_dist_node WHERE nodeid = {DEAD_NODEID}"
+                ),
+            )
+            .expect("psql")
+            .trim()
+            .to_string();
+        sh(&stop).expect("CITUS_TEST_STOP_WORKER stops the worker");
+        _restart = Restart::Command(start);
     }
-    let dsn = ctx
-        .db()
-        .fixture_database("citus_dead_node")
-        .expect("a fixture database of this test's own");
-    // A port nothing listens on: connections are refused at once, so no wait is involved.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let dead = format!("127.0.0.1:{closed}");
     let psql = |sql: &str| ctx.db().psql_on(&dsn, sql).expect("psql");
-    let _restart = Restart { ctx, dsn: &dsn };
-    psql(&format!(
-        "UPDATE pg_dist_node SET nodeport = {closed} WHERE nodeid = {DEAD_NODEID}"
-    ));
     // What the stopped worker holds, by the catalog: tables and colocation groups whose
     // totals cannot be known while it is down.
     let lines = |sql: &str| -> BTreeSet<String> {
