@@ -854,12 +854,10 @@ fn to_rows(
 fn connection_lost(e: &DbError) -> bool {
     match e {
         DbError::Connect { reason, .. } => reason == CONNECTION_CLOSED,
-        DbError::Sql { sqlstate, .. } => {
-            matches!(
-                sqlstate.as_str(),
-                "57P01" | "57P02" | "57P03" | "08006" | "08003"
-            )
-        }
+        // The server ending this session. A class 08 error the server sends is about
+        // another connection: Citus reports a worker it cannot reach as 08006 over a
+        // healthy coordinator session, and running the call again would not help.
+        DbError::Sql { sqlstate, .. } => matches!(sqlstate.as_str(), "57P01" | "57P02" | "57P03"),
         _ => false,
     }
 }
@@ -930,8 +928,9 @@ mod tests {
             connection_lost(&sql("57P01")),
             "terminated by an administrator"
         );
-        assert!(connection_lost(&sql("08006")));
-        // A client-side error, a refused connection, a statement error: not retried.
+        // A client-side error, a refused connection, a statement error, a worker Citus
+        // cannot reach: not retried.
+        assert!(!connection_lost(&sql("08006")));
         assert!(!connection_lost(&sql("08000")));
         assert!(!connection_lost(&sql("42601")));
         assert!(!connection_lost(&DbError::Connect {
