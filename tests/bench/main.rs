@@ -12,7 +12,8 @@
 //!    folders of 0 to 1,000 files;
 //! 5. `citus-mcp lint` time for 1 to 1,000 small tool files and copies of a built-in one;
 //! 6. bytes of `structuredContent` and of the text rendering per result row;
-//! 7. time per call and per row for results of 10 to 10,000 rows.
+//! 7. time per call and per row for results of 10 to 10,000 rows;
+//! 8. the backend's and citus-mcp's memory over 10,000 distinct EXPLAINs.
 //!
 //! Run: `cargo bench --bench engine` (about a minute on 2 cores, after the build).
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
@@ -20,6 +21,8 @@
 
 #[path = "../support/pg.rs"]
 mod pg;
+
+mod explains;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -60,7 +63,7 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 8] = [
+    let sections: [(&str, SectionFn); 9] = [
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
         ("lint", lint),
         ("bytes", bytes_per_row),
         ("rows", rows_growth),
+        ("explains", explains::explains),
     ];
     for (name, run) in sections {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
