@@ -286,7 +286,30 @@ fn valid_tokens(ctx: &Ctx) {
             citus_mcp::httpd::auth::hash_hex(CI)
         ),
     );
-    let s = HttpServer::start(ctx, &["--config", config.to_str().unwrap()], &[]);
+    // Admin mode with an execute tool, so that an approval records its caller.
+    std::fs::write(dir.path().join("dangerous.yaml"), crate::e2e::EXEC_TOOL).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let s = HttpServer::start(
+        ctx,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--tools-dirs",
+            dir.path().to_str().unwrap(),
+            "--mode",
+            "admin",
+            "--allow-execute",
+            "--allow-self-issue",
+            "--approval-ledger-path",
+            dir.path().join("nonces").to_str().unwrap(),
+            "--approval-audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[(
+            "CITUS_MCP_APPROVAL_SECRET",
+            "oauth-approval-secret-never-print",
+        )],
+    );
     let pinger = es.sign(&claims("alice@example.com", "openid citus:ping", json!({})));
     let reader = rs.sign(&claims(
         "bob@example.com",
@@ -362,6 +385,21 @@ fn valid_tokens(ctx: &Ctx) {
         let both = tool_names_2026(&s, &bearer(&planner)).await;
         assert!(both.len() > listed.len(), "{both:?} vs {listed:?}");
         assert!(both.iter().any(|n| n == "citus_rebalance_plan"), "{both:?}");
+        assert!(!both.iter().any(|n| n == "dangerous"), "{both:?}");
+
+        // The token's subject is the caller in the approval audit log.
+        let r = s
+            .call_2026(
+                &[("authorization", &bearer(&planner))],
+                7,
+                "citus_request_approval_token",
+                json!({"action": "dangerous", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+        let log = std::fs::read_to_string(&audit).unwrap();
+        let issued: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(issued["caller"], "carol", "{log}");
 
         // A token none of whose scopes is configured may do nothing, and is told which
         // scopes exist.
