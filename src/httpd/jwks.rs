@@ -93,13 +93,11 @@ struct Key {
     key: DecodingKey,
 }
 
+/// The keys last loaded, and when.
 #[derive(Default)]
-struct State {
+struct Loaded {
     keys: Arc<Vec<Key>>,
-    /// When keys were last loaded successfully.
-    loaded: Option<Instant>,
-    /// When a load was last tried, successful or not (the rate limit).
-    tried: Option<Instant>,
+    at: Option<Instant>,
 }
 
 /// The cached keys of one issuer.
@@ -107,7 +105,12 @@ pub struct Jwks {
     source: Source,
     min_refetch: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
-    state: Mutex<State>,
+    /// Read by every token; written only by a load.
+    loaded: std::sync::RwLock<Loaded>,
+    /// When a load was last tried, successful or not (the rate limit). Held during a
+    /// load, so that concurrent misses wait for one load instead of starting their own,
+    /// while tokens of known keys go on without waiting.
+    tried: Mutex<Option<Instant>>,
 }
 
 /// Why no key could be found for a token.
@@ -135,7 +138,8 @@ impl Jwks {
             source,
             min_refetch,
             tls,
-            state: Mutex::new(State::default()),
+            loaded: Default::default(),
+            tried: Mutex::new(None),
         })
     }
 
@@ -151,11 +155,11 @@ impl Jwks {
         Ok(())
     }
 
-    /// Loads the keys now; the startup check of a `jwks_file`, and the first fetch of
-    /// a URL (whose failure is only logged: the issuer may come up later).
+    /// Loads the keys now: the first load once serving (a failure is only logged: the
+    /// issuer may come up later).
     pub async fn refresh(&self) -> Result<usize, String> {
-        let mut state = self.state.lock().await;
-        self.load_into(&mut state).await
+        let mut tried = self.tried.lock().await;
+        self.load(&mut tried).await
     }
 
     /// The keys that may verify a token with this key id and algorithm. An unknown key
@@ -166,25 +170,46 @@ impl Jwks {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Vec<DecodingKey>, KeyMiss> {
-        let mut state = self.state.lock().await;
-        let stale = state.loaded.is_none_or(|t| t.elapsed() > MAX_AGE);
-        let found = matching(&state.keys, kid, alg);
-        if (found.is_empty() || stale)
-            && state.tried.is_none_or(|t| t.elapsed() >= self.min_refetch)
-            && let Err(e) = self.load_into(&mut state).await
+        if let Some(found) = self.fresh_match(kid, alg) {
+            return Ok(found);
+        }
+        let mut tried = self.tried.lock().await;
+        // Another request may have loaded the keys while this one waited.
+        if let Some(found) = self.fresh_match(kid, alg) {
+            return Ok(found);
+        }
+        if tried.is_none_or(|t| t.elapsed() >= self.min_refetch)
+            && let Err(e) = self.load(&mut tried).await
         {
             tracing::warn!("OAuth signing keys not refreshed: {e}");
         }
-        let found = matching(&state.keys, kid, alg);
-        match (found.is_empty(), state.loaded.is_some()) {
+        drop(tried);
+        let loaded = self.read();
+        let found = matching(&loaded.keys, kid, alg);
+        match (found.is_empty(), loaded.at.is_some()) {
             (false, _) => Ok(found),
             (true, true) => Err(KeyMiss::Unknown),
             (true, false) => Err(KeyMiss::Unavailable),
         }
     }
 
-    async fn load_into(&self, state: &mut State) -> Result<usize, String> {
-        state.tried = Some(Instant::now());
+    /// The matching keys when there are some and they are less than an hour old.
+    fn fresh_match(&self, kid: Option<&str>, alg: Algorithm) -> Option<Vec<DecodingKey>> {
+        let loaded = self.read();
+        let fresh = loaded.at.is_some_and(|t| t.elapsed() <= MAX_AGE);
+        let found = matching(&loaded.keys, kid, alg);
+        (fresh && !found.is_empty()).then_some(found)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        // A load replaces the whole value at once: a panicked writer left nothing half done.
+        self.loaded
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn load(&self, tried: &mut Option<Instant>) -> Result<usize, String> {
+        *tried = Some(Instant::now());
         let text = match &self.source {
             Source::File(path) => tokio::fs::read(path)
                 .await
@@ -197,8 +222,13 @@ impl Jwks {
         let keys = parse(&text)?;
         let n = keys.len();
         tracing::info!(keys = n, "loaded the OAuth issuer's signing keys");
-        state.keys = Arc::new(keys);
-        state.loaded = Some(Instant::now());
+        *self
+            .loaded
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Loaded {
+            keys: Arc::new(keys),
+            at: Some(Instant::now()),
+        };
         Ok(n)
     }
 
