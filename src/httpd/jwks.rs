@@ -449,6 +449,25 @@ mod tests {
     }
 
     #[test]
+    fn a_jwks_file_without_usable_keys_stops_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Jwks::new(
+            Source::File(dir.path().join("none.json")),
+            Duration::from_secs(30),
+            None,
+        )
+        .unwrap();
+        let e = missing.check_file().unwrap_err().to_string();
+        assert!(e.contains("cannot read jwks_file"), "{e}");
+        let path = dir.path().join("hmac.json");
+        std::fs::write(&path, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap();
+        let hmac_only = Jwks::new(Source::File(path), Duration::from_secs(30), None).unwrap();
+        let e = hmac_only.check_file().unwrap_err().to_string();
+        assert!(e.contains("no usable signing key"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
+
+    #[test]
     fn only_asymmetric_signing_keys_are_kept() {
         let doc = serde_json::json!({"keys": [
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},

@@ -525,7 +525,7 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
 /// Why a presented token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Invalid {
-    /// Not a configured bearer token, and no OAuth to try it as a JWT.
+    /// Not a configured bearer token, nor shaped like a JWT (or no OAuth to try it).
     UnknownToken,
     Jwt(Rejection),
 }
@@ -553,8 +553,10 @@ impl Shared {
             return Ok(h.clone());
         }
         match &self.oauth {
-            Some(o) => o.verify(token).await.map_err(Invalid::Jwt),
-            None => Err(Invalid::UnknownToken),
+            // A JWT has three parts; anything else is a mistyped bearer token, and is
+            // told so rather than that it is a bad JWT.
+            Some(o) if token.split('.').count() == 3 => o.verify(token).await.map_err(Invalid::Jwt),
+            _ => Err(Invalid::UnknownToken),
         }
     }
 
@@ -775,6 +777,25 @@ mod tests {
             ..open
         };
         assert!(Prepared::new(&with_token).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        let with_oauth = HttpConfig {
+            listen: Some("0.0.0.0:8080".into()),
+            oauth: Some(
+                serde_json::from_value(json!({"issuer": "https://issuer.example",
+                    "audience": "https://mcp.example/mcp", "jwks_file": jwks}))
+                .unwrap(),
+            ),
+            ..HttpConfig::default()
+        };
+        assert!(Prepared::new(&with_oauth).is_ok());
         assert!(Prepared::new(&HttpConfig::default()).is_ok());
     }
 }

@@ -611,7 +611,7 @@ fn bad_tokens(ctx: &Ctx) {
         (
             "not a token at all",
             "x".repeat(3000),
-            "not a well-formed JWT",
+            "the token is not valid",
         ),
     ];
     ctx.rt.block_on(async {
