@@ -174,7 +174,7 @@ impl HttpServer {
         self.log.lock().unwrap().clone()
     }
 
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -183,7 +183,7 @@ impl HttpServer {
         assert!(ok, "SIGTERM was not delivered");
     }
 
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {

@@ -1089,7 +1089,7 @@ fn tls(ctx: &Ctx) {
     let certs = make_certs(dir.path());
     let cert = certs.cert.to_str().unwrap();
     let key = certs.key.to_str().unwrap();
-    let s = HttpServer::start(
+    let mut s = HttpServer::start(
         ctx,
         &[],
         &[
@@ -1142,6 +1142,14 @@ fn tls(ctx: &Ctx) {
             .unwrap();
         assert_eq!(status, 200);
     });
+    // SIGTERM shuts an https server down as gracefully as a plain one.
+    s.terminate();
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(20)).and_then(|e| e.code()),
+        Some(0),
+        "{}",
+        s.log()
+    );
     drop(s);
 
     // Half a pair is a configuration error, before any socket opens.
