@@ -796,6 +796,34 @@ mod tests {
             ..HttpConfig::default()
         };
         assert!(Prepared::new(&with_oauth).is_ok());
+    }
+
+    #[test]
+    fn oauth_and_tls_come_from_the_environment_too() {
+        let env = std::collections::BTreeMap::from([
+            (
+                "CITUS_MCP_HTTP_OAUTH".to_string(),
+                r#"{"issuer": "https://i.example", "audience": "https://m.example/mcp",
+                    "jwks_url": "https://i.example/jwks", "scopes": {"db:read": {"classes": ["read_only"]}}}"#
+                    .to_string(),
+            ),
+            ("CITUS_MCP_HTTP_TLS_CERT".to_string(), "/etc/c.pem".to_string()),
+            ("CITUS_MCP_HTTP_TLS_KEY".to_string(), "/etc/k.pem".to_string()),
+        ]);
+        let c = crate::config::load(None, &env, &Default::default()).unwrap();
+        let oauth = c.http.oauth.unwrap();
+        assert_eq!(oauth.audience, "https://m.example/mcp");
+        assert_eq!(oauth.scopes["db:read"].classes, vec![Safety::ReadOnly]);
+        assert_eq!(oauth.identity_claim, "sub");
+        assert_eq!(c.http.tls_key.unwrap().to_str(), Some("/etc/k.pem"));
+        let bad = std::collections::BTreeMap::from([(
+            "CITUS_MCP_HTTP_OAUTH".to_string(),
+            r#"{"issuer": "https://i.example"}"#.to_string(),
+        )]);
+        let e = crate::config::load(None, &bad, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audience"), "{e}");
         assert!(Prepared::new(&HttpConfig::default()).is_ok());
     }
 }
