@@ -47,6 +47,19 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerName(pub String);
 
+/// What an authenticated HTTP caller may call (its token's grant): the transport puts it
+/// in the request's extensions, and `tools/list` shows only those tools.
+#[derive(Debug, Clone)]
+pub struct CallerGrant(pub Arc<crate::httpd::auth::Grant>);
+
+/// The caller's grant, when the HTTP transport authenticated one for this request.
+fn caller_grant(ctx: &RequestContext<RoleServer>) -> Option<Arc<crate::httpd::auth::Grant>> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<CallerGrant>())
+        .map(|g| g.0.clone())
+}
+
 /// The caller's name, when the HTTP transport authenticated one for this request.
 fn caller_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
     ctx.extensions
@@ -347,12 +360,19 @@ impl ServerHandler for Server {
     async fn list_tools(
         &self,
         _: Option<PaginatedRequestParams>,
-        _: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        // An HTTP caller sees only what its token may call.
+        let grant = caller_grant(&ctx);
         Ok(ListToolsResult::with_all_items(
             self.engine
                 .visible_tools()
                 .iter()
+                .filter(|t| {
+                    grant
+                        .as_ref()
+                        .is_none_or(|g| g.allows(&t.spec.name, t.spec.safety))
+                })
                 .map(|t| mcp_tool(t))
                 .collect(),
         ))

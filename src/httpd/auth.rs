@@ -3,8 +3,15 @@
 //! A token is stored only as its SHA-256 hash, with a name and a grant (safety classes
 //! and tool names). A presented token is hashed and compared with every stored hash in
 //! constant time. The token itself is never kept, logged or echoed: only its name is.
+//!
+//! [`TokenStore`] holds the configured set and re-reads `http.tokens_file` when it
+//! changes: a token removed from the file stops working with the reload, and a file
+//! that does not load keeps the last good set (the warning names neither tokens nor
+//! hashes).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -40,6 +47,25 @@ impl Grant {
     /// Whether a tool of this name and class may be called.
     pub fn allows(&self, tool: &str, safety: Safety) -> bool {
         self.classes.contains(&safety) || self.tools.iter().any(|t| t == tool)
+    }
+
+    /// Whether it allows nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.tools.is_empty()
+    }
+
+    /// Adds what `other` allows (the union of a token's scopes).
+    pub fn extend(&mut self, other: &Grant) {
+        for c in &other.classes {
+            if !self.classes.contains(c) {
+                self.classes.push(*c);
+            }
+        }
+        for t in &other.tools {
+            if !self.tools.contains(t) {
+                self.tools.push(t.clone());
+            }
+        }
     }
 }
 
@@ -133,6 +159,16 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    /// The same holders with the same hashes and grants.
+    fn same_as(&self, other: &Tokens) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| {
+                a.digest == b.digest
+                    && a.holder.name == b.holder.name
+                    && a.holder.grant == b.holder.grant
+            })
+    }
+
     /// The holder of `presented`, if it is a configured token. Every stored hash is
     /// compared, in constant time, so timing tells nothing about which one matched.
     pub fn verify(&self, presented: &str) -> Option<&Holder> {
@@ -145,6 +181,158 @@ impl Tokens {
         }
         found
     }
+}
+
+/// The configured tokens, reloaded when `http.tokens_file` changes.
+pub struct TokenStore {
+    inline: Vec<TokenConfig>,
+    file: Option<PathBuf>,
+    current: RwLock<Arc<Tokens>>,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("file", &self.file)
+            .field("tokens", &*self.current())
+            .finish()
+    }
+}
+
+impl TokenStore {
+    /// The tokens as configured now; an error stops the server from starting.
+    pub fn load(inline: &[TokenConfig], file: Option<&Path>) -> Result<TokenStore, HttpError> {
+        let tokens = Tokens::load(inline, file)?;
+        Ok(TokenStore {
+            inline: inline.to_vec(),
+            file: file.map(Path::to_path_buf),
+            current: RwLock::new(Arc::new(tokens)),
+        })
+    }
+
+    /// Whether tokens are configured at all (inline or a file, even an empty one): then
+    /// every request needs one, whatever the file holds later.
+    pub fn configured(&self) -> bool {
+        !self.inline.is_empty() || self.file.is_some()
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<Tokens> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the tokens again. A set that does not load is not swapped in; the warning
+    /// says why without quoting the file (it could hold a token pasted by mistake).
+    pub fn reload(&self) -> Result<bool, HttpError> {
+        let tokens = Tokens::load(&self.inline, self.file.as_deref())?;
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.same_as(&tokens) {
+            return Ok(false);
+        }
+        tracing::info!(tokens = tokens.0.len(), "reloaded http.tokens_file");
+        *current = Arc::new(tokens);
+        Ok(true)
+    }
+
+    /// Watches the tokens file's folder (editors and secret mounts replace files by
+    /// renaming) and reloads after each change, until the guard is dropped. `None`
+    /// without a file.
+    pub fn watch(self: &Arc<Self>) -> Result<Option<TokensWatch>, HttpError> {
+        use notify::RecursiveMode;
+        use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut debouncer = new_debouncer(
+            Duration::from_millis(200),
+            None,
+            move |_: DebounceEventResult| {
+                // Any change in the folder may be the file (a symlink swap of a mounted
+                // secret names only the link); a reload of an unchanged file is cheap
+                // and quiet. The receiver lives as long as the task.
+                let _ = tx.send(());
+            },
+        )
+        .map_err(|e| HttpError::Tokens(format!("cannot watch tokens_file: {e}")))?;
+        debouncer
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| {
+                HttpError::Tokens(format!(
+                    "cannot watch {} for tokens_file: {e}",
+                    dir.display()
+                ))
+            })?;
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                while rx.try_recv().is_ok() {}
+                let store = store.clone();
+                let done = tokio::task::spawn_blocking(move || store.reload()).await;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        "http.tokens_file not reloaded, the previous tokens stay in force: {}",
+                        redact_hex(&e.to_string())
+                    ),
+                    Err(e) => tracing::error!("tokens reload failed: {e}"),
+                }
+            }
+        });
+        Ok(Some(TokensWatch {
+            _debouncer: debouncer,
+            task,
+        }))
+    }
+}
+
+/// Keeps the tokens file watched while alive.
+pub struct TokensWatch {
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokensWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A message with every run of 16 or more hex digits replaced: a parse error of the
+/// tokens file may quote a value, and a hash is not for the log.
+fn redact_hex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 16 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 /// The hex SHA-256 of a token, as `sha256:` in the configuration.
@@ -255,6 +443,55 @@ mod tests {
         .unwrap();
         let tokens = Tokens::load(&[], Some(&path)).unwrap();
         assert_eq!(tokens.verify("ci-token").unwrap().name, "ci");
+    }
+
+    #[test]
+    fn a_reload_swaps_in_a_good_file_and_keeps_the_last_good_set_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        let entry = |name: &str, token: &str| {
+            format!(
+                "- name: {name}\n  sha256: {}\n  classes: [read_only]\n",
+                hash_hex(token)
+            )
+        };
+        std::fs::write(&path, entry("old", "old-token")).unwrap();
+        let store = TokenStore::load(&[], Some(&path)).unwrap();
+        assert!(store.configured());
+        assert!(!store.reload().unwrap(), "an unchanged file is no change");
+        std::fs::write(&path, entry("new", "new-token")).unwrap();
+        assert!(store.reload().unwrap());
+        assert!(store.current().verify("old-token").is_none());
+        assert_eq!(store.current().verify("new-token").unwrap().name, "new");
+        std::fs::write(&path, "- name: broken\n  sha256: 0123456789abcdef0123\n").unwrap();
+        let e = store.reload().unwrap_err().to_string();
+        assert!(!redact_hex(&e).contains("0123456789abcdef0123"), "{e}");
+        assert_eq!(store.current().verify("new-token").unwrap().name, "new");
+        assert!(!format!("{store:?}").contains(&hash_hex("new-token")));
+    }
+
+    #[test]
+    fn redact_hex_hides_long_hex_runs_only() {
+        assert_eq!(
+            redact_hex("bad `0123456789abcdef0` at line 2"),
+            "bad `<redacted>` at line 2"
+        );
+        assert_eq!(redact_hex("deadbeef cafe"), "deadbeef cafe");
+    }
+
+    #[test]
+    fn grants_extend_without_duplicates() {
+        let mut g = Grant {
+            classes: vec![Safety::ReadOnly],
+            tools: vec!["a".into()],
+        };
+        g.extend(&Grant {
+            classes: vec![Safety::ReadOnly, Safety::Plan],
+            tools: vec!["a".into(), "b".into()],
+        });
+        assert_eq!(g.classes, vec![Safety::ReadOnly, Safety::Plan]);
+        assert_eq!(g.tools, vec!["a", "b"]);
+        assert!(!g.is_empty());
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! This module owns the HTTP edge: the listen address and the refusal to serve a
 //! non-loopback address without authentication, `Host` and `Origin` allow-lists
 //! (rmcp checks them), body and header size limits, bearer tokens and their grants
-//! (`auth`), and the graceful shutdown. Everything MCP is the same [`Server`] stdio
+//! (`auth`), OAuth access tokens and the protected-resource metadata (`oauth`, `jwks`),
+//! https (`tls`), and the graceful shutdown. Everything MCP is the same [`Server`] stdio
 //! uses, one per session (or per request when stateless), over the same engine, so
 //! hot reload and `list_changed` reach HTTP sessions too. It never sees SQL.
 
 pub mod auth;
+pub mod jwks;
+pub mod oauth;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -33,9 +37,10 @@ use tokio_util::sync::CancellationToken;
 use crate::echo;
 use crate::engine::Engine;
 use crate::metrics::{Entered, Metrics, Running};
-use crate::server::{CallerName, Change, Server};
+use crate::server::{CallerGrant, CallerName, Change, Server};
 use crate::spec::Safety;
-use auth::{Grant, TokenConfig, Tokens};
+use auth::{Grant, Holder, TokenConfig, TokenStore};
+use oauth::{OAuth, OAuthConfig, Rejection};
 
 /// The `http` section of the configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -54,6 +59,11 @@ pub struct HttpConfig {
     pub shutdown_grace_seconds: u64,
     pub tokens: Vec<TokenConfig>,
     pub tokens_file: Option<PathBuf>,
+    /// OAuth resource-server mode: JWT access tokens from an issuer.
+    pub oauth: Option<OAuthConfig>,
+    /// PEM certificate chain and key: serve https.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +78,9 @@ impl Default for HttpConfig {
             shutdown_grace_seconds: 10,
             tokens: vec![],
             tokens_file: None,
+            oauth: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -80,11 +93,15 @@ pub enum HttpError {
     #[error(
         "refusing to listen on {0} without authentication: anyone who can reach it could query \
          the cluster. Configure http.tokens or http.tokens_file (`citus-mcp token new NAME` makes \
-         one), or listen on a loopback address such as 127.0.0.1"
+         one) or http.oauth, or listen on a loopback address such as 127.0.0.1"
     )]
     Unauthenticated(SocketAddr),
     #[error("http tokens: {0}")]
     Tokens(String),
+    #[error("http.oauth: {0}")]
+    OAuth(String),
+    #[error("http TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -124,7 +141,10 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// POST responses not yet fully sent, which a shutdown lets finish.
     responses: Arc<Running>,
-    tokens: Tokens,
+    tokens: Arc<TokenStore>,
+    oauth: Option<Arc<OAuth>>,
+    /// Tokens or OAuth are configured: every protected request needs a valid one.
+    authenticated: bool,
     max_body: usize,
     max_headers: usize,
 }
@@ -134,21 +154,49 @@ struct Shared {
 pub struct Prepared {
     addr: SocketAddr,
     config: HttpConfig,
-    tokens: Tokens,
+    tokens: TokenStore,
+    oauth: Option<OAuth>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Prepared {
     pub fn new(config: &HttpConfig) -> Result<Prepared, HttpError> {
         let text = config.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let addr = listen_address(text)?;
-        let tokens = Tokens::load(&config.tokens, config.tokens_file.as_deref())?;
-        if !addr.ip().is_loopback() && tokens.is_empty() {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(HttpError::Tls(
+                    "http.tls_cert is set but http.tls_key is not: give both PEM files, or \
+                     neither to serve plain http"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(HttpError::Tls(
+                    "http.tls_key is set but http.tls_cert is not: give both PEM files, or \
+                     neither to serve plain http"
+                        .into(),
+                ));
+            }
+        };
+        let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
+        let oauth = config.oauth.as_ref().map(OAuth::new).transpose()?;
+        if let Some(o) = &oauth {
+            // A jwks_file that cannot serve stops the server now; a URL is fetched once
+            // serving (the issuer may come up later).
+            o.jwks.check_file()?;
+        }
+        if !addr.ip().is_loopback() && !tokens.configured() && oauth.is_none() {
             return Err(HttpError::Unauthenticated(addr));
         }
         Ok(Prepared {
             addr,
             config: config.clone(),
             tokens,
+            oauth,
+            tls,
         })
     }
 
@@ -210,15 +258,35 @@ pub async fn serve(
         );
     }
     let responses = Arc::new(Running::default());
+    let tokens = Arc::new(prepared.tokens);
+    let oauth = prepared.oauth.map(Arc::new);
+    let authenticated = tokens.configured() || oauth.is_some();
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         metrics: metrics.clone(),
         responses: responses.clone(),
-        tokens: prepared.tokens,
+        tokens: tokens.clone(),
+        oauth: oauth.clone(),
+        authenticated,
         max_body: prepared.config.max_body_bytes,
         max_headers: prepared.config.max_header_bytes,
     });
-    let authenticated = !shared.tokens.is_empty();
+    // A tokens file that cannot be watched still serves the tokens it holds now.
+    let _tokens_watch = match tokens.watch() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("{e}: edits take effect after a restart");
+            None
+        }
+    };
+    if let Some(o) = &oauth {
+        let o = o.clone();
+        tokio::spawn(async move {
+            if let Err(e) = o.jwks.refresh().await {
+                tracing::warn!("OAuth signing keys not loaded yet: {e}");
+            }
+        });
+    }
     let protected = Router::new()
         .route_service("/mcp", mcp)
         .route("/metrics", get(metrics_page))
@@ -227,6 +295,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route(METADATA_PATH, get(resource_metadata))
+        .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata))
         .merge(protected)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -235,17 +305,37 @@ pub async fn serve(
         .with_state(shared);
 
     let stop = CancellationToken::new();
-    let running = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let scheme = if prepared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let running = match prepared.tls {
+        Some(config) => {
+            let listener =
+                tls::TlsListener::new(listener, config).map_err(|source| HttpError::Listen {
+                    addr: prepared.addr,
+                    source,
+                })?;
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        ),
+    };
     tracing::info!(
         address = %local,
         stateless = prepared.config.stateless,
         authenticated,
+        oauth = oauth.is_some(),
         tools = engine.visible_tools().len(),
-        "serving MCP on http://{local}/mcp"
+        "serving MCP on {scheme}://{local}/mcp"
     );
     shutdown_signal().await;
 
@@ -377,19 +467,30 @@ async fn limit_headers(State(s): State<Arc<Shared>>, req: Request, next: Next) -
     next.run(req).await
 }
 
+/// The RFC 9728 metadata document's path; `/mcp`'s own is this plus `/mcp`.
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
 /// Authentication (401 without a valid token) and the token's grant (403 for a tool
-/// outside it); the holder's name goes on to the server as [`CallerName`].
+/// outside it); the holder's name and grant go on to the server as [`CallerName`] and
+/// [`CallerGrant`] (the log, the approval audit log, and a `tools/list` of what the
+/// token may call).
 async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    if s.tokens.is_empty() {
+    if !s.authenticated {
         return next.run(req).await;
     }
     let holder = match auth::bearer(req.headers()) {
         None => return s.unauthorized(None),
-        Some(t) => match s.tokens.verify(t) {
-            Some(h) => h.clone(),
-            None => return s.unauthorized(Some("invalid_token")),
+        Some(t) => match s.authenticate(t).await {
+            Ok(h) => h,
+            Err(reason) => return s.unauthorized(Some(reason)),
         },
     };
+    if holder.grant.is_empty() {
+        // Only an OAuth token can grant nothing: none of its scopes is configured.
+        tracing::info!(caller = %holder.name, "refused: the token's scopes grant nothing");
+        s.metrics.record_refusal("forbidden");
+        return s.forbidden(Value::Null, &holder.name, None);
+    }
     if req.method() == Method::POST && req.uri().path() == "/mcp" {
         // The grant depends on the tool, which only the body names (2025 clients send
         // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
@@ -407,44 +508,148 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
                 return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
             }
         };
-        if let Some((id, what)) = refused(&s.engine, &holder.grant, &bytes) {
-            tracing::warn!(caller = %holder.name, tool = %echo::cap(&what), "refused: outside the token's grant");
+        if let Some(r) = refused(&s.engine, &holder.grant, &bytes) {
+            tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
             s.metrics.record_refusal("forbidden");
-            return forbidden(id, &holder.name, &what);
+            return s.forbidden(r.id, &holder.name, Some((&r.what, &r.tool, r.safety)));
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
     tracing::debug!(caller = %holder.name, method = %req.method(), "authenticated");
+    req.extensions_mut()
+        .insert(CallerGrant(Arc::new(holder.grant)));
     req.extensions_mut().insert(CallerName(holder.name));
     next.run(req).await
 }
 
+/// Why a presented token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invalid {
+    /// Not a configured bearer token, nor shaped like a JWT (or no OAuth to try it).
+    UnknownToken,
+    Jwt(Rejection),
+}
+
+impl Invalid {
+    fn description(self) -> &'static str {
+        match self {
+            Invalid::UnknownToken => "the token is not valid",
+            Invalid::Jwt(r) => r.description(),
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Invalid::UnknownToken => "unknown_token",
+            Invalid::Jwt(r) => r.code(),
+        }
+    }
+}
+
 impl Shared {
-    fn unauthorized(&self, error: Option<&str>) -> Response {
+    /// A configured bearer token first (its hash), then an OAuth access token.
+    async fn authenticate(&self, token: &str) -> Result<Holder, Invalid> {
+        if let Some(h) = self.tokens.current().verify(token) {
+            return Ok(h.clone());
+        }
+        match &self.oauth {
+            // A JWT has three parts; anything else is a mistyped bearer token, and is
+            // told so rather than that it is a bad JWT.
+            Some(o) if token.split('.').count() == 3 => o.verify(token).await.map_err(Invalid::Jwt),
+            _ => Err(Invalid::UnknownToken),
+        }
+    }
+
+    /// The challenge of a 401 or 403: the realm, the metadata document when OAuth is
+    /// configured (RFC 9728 §5.1), and the RFC 6750 error.
+    fn challenge(&self, error: Option<(&str, &str)>, scope: Option<&str>) -> HeaderValue {
+        let mut c = String::from("Bearer realm=\"citus-mcp\"");
+        if let Some(o) = &self.oauth {
+            c.push_str(&format!(", resource_metadata=\"{}\"", o.metadata_url));
+        }
+        if let Some((code, description)) = error {
+            c.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{description}\""
+            ));
+        }
+        if let Some(scope) = scope {
+            c.push_str(&format!(", scope=\"{scope}\""));
+        }
+        // Every part is configuration or a fixed text; a configured URL with a quote or
+        // a control character would be refused by HeaderValue, so fall back to the realm.
+        HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("Bearer realm=\"citus-mcp\""))
+    }
+
+    fn unauthorized(&self, error: Option<Invalid>) -> Response {
         self.metrics.record_refusal("unauthenticated");
         tracing::info!(
-            reason = error.unwrap_or("no bearer token"),
+            reason = error.map_or("no_bearer_token", Invalid::code),
             "refused an unauthenticated request"
         );
-        let challenge = match error {
-            Some(e) => format!("Bearer realm=\"citus-mcp\", error=\"{e}\""),
-            None => "Bearer realm=\"citus-mcp\"".to_string(),
-        };
+        let description = error.map_or("a valid bearer token is required", Invalid::description);
         let mut r = json_response(
             StatusCode::UNAUTHORIZED,
-            &json!({"error": "unauthorized", "error_description": "a valid bearer token is required"}),
+            &json!({"error": if error.is_some() { "invalid_token" } else { "unauthorized" },
+                "error_description": description}),
         );
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+        let challenge = self.challenge(error.map(|e| ("invalid_token", e.description())), None);
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        r
+    }
+
+    /// 403 for a call outside the grant: a JSON-RPC error for its id, and the scopes
+    /// that would allow it when OAuth is configured. `what` is `None` for a token that
+    /// grants nothing at all.
+    fn forbidden(&self, id: Value, holder: &str, what: Option<(&str, &str, Safety)>) -> Response {
+        let message = match what {
+            Some((what, _, _)) => {
+                format!("the token `{holder}` may not call `{}`", echo::cap(what))
+            }
+            None => format!(
+                "the token `{}` grants no tool: none of its scopes is configured",
+                echo::cap(holder)
+            ),
+        };
+        let scope = self.oauth.as_ref().map(|o| match what {
+            Some((_, tool, safety)) => o.scopes_allowing(tool, safety).join(" "),
+            None => o.scopes_supported().join(" "),
+        });
+        let mut r = json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32003, "message": message}}),
+        );
+        let challenge = self.challenge(
+            Some(("insufficient_scope", "the token does not grant this call")),
+            scope.as_deref().filter(|s| !s.is_empty()),
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         r
     }
 }
 
-/// The first message of a POST body the grant does not cover: its id and what it asked
-/// for. A body that does not parse, or a tool no one may see, goes on to rmcp and the
-/// engine, which answer it as for any caller.
-fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<(Value, String)> {
+/// The protected-resource metadata (RFC 9728); 404 without OAuth.
+async fn resource_metadata(State(s): State<Arc<Shared>>) -> Response {
+    match &s.oauth {
+        Some(o) => json_response(StatusCode::OK, &o.metadata()),
+        None => (StatusCode::NOT_FOUND, "no OAuth configured\n").into_response(),
+    }
+}
+
+/// A message of a POST body the grant does not cover.
+struct Refusal {
+    id: Value,
+    /// What it asked for: a tool name, or a method.
+    what: String,
+    /// The tool and class a grant must allow ("" and read-only for the methods that
+    /// run read-only queries of any tool).
+    tool: String,
+    safety: Safety,
+}
+
+/// The first message of a POST body the grant does not cover. A body that does not
+/// parse, or a tool no one may see, goes on to rmcp and the engine, which answer it as
+/// for any caller.
+fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<Refusal> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let messages = match value {
         Value::Array(items) => items,
@@ -458,28 +663,25 @@ fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<(Value, String
             "tools/call" => {
                 let name = m.pointer("/params/name")?.as_str()?;
                 let tool = registry.tools.get(name).filter(|t| engine.visible(t))?;
-                (!grant.allows(name, tool.spec.safety)).then(|| (id, name.to_string()))
+                (!grant.allows(name, tool.spec.safety)).then(|| Refusal {
+                    id,
+                    what: name.to_string(),
+                    tool: name.to_string(),
+                    safety: tool.spec.safety,
+                })
             }
             // Both run read-only queries of the tools behind them.
             "resources/read" | "completion/complete" => {
-                (!grant.classes.contains(&Safety::ReadOnly)).then(|| (id, method.to_string()))
+                (!grant.classes.contains(&Safety::ReadOnly)).then(|| Refusal {
+                    id,
+                    what: method.to_string(),
+                    tool: String::new(),
+                    safety: Safety::ReadOnly,
+                })
             }
             _ => None,
         }
     })
-}
-
-fn forbidden(id: Value, holder: &str, what: &str) -> Response {
-    let message = format!("the token `{holder}` may not call `{}`", echo::cap(what));
-    let mut r = json_response(
-        StatusCode::FORBIDDEN,
-        &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32003, "message": message}}),
-    );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"citus-mcp\", error=\"insufficient_scope\""),
-    );
-    r
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -555,6 +757,16 @@ mod tests {
         let e = Prepared::new(&open).err().unwrap();
         assert!(matches!(e, HttpError::Unauthenticated(_)), "{e}");
         assert!(e.to_string().contains("http.tokens"), "{e}");
+        let half_tls = HttpConfig {
+            tls_cert: Some("/x/cert.pem".into()),
+            ..HttpConfig::default()
+        };
+        let e = Prepared::new(&half_tls).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("http.tls_cert is set but http.tls_key is not"),
+            "{e}"
+        );
         let with_token = HttpConfig {
             tokens: vec![TokenConfig {
                 name: "ops".into(),
@@ -565,6 +777,53 @@ mod tests {
             ..open
         };
         assert!(Prepared::new(&with_token).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        let with_oauth = HttpConfig {
+            listen: Some("0.0.0.0:8080".into()),
+            oauth: Some(
+                serde_json::from_value(json!({"issuer": "https://issuer.example",
+                    "audience": "https://mcp.example/mcp", "jwks_file": jwks}))
+                .unwrap(),
+            ),
+            ..HttpConfig::default()
+        };
+        assert!(Prepared::new(&with_oauth).is_ok());
+    }
+
+    #[test]
+    fn oauth_and_tls_come_from_the_environment_too() {
+        let env = std::collections::BTreeMap::from([
+            (
+                "CITUS_MCP_HTTP_OAUTH".to_string(),
+                r#"{"issuer": "https://i.example", "audience": "https://m.example/mcp",
+                    "jwks_url": "https://i.example/jwks", "scopes": {"db:read": {"classes": ["read_only"]}}}"#
+                    .to_string(),
+            ),
+            ("CITUS_MCP_HTTP_TLS_CERT".to_string(), "/etc/c.pem".to_string()),
+            ("CITUS_MCP_HTTP_TLS_KEY".to_string(), "/etc/k.pem".to_string()),
+        ]);
+        let c = crate::config::load(None, &env, &Default::default()).unwrap();
+        let oauth = c.http.oauth.unwrap();
+        assert_eq!(oauth.audience, "https://m.example/mcp");
+        assert_eq!(oauth.scopes["db:read"].classes, vec![Safety::ReadOnly]);
+        assert_eq!(oauth.identity_claim, "sub");
+        assert_eq!(c.http.tls_key.unwrap().to_str(), Some("/etc/k.pem"));
+        let bad = std::collections::BTreeMap::from([(
+            "CITUS_MCP_HTTP_OAUTH".to_string(),
+            r#"{"issuer": "https://i.example"}"#.to_string(),
+        )]);
+        let e = crate::config::load(None, &bad, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audience"), "{e}");
         assert!(Prepared::new(&HttpConfig::default()).is_ok());
     }
 }

@@ -64,10 +64,10 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 
 /// A `citus-mcp serve --http 127.0.0.1:0` process and its log; requests go through
 /// its [`Endpoint`].
-struct HttpServer {
+pub(crate) struct HttpServer {
     child: Child,
     log: Arc<Mutex<String>>,
-    ep: Endpoint,
+    pub(crate) ep: Endpoint,
 }
 
 impl std::ops::Deref for HttpServer {
@@ -79,37 +79,37 @@ impl std::ops::Deref for HttpServer {
 
 /// Where requests go: cheap to clone into a task.
 #[derive(Clone)]
-struct Endpoint {
-    port: u16,
+pub(crate) struct Endpoint {
+    pub(crate) port: u16,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// What a POST or GET answered: status, headers, and the JSON-RPC messages of the body
 /// (an SSE stream's `data:` lines, or a JSON body).
-struct Answer {
-    status: u16,
-    headers: hyper::HeaderMap,
-    messages: Vec<Value>,
-    text: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) messages: Vec<Value>,
+    pub(crate) text: String,
 }
 
 impl Answer {
     /// The one response message (not a notification).
-    fn response(&self) -> &Value {
+    pub(crate) fn response(&self) -> &Value {
         self.messages
             .iter()
             .find(|m| m.get("id").is_some() && m.get("method").is_none())
             .unwrap_or_else(|| panic!("no response in {} {}", self.status, self.text))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+pub(crate) const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
 
-fn meta_2026() -> Value {
+pub(crate) fn meta_2026() -> Value {
     json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -117,7 +117,7 @@ fn meta_2026() -> Value {
 }
 
 impl HttpServer {
-    fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
+    pub(crate) fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
         let mut cmd = bin();
         cmd.args(["serve", "--http", "127.0.0.1:0"])
             .args(args)
@@ -140,7 +140,11 @@ impl HttpServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             let text = log.lock().unwrap().clone();
-            if let Some(rest) = text.split("serving MCP on http://127.0.0.1:").nth(1) {
+            if let Some(rest) = text
+                .split("serving MCP on http://127.0.0.1:")
+                .nth(1)
+                .or_else(|| text.split("serving MCP on https://127.0.0.1:").nth(1))
+            {
                 break rest
                     .split('/')
                     .next()
@@ -166,11 +170,11 @@ impl HttpServer {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -179,7 +183,7 @@ impl HttpServer {
         assert!(ok, "SIGTERM was not delivered");
     }
 
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -194,11 +198,11 @@ impl HttpServer {
 }
 
 impl Endpoint {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -211,7 +215,7 @@ impl Endpoint {
     }
 
     /// A request whose failure (a server on its way out) is an answer too.
-    async fn try_send(
+    pub(crate) async fn try_send(
         &self,
         method: &str,
         path: &str,
@@ -244,7 +248,7 @@ impl Endpoint {
         })
     }
 
-    async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Answer {
+    pub(crate) async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Answer {
         let mut all = vec![("content-type", "application/json"), ACCEPT];
         all.extend_from_slice(headers);
         self.send("POST", "/mcp", &all, body.to_string().into_bytes())
@@ -252,7 +256,7 @@ impl Endpoint {
     }
 
     /// A legacy session: initialize and initialized; returns its id.
-    async fn initialize(&self, headers: &[(&str, &str)]) -> String {
+    pub(crate) async fn initialize(&self, headers: &[(&str, &str)]) -> String {
         let init = self
             .post(
                 headers,
@@ -286,7 +290,7 @@ impl Endpoint {
     }
 
     /// tools/call in a legacy session.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         session: &str,
         headers: &[(&str, &str)],
@@ -305,7 +309,7 @@ impl Endpoint {
     }
 
     /// tools/call as a 2026-07-28 request: no session, the method and name in headers.
-    async fn call_2026(
+    pub(crate) async fn call_2026(
         &self,
         headers: &[(&str, &str)],
         id: u64,
@@ -345,7 +349,7 @@ fn messages(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn structured(a: &Answer) -> &Value {
+pub(crate) fn structured(a: &Answer) -> &Value {
     &a.response()["result"]["structuredContent"]
 }
 

@@ -20,6 +20,7 @@ mod httpd;
 mod lint;
 mod mcp;
 mod monitoring;
+mod oauth;
 mod operations;
 mod security;
 
@@ -148,6 +149,7 @@ fn main() {
     trials.extend(approval::trials(&ctx));
     trials.extend(operations::trials(&ctx));
     trials.extend(httpd::trials(&ctx));
+    trials.extend(oauth::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
