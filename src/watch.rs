@@ -26,6 +26,9 @@ use crate::toolsets::Toolsets;
 #[derive(Clone)]
 pub struct Reloader {
     pub engine: Arc<Engine>,
+    /// The engines of the other clusters, served from the same files: each gets every
+    /// snapshot `engine` gets.
+    pub followers: Vec<Arc<Engine>>,
     pub tool_dirs: Vec<PathBuf>,
     pub prompt_dirs: Vec<PathBuf>,
     pub disabled: Vec<String>,
@@ -108,7 +111,11 @@ impl Reloader {
             errors = new.errors().count(),
             "reloaded tool files"
         );
-        self.engine.swap(new);
+        let new = Arc::new(new);
+        for e in &self.followers {
+            e.swap_shared(new.clone());
+        }
+        self.engine.swap_shared(new);
         drop(warnings);
         for c in &changed {
             // No receivers just means no client is connected yet.
