@@ -7,6 +7,10 @@
 //! (`auth`), and the graceful shutdown. Everything MCP is the same [`Server`] stdio
 //! uses, one per session (or per request when stateless), over the same engine, so
 //! hot reload and `list_changed` reach HTTP sessions too. It never sees SQL.
+//!
+//! With several clusters (`clusters` in the configuration) each is served at
+//! `/mcp/{cluster}` by its own engine, behind the same authentication; `/readyz` reports
+//! each, and `/metrics` labels each cluster's series with its name.
 
 pub mod auth;
 
@@ -118,9 +122,26 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
     }
 }
 
+/// One engine served over HTTP: at `/mcp`, or at `/mcp/{name}` for a named cluster.
+pub struct Served {
+    /// The cluster's name; `None` for the single-DSN configuration.
+    pub name: Option<String>,
+    pub engine: Arc<Engine>,
+}
+
+impl Served {
+    /// Where its MCP endpoint is.
+    pub fn path(&self) -> String {
+        match &self.name {
+            Some(n) => format!("/mcp/{n}"),
+            None => "/mcp".into(),
+        }
+    }
+}
+
 /// What the request handlers share.
 struct Shared {
-    engine: Arc<Engine>,
+    served: Vec<Served>,
     metrics: Arc<Metrics>,
     /// POST responses not yet fully sent, which a shutdown lets finish.
     responses: Arc<Running>,
@@ -182,7 +203,7 @@ impl Prepared {
 /// the statements still running are cancelled on every node.
 pub async fn serve(
     prepared: Prepared,
-    engine: Arc<Engine>,
+    served: Vec<Served>,
     changes: broadcast::Sender<Change>,
 ) -> Result<(), HttpError> {
     let listener = tokio::net::TcpListener::bind(prepared.addr)
@@ -197,12 +218,21 @@ pub async fn serve(
     })?;
     let sessions = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
-    let server = Server::new(engine.clone(), changes).with_metrics(metrics.clone());
-    let mcp = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        prepared.rmcp_config(sessions.clone()),
-    );
+    // One MCP service per cluster, each with its own sessions; all hear the same reloads.
+    let mut protected = Router::new();
+    for c in &served {
+        let counters = match &c.name {
+            Some(n) => Arc::new(metrics.for_cluster(n)),
+            None => metrics.clone(),
+        };
+        let server = Server::new(c.engine.clone(), changes.clone()).with_metrics(counters);
+        let mcp = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            prepared.rmcp_config(sessions.clone()),
+        );
+        protected = protected.route_service(&c.path(), mcp);
+    }
     if prepared.addr.ip().is_unspecified() && prepared.config.allowed_hosts.is_empty() {
         tracing::warn!(
             "listening on every interface with the default http.allowed_hosts: only loopback Host \
@@ -210,8 +240,10 @@ pub async fn serve(
         );
     }
     let responses = Arc::new(Running::default());
+    let paths: Vec<String> = served.iter().map(Served::path).collect();
+    let tools = served.first().map_or(0, |c| c.engine.visible_tools().len());
     let shared = Arc::new(Shared {
-        engine: engine.clone(),
+        served,
         metrics: metrics.clone(),
         responses: responses.clone(),
         tokens: prepared.tokens,
@@ -219,8 +251,7 @@ pub async fn serve(
         max_headers: prepared.config.max_header_bytes,
     });
     let authenticated = !shared.tokens.is_empty();
-    let protected = Router::new()
-        .route_service("/mcp", mcp)
+    let protected = protected
         .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track));
@@ -232,7 +263,7 @@ pub async fn serve(
             shared.clone(),
             limit_headers,
         ))
-        .with_state(shared);
+        .with_state(shared.clone());
 
     let stop = CancellationToken::new();
     let running = tokio::spawn(
@@ -244,8 +275,9 @@ pub async fn serve(
         address = %local,
         stateless = prepared.config.stateless,
         authenticated,
-        tools = engine.visible_tools().len(),
-        "serving MCP on http://{local}/mcp"
+        tools,
+        "serving MCP on http://{local}{}",
+        paths.join(format!(", http://{local}").as_str())
     );
     shutdown_signal().await;
 
@@ -265,10 +297,14 @@ pub async fn serve(
     }
     // Sessions hold their GET streams open; closing them lets the connections drain.
     sessions.cancel();
-    if let Some(db) = engine.db()
-        && tokio::time::timeout(CANCEL_WAIT, db.cancel_running())
-            .await
-            .is_err()
+    let cancels = shared
+        .served
+        .iter()
+        .filter_map(|c| c.engine.db())
+        .map(|db| db.cancel_running());
+    if tokio::time::timeout(CANCEL_WAIT, futures_util::future::join_all(cancels))
+        .await
+        .is_err()
     {
         tracing::warn!("could not cancel the statements in flight within 3 s");
     }
@@ -390,7 +426,9 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
             None => return s.unauthorized(Some("invalid_token")),
         },
     };
-    if req.method() == Method::POST && req.uri().path() == "/mcp" {
+    if req.method() == Method::POST
+        && let Some(engine) = s.engine_at(req.uri().path())
+    {
         // The grant depends on the tool, which only the body names (2025 clients send
         // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
         let (parts, body) = req.into_parts();
@@ -407,7 +445,7 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
                 return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
             }
         };
-        if let Some((id, what)) = refused(&s.engine, &holder.grant, &bytes) {
+        if let Some((id, what)) = refused(engine, &holder.grant, &bytes) {
             tracing::warn!(caller = %holder.name, tool = %echo::cap(&what), "refused: outside the token's grant");
             s.metrics.record_refusal("forbidden");
             return forbidden(id, &holder.name, &what);
@@ -420,6 +458,14 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
 }
 
 impl Shared {
+    /// The engine whose MCP endpoint `path` is.
+    fn engine_at(&self, path: &str) -> Option<&Engine> {
+        self.served
+            .iter()
+            .find(|c| c.path() == path)
+            .map(|c| &*c.engine)
+    }
+
     fn unauthorized(&self, error: Option<&str>) -> Response {
         self.metrics.record_refusal("unauthenticated");
         tracing::info!(
@@ -494,32 +540,42 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-/// 200 once the coordinator has answered within the last minute (`Db::facts` caches
-/// for that long); 503 otherwise, without the reason (this page needs no token).
+/// 200 once every coordinator has answered within the last minute (`Db::facts` caches
+/// for that long); 503 otherwise, without the reason (this page needs no token). With
+/// clusters, one line per cluster: `NAME: ready` or why not.
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let Some(db) = s.engine.db() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no coordinator configured\n",
-        )
-            .into_response();
+    let checks = s.served.iter().map(|c| async move {
+        let state = match c.engine.db() {
+            None => Err("no coordinator configured"),
+            Some(db) => match tokio::time::timeout(Duration::from_secs(5), db.facts()).await {
+                Ok(Ok(_)) => Ok("ready"),
+                Ok(Err(e)) => {
+                    tracing::debug!(cluster = c.name.as_deref(), "not ready: {e}");
+                    Err("coordinator not reachable")
+                }
+                Err(_) => Err("coordinator did not answer"),
+            },
+        };
+        (c.name.as_deref(), state)
+    });
+    let states = futures_util::future::join_all(checks).await;
+    let ready = states.iter().all(|(_, st)| st.is_ok());
+    let body: String = states
+        .iter()
+        .map(|(name, st)| {
+            let text = st.unwrap_or_else(|e| e);
+            match name {
+                Some(n) => format!("{n}: {text}\n"),
+                None => format!("{text}\n"),
+            }
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    match tokio::time::timeout(Duration::from_secs(5), db.facts()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => {
-            tracing::debug!("not ready: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "coordinator not reachable\n",
-            )
-                .into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "coordinator did not answer\n",
-        )
-            .into_response(),
-    }
+    (status, body).into_response()
 }
 
 async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
@@ -528,7 +584,9 @@ async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.render(s.engine.swaps()),
+        // Every cluster's engine takes every snapshot: one count of reloads.
+        s.metrics
+            .render(s.served.first().map_or(0, |c| c.engine.swaps())),
     )
         .into_response()
 }
