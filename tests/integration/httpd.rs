@@ -64,10 +64,10 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 
 /// A `citus-mcp serve --http 127.0.0.1:0` process and its log; requests go through
 /// its [`Endpoint`].
-struct HttpServer {
+pub(crate) struct HttpServer {
     child: Child,
     log: Arc<Mutex<String>>,
-    ep: Endpoint,
+    pub(crate) ep: Endpoint,
 }
 
 impl std::ops::Deref for HttpServer {
@@ -79,23 +79,25 @@ impl std::ops::Deref for HttpServer {
 
 /// Where requests go: cheap to clone into a task.
 #[derive(Clone)]
-struct Endpoint {
+pub(crate) struct Endpoint {
     port: u16,
+    /// The MCP endpoint's path: `/mcp`, or `/mcp/{cluster}`.
+    path: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// What a POST or GET answered: status, headers, and the JSON-RPC messages of the body
 /// (an SSE stream's `data:` lines, or a JSON body).
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: hyper::HeaderMap,
     messages: Vec<Value>,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Answer {
     /// The one response message (not a notification).
-    fn response(&self) -> &Value {
+    pub(crate) fn response(&self) -> &Value {
         self.messages
             .iter()
             .find(|m| m.get("id").is_some() && m.get("method").is_none())
@@ -117,11 +119,21 @@ fn meta_2026() -> Value {
 }
 
 impl HttpServer {
-    fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
+    pub(crate) fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
         let mut cmd = bin();
+        cmd.env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn());
+        HttpServer::launch(cmd, args, env)
+    }
+
+    /// `citus-mcp serve --http 127.0.0.1:0 ARGS` with `cmd`'s environment and `env`;
+    /// returns once the log names the port.
+    pub(crate) fn launch(
+        mut cmd: std::process::Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> HttpServer {
         cmd.args(["serve", "--http", "127.0.0.1:0"])
             .args(args)
-            .env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -161,12 +173,13 @@ impl HttpServer {
             log,
             ep: Endpoint {
                 port,
+                path: "/mcp".into(),
                 client: Client::builder(TokioExecutor::new()).build_http(),
             },
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
@@ -194,11 +207,24 @@ impl HttpServer {
 }
 
 impl Endpoint {
-    fn url(&self, path: &str) -> String {
+    /// The same server, its MCP endpoint at `path` (a cluster's `/mcp/{name}`).
+    pub(crate) fn at(&self, path: &str) -> Endpoint {
+        Endpoint {
+            path: path.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The MCP endpoint's path.
+    pub(crate) fn mcp_path(&self) -> &str {
+        &self.path
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -247,12 +273,27 @@ impl Endpoint {
     async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Answer {
         let mut all = vec![("content-type", "application/json"), ACCEPT];
         all.extend_from_slice(headers);
-        self.send("POST", "/mcp", &all, body.to_string().into_bytes())
+        self.send("POST", &self.path, &all, body.to_string().into_bytes())
             .await
     }
 
+    /// A legacy session's GET stream (where its notifications go), open.
+    pub(crate) async fn open_stream(&self, session: &str) -> hyper::body::Incoming {
+        let get = hyper::Request::builder()
+            .method("GET")
+            .uri(self.url(&self.path))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(get).await.expect("the stream opens");
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
+    }
+
     /// A legacy session: initialize and initialized; returns its id.
-    async fn initialize(&self, headers: &[(&str, &str)]) -> String {
+    pub(crate) async fn initialize(&self, headers: &[(&str, &str)]) -> String {
         let init = self
             .post(
                 headers,
@@ -286,7 +327,7 @@ impl Endpoint {
     }
 
     /// tools/call in a legacy session.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         session: &str,
         headers: &[(&str, &str)],
@@ -305,7 +346,7 @@ impl Endpoint {
     }
 
     /// tools/call as a 2026-07-28 request: no session, the method and name in headers.
-    async fn call_2026(
+    pub(crate) async fn call_2026(
         &self,
         headers: &[(&str, &str)],
         id: u64,
@@ -345,7 +386,7 @@ fn messages(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn structured(a: &Answer) -> &Value {
+pub(crate) fn structured(a: &Answer) -> &Value {
     &a.response()["result"]["structuredContent"]
 }
 

@@ -11,6 +11,7 @@ mod pg;
 mod advisors;
 mod analysis;
 mod approval;
+mod clients;
 mod dead_node;
 mod e2e;
 mod engine;
@@ -148,6 +149,7 @@ fn main() {
     trials.extend(approval::trials(&ctx));
     trials.extend(operations::trials(&ctx));
     trials.extend(httpd::trials(&ctx));
+    trials.extend(clients::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
