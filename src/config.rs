@@ -851,6 +851,157 @@ mod tests {
         );
     }
 
+    const CLUSTERS: &str = "max_rows: 50\nmode: admin\napproval_secret: top-level-secret-0123\n\
+        clusters:\n  prod:\n    dsn: postgres://u:prod-pw-hidden@db1/citus\n    \
+        approval_secret: prod-secret-0123456789\n  staging-2:\n    dsn: host=db2\n    \
+        mode: read_only\n    max_rows: 5\n";
+
+    #[test]
+    fn each_cluster_takes_the_top_level_under_its_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, CLUSTERS).unwrap();
+        let c = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        let prod = &c.clusters["prod"];
+        assert_eq!(prod.cluster.as_deref(), Some("prod"));
+        assert_eq!((prod.mode, prod.max_rows), (Mode::Admin, 50));
+        assert_eq!(
+            prod.approval_secret.as_ref().unwrap().expose(),
+            "prod-secret-0123456789"
+        );
+        let staging = &c.clusters["staging-2"];
+        assert_eq!((staging.mode, staging.max_rows), (Mode::ReadOnly, 5));
+        // Never inherited: a secret shared by two clusters would approve for both.
+        assert!(staging.approval_secret.is_none());
+        assert_eq!(
+            staging.coordinator_dsn.as_ref().unwrap().expose(),
+            "host=db2"
+        );
+        assert!(!format!("{c:?}").contains("prod-pw-hidden"));
+
+        let all = c.served(None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            c.one(Some("prod")).unwrap().cluster.as_deref(),
+            Some("prod")
+        );
+        let e = c.one(None).unwrap_err().to_string();
+        assert!(
+            e.contains("prod, staging-2") && e.contains("--cluster"),
+            "{e}"
+        );
+        let e = c.one(Some("dev")).unwrap_err().to_string();
+        assert!(e.contains("`dev`") && e.contains("prod, staging-2"), "{e}");
+        // The single-DSN configuration is itself, and knows no cluster names.
+        let single = load(
+            None,
+            &env(&[("CITUS_MCP_COORDINATOR_DSN", "host=x")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert!(single.one(None).unwrap().cluster.is_none());
+        assert!(single.one(Some("prod")).is_err());
+    }
+
+    #[test]
+    fn cluster_mistakes_stop_the_server_without_echoing_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let cases = [
+            // Not URL-safe.
+            ("clusters:\n  Prod/1:\n    dsn: host=a\n", "`Prod/1`"),
+            // Two clusters, one secret.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    approval_secret: same-secret-0123456\n  \
+                 b:\n    dsn: host=b\n    approval_secret: same-secret-0123456\n",
+                "clusters `a` and `b` have the same approval_secret",
+            ),
+            // A value of the wrong type names the cluster's key.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    max_rows: many\n",
+                "clusters.a.max_rows",
+            ),
+            // A secret too short is named, not shown.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    approval_secret: short-pw\n",
+                "clusters.a.approval_secret",
+            ),
+            ("clusters:\n  a:\n    max_rows: 3\n", "clusters.a"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&file, text).unwrap();
+            let e = load(Some(&file), &env(&[]), &Flags::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("same-secret") && !e.contains("short-pw"), "{e}");
+        }
+        // coordinator_dsn beside clusters: which one would serve?
+        std::fs::write(&file, CLUSTERS).unwrap();
+        let e = load(
+            Some(&file),
+            &env(&[("CITUS_MCP_COORDINATOR_DSN", "host=x password=env-pw-hidden")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("coordinator_dsn") && e.contains("clusters.NAME.dsn"),
+            "{e}"
+        );
+        assert!(!e.contains("env-pw-hidden"), "{e}");
+        // JSON in the environment that does not parse is not shown either.
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_CLUSTERS", "{prod: postgres://u:env-pw-hidden@h}")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("env-pw-hidden"), "{e}");
+    }
+
+    /// README's table and `--help` state the schema's defaults; the schema's defaults
+    /// are the code's.
+    #[test]
+    fn schema_defaults_are_the_code_defaults() {
+        let mut defaults = Map::new();
+        for key in settable_keys() {
+            if let Some(d) = property(&key).and_then(|p| p.get("default")) {
+                set(&mut defaults, &key, d.clone());
+            }
+        }
+        assert!(defaults.len() > 10, "{defaults:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, Value::Object(defaults).to_string()).unwrap();
+        let mut from_schema = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        from_schema.sources.clear();
+        assert_eq!(
+            format!("{from_schema:?}"),
+            format!("{:?}", Config::default())
+        );
+    }
+
+    #[test]
+    fn json_logs_are_asked_for_by_name() {
+        let c = load(
+            None,
+            &env(&[("CITUS_MCP_LOG_FORMAT", "json")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(Config::default().log_format, LogFormat::Text);
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_LOG_FORMAT", "xml")]),
+            &Flags::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("log_format"), "{e}");
+    }
+
     #[test]
     fn lists_split_on_commas_and_json_files_load() {
         let dir = tempfile::tempdir().unwrap();
