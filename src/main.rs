@@ -126,7 +126,7 @@ enum ToolsCommand {
 enum Format {
     /// rustc-style findings with file, line and column.
     Human,
-    /// One JSON document, for CI.
+    /// one JSON document, for CI.
     Json,
 }
 

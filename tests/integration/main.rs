@@ -13,6 +13,7 @@ mod analysis;
 mod approval;
 mod clients;
 mod dead_node;
+mod docs;
 mod e2e;
 mod engine;
 mod examples;
@@ -150,6 +151,7 @@ fn main() {
     trials.extend(operations::trials(&ctx));
     trials.extend(httpd::trials(&ctx));
     trials.extend(clients::trials(&ctx));
+    trials.extend(docs::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
