@@ -18,6 +18,7 @@
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
 //! read them: tests/bench/README.md.
 
+mod http;
 #[path = "../support/pg.rs"]
 mod pg;
 
@@ -60,7 +61,7 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 8] = [
+    let sections: [(&str, SectionFn); 9] = [
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
         ("lint", lint),
         ("bytes", bytes_per_row),
         ("rows", rows_growth),
+        ("http", http::http),
     ];
     for (name, run) in sections {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
