@@ -30,6 +30,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "clients::stdio_and_the_cli_choose_a_cluster_by_name",
             choose_cluster,
         ),
+        trial(
+            ctx,
+            "clients::a_tokens_grant_holds_at_every_cluster_endpoint",
+            cluster_tokens,
+        ),
     ]
 }
 
@@ -404,6 +409,28 @@ fn choose_cluster(ctx: &Ctx) {
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains("main, second"), "{args:?}: {err}");
     }
+    // stdio serves the one chosen, with its own limits.
+    let state = setup.state.path().to_str().unwrap();
+    let config = setup.config.to_str().unwrap();
+    let mut c = crate::mcp::McpClient::start(
+        &["--config", config, "--cluster", "second"],
+        &[("XDG_STATE_HOME", state)],
+    );
+    let me = c.call("whoami", json!({}));
+    let r = c.call("list_nodes", json!({}));
+    assert_eq!(r["structuredContent"]["truncated"], true, "{r}");
+    let mut c2 = crate::mcp::McpClient::start(
+        &["--config", config, "--cluster", "main"],
+        &[("XDG_STATE_HOME", state)],
+    );
+    let me2 = c2.call("whoami", json!({}));
+    assert_ne!(
+        me["structuredContent"], me2["structuredContent"],
+        "{me} {me2}"
+    );
+    assert!(c.garbage.is_empty() && c2.garbage.is_empty());
+    drop((c, c2));
+
     // The one chosen answers.
     let (code, out, err) = run(&["--cluster", "second", "tools", "call", "whoami"]);
     assert_eq!(code, Some(0), "{err}");
@@ -421,4 +448,33 @@ fn choose_cluster(ctx: &Ctx) {
     for secret in [MAIN_SECRET, SECOND_SECRET, SECOND_PASSWORD] {
         assert!(!err.contains(secret), "{err}");
     }
+}
+
+/// The token `ops` may call `ping` only; `/mcp/main` and `/mcp/second` both hold it to that.
+fn cluster_tokens(ctx: &Ctx) {
+    let token = "cluster-token-never-print";
+    let setup = two_cluster_config(ctx, "clusters_tokens");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "http:\n  tokens:\n    - name: ops\n      sha256: {}\n      tools: [ping]\n",
+        citus_mcp::httpd::auth::hash_hex(token)
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let s = HttpServer::launch(setup.command(), &[], &[]);
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    ctx.rt.block_on(async {
+        for name in ["main", "second"] {
+            let ep = s.ep.at(&format!("/mcp/{name}"));
+            let r = ep.call_2026(&[], 1, "ping", json!({})).await;
+            assert_eq!(r.status, 401, "{name}: {}", r.text);
+            let r = ep
+                .call_2026(&auth, 2, "ping", json!({"message": name}))
+                .await;
+            assert_eq!(structured(&r)["message"], name, "{}", r.text);
+            let r = ep.call_2026(&auth, 3, "whoami", json!({})).await;
+            assert_eq!(r.status, 403, "{name}: {}", r.text);
+        }
+    });
+    assert!(!s.log().contains(token), "{}", s.log());
 }
