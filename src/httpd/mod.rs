@@ -126,6 +126,7 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
 pub struct Served {
     /// The cluster's name; `None` for the single-DSN configuration.
     pub name: Option<String>,
+    /// The cluster's engine: its pool, settings and approval gate over the shared snapshot.
     pub engine: Arc<Engine>,
 }
 
