@@ -25,6 +25,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -217,6 +218,13 @@ pub async fn serve(
         addr: prepared.addr,
         source,
     })?;
+    // An answer is written in several small pieces (headers, SSE event, last chunk): with
+    // Nagle's algorithm the later ones wait for the client's delayed ACK, 40 ms a call.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let sessions = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
