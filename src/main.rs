@@ -579,6 +579,7 @@ fn engine_over(
         enable_caching: config.enable_caching,
         fanout: config.fanout,
         toolsets,
+        cluster: config.cluster.clone(),
     };
     let mut engine = Engine::sharing(registry, connect(config)?, settings)
         .with_plugins(citus_mcp::plugins::all());

@@ -48,6 +48,8 @@ pub struct Settings {
     pub fanout: FanOutMode,
     /// The toolsets served; tools outside them are neither listed nor callable.
     pub toolsets: Toolsets,
+    /// The name of the cluster this engine serves, when the server has several.
+    pub cluster: Option<String>,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             enable_caching: true,
             fanout: FanOutMode::Coordinator,
             toolsets: Toolsets::all(),
+            cluster: None,
         }
     }
 }

@@ -321,6 +321,11 @@ fn two_clusters(ctx: &Ctx) {
                 .contains(&"citus_rebalance_execute".into())
         );
 
+        // Each says which cluster it is.
+        let r = second.call_2026(&[], 10, "server_info", json!({})).await;
+        assert_eq!(structured(&r)["cluster_name"], "second", "{}", r.text);
+        assert_eq!(structured(&r)["limits"]["max_rows"], 1, "{}", r.text);
+
         // /mcp is not an endpoint when clusters are configured.
         let r = s.ep.call_2026(&[], 7, "ping", json!({})).await;
         assert_eq!(r.status, 404, "{}", r.text);
