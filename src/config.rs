@@ -365,6 +365,14 @@ fn clusters_of(
         }
         let mut config: Config = serde_json::from_value(Value::Object(own))
             .map_err(|e| ConfigError(format!("`clusters.{name}`: {e}")))?;
+        if let Err(e) = config.toolsets() {
+            return Err(ConfigError(format!(
+                "`clusters.{name}.{}`{}: {}",
+                e.key,
+                from(&top.sources, "clusters"),
+                e.message
+            )));
+        }
         config.sources = top.sources.clone();
         config.cluster = Some(name.clone());
         out.insert(name, config);
@@ -854,7 +862,7 @@ mod tests {
     const CLUSTERS: &str = "max_rows: 50\nmode: admin\napproval_secret: top-level-secret-0123\n\
         clusters:\n  prod:\n    dsn: postgres://u:prod-pw-hidden@db1/citus\n    \
         approval_secret: prod-secret-0123456789\n  staging-2:\n    dsn: host=db2\n    \
-        mode: read_only\n    max_rows: 5\n";
+        mode: read_only\n    max_rows: 5\n    toolsets: [inspect]\n";
 
     #[test]
     fn each_cluster_takes_the_top_level_under_its_own_keys() {
@@ -873,6 +881,8 @@ mod tests {
         assert_eq!((staging.mode, staging.max_rows), (Mode::ReadOnly, 5));
         // Never inherited: a secret shared by two clusters would approve for both.
         assert!(staging.approval_secret.is_none());
+        assert!(staging.toolsets().unwrap().is_selective());
+        assert!(!prod.toolsets().unwrap().is_selective());
         assert_eq!(
             staging.coordinator_dsn.as_ref().unwrap().expose(),
             "host=db2"
@@ -927,6 +937,11 @@ mod tests {
                 "clusters.a.approval_secret",
             ),
             ("clusters:\n  a:\n    max_rows: 3\n", "clusters.a"),
+            // A toolset no one defined.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    toolsets: [inspekt]\n",
+                "clusters.a.toolsets",
+            ),
         ];
         for (text, want) in cases {
             std::fs::write(&file, text).unwrap();

@@ -99,7 +99,12 @@ impl Reloader {
         }
         // Which prompts are listed depends on the tools when toolsets are selected (a
         // prompt that names a tool not served is hidden).
-        if new.prompts_differ(&old) || (toolsets.is_selective() && new.tools_differ(&old)) {
+        let selective = toolsets.is_selective()
+            || self
+                .followers
+                .iter()
+                .any(|e| e.settings.toolsets.is_selective());
+        if new.prompts_differ(&old) || (selective && new.tools_differ(&old)) {
             changed.push(Change::Prompts);
         }
         if new.resources() != old.resources() {

@@ -159,7 +159,7 @@ const SECOND_SECRET: &str = "second-cluster-approval-secret-never-print";
 const SECOND_PASSWORD: &str = "second-cluster-password-never-print";
 
 /// Which database and role a cluster's connections reach.
-const WHOAMI: &str = "name: whoami\ndescription: Which database and role this cluster's connections reach.\nsafety: read_only\nqueries:\n  - name: me\n    shape: one\n    sql: SELECT current_database()::text AS db, current_user::text AS role\nexamples:\n  - args: {}\n";
+const WHOAMI: &str = "name: whoami\ndescription: Which database and role this cluster's connections reach.\ntoolset: inspect\nsafety: read_only\nqueries:\n  - name: me\n    shape: one\n    sql: SELECT current_database()::text AS db, current_user::text AS role\nexamples:\n  - args: {}\n";
 
 /// A configuration with two clusters: `main` (the test database, admin mode) and
 /// `second` (another database of the fixture server, or on a real cluster the same
@@ -205,7 +205,7 @@ fn two_cluster_config(ctx: &Ctx, db_name: &str) -> TwoClusters {
             "tools_dirs: [{tools}]\nmax_rows: 500\nclusters:\n  main:\n    dsn: \"{main}\"\n    \
              mode: admin\n    allow_execute: true\n    approval_secret: {MAIN_SECRET}\n  \
              second:\n    dsn: \"{second}\"\n{password}    max_rows: 1\n    mode: admin\n    \
-             approval_secret: {SECOND_SECRET}\n",
+             approval_secret: {SECOND_SECRET}\n    toolsets: [inspect, monitor]\n",
             tools = tools.path().display(),
             main = ctx.dsn(),
             second = second_dsn,
@@ -315,10 +315,21 @@ fn two_clusters(ctx: &Ctx) {
                 .await
                 .contains(&"citus_rebalance_execute".into())
         );
+        let second_tools = list(second.clone(), 6).await;
+        assert!(!second_tools.contains(&"citus_rebalance_execute".into()));
+        // Its own toolsets: `second` serves inspect and monitor only.
         assert!(
-            !list(second.clone(), 6)
+            second_tools.contains(&"citus_activity".into()),
+            "{second_tools:?}"
+        );
+        assert!(
+            !second_tools.contains(&"citus_advisor".into()),
+            "{second_tools:?}"
+        );
+        assert!(
+            list(main.clone(), 11)
                 .await
-                .contains(&"citus_rebalance_execute".into())
+                .contains(&"citus_advisor".into())
         );
 
         // Each says which cluster it is.
@@ -333,7 +344,9 @@ fn two_clusters(ctx: &Ctx) {
         // A hot reload reaches every cluster's sessions.
         let (sa, sb) = (main.initialize(&[]).await, second.initialize(&[]).await);
         let (mut ga, mut gb) = (main.open_stream(&sa).await, second.open_stream(&sb).await);
-        std::fs::write(setup.tools.path().join("hello.yaml"), EXTRA_TOOL).unwrap();
+        // In the inspect toolset, which both clusters serve.
+        let hello = EXTRA_TOOL.replace("safety:", "toolset: inspect\nsafety:");
+        std::fs::write(setup.tools.path().join("hello.yaml"), hello).unwrap();
         assert!(
             heard_list_changed(&mut ga).await,
             "main heard no list_changed"
