@@ -24,6 +24,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "docs::every_flag_and_subcommand_has_a_help_line_under_a_heading",
             help_lines,
         ),
+        trial(
+            ctx,
+            "docs::readme_names_the_keys_a_cluster_may_set",
+            cluster_keys,
+        ),
     ]
 }
 
@@ -151,6 +156,33 @@ fn configuration_table(_: &Ctx) {
     for r in rows.iter().filter(|r| r.key.is_none()) {
         assert!(r.flag.is_some(), "a row with neither key nor flag");
     }
+}
+
+/// The keys README's "Several clusters" says a cluster may set are the schema's.
+fn cluster_keys(_: &Ctx) {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n### Several clusters\n")
+        .nth(1)
+        .expect("README has a Several clusters section");
+    let list = section
+        .split("with its own `dsn` and\nany of ")
+        .nth(1)
+        .and_then(|rest| rest.split(". What a cluster").next())
+        .expect("the section lists the keys a cluster may set");
+    let documented: BTreeSet<&str> = list.split('`').skip(1).step_by(2).collect();
+    let schema: Value = serde_json::from_str(citus_mcp::config::CONFIG_SCHEMA).unwrap();
+    let defined: BTreeSet<&str> = schema["$defs"]["cluster"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "dsn")
+        .collect();
+    assert_eq!(
+        documented, defined,
+        "README's cluster keys differ from the schema's"
+    );
 }
 
 /// Every entry of a help text's lists (commands, arguments, options) has help text:
