@@ -363,6 +363,43 @@ fn two_clusters(ctx: &Ctx) {
         let r = second.call(&sa, &[], 9, "ping", json!({})).await;
         assert_eq!(r.status, 404, "{}", r.text);
 
+        // 64 clients at once, alternating clusters and session models, four calls each:
+        // every call is answered, by its own cluster.
+        let (want_a, want_b) = (a.clone(), b.clone());
+        let mut tasks = Vec::new();
+        for c in 0..64u64 {
+            let (ep, want) = if c % 2 == 0 {
+                (main.clone(), want_a.clone())
+            } else {
+                (second.clone(), want_b.clone())
+            };
+            tasks.push(tokio::spawn(async move {
+                let session = if c % 4 < 2 {
+                    Some(ep.initialize(&[]).await)
+                } else {
+                    None
+                };
+                for i in 0..4u64 {
+                    let id = 1000 + c * 10 + i;
+                    let r = match &session {
+                        Some(sid) => ep.call(sid, &[], id, "whoami", json!({})).await,
+                        None => ep.call_2026(&[], id, "whoami", json!({})).await,
+                    };
+                    assert_eq!(r.response()["id"], id, "{}", r.text);
+                    assert_eq!(structured(&r)["me"], want, "{}", r.text);
+                }
+                4
+            }));
+        }
+        let mut answered = 0;
+        for t in tasks {
+            answered += tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("the load finishes within a minute")
+                .expect("a client finished");
+        }
+        assert_eq!(answered, 256);
+
         // Readiness per cluster; metrics labelled by cluster.
         let r = s.ep.send("GET", "/readyz", &[], vec![]).await;
         assert_eq!(
@@ -374,7 +411,7 @@ fn two_clusters(ctx: &Ctx) {
             "citus_mcp_tool_calls_total{cluster=\"main\",tool=\"list_nodes\",outcome=\"ok\"} 1",
             "citus_mcp_tool_calls_total{cluster=\"second\",tool=\"list_nodes\",outcome=\"ok\"} 1",
             "citus_mcp_tool_calls_total{cluster=\"main\",tool=\"hello\",outcome=\"ok\"} 1",
-            "citus_mcp_tool_calls_total{cluster=\"second\",tool=\"whoami\",outcome=\"ok\"} 1",
+            "citus_mcp_tool_calls_total{cluster=\"second\",tool=\"whoami\",outcome=\"ok\"} 129",
         ] {
             assert!(m.text.contains(line), "{line} missing from:\n{}", m.text);
         }
