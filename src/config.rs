@@ -13,6 +13,8 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::echo;
+
 /// The JSON Schema of the configuration file.
 pub const CONFIG_SCHEMA: &str = include_str!("../schemas/config.schema.json");
 
@@ -58,6 +60,16 @@ pub enum LedgerKind {
     Coordinator,
 }
 
+/// How log lines look on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -88,6 +100,7 @@ pub struct Config {
     pub connect_timeout_seconds: u64,
     pub statement_timeout_ms: u32,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub tools_dirs: Vec<PathBuf>,
     pub prompts_dirs: Vec<PathBuf>,
     pub disabled_tools: Vec<String>,
@@ -100,6 +113,13 @@ pub struct Config {
     /// Where each key that is not a default came from.
     #[serde(skip)]
     pub sources: BTreeMap<String, Source>,
+    /// The configured clusters by name (`clusters`), each a whole configuration: its own
+    /// keys over the top level's. Empty for the single-DSN configuration.
+    #[serde(skip)]
+    pub clusters: BTreeMap<String, Config>,
+    /// The name of the cluster this configuration is for, when it is one of `clusters`.
+    #[serde(skip)]
+    pub cluster: Option<String>,
 }
 
 impl Default for Config {
@@ -125,6 +145,7 @@ impl Default for Config {
             connect_timeout_seconds: 10,
             statement_timeout_ms: 30_000,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             tools_dirs: vec![],
             prompts_dirs: vec![],
             disabled_tools: vec![],
@@ -132,6 +153,8 @@ impl Default for Config {
             toolset_groups: BTreeMap::new(),
             http: Default::default(),
             sources: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -139,7 +162,28 @@ impl Default for Config {
 /// Keys whose values are never echoed: passwords, secrets, and connection strings (which
 /// may carry a password).
 fn is_secret(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.contains("dsn")
+    key.contains("password") || key.contains("secret") || key.contains("dsn") || key == "clusters"
+}
+
+/// Keys of a cluster that it never takes from the top level: its connection, and its
+/// approval secret (a secret shared by two clusters would let a token approved for one
+/// run on the other).
+const NOT_INHERITED: [&str; 5] = [
+    "coordinator_dsn",
+    "coordinator_user",
+    "coordinator_password",
+    "worker_dsns",
+    "approval_secret",
+];
+
+/// A cluster name is part of a URL (`/mcp/NAME`) and of metric labels.
+pub fn valid_cluster_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// Where a value came from.
@@ -209,25 +253,51 @@ pub fn load(
         sources.insert(key.clone(), source);
     }
 
+    if let Some(Value::Object(clusters)) = merged.get("clusters")
+        && let Some(bad) = clusters.keys().find(|n| !valid_cluster_name(n))
+    {
+        return Err(ConfigError(format!(
+            "`clusters`{}: the cluster name `{}` must be 1 to 63 lowercase letters, digits, - \
+             and _, starting with a letter or digit (it is part of the URL /mcp/NAME)",
+            from(&sources, "clusters"),
+            echo::cap(bad)
+        )));
+    }
     let merged = Value::Object(merged);
     let validator = jsonschema::validator_for(&SCHEMA).expect("the config schema compiles");
     if let Some(e) = validator.iter_errors(&merged).next() {
         let path = e.instance_path().to_string();
-        let key = path
+        let mut key = path
             .trim_start_matches('/')
             .split('/')
             .next()
             .unwrap_or("")
             .to_string();
+        // Inside a cluster, the message names the cluster's key (`clusters.prod.max_rows`);
+        // a whole cluster, or the whole map, may hold DSNs and secrets.
+        let mut secret = is_secret(&key);
+        if key == "clusters" {
+            let parts: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
+            match parts[..] {
+                [_, name, sub] => {
+                    let sub = sub.split('/').next().unwrap_or("");
+                    secret = is_secret(sub);
+                    key = format!("clusters.{name}.{sub}");
+                }
+                [_, name] => key = format!("clusters.{name}"),
+                _ => {}
+            }
+        }
         // A section's key set by a flag or variable (`http.listen`) names its own source.
         let nested = path.trim_start_matches('/').replacen('/', ".", 1);
         let nested: String = nested.split('/').next().unwrap_or("").to_string();
         let from = sources
             .get(&nested)
             .or_else(|| sources.get(&key))
+            .or_else(|| sources.get(key.split('.').next().unwrap_or("")))
             .map_or_else(String::new, |s| format!(" (from {s})"));
         // Secrets must not be echoed back in the message.
-        let message = if is_secret(&key) {
+        let message = if secret {
             e.masked().to_string()
         } else {
             e.to_string()
@@ -238,9 +308,16 @@ pub fn load(
             format!("`{key}`{from}: {message}")
         }));
     }
-    let mut config: Config =
-        serde_json::from_value(merged).map_err(|e| ConfigError(e.to_string()))?;
+    let Value::Object(mut merged) = merged else {
+        unreachable!("built as an object above")
+    };
+    let clusters = merged.remove("clusters");
+    let mut config: Config = serde_json::from_value(Value::Object(merged.clone()))
+        .map_err(|e| ConfigError(e.to_string()))?;
     config.sources = sources;
+    if let Some(Value::Object(clusters)) = clusters {
+        config.clusters = clusters_of(&config, &merged, clusters)?;
+    }
     // A toolset name that does not exist would serve nothing from it, silently: stop here,
     // where the message can say where the name came from.
     if let Err(e) = config.toolsets() {
@@ -253,7 +330,120 @@ pub fn load(
     Ok(config)
 }
 
+/// Each cluster's whole configuration: the top level's keys (those a cluster may set,
+/// less [`NOT_INHERITED`]) under the cluster's own.
+fn clusters_of(
+    top: &Config,
+    merged: &Map<String, Value>,
+    clusters: Map<String, Value>,
+) -> Result<BTreeMap<String, Config>, ConfigError> {
+    if top.coordinator_dsn.is_some() {
+        return Err(ConfigError(format!(
+            "`coordinator_dsn`{} and `clusters`{} are both set: give each cluster its DSN as \
+             clusters.NAME.dsn, or use coordinator_dsn alone for one cluster",
+            from(&top.sources, "coordinator_dsn"),
+            from(&top.sources, "clusters")
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for (name, entry) in clusters {
+        let Value::Object(entry) = entry else {
+            unreachable!("the schema makes every cluster an object")
+        };
+        let mut own: Map<String, Value> = merged
+            .iter()
+            .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in entry {
+            let k = if k == "dsn" {
+                "coordinator_dsn".into()
+            } else {
+                k
+            };
+            own.insert(k, v);
+        }
+        let mut config: Config = serde_json::from_value(Value::Object(own))
+            .map_err(|e| ConfigError(format!("`clusters.{name}`: {e}")))?;
+        if let Err(e) = config.toolsets() {
+            return Err(ConfigError(format!(
+                "`clusters.{name}.{}`{}: {}",
+                e.key,
+                from(&top.sources, "clusters"),
+                e.message
+            )));
+        }
+        config.sources = top.sources.clone();
+        config.cluster = Some(name.clone());
+        out.insert(name, config);
+    }
+    // A token is bound to a tool and its arguments, not to a cluster: only the secret
+    // keeps one approved for staging from running on production.
+    let with_secret: Vec<(&String, &Secret)> = out
+        .iter()
+        .filter_map(|(n, c)| Some((n, c.approval_secret.as_ref()?)))
+        .collect();
+    for (i, (a, sa)) in with_secret.iter().enumerate() {
+        if let Some((b, _)) = with_secret[i + 1..].iter().find(|(_, sb)| sb == sa) {
+            return Err(ConfigError(format!(
+                "`clusters`: clusters `{a}` and `{b}` have the same approval_secret, so a token \
+                 approved for one would run on the other: give each its own"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// ` (from SOURCE)` for a key that has one.
+fn from(sources: &BTreeMap<String, Source>, key: &str) -> String {
+    sources
+        .get(key)
+        .map_or_else(String::new, |s| format!(" (from {s})"))
+}
+
 impl Config {
+    /// The configurations to serve: every cluster, or the one `chosen` (`--cluster`);
+    /// the single-DSN configuration itself when there are no clusters.
+    pub fn served(&self, chosen: Option<&str>) -> Result<Vec<Config>, ConfigError> {
+        match (chosen, self.clusters.is_empty()) {
+            (None, true) => Ok(vec![self.clone()]),
+            (Some(name), true) => Err(ConfigError(format!(
+                "--cluster `{}`: no clusters are configured (see `clusters` in the configuration)",
+                echo::cap(name)
+            ))),
+            (None, false) => Ok(self.clusters.values().cloned().collect()),
+            (Some(name), false) => match self.clusters.get(name) {
+                Some(c) => Ok(vec![c.clone()]),
+                None => Err(ConfigError(format!(
+                    "--cluster `{}`: no such cluster; configured: {}",
+                    echo::cap(name),
+                    self.cluster_names()
+                ))),
+            },
+        }
+    }
+
+    /// The one configuration a command runs with: the single-DSN one, the only cluster,
+    /// or the one `chosen`; several clusters and no choice is an error naming them.
+    pub fn one(&self, chosen: Option<&str>) -> Result<Config, ConfigError> {
+        let mut served = self.served(chosen)?;
+        if served.len() > 1 {
+            return Err(ConfigError(format!(
+                "several clusters are configured ({}): choose one with --cluster NAME",
+                self.cluster_names()
+            )));
+        }
+        Ok(served.remove(0))
+    }
+
+    fn cluster_names(&self) -> String {
+        self.clusters
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The toolsets this configuration serves.
     pub fn toolsets(&self) -> Result<crate::toolsets::Toolsets, crate::toolsets::SelectionError> {
         crate::toolsets::Toolsets::new(&self.toolsets, &self.toolset_groups)
@@ -667,6 +857,164 @@ mod tests {
             e.contains("(from environment variable CITUS_MCP_HTTP_MAX_BODY_BYTES)"),
             "{e}"
         );
+    }
+
+    const CLUSTERS: &str = "max_rows: 50\nmode: admin\napproval_secret: top-level-secret-0123\n\
+        clusters:\n  prod:\n    dsn: postgres://u:prod-pw-hidden@db1/citus\n    \
+        approval_secret: prod-secret-0123456789\n  staging-2:\n    dsn: host=db2\n    \
+        mode: read_only\n    max_rows: 5\n    toolsets: [inspect]\n";
+
+    #[test]
+    fn each_cluster_takes_the_top_level_under_its_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, CLUSTERS).unwrap();
+        let c = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        let prod = &c.clusters["prod"];
+        assert_eq!(prod.cluster.as_deref(), Some("prod"));
+        assert_eq!((prod.mode, prod.max_rows), (Mode::Admin, 50));
+        assert_eq!(
+            prod.approval_secret.as_ref().unwrap().expose(),
+            "prod-secret-0123456789"
+        );
+        let staging = &c.clusters["staging-2"];
+        assert_eq!((staging.mode, staging.max_rows), (Mode::ReadOnly, 5));
+        // Never inherited: a secret shared by two clusters would approve for both.
+        assert!(staging.approval_secret.is_none());
+        assert!(staging.toolsets().unwrap().is_selective());
+        assert!(!prod.toolsets().unwrap().is_selective());
+        assert_eq!(
+            staging.coordinator_dsn.as_ref().unwrap().expose(),
+            "host=db2"
+        );
+        assert!(!format!("{c:?}").contains("prod-pw-hidden"));
+
+        let all = c.served(None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            c.one(Some("prod")).unwrap().cluster.as_deref(),
+            Some("prod")
+        );
+        let e = c.one(None).unwrap_err().to_string();
+        assert!(
+            e.contains("prod, staging-2") && e.contains("--cluster"),
+            "{e}"
+        );
+        let e = c.one(Some("dev")).unwrap_err().to_string();
+        assert!(e.contains("`dev`") && e.contains("prod, staging-2"), "{e}");
+        // The single-DSN configuration is itself, and knows no cluster names.
+        let single = load(
+            None,
+            &env(&[("CITUS_MCP_COORDINATOR_DSN", "host=x")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert!(single.one(None).unwrap().cluster.is_none());
+        assert!(single.one(Some("prod")).is_err());
+    }
+
+    #[test]
+    fn cluster_mistakes_stop_the_server_without_echoing_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let cases = [
+            // Not URL-safe.
+            ("clusters:\n  Prod/1:\n    dsn: host=a\n", "`Prod/1`"),
+            // Two clusters, one secret.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    approval_secret: same-secret-0123456\n  \
+                 b:\n    dsn: host=b\n    approval_secret: same-secret-0123456\n",
+                "clusters `a` and `b` have the same approval_secret",
+            ),
+            // A value of the wrong type names the cluster's key.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    max_rows: many\n",
+                "clusters.a.max_rows",
+            ),
+            // A secret too short is named, not shown.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    approval_secret: short-pw\n",
+                "clusters.a.approval_secret",
+            ),
+            ("clusters:\n  a:\n    max_rows: 3\n", "clusters.a"),
+            // A toolset no one defined.
+            (
+                "clusters:\n  a:\n    dsn: host=a\n    toolsets: [inspekt]\n",
+                "clusters.a.toolsets",
+            ),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&file, text).unwrap();
+            let e = load(Some(&file), &env(&[]), &Flags::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("same-secret") && !e.contains("short-pw"), "{e}");
+        }
+        // coordinator_dsn beside clusters: which one would serve?
+        std::fs::write(&file, CLUSTERS).unwrap();
+        let e = load(
+            Some(&file),
+            &env(&[("CITUS_MCP_COORDINATOR_DSN", "host=x password=env-pw-hidden")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("coordinator_dsn") && e.contains("clusters.NAME.dsn"),
+            "{e}"
+        );
+        assert!(!e.contains("env-pw-hidden"), "{e}");
+        // JSON in the environment that does not parse is not shown either.
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_CLUSTERS", "{prod: postgres://u:env-pw-hidden@h}")]),
+            &Flags::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("env-pw-hidden"), "{e}");
+    }
+
+    /// README's table and `--help` state the schema's defaults; the schema's defaults
+    /// are the code's.
+    #[test]
+    fn schema_defaults_are_the_code_defaults() {
+        let mut defaults = Map::new();
+        for key in settable_keys() {
+            if let Some(d) = property(&key).and_then(|p| p.get("default")) {
+                set(&mut defaults, &key, d.clone());
+            }
+        }
+        assert!(defaults.len() > 10, "{defaults:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, Value::Object(defaults).to_string()).unwrap();
+        let mut from_schema = load(Some(&file), &env(&[]), &Flags::new()).unwrap();
+        from_schema.sources.clear();
+        assert_eq!(
+            format!("{from_schema:?}"),
+            format!("{:?}", Config::default())
+        );
+    }
+
+    #[test]
+    fn json_logs_are_asked_for_by_name() {
+        let c = load(
+            None,
+            &env(&[("CITUS_MCP_LOG_FORMAT", "json")]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(Config::default().log_format, LogFormat::Text);
+        let e = load(
+            None,
+            &env(&[("CITUS_MCP_LOG_FORMAT", "xml")]),
+            &Flags::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("log_format"), "{e}");
     }
 
     #[test]

@@ -16,10 +16,11 @@ use rmcp::ServiceExt as _;
 use tokio_util::sync::CancellationToken;
 
 use citus_mcp::approval::{self, ApprovalSettings};
-use citus_mcp::config::{self, Config, Flags, LedgerKind, Mode};
+use citus_mcp::config::{self, Config, Flags, LedgerKind, LogFormat, Mode};
 use citus_mcp::db::{Db, DbConfig, Dsn};
 use citus_mcp::engine::{Engine, Settings};
 use citus_mcp::lint;
+use citus_mcp::registry::Registry;
 use citus_mcp::server::{self, Server};
 use citus_mcp::watch::Reloader;
 
@@ -49,6 +50,7 @@ enum Command {
         /// Also prepare every example's statements against this cluster.
         #[arg(long, value_name = "DSN")]
         db: Option<String>,
+        /// How findings are printed: human (rustc-style) or json (for CI).
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
@@ -102,6 +104,7 @@ enum ToolsCommand {
     },
     /// One tool's manual (as the resource citus://tools/NAME serves it).
     Show {
+        /// The tool's name.
         name: String,
         /// Print the tool's tools/list entry as JSON instead.
         #[arg(long)]
@@ -109,6 +112,7 @@ enum ToolsCommand {
     },
     /// Call a tool and print its result as JSON.
     Call {
+        /// The tool's name.
         name: String,
         /// The arguments as a JSON object.
         #[arg(long, default_value = "{}")]
@@ -120,88 +124,116 @@ enum ToolsCommand {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// rustc-style findings with file, line and column.
     Human,
+    /// one JSON document, for CI.
     Json,
 }
 
-/// Configuration flags; each also reads CITUS_MCP_<KEY> and the config file.
+/// Configuration flags; each also reads CITUS_MCP_<KEY> and the config file. Each has
+/// a one-line help under its heading; README's configuration table lists the same keys
+/// and flags (a test keeps them in step).
 #[derive(Args)]
 struct Opts {
     /// Configuration file (YAML, JSON or TOML by extension).
-    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    #[arg(short = 'c', long, global = true, value_name = "FILE", help_heading = CONNECTION)]
     config: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "DSN")]
+    /// The cluster to use, by its name under `clusters` (needed when there are several).
+    #[arg(long, global = true, value_name = "NAME", help_heading = CONNECTION)]
+    cluster: Option<String>,
+    /// Connection string of the coordinator: a URL or key=value (the positional DSN).
+    #[arg(long, global = true, value_name = "DSN", help_heading = CONNECTION)]
     coordinator_dsn: Option<String>,
-    #[arg(long, global = true)]
+    /// User to connect as, overriding the DSN's.
+    #[arg(long, global = true, value_name = "USER", help_heading = CONNECTION)]
     coordinator_user: Option<String>,
-    /// Prefer CITUS_MCP_COORDINATOR_PASSWORD: flags show up in process lists.
-    #[arg(long, global = true, hide_env_values = true)]
+    /// Password, overriding the DSN's; prefer CITUS_MCP_COORDINATOR_PASSWORD (flags show in process lists).
+    #[arg(long, global = true, hide_env_values = true, value_name = "PASSWORD", help_heading = CONNECTION)]
     coordinator_password: Option<String>,
     /// Comma-separated worker connection strings (for --fanout direct).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "DSNS", help_heading = CONNECTION)]
     worker_dsns: Option<String>,
     /// How fan-out tools reach the nodes: coordinator (run_command_on_workers) or direct.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "HOW", help_heading = CONNECTION)]
     fanout: Option<String>,
     /// read_only or admin.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "MODE", help_heading = SAFETY)]
     mode: Option<String>,
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    /// In admin mode, offer execute tools (they still need an approval token).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = SAFETY)]
     allow_execute: Option<String>,
-    /// Prefer CITUS_MCP_APPROVAL_SECRET: flags show up in process lists.
-    #[arg(long, global = true, hide_env_values = true)]
+    /// HMAC key for approval tokens; prefer CITUS_MCP_APPROVAL_SECRET (flags show in process lists).
+    #[arg(long, global = true, hide_env_values = true, value_name = "SECRET", help_heading = SAFETY)]
     approval_secret: Option<String>,
     /// The longest an approval token lives, whatever its issuer asks.
-    #[arg(long, global = true, value_name = "SECONDS")]
+    #[arg(long, global = true, value_name = "SECONDS", help_heading = SAFETY)]
     approval_max_ttl_seconds: Option<String>,
     /// Where used approval nonces are kept: file or coordinator.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "WHERE", help_heading = SAFETY)]
     approval_ledger: Option<String>,
-    #[arg(long, global = true, value_name = "FILE")]
+    /// The nonce ledger file (approval_ledger: file).
+    #[arg(long, global = true, value_name = "FILE", help_heading = SAFETY)]
     approval_ledger_path: Option<String>,
-    #[arg(long, global = true, value_name = "FILE")]
+    /// The approval audit log (JSON lines).
+    #[arg(long, global = true, value_name = "FILE", help_heading = SAFETY)]
     approval_audit_log: Option<String>,
     /// Let clients without MCP elicitation get tokens without a person.
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = SAFETY)]
     allow_self_issue: Option<String>,
-    #[arg(long, global = true, value_name = "SECONDS")]
+    /// Result cache lifetime for tools that do not set cache_ttl_s.
+    #[arg(long, global = true, value_name = "SECONDS", help_heading = LIMITS)]
     cache_ttl_seconds: Option<String>,
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    /// Cache results of read-only tools.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = LIMITS)]
     enable_caching: Option<String>,
-    #[arg(long, global = true)]
+    /// Rows per query at most.
+    #[arg(long, global = true, value_name = "N", help_heading = LIMITS)]
     max_rows: Option<String>,
-    #[arg(long, global = true)]
+    /// Bytes of JSON per result at most; a cut result says how to get the rest.
+    #[arg(long, global = true, value_name = "BYTES", help_heading = LIMITS)]
     max_text_bytes: Option<String>,
-    #[arg(long, global = true, value_name = "SECONDS")]
+    /// How long to wait for a connection to a node.
+    #[arg(long, global = true, value_name = "SECONDS", help_heading = LIMITS)]
     connect_timeout_seconds: Option<String>,
-    #[arg(long, global = true, value_name = "MS")]
+    /// Per statement at most (also each connection's session ceiling).
+    #[arg(long, global = true, value_name = "MS", help_heading = LIMITS)]
     statement_timeout_ms: Option<String>,
-    /// error, warn, info, debug or trace (RUST_LOG overrides).
-    #[arg(long, global = true)]
-    log_level: Option<String>,
     /// Comma-separated folders of extra tool files (watched).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "DIRS", help_heading = TOOLS)]
     tools_dirs: Option<String>,
     /// Comma-separated folders of extra prompt files (watched).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "DIRS", help_heading = TOOLS)]
     prompts_dirs: Option<String>,
     /// Comma-separated tool or prompt names not to serve.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "NAMES", help_heading = TOOLS)]
     disabled_tools: Option<String>,
-    /// Comma-separated toolsets to serve: inspect, monitor, advise, operate, your own
-    /// toolset_groups, or all (the default).
-    #[arg(long, global = true)]
+    /// Comma-separated toolsets to serve: inspect, monitor, advise, operate, your own, or all.
+    #[arg(long, global = true, value_name = "NAMES", help_heading = TOOLS)]
     toolsets: Option<String>,
     /// Your own toolsets as JSON, e.g. '{"oncall": ["monitor", "citus_advisor"]}'.
-    #[arg(long, global = true, value_name = "JSON")]
+    #[arg(long, global = true, value_name = "JSON", help_heading = TOOLS)]
     toolset_groups: Option<String>,
     /// Serve MCP over Streamable HTTP at http://ADDR/mcp instead of stdio (http.listen).
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", help_heading = HTTP)]
     http: Option<String>,
     /// Keep no HTTP sessions, for replicas behind a round-robin balancer (http.stateless).
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = HTTP)]
     http_stateless: Option<String>,
+    /// error, warn, info, debug or trace (RUST_LOG overrides).
+    #[arg(long, global = true, value_name = "LEVEL", help_heading = LOGGING)]
+    log_level: Option<String>,
+    /// text, or json for one JSON object per line (logs go to stderr).
+    #[arg(long, global = true, value_name = "FORMAT", help_heading = LOGGING)]
+    log_format: Option<String>,
 }
+
+/// The headings `--help` groups the options under.
+const CONNECTION: &str = "Connection";
+const SAFETY: &str = "Safety";
+const LIMITS: &str = "Limits";
+const TOOLS: &str = "Tools";
+const HTTP: &str = "HTTP";
+const LOGGING: &str = "Logging";
 
 impl Opts {
     fn flags(&self, dsn: Option<&String>) -> Flags {
@@ -232,6 +264,7 @@ impl Opts {
             ),
             ("statement_timeout_ms", self.statement_timeout_ms.as_ref()),
             ("log_level", self.log_level.as_ref()),
+            ("log_format", self.log_format.as_ref()),
             ("tools_dirs", self.tools_dirs.as_ref()),
             ("prompts_dirs", self.prompts_dirs.as_ref()),
             ("disabled_tools", self.disabled_tools.as_ref()),
@@ -269,7 +302,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_level);
+    init_logging(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -280,7 +313,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli.command, config, env)) {
+    match runtime.block_on(run(cli.command, config, env, cli.opts.cluster)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("citus-mcp: {e:#}");
@@ -289,26 +322,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("citus_mcp={level},rmcp=warn,warn"))
     });
     // stdout belongs to the MCP protocol: logs go to stderr only.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One object per line: timestamp, level, target, the message and its fields.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 async fn run(
     command: Option<Command>,
     config: Config,
     env: BTreeMap<String, String>,
+    cluster: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        None | Some(Command::Serve { .. }) => serve(config, &env).await,
-        Some(Command::Approve { tool, args, ttl }) => approve(&config, &env, &tool, &args, ttl),
+        None | Some(Command::Serve { .. }) => serve(config, &env, cluster.as_deref()).await,
+        Some(Command::Approve { tool, args, ttl }) => {
+            // The token is sealed with the chosen cluster's secret.
+            let config = config.one(cluster.as_deref())?;
+            approve(&config, &env, &tool, &args, ttl)
+        }
         Some(Command::Token { command }) => token(command),
         Some(Command::Lint { paths, db, format }) => {
             if let Some(missing) = paths.iter().find(|p| !p.exists()) {
@@ -334,7 +376,7 @@ async fn run(
             Ok(ExitCode::from(lint::exit_code(&diags) as u8))
         }
         Some(Command::Tools { command }) => {
-            let engine = engine(&config, &env)?;
+            let engine = engine(&config.one(cluster.as_deref())?, &env)?;
             match command {
                 ToolsCommand::List { .. } => {
                     let tools = engine.visible_tools();
@@ -505,14 +547,28 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The engine of one configuration, over a snapshot of its own.
 fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Engine>> {
-    let toolsets = config.toolsets()?;
-    let registry = Reloader::initial(
+    engine_over(Arc::new(initial_registry(config)?), config, env)
+}
+
+/// The first snapshot of the configured tool and prompt files.
+fn initial_registry(config: &Config) -> anyhow::Result<Registry> {
+    Ok(Reloader::initial(
         &config.tools_dirs,
         &config.prompts_dirs,
         &config.disabled_tools,
-        &toolsets,
-    );
+        &config.toolsets()?,
+    ))
+}
+
+/// The engine of one configuration (one cluster) over a snapshot it may share.
+fn engine_over(
+    registry: Arc<Registry>,
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<Arc<Engine>> {
+    let toolsets = config.toolsets()?;
     let settings = Settings {
         admin: config.mode == Mode::Admin,
         allow_execute: config.allow_execute,
@@ -523,9 +579,10 @@ fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc
         enable_caching: config.enable_caching,
         fanout: config.fanout,
         toolsets,
+        cluster: config.cluster.clone(),
     };
-    let mut engine =
-        Engine::new(registry, connect(config)?, settings).with_plugins(citus_mcp::plugins::all());
+    let mut engine = Engine::sharing(registry, connect(config)?, settings)
+        .with_plugins(citus_mcp::plugins::all());
     // Admin mode checks approval tokens, so it cannot start without what they need.
     if config.mode == Mode::Admin {
         let approvals = ApprovalSettings::from_config(config, env)?;
@@ -541,6 +598,7 @@ fn engine(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Arc
 
 /// Warns, in the background, about worker DSNs that match no node of the cluster.
 fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
+    let cluster = config.cluster.clone();
     // connect() has parsed these already; one that did not parse stopped the server.
     let workers: Vec<Dsn> = config
         .worker_dsns
@@ -550,7 +608,13 @@ fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
     let timeout = Duration::from_secs(config.connect_timeout_seconds);
     tokio::spawn(async move {
         let Some(db) = engine.db() else { return };
-        let warnings = citus_mcp::checks::worker_dsns(db, &workers, timeout).await;
+        let mut warnings = citus_mcp::checks::worker_dsns(db, &workers, timeout).await;
+        // Every cluster's server_info shows every warning: each says whose it is.
+        if let Some(name) = cluster {
+            for w in &mut warnings {
+                *w = format!("cluster `{name}`: {w}");
+            }
+        }
         if !warnings.is_empty() {
             // add_warnings logs them and rebuilds the snapshot: blocking file I/O.
             let _ = tokio::task::spawn_blocking(move || reloader.add_warnings(warnings)).await;
@@ -560,30 +624,50 @@ fn check_worker_dsns(config: &Config, engine: Arc<Engine>, reloader: Reloader) {
 
 /// Logs, once the coordinator answers, whether the role citus-mcp connects as can do
 /// more than a read-only server needs (also in `server_info`).
-fn warn_about_role(engine: Arc<Engine>) {
+fn warn_about_role(engine: Arc<Engine>, cluster: Option<String>) {
     tokio::spawn(async move {
         let Some(db) = engine.db() else { return };
         match db.facts().await {
             Ok(facts) => {
                 for w in facts.role_warnings() {
-                    tracing::warn!("{w}");
+                    tracing::warn!(cluster, "{w}");
                 }
             }
-            Err(e) => tracing::debug!("role not checked: {e}"),
+            Err(e) => tracing::debug!(cluster, "role not checked: {e}"),
         }
     });
 }
 
-async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: Config,
+    env: &BTreeMap<String, String>,
+    cluster: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     // An HTTP configuration that cannot be served safely stops here, before any I/O.
     let http = match &config.http.listen {
         Some(_) => Some(citus_mcp::httpd::Prepared::new(&config.http)?),
         None => None,
     };
-    let engine = engine(&config, env)?;
+    // HTTP serves every cluster (or the one chosen), each at /mcp/NAME; stdio serves one.
+    let served = match http {
+        Some(_) => config.served(cluster)?,
+        None => vec![config.one(cluster)?],
+    };
+    // One set of tool files, one snapshot: each cluster's engine serves it.
+    let registry = Arc::new(initial_registry(&config)?);
+    let mut engines = Vec::new();
+    for c in &served {
+        let engine = engine_over(registry.clone(), c, env).with_context(|| match &c.cluster {
+            Some(name) => format!("cluster `{name}`"),
+            None => "the coordinator".into(),
+        })?;
+        engines.push(engine);
+    }
+    let engine = engines[0].clone();
     let (changes, _) = tokio::sync::broadcast::channel(16);
     let reloader = Reloader {
         engine: engine.clone(),
+        followers: engines[1..].to_vec(),
         tool_dirs: config.tools_dirs.clone(),
         prompt_dirs: config.prompts_dirs.clone(),
         disabled: config.disabled_tools.clone(),
@@ -594,24 +678,29 @@ async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result
     let _watcher = reloader
         .watch()
         .context("cannot start watching the tool folders")?;
-    check_worker_dsns(&config, engine.clone(), checker);
-    warn_about_role(engine.clone());
-    if let Some(http) = http {
-        if engine.db().is_none() {
+    for (c, e) in served.iter().zip(&engines) {
+        check_worker_dsns(c, e.clone(), checker.clone());
+        warn_about_role(e.clone(), c.cluster.clone());
+        if e.db().is_none() {
             tracing::warn!(
                 "no coordinator_dsn configured: only tools that need no database will work"
             );
         }
-        citus_mcp::httpd::serve(http, engine, changes).await?;
+    }
+    if let Some(http) = http {
+        let served = served
+            .iter()
+            .zip(engines)
+            .map(|(c, engine)| citus_mcp::httpd::Served {
+                name: c.cluster.clone(),
+                engine,
+            })
+            .collect();
+        citus_mcp::httpd::serve(http, served, changes).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    match engine.db() {
-        Some(db) => {
-            tracing::info!(coordinator = %db.target(), tools = engine.visible_tools().len(), "serving MCP on stdio")
-        }
-        None => tracing::warn!(
-            "no coordinator_dsn configured: only tools that need no database will work"
-        ),
+    if let Some(db) = engine.db() {
+        tracing::info!(coordinator = %db.target(), cluster = served[0].cluster, tools = engine.visible_tools().len(), "serving MCP on stdio");
     }
     // Our own line reader in front of rmcp: it answers every line, malformed ones
     // included, and owns stdout (see citus_mcp::stdio).

@@ -30,21 +30,25 @@ struct Histogram {
     sum: f64,
 }
 
+/// Series are keyed by cluster first ("" when the server has no `clusters`), so a
+/// cluster's series carry its name as a label.
 #[derive(Default)]
 struct Counts {
-    calls: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram>,
-    rows: BTreeMap<String, u64>,
-    bytes: BTreeMap<String, u64>,
-    node_errors: BTreeMap<String, u64>,
+    calls: BTreeMap<(String, String, String), u64>,
+    latency: BTreeMap<(String, String), Histogram>,
+    rows: BTreeMap<(String, String), u64>,
+    bytes: BTreeMap<(String, String), u64>,
+    node_errors: BTreeMap<(String, String), u64>,
     refused: BTreeMap<&'static str, u64>,
 }
 
-/// The server's counters; shared by every session.
+/// The server's counters; shared by every session. [`Metrics::for_cluster`] gives a
+/// handle onto the same counters that labels what it records with a cluster's name.
 #[derive(Default)]
 pub struct Metrics {
-    counts: Mutex<Counts>,
+    counts: Arc<Mutex<Counts>>,
     calls: Arc<Running>,
+    cluster: String,
 }
 
 /// How many of something are running, and a way to wait until none is.
@@ -99,6 +103,16 @@ pub struct CallRecord<'a> {
 }
 
 impl Metrics {
+    /// The same counters, recording calls as the cluster `name`'s (a configured name:
+    /// label values stay bounded).
+    pub fn for_cluster(&self, name: &str) -> Metrics {
+        Metrics {
+            counts: self.counts.clone(),
+            calls: self.calls.clone(),
+            cluster: name.to_string(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Counters stay usable after a panic elsewhere: they are plain numbers.
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
@@ -121,10 +135,11 @@ impl Metrics {
             None => (0, 0, vec![]),
         };
         let mut c = self.lock();
+        let key = (self.cluster.clone(), call.tool.to_string());
         *c.calls
-            .entry((call.tool.to_string(), call.outcome.to_string()))
+            .entry((key.0.clone(), key.1.clone(), call.outcome.to_string()))
             .or_default() += 1;
-        let h = c.latency.entry(call.tool.to_string()).or_default();
+        let h = c.latency.entry(key.clone()).or_default();
         let secs = call.elapsed.as_secs_f64();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
@@ -133,10 +148,12 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
-        *c.rows.entry(call.tool.to_string()).or_default() += rows;
-        *c.bytes.entry(call.tool.to_string()).or_default() += bytes;
+        *c.rows.entry(key.clone()).or_default() += rows;
+        *c.bytes.entry(key).or_default() += bytes;
         for code in node_errors {
-            *c.node_errors.entry(code).or_default() += 1;
+            *c.node_errors
+                .entry((self.cluster.clone(), code))
+                .or_default() += 1;
         }
     }
 
@@ -158,10 +175,11 @@ impl Metrics {
             "counter",
             "Tool calls by tool and outcome (ok or the error code).",
         );
-        for ((tool, outcome), n) in &c.calls {
+        for ((cluster, tool, outcome), n) in &c.calls {
             let _ = writeln!(
                 s,
-                "citus_mcp_tool_calls_total{{tool=\"{}\",outcome=\"{}\"}} {n}",
+                "citus_mcp_tool_calls_total{{{}tool=\"{}\",outcome=\"{}\"}} {n}",
+                cluster_label(cluster),
                 escape(tool),
                 escape(outcome)
             );
@@ -172,19 +190,19 @@ impl Metrics {
             "histogram",
             "How long tool calls took.",
         );
-        for (tool, h) in &c.latency {
-            let tool = escape(tool);
+        for ((cluster, tool), h) in &c.latency {
+            let tool = format!("{}tool=\"{}\"", cluster_label(cluster), escape(tool));
             for (le, n) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(
                     s,
-                    "citus_mcp_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"{le}\"}} {n}"
+                    "citus_mcp_tool_call_duration_seconds_bucket{{{tool},le=\"{le}\"}} {n}"
                 );
             }
             let _ = writeln!(
                 s,
-                "citus_mcp_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"+Inf\"}} {}\n\
-                 citus_mcp_tool_call_duration_seconds_sum{{tool=\"{tool}\"}} {}\n\
-                 citus_mcp_tool_call_duration_seconds_count{{tool=\"{tool}\"}} {}",
+                "citus_mcp_tool_call_duration_seconds_bucket{{{tool},le=\"+Inf\"}} {}\n\
+                 citus_mcp_tool_call_duration_seconds_sum{{{tool}}} {}\n\
+                 citus_mcp_tool_call_duration_seconds_count{{{tool}}} {}",
                 h.count, h.sum, h.count
             );
         }
@@ -201,8 +219,13 @@ impl Metrics {
             ),
         ] {
             head(&mut s, name, "counter", help);
-            for (tool, n) in map {
-                let _ = writeln!(s, "{name}{{tool=\"{}\"}} {n}", escape(tool));
+            for ((cluster, tool), n) in map {
+                let _ = writeln!(
+                    s,
+                    "{name}{{{}tool=\"{}\"}} {n}",
+                    cluster_label(cluster),
+                    escape(tool)
+                );
             }
         }
         head(
@@ -211,10 +234,11 @@ impl Metrics {
             "counter",
             "Nodes a tool call could not hear from, by error code.",
         );
-        for (code, n) in &c.node_errors {
+        for ((cluster, code), n) in &c.node_errors {
             let _ = writeln!(
                 s,
-                "citus_mcp_node_errors_total{{code=\"{}\"}} {n}",
+                "citus_mcp_node_errors_total{{{}code=\"{}\"}} {n}",
+                cluster_label(cluster),
                 escape(code)
             );
         }
@@ -292,6 +316,15 @@ impl std::io::Write for ByteCount {
     }
 }
 
+/// `cluster="NAME",` before a series' other labels; nothing without clusters.
+fn cluster_label(cluster: &str) -> String {
+    if cluster.is_empty() {
+        String::new()
+    } else {
+        format!("cluster=\"{}\",", escape(cluster))
+    }
+}
+
 /// A label value as the text format wants it: backslash, quote and newline escaped.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -332,6 +365,36 @@ mod tests {
         assert!(page.contains(&format!(
             "citus_mcp_tool_bytes_returned_total{{tool=\"list_nodes\"}} {bytes}"
         )));
+    }
+
+    #[test]
+    fn a_clusters_calls_carry_its_name_as_a_label() {
+        let m = Metrics::default();
+        let (prod, staging) = (m.for_cluster("prod"), m.for_cluster("staging"));
+        let result = json!({"nodes": [{"a": 1}],
+            "node_errors": [{"node": "w1:5432", "code": "NODE_UNREACHABLE"}]});
+        for (handle, n) in [(&prod, 2), (&staging, 1)] {
+            for _ in 0..n {
+                handle.record_call(&CallRecord {
+                    tool: "list_nodes",
+                    outcome: "ok",
+                    elapsed: Duration::from_millis(3),
+                    result: Some(&result),
+                });
+            }
+        }
+        let page = m.render(0);
+        for line in [
+            "citus_mcp_tool_calls_total{cluster=\"prod\",tool=\"list_nodes\",outcome=\"ok\"} 2",
+            "citus_mcp_tool_calls_total{cluster=\"staging\",tool=\"list_nodes\",outcome=\"ok\"} 1",
+            "citus_mcp_tool_call_duration_seconds_count{cluster=\"prod\",tool=\"list_nodes\"} 2",
+            "citus_mcp_tool_rows_returned_total{cluster=\"staging\",tool=\"list_nodes\"} 1",
+            "citus_mcp_node_errors_total{cluster=\"prod\",code=\"NODE_UNREACHABLE\"} 2",
+        ] {
+            assert!(page.contains(line), "{line} missing from:\n{page}");
+        }
+        // One HELP and TYPE per family, however many clusters.
+        assert_eq!(page.matches("# TYPE citus_mcp_tool_calls_total").count(), 1);
     }
 
     #[test]

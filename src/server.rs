@@ -288,6 +288,11 @@ impl Server {
             })
             .collect();
         let mut s = String::from("Inspect a Citus cluster (distributed PostgreSQL).");
+        if let Some(name) = &self.engine.settings.cluster {
+            s.push_str(&format!(
+                " This endpoint serves the cluster `{name}`; the same server may serve others at other URLs."
+            ));
+        }
         if !steps.is_empty() {
             s.push_str(&format!(" {}.", steps.join("; ")));
         }

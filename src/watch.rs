@@ -26,6 +26,9 @@ use crate::toolsets::Toolsets;
 #[derive(Clone)]
 pub struct Reloader {
     pub engine: Arc<Engine>,
+    /// The engines of the other clusters, served from the same files: each gets every
+    /// snapshot `engine` gets.
+    pub followers: Vec<Arc<Engine>>,
     pub tool_dirs: Vec<PathBuf>,
     pub prompt_dirs: Vec<PathBuf>,
     pub disabled: Vec<String>,
@@ -96,7 +99,12 @@ impl Reloader {
         }
         // Which prompts are listed depends on the tools when toolsets are selected (a
         // prompt that names a tool not served is hidden).
-        if new.prompts_differ(&old) || (toolsets.is_selective() && new.tools_differ(&old)) {
+        let selective = toolsets.is_selective()
+            || self
+                .followers
+                .iter()
+                .any(|e| e.settings.toolsets.is_selective());
+        if new.prompts_differ(&old) || (selective && new.tools_differ(&old)) {
             changed.push(Change::Prompts);
         }
         if new.resources() != old.resources() {
@@ -108,7 +116,11 @@ impl Reloader {
             errors = new.errors().count(),
             "reloaded tool files"
         );
-        self.engine.swap(new);
+        let new = Arc::new(new);
+        for e in &self.followers {
+            e.swap_shared(new.clone());
+        }
+        self.engine.swap_shared(new);
         drop(warnings);
         for c in &changed {
             // No receivers just means no client is connected yet.

@@ -73,13 +73,18 @@ impl ApprovalSettings {
                 )
             })
         };
+        // Each of several clusters keeps its own ledger and audit log by default.
+        let suffix = config
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| format!("-{c}"));
         let ledger_path = match &config.approval_ledger_path {
             Some(p) => p.clone(),
-            None => state()?.join("approval-nonces"),
+            None => state()?.join(format!("approval-nonces{suffix}")),
         };
         let audit_path = match &config.approval_audit_log {
             Some(p) => p.clone(),
-            None => state()?.join("approval-audit.jsonl"),
+            None => state()?.join(format!("approval-audit{suffix}.jsonl")),
         };
         Ok(ApprovalSettings {
             secret,

@@ -48,6 +48,8 @@ pub struct Settings {
     pub fanout: FanOutMode,
     /// The toolsets served; tools outside them are neither listed nor callable.
     pub toolsets: Toolsets,
+    /// The name of the cluster this engine serves, when the server has several.
+    pub cluster: Option<String>,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             enable_caching: true,
             fanout: FanOutMode::Coordinator,
             toolsets: Toolsets::all(),
+            cluster: None,
         }
     }
 }
@@ -108,8 +111,14 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(registry: Registry, db: Option<Db>, settings: Settings) -> Engine {
+        Engine::sharing(Arc::new(registry), db, settings)
+    }
+
+    /// An engine over a snapshot that other engines serve too (one engine per cluster,
+    /// one set of tool files).
+    pub fn sharing(registry: Arc<Registry>, db: Option<Db>, settings: Settings) -> Engine {
         Engine {
-            registry: RwLock::new(Arc::new(registry)),
+            registry: RwLock::new(registry),
             db,
             settings,
             cache: Mutex::new(HashMap::new()),
@@ -148,7 +157,11 @@ impl Engine {
 
     /// Swaps in a new snapshot; cached results of the old one are dropped.
     pub fn swap(&self, registry: Registry) -> Arc<Registry> {
-        let new = Arc::new(registry);
+        self.swap_shared(Arc::new(registry))
+    }
+
+    /// Swaps in a snapshot other engines may hold too; cached results are dropped.
+    pub fn swap_shared(&self, new: Arc<Registry>) -> Arc<Registry> {
         let old = std::mem::replace(&mut *self.registry.write().expect("registry lock"), new);
         self.cache.lock().expect("cache lock").clear();
         self.swaps

@@ -8,6 +8,10 @@
 //! https (`tls`), and the graceful shutdown. Everything MCP is the same [`Server`] stdio
 //! uses, one per session (or per request when stateless), over the same engine, so
 //! hot reload and `list_changed` reach HTTP sessions too. It never sees SQL.
+//!
+//! With several clusters (`clusters` in the configuration) each is served at
+//! `/mcp/{cluster}` by its own engine, behind the same authentication; `/readyz` reports
+//! each, and `/metrics` labels each cluster's series with its name.
 
 pub mod auth;
 pub mod jwks;
@@ -25,6 +29,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -135,9 +140,27 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
     }
 }
 
+/// One engine served over HTTP: at `/mcp`, or at `/mcp/{name}` for a named cluster.
+pub struct Served {
+    /// The cluster's name; `None` for the single-DSN configuration.
+    pub name: Option<String>,
+    /// The cluster's engine: its pool, settings and approval gate over the shared snapshot.
+    pub engine: Arc<Engine>,
+}
+
+impl Served {
+    /// Where its MCP endpoint is.
+    pub fn path(&self) -> String {
+        match &self.name {
+            Some(n) => format!("/mcp/{n}"),
+            None => "/mcp".into(),
+        }
+    }
+}
+
 /// What the request handlers share.
 struct Shared {
-    engine: Arc<Engine>,
+    served: Vec<Served>,
     metrics: Arc<Metrics>,
     /// POST responses not yet fully sent, which a shutdown lets finish.
     responses: Arc<Running>,
@@ -230,7 +253,7 @@ impl Prepared {
 /// the statements still running are cancelled on every node.
 pub async fn serve(
     prepared: Prepared,
-    engine: Arc<Engine>,
+    served: Vec<Served>,
     changes: broadcast::Sender<Change>,
 ) -> Result<(), HttpError> {
     let listener = tokio::net::TcpListener::bind(prepared.addr)
@@ -245,12 +268,21 @@ pub async fn serve(
     })?;
     let sessions = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
-    let server = Server::new(engine.clone(), changes).with_metrics(metrics.clone());
-    let mcp = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        prepared.rmcp_config(sessions.clone()),
-    );
+    // One MCP service per cluster, each with its own sessions; all hear the same reloads.
+    let mut protected = Router::new();
+    for c in &served {
+        let counters = match &c.name {
+            Some(n) => Arc::new(metrics.for_cluster(n)),
+            None => metrics.clone(),
+        };
+        let server = Server::new(c.engine.clone(), changes.clone()).with_metrics(counters);
+        let mcp = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            prepared.rmcp_config(sessions.clone()),
+        );
+        protected = protected.route_service(&c.path(), mcp);
+    }
     if prepared.addr.ip().is_unspecified() && prepared.config.allowed_hosts.is_empty() {
         tracing::warn!(
             "listening on every interface with the default http.allowed_hosts: only loopback Host \
@@ -261,8 +293,10 @@ pub async fn serve(
     let tokens = Arc::new(prepared.tokens);
     let oauth = prepared.oauth.map(Arc::new);
     let authenticated = tokens.configured() || oauth.is_some();
+    let paths: Vec<String> = served.iter().map(Served::path).collect();
+    let tools = served.first().map_or(0, |c| c.engine.visible_tools().len());
     let shared = Arc::new(Shared {
-        engine: engine.clone(),
+        served,
         metrics: metrics.clone(),
         responses: responses.clone(),
         tokens: tokens.clone(),
@@ -287,22 +321,25 @@ pub async fn serve(
             }
         });
     }
-    let protected = Router::new()
-        .route_service("/mcp", mcp)
+    // The metadata document of each endpoint, at the path RFC 9728 derives from it.
+    let mut app = Router::new();
+    for path in &paths {
+        app = app.route(&format!("{METADATA_PATH}{path}"), get(resource_metadata));
+    }
+    let protected = protected
         .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track));
-    let app = Router::new()
+    let app = app
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route(METADATA_PATH, get(resource_metadata))
-        .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata))
         .merge(protected)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             limit_headers,
         ))
-        .with_state(shared);
+        .with_state(shared.clone());
 
     let stop = CancellationToken::new();
     let scheme = if prepared.tls.is_some() {
@@ -323,10 +360,20 @@ pub async fn serve(
                     .into_future(),
             )
         }
+        // An answer is written in several small pieces (headers, SSE event, last chunk):
+        // with Nagle's algorithm the later ones wait for the client's delayed ACK, 40 ms
+        // a call.
         None => tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!("cannot set TCP_NODELAY: {e}");
+                    }
+                }),
+                app,
+            )
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
         ),
     };
     tracing::info!(
@@ -334,8 +381,9 @@ pub async fn serve(
         stateless = prepared.config.stateless,
         authenticated,
         oauth = oauth.is_some(),
-        tools = engine.visible_tools().len(),
-        "serving MCP on {scheme}://{local}/mcp"
+        tools,
+        "serving MCP on {scheme}://{local}{}",
+        paths.join(format!(", {scheme}://{local}").as_str())
     );
     shutdown_signal().await;
 
@@ -355,10 +403,14 @@ pub async fn serve(
     }
     // Sessions hold their GET streams open; closing them lets the connections drain.
     sessions.cancel();
-    if let Some(db) = engine.db()
-        && tokio::time::timeout(CANCEL_WAIT, db.cancel_running())
-            .await
-            .is_err()
+    let cancels = shared
+        .served
+        .iter()
+        .filter_map(|c| c.engine.db())
+        .map(|db| db.cancel_running());
+    if tokio::time::timeout(CANCEL_WAIT, futures_util::future::join_all(cancels))
+        .await
+        .is_err()
     {
         tracing::warn!("could not cancel the statements in flight within 3 s");
     }
@@ -491,7 +543,9 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
         s.metrics.record_refusal("forbidden");
         return s.forbidden(Value::Null, &holder.name, None);
     }
-    if req.method() == Method::POST && req.uri().path() == "/mcp" {
+    if req.method() == Method::POST
+        && let Some(engine) = s.engine_at(req.uri().path())
+    {
         // The grant depends on the tool, which only the body names (2025 clients send
         // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
         let (parts, body) = req.into_parts();
@@ -508,7 +562,7 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
                 return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
             }
         };
-        if let Some(r) = refused(&s.engine, &holder.grant, &bytes) {
+        if let Some(r) = refused(engine, &holder.grant, &bytes) {
             tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
             s.metrics.record_refusal("forbidden");
             return s.forbidden(r.id, &holder.name, Some((&r.what, &r.tool, r.safety)));
@@ -547,6 +601,14 @@ impl Invalid {
 }
 
 impl Shared {
+    /// The engine whose MCP endpoint `path` is.
+    fn engine_at(&self, path: &str) -> Option<&Engine> {
+        self.served
+            .iter()
+            .find(|c| c.path() == path)
+            .map(|c| &*c.engine)
+    }
+
     /// A configured bearer token first (its hash), then an OAuth access token.
     async fn authenticate(&self, token: &str) -> Result<Holder, Invalid> {
         if let Some(h) = self.tokens.current().verify(token) {
@@ -696,32 +758,42 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-/// 200 once the coordinator has answered within the last minute (`Db::facts` caches
-/// for that long); 503 otherwise, without the reason (this page needs no token).
+/// 200 once every coordinator has answered within the last minute (`Db::facts` caches
+/// for that long); 503 otherwise, without the reason (this page needs no token). With
+/// clusters, one line per cluster: `NAME: ready` or why not.
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let Some(db) = s.engine.db() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no coordinator configured\n",
-        )
-            .into_response();
+    let checks = s.served.iter().map(|c| async move {
+        let state = match c.engine.db() {
+            None => Err("no coordinator configured"),
+            Some(db) => match tokio::time::timeout(Duration::from_secs(5), db.facts()).await {
+                Ok(Ok(_)) => Ok("ready"),
+                Ok(Err(e)) => {
+                    tracing::debug!(cluster = c.name.as_deref(), "not ready: {e}");
+                    Err("coordinator not reachable")
+                }
+                Err(_) => Err("coordinator did not answer"),
+            },
+        };
+        (c.name.as_deref(), state)
+    });
+    let states = futures_util::future::join_all(checks).await;
+    let ready = states.iter().all(|(_, st)| st.is_ok());
+    let body: String = states
+        .iter()
+        .map(|(name, st)| {
+            let text = st.unwrap_or_else(|e| e);
+            match name {
+                Some(n) => format!("{n}: {text}\n"),
+                None => format!("{text}\n"),
+            }
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    match tokio::time::timeout(Duration::from_secs(5), db.facts()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => {
-            tracing::debug!("not ready: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "coordinator not reachable\n",
-            )
-                .into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "coordinator did not answer\n",
-        )
-            .into_response(),
-    }
+    (status, body).into_response()
 }
 
 async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
@@ -730,7 +802,9 @@ async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.render(s.engine.swaps()),
+        // Every cluster's engine takes every snapshot: one count of reloads.
+        s.metrics
+            .render(s.served.first().map_or(0, |c| c.engine.swaps())),
     )
         .into_response()
 }

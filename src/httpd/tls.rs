@@ -90,6 +90,10 @@ impl TlsListener {
                         }
                     },
                 };
+                // As for plain HTTP: an answer's later pieces must not wait for an ACK.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
                 let tls = tls.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -107,6 +107,10 @@ async fn server_info(engine: &Engine, timeout: std::time::Duration) -> Value {
         "fanout": s.fanout,
         "toolsets": s.toolsets.names(),
     });
+    // One of several clusters says which, so results from two are not confused.
+    if let Some(name) = &s.cluster {
+        info["cluster_name"] = json!(name);
+    }
     let cluster = match engine.db() {
         None => json!({"connected": false, "error": "no coordinator is configured"}),
         Some(db) => match db.facts_within(timeout).await {

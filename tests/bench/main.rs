@@ -19,6 +19,7 @@
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
 //! read them: tests/bench/README.md.
 
+mod http;
 #[path = "../support/pg.rs"]
 mod pg;
 
@@ -73,6 +74,7 @@ fn main() -> Result<()> {
         ("bytes", bytes_per_row),
         ("rows", rows_growth),
         ("explains", explains::explains),
+        ("http", http::http),
     ];
     for (name, run) in sections {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {

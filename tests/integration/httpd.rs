@@ -81,6 +81,8 @@ impl std::ops::Deref for HttpServer {
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) port: u16,
+    /// The MCP endpoint's path: `/mcp`, or `/mcp/{cluster}`.
+    path: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -119,9 +121,19 @@ pub(crate) fn meta_2026() -> Value {
 impl HttpServer {
     pub(crate) fn start(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> HttpServer {
         let mut cmd = bin();
+        cmd.env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn());
+        HttpServer::launch(cmd, args, env)
+    }
+
+    /// `citus-mcp serve --http 127.0.0.1:0 ARGS` with `cmd`'s environment and `env`;
+    /// returns once the log names the port.
+    pub(crate) fn launch(
+        mut cmd: std::process::Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> HttpServer {
         cmd.args(["serve", "--http", "127.0.0.1:0"])
             .args(args)
-            .env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -165,6 +177,7 @@ impl HttpServer {
             log,
             ep: Endpoint {
                 port,
+                path: "/mcp".into(),
                 client: Client::builder(TokioExecutor::new()).build_http(),
             },
         }
@@ -198,6 +211,19 @@ impl HttpServer {
 }
 
 impl Endpoint {
+    /// The same server, its MCP endpoint at `path` (a cluster's `/mcp/{name}`).
+    pub(crate) fn at(&self, path: &str) -> Endpoint {
+        Endpoint {
+            path: path.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The MCP endpoint's path.
+    pub(crate) fn mcp_path(&self) -> &str {
+        &self.path
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -251,8 +277,23 @@ impl Endpoint {
     pub(crate) async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Answer {
         let mut all = vec![("content-type", "application/json"), ACCEPT];
         all.extend_from_slice(headers);
-        self.send("POST", "/mcp", &all, body.to_string().into_bytes())
+        self.send("POST", &self.path, &all, body.to_string().into_bytes())
             .await
+    }
+
+    /// A legacy session's GET stream (where its notifications go), open.
+    pub(crate) async fn open_stream(&self, session: &str) -> hyper::body::Incoming {
+        let get = hyper::Request::builder()
+            .method("GET")
+            .uri(self.url(&self.path))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(get).await.expect("the stream opens");
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
     }
 
     /// A legacy session: initialize and initialized; returns its id.

@@ -11,7 +11,9 @@ mod pg;
 mod advisors;
 mod analysis;
 mod approval;
+mod clients;
 mod dead_node;
+mod docs;
 mod e2e;
 mod engine;
 mod examples;
@@ -150,6 +152,8 @@ fn main() {
     trials.extend(operations::trials(&ctx));
     trials.extend(httpd::trials(&ctx));
     trials.extend(oauth::trials(&ctx));
+    trials.extend(clients::trials(&ctx));
+    trials.extend(docs::trials(&ctx));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the database before exiting (statics are not dropped).
     if let Ok(ctx) = Arc::try_unwrap(ctx) {

@@ -37,6 +37,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         trial(ctx, "oauth::bad_tokens_are_401_invalid_token", bad_tokens),
         trial(
             ctx,
+            "oauth::every_cluster_endpoint_is_protected_and_described",
+            with_clusters,
+        ),
+        trial(
+            ctx,
             "oauth::jwks_url_is_refetched_for_a_new_key_at_most_once_per_interval",
             jwks_url,
         ),
@@ -490,6 +495,83 @@ fn metadata(ctx: &Ctx) {
             .send("GET", "/.well-known/oauth-protected-resource", &[], vec![])
             .await;
         assert_eq!(r.status, 404);
+    });
+}
+
+/// With `clusters`, each `/mcp/{cluster}` takes the same tokens, answers 401 with the
+/// metadata pointer, has its metadata document at its own well-known path, and holds a
+/// token to its scopes.
+fn with_clusters(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let es = Key::es256("k");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&es])).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "clusters:\n  east:\n    dsn: \"{dsn}\"\n  west:\n    dsn: \"{dsn}\"\nhttp:\n{oauth}",
+            dsn = ctx.dsn(),
+            oauth = oauth_section(&format!("jwks_file: {}", jwks_file.display())),
+        ),
+    )
+    .unwrap();
+    let mut cmd = crate::e2e::bin();
+    cmd.env_remove("CITUS_MCP_COORDINATOR_DSN")
+        .env("XDG_STATE_HOME", dir.path())
+        .arg("--config")
+        .arg(&config);
+    let s = HttpServer::launch(cmd, &[], &[]);
+    let pinger = bearer(&es.sign(&claims("alice", "citus:ping", json!({}))));
+    let reader = bearer(&es.sign(&claims("bob", "citus:read", json!({}))));
+    ctx.rt.block_on(async {
+        for (i, path) in ["/mcp/east", "/mcp/west"].into_iter().enumerate() {
+            let ep = s.ep.at(path);
+            let id = 10 * i as u64;
+            let r = ep.call_2026(&[], id, "ping", json!({})).await;
+            assert_eq!(r.status, 401, "{path}: {}", r.text);
+            assert!(
+                r.header("www-authenticate")
+                    .unwrap()
+                    .contains("resource_metadata="),
+                "{path}"
+            );
+            let doc = format!("/.well-known/oauth-protected-resource{path}");
+            let r = s.send("GET", &doc, &[], vec![]).await;
+            assert_eq!(r.status, 200, "{doc}: {}", r.text);
+            let doc: Value = serde_json::from_str(&r.text).unwrap();
+            assert_eq!(doc["authorization_servers"], json!([ISSUER]));
+
+            let r = ep
+                .call_2026(&[("authorization", &pinger)], id + 1, "ping", json!({}))
+                .await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+            let r = ep
+                .call_2026(
+                    &[("authorization", &pinger)],
+                    id + 2,
+                    "list_nodes",
+                    json!({}),
+                )
+                .await;
+            assert_eq!(r.status, 403, "{path}: {}", r.text);
+            assert!(
+                r.header("www-authenticate")
+                    .unwrap()
+                    .contains("insufficient_scope"),
+                "{path}"
+            );
+            let r = ep
+                .call_2026(
+                    &[("authorization", &reader)],
+                    id + 3,
+                    "list_nodes",
+                    json!({}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+            assert!(!r.text.contains("\"isError\":true"), "{path}: {}", r.text);
+        }
     });
 }
 
