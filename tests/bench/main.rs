@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 9] = [
+    let sections: [(&str, SectionFn); 10] = [
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),
