@@ -163,7 +163,7 @@ impl Metrics {
     }
 
     /// The page `/metrics` serves. `reloads` comes from the engine's registry swaps.
-    pub fn render(&self, reloads: u64) -> String {
+    pub fn render(&self, reloads: u64, pools: &[PoolGauge]) -> String {
         let c = self.lock();
         let mut s = String::new();
         let head = |s: &mut String, name: &str, kind: &str, help: &str| {
@@ -265,8 +265,48 @@ impl Metrics {
             "Tool calls running now.",
         );
         let _ = writeln!(s, "citus_mcp_tool_calls_in_flight {}", self.in_flight());
+        head(
+            &mut s,
+            "citus_mcp_db_connections",
+            "gauge",
+            "Pooled coordinator connections: open, idle (open and free) and max.",
+        );
+        for p in pools {
+            for (state, n) in [("open", p.open), ("idle", p.idle), ("max", p.max)] {
+                let _ = writeln!(
+                    s,
+                    "citus_mcp_db_connections{{{}state=\"{state}\"}} {n}",
+                    cluster_label(&p.cluster)
+                );
+            }
+        }
+        head(
+            &mut s,
+            "citus_mcp_db_waiting",
+            "gauge",
+            "Calls waiting for a pooled connection.",
+        );
+        for p in pools {
+            let labels = cluster_label(&p.cluster);
+            let labels = labels.trim_end_matches(',');
+            if labels.is_empty() {
+                let _ = writeln!(s, "citus_mcp_db_waiting {}", p.waiting);
+            } else {
+                let _ = writeln!(s, "citus_mcp_db_waiting{{{labels}}} {}", p.waiting);
+            }
+        }
         s
     }
+}
+
+/// One coordinator pool's use, as `/metrics` shows it; `cluster` is "" without `clusters`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolGauge {
+    pub cluster: String,
+    pub open: usize,
+    pub idle: usize,
+    pub max: usize,
+    pub waiting: usize,
 }
 
 /// Rows (the lengths of the result's lists), bytes of JSON, and node error codes.
@@ -349,7 +389,16 @@ mod tests {
             result: Some(&result),
         });
         m.record_refusal("unauthenticated");
-        let page = m.render(3);
+        let page = m.render(
+            3,
+            &[PoolGauge {
+                cluster: "east".into(),
+                open: 2,
+                idle: 1,
+                max: 8,
+                waiting: 0,
+            }],
+        );
         assert!(page.contains("citus_mcp_tool_calls_total{tool=\"list_nodes\",outcome=\"ok\"} 1"));
         assert!(page.contains("citus_mcp_tool_rows_returned_total{tool=\"list_nodes\"} 2"));
         assert!(page.contains(
@@ -365,6 +414,19 @@ mod tests {
         assert!(page.contains(&format!(
             "citus_mcp_tool_bytes_returned_total{{tool=\"list_nodes\"}} {bytes}"
         )));
+        assert!(page.contains("citus_mcp_db_connections{cluster=\"east\",state=\"open\"} 2"));
+        assert!(page.contains("citus_mcp_db_connections{cluster=\"east\",state=\"idle\"} 1"));
+        assert!(page.contains("citus_mcp_db_connections{cluster=\"east\",state=\"max\"} 8"));
+        assert!(page.contains("citus_mcp_db_waiting{cluster=\"east\"} 0"));
+        let single = Metrics::default().render(
+            0,
+            &[PoolGauge {
+                max: 8,
+                ..PoolGauge::default()
+            }],
+        );
+        assert!(single.contains("citus_mcp_db_connections{state=\"max\"} 8"));
+        assert!(single.contains("citus_mcp_db_waiting 0"));
     }
 
     #[test]
@@ -383,7 +445,7 @@ mod tests {
                 });
             }
         }
-        let page = m.render(0);
+        let page = m.render(0, &[]);
         for line in [
             "citus_mcp_tool_calls_total{cluster=\"prod\",tool=\"list_nodes\",outcome=\"ok\"} 2",
             "citus_mcp_tool_calls_total{cluster=\"staging\",tool=\"list_nodes\",outcome=\"ok\"} 1",

@@ -100,6 +100,15 @@ const BEGIN_READ_ONLY: &str = "START TRANSACTION READ ONLY";
 const BEGIN_READ_WRITE: &str = "START TRANSACTION READ WRITE";
 const ROLLBACK: &str = "ROLLBACK";
 
+/// A pool's use at one moment ([`Db::pool_use`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    pub open: usize,
+    pub idle: usize,
+    pub max: usize,
+    pub waiting: usize,
+}
+
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -298,6 +307,18 @@ impl Db {
             read_only_texts: Mutex::new(std::collections::HashSet::new()),
             startup,
         })
+    }
+
+    /// How the pool is used now: connections open, idle among them, the most it opens,
+    /// and calls waiting for one.
+    pub fn pool_use(&self) -> PoolUse {
+        let st = self.pool.status();
+        PoolUse {
+            open: st.size,
+            idle: st.available,
+            max: st.max_size,
+            waiting: st.waiting,
+        }
     }
 
     /// `host:port/db` of the coordinator, safe to print.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::echo;
 use crate::engine::Engine;
-use crate::metrics::{Entered, Metrics, Running};
+use crate::metrics::{Entered, Metrics, PoolGauge, Running};
 use crate::server::{CallerGrant, CallerName, Change, Server};
 use crate::spec::Safety;
 use auth::{Grant, Holder, TokenConfig, TokenStore};
@@ -797,6 +797,20 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
+    let pools: Vec<PoolGauge> = s
+        .served
+        .iter()
+        .filter_map(|c| {
+            let u = c.engine.db()?.pool_use();
+            Some(PoolGauge {
+                cluster: c.name.clone().unwrap_or_default(),
+                open: u.open,
+                idle: u.idle,
+                max: u.max,
+                waiting: u.waiting,
+            })
+        })
+        .collect();
     (
         [(
             header::CONTENT_TYPE,
@@ -804,7 +818,7 @@ async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
         )],
         // Every cluster's engine takes every snapshot: one count of reloads.
         s.metrics
-            .render(s.served.first().map_or(0, |c| c.engine.swaps())),
+            .render(s.served.first().map_or(0, |c| c.engine.swaps()), &pools),
     )
         .into_response()
 }

@@ -707,6 +707,19 @@ fn health_and_metrics(ctx: &Ctx) {
             "{}",
             m.text
         );
+        // The pool: the calls above opened a connection, none is waiting.
+        let gauge = |series: &str| -> u64 {
+            m.text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{series} missing from:\n{}", m.text))
+        };
+        assert!(gauge("citus_mcp_db_connections{state=\"open\"}") >= 1);
+        assert!(
+            gauge("citus_mcp_db_connections{state=\"max\"}")
+                >= gauge("citus_mcp_db_connections{state=\"open\"}")
+        );
+        assert_eq!(gauge("citus_mcp_db_waiting"), 0);
     });
 }
 
