@@ -581,6 +581,7 @@ async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result
         None => None,
     };
     let engine = engine(&config, env)?;
+    engine.prepare_in_background();
     let (changes, _) = tokio::sync::broadcast::channel(16);
     let reloader = Reloader {
         engine: engine.clone(),

@@ -14,6 +14,7 @@ use include_dir::{Dir, include_dir};
 
 use crate::compile::{self, CompiledPrompt, CompiledTool, SourceFile};
 use crate::diagnostic::{Code, Diagnostic};
+use crate::spec;
 
 static BUILTIN_TOOLS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/tools.d");
 static BUILTIN_PROMPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/prompts.d");
@@ -171,6 +172,8 @@ impl Registry {
             warnings: sources.warnings.clone(),
             ..Default::default()
         };
+        // Disabled tools met in the files (and so never compiled).
+        let mut left_out = std::collections::BTreeSet::new();
         for layer in &sources.tools {
             let mut layer_names = BTreeMap::new();
             for file in layer {
@@ -203,8 +206,18 @@ impl Registry {
                         } else {
                             compile::Depth::Lint
                         };
-                        let (t, d) = compile::compile_tool_to(file, plugins, depth);
-                        (t.map(Arc::new), d)
+                        match spec::parse_tool(&file.origin, &file.text) {
+                            // A disabled tool is never compiled: its name is all it costs.
+                            Ok(spec) if disabled.contains(&spec.name) => {
+                                left_out.insert(spec.name);
+                                continue;
+                            }
+                            Ok(spec) => {
+                                let (t, d) = compile::compile_spec(file, spec, plugins, depth);
+                                (t.map(Arc::new), d)
+                            }
+                            Err(d) => (None, d),
+                        }
                     }
                 };
                 reg.diagnostics.extend(diags);
@@ -257,7 +270,11 @@ impl Registry {
         for name in disabled {
             let tool = reg.tools.remove(name);
             let prompt = reg.prompts.remove(name);
-            if tool.is_none() && prompt.is_none() && !unknown.contains(&name) {
+            if tool.is_none()
+                && prompt.is_none()
+                && !left_out.contains(name)
+                && !unknown.contains(&name)
+            {
                 unknown.push(name);
             }
         }
@@ -539,6 +556,49 @@ mod tests {
         let reg = Registry::build(&s, None, &["t".to_string()], &[]);
         assert!(reg.tools.is_empty());
         assert!(reg.warnings.is_empty(), "{:?}", reg.warnings);
+    }
+
+    /// Issue #8: startup parses the built-in files; their validators and templates
+    /// are compiled on first use. Operators' files are compiled in full when loaded.
+    #[test]
+    fn builtins_compile_on_first_use_and_operators_files_on_load() {
+        let mut sources = Sources::builtin();
+        sources
+            .tools
+            .push(vec![src("a/t.yaml", tool("t", "SELECT 1"))]);
+        let reg = Registry::build(&sources, None, &[], crate::plugins::NAMES);
+        assert!(reg.tools["t"].is_prepared());
+        let inspector = &reg.tools["citus_table_inspector"];
+        assert!(!inspector.is_prepared());
+        let run = inspector.runnable().expect("built-ins compile");
+        assert!(inspector.is_prepared());
+        assert!(
+            run.argument_errors(&serde_json::json!({"table": "t"}))
+                .is_empty()
+        );
+        assert!(
+            !inspector
+                .argument_errors(&serde_json::json!({"nope": 1}))
+                .is_empty()
+        );
+    }
+
+    /// Issue #8: a disabled tool is never compiled, so a broken one reports nothing.
+    #[test]
+    fn disabled_tools_are_never_compiled() {
+        let s = Sources {
+            tools: vec![vec![
+                src("a/t.yaml", tool("t", "SELECT {{ 1")),
+                src("a/u.yaml", tool("u", "SELECT 1")),
+            ]],
+            ..Default::default()
+        };
+        let reg = Registry::build(&s, None, &[], &[]);
+        assert_eq!(reg.errors().count(), 1, "{:?}", reg.diagnostics);
+        let reg = Registry::build(&s, None, &["t".to_string()], &[]);
+        assert_eq!(reg.errors().count(), 0, "{:?}", reg.diagnostics);
+        assert!(reg.warnings.is_empty(), "{:?}", reg.warnings);
+        assert_eq!(reg.tools.keys().collect::<Vec<_>>(), ["u"]);
     }
 
     /// Issue #6: a misspelt name in disabled_tools disabled nothing, silently.

@@ -390,7 +390,13 @@ fn parse<T: serde::de::DeserializeOwned>(
     if !problems.is_empty() {
         return Err(problems);
     }
-    serde_yaml::from_str(text).map_err(|e| vec![yaml_error(file, &e)])
+    // The YAML is parsed once: the typed value comes from the JSON value just checked.
+    // Only a file that fails here (rare: the meta-schema checked the shape) is read
+    // again, for an error that points at its line.
+    T::deserialize(value).map_err(|e| match serde_yaml::from_str::<T>(text) {
+        Err(positioned) => vec![yaml_error(file, &positioned)],
+        Ok(_) => vec![Diagnostic::new(Code::E001, file, e.to_string())],
+    })
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
