@@ -270,10 +270,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One stdio client is served best on one thread: the tasks of a call (rmcp's loop,
+    // the handler, the connection to PostgreSQL, the stdout writer) wake each other
+    // without crossing threads, which costs futex calls and context switches per call
+    // (issue #8). HTTP serves many clients at once: a worker per core.
+    let http =
+        config.http.listen.is_some() && matches!(cli.command, None | Some(Command::Serve { .. }));
+    let mut builder = if http {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("citus-mcp: cannot start the runtime: {e}");
