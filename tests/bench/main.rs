@@ -18,6 +18,7 @@
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
 //! read them: tests/bench/README.md.
 
+mod floor;
 #[path = "../support/pg.rs"]
 mod pg;
 
@@ -41,6 +42,9 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> Result<()> {
+    if std::env::var_os(floor::ECHO_ENV).is_some() {
+        return floor::echo_main();
+    }
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -60,7 +64,8 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 8] = [
+    let sections: [(&str, SectionFn); 9] = [
+        ("floor", floor::floors),
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),
