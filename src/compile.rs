@@ -870,10 +870,17 @@ fn check_paging(ck: &mut Findings, spec: &ToolSpec) {
 
 /// Compiles a prompt file.
 pub fn compile_prompt(file: &SourceFile) -> (Option<CompiledPrompt>, Vec<Diagnostic>) {
-    let spec = match spec::parse_prompt(&file.origin, &file.text) {
-        Ok(s) => s,
-        Err(d) => return (None, d),
-    };
+    match spec::parse_prompt(&file.origin, &file.text) {
+        Ok(spec) => compile_prompt_spec(file, spec),
+        Err(d) => (None, d),
+    }
+}
+
+/// Compiles a prompt from its file's parsed `spec`.
+pub fn compile_prompt_spec(
+    file: &SourceFile,
+    spec: PromptSpec,
+) -> (Option<CompiledPrompt>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);

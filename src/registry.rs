@@ -29,6 +29,27 @@ pub fn builtin_prompts() -> Vec<SourceFile> {
     embedded(&BUILTIN_PROMPTS, "prompts.d")
 }
 
+/// The built-in tool and prompt files as JSON (file name, JSON text), converted from their
+/// YAML by build.rs: startup parses JSON, not YAML.
+static BUILTIN_TOOLS_JSON: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/builtin_tools_json.rs"));
+static BUILTIN_PROMPTS_JSON: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/builtin_prompts_json.rs"));
+
+/// The JSON of a built-in file, if `file` is one, unchanged.
+fn builtin_json(file: &SourceFile) -> Option<&'static str> {
+    let path = file.origin.strip_prefix(BUILTIN)?;
+    let (dir, json, name) = match path.split_once('/')? {
+        ("tools.d", name) => (&BUILTIN_TOOLS, BUILTIN_TOOLS_JSON, name),
+        ("prompts.d", name) => (&BUILTIN_PROMPTS, BUILTIN_PROMPTS_JSON, name),
+        _ => return None,
+    };
+    if dir.get_file(name)?.contents() != file.text.as_bytes() {
+        return None;
+    }
+    json.iter().find(|(n, _)| *n == name).map(|(_, json)| *json)
+}
+
 /// How embedded files' origins begin.
 const BUILTIN: &str = "builtin:";
 
@@ -206,7 +227,11 @@ impl Registry {
                         } else {
                             compile::Depth::Lint
                         };
-                        match spec::parse_tool(&file.origin, &file.text) {
+                        let parsed = match builtin_json(file) {
+                            Some(json) => spec::parse_builtin(&file.origin, json),
+                            None => spec::parse_tool(&file.origin, &file.text),
+                        };
+                        match parsed {
                             // A disabled tool is never compiled: its name is all it costs.
                             Ok(spec) if disabled.contains(&spec.name) => {
                                 left_out.insert(spec.name);
@@ -252,7 +277,13 @@ impl Registry {
         }
         for layer in &sources.prompts {
             for file in layer {
-                let (prompt, diags) = compile::compile_prompt(file);
+                let (prompt, diags) = match builtin_json(file) {
+                    Some(json) => match spec::parse_builtin(&file.origin, json) {
+                        Ok(spec) => compile::compile_prompt_spec(file, spec),
+                        Err(d) => (None, d),
+                    },
+                    None => compile::compile_prompt(file),
+                };
                 reg.diagnostics.extend(diags);
                 let prompt = match prompt {
                     Some(p) => Arc::new(p),
@@ -390,6 +421,34 @@ mod tests {
             );
         }
         assert!(reg.tools.len() >= 9);
+    }
+
+    /// build.rs's JSON of every built-in file is its YAML, value for value.
+    #[test]
+    fn builtin_json_is_the_yaml() {
+        let files = [builtin_tools(), builtin_prompts()].concat();
+        assert_eq!(
+            files.len(),
+            BUILTIN_TOOLS_JSON.len() + BUILTIN_PROMPTS_JSON.len()
+        );
+        for file in files {
+            let json = builtin_json(&file).expect("every built-in tool file has its JSON");
+            let from_yaml: serde_json::Value = serde_yaml::from_str(&file.text).unwrap();
+            let from_json: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(from_yaml, from_json, "{}", file.origin);
+            // The same keys in the same order: tools/list and the manual keep the file's order.
+            assert_eq!(
+                from_yaml.to_string(),
+                from_json.to_string(),
+                "{}",
+                file.origin
+            );
+        }
+        let changed = SourceFile {
+            origin: "builtin:tools.d/list_nodes.yaml".into(),
+            text: "name: list_nodes\n".into(),
+        };
+        assert!(builtin_json(&changed).is_none());
     }
 
     /// Prompts name tools to call: every `tool` they name must exist, and every

@@ -365,6 +365,15 @@ pub fn parse_prompt(file: &str, text: &str) -> Result<PromptSpec, Vec<Diagnostic
     parse(file, text, &PROMPT_META)
 }
 
+/// Reads a built-in file from the JSON build.rs made of its YAML. No meta-schema check:
+/// the tests lint every built-in file in full (`registry::tests`).
+pub fn parse_builtin<T: serde::de::DeserializeOwned>(
+    file: &str,
+    json: &str,
+) -> Result<T, Vec<Diagnostic>> {
+    serde_json::from_str(json).map_err(|e| vec![Diagnostic::new(Code::E001, file, e.to_string())])
+}
+
 fn parse<T: serde::de::DeserializeOwned>(
     file: &str,
     text: &str,
