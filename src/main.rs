@@ -589,7 +589,6 @@ async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result
         None => None,
     };
     let engine = engine(&config, env)?;
-    engine.prepare_in_background();
     let (changes, _) = tokio::sync::broadcast::channel(16);
     let reloader = Reloader {
         engine: engine.clone(),
@@ -606,6 +605,8 @@ async fn serve(config: Config, env: &BTreeMap<String, String>) -> anyhow::Result
     check_worker_dsns(&config, engine.clone(), checker);
     warn_about_role(engine.clone());
     if let Some(http) = http {
+        // Over stdio the session's `initialized` starts this (see Server::on_initialized).
+        engine.prepare_in_background();
         if engine.db().is_none() {
             tracing::warn!(
                 "no coordinator_dsn configured: only tools that need no database will work"

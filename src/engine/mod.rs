@@ -104,6 +104,8 @@ pub struct Engine {
     approvals: Option<Arc<dyn Approvals>>,
     /// How many snapshots `swap` has put in, for the reload counter of `/metrics`.
     swaps: std::sync::atomic::AtomicU64,
+    /// Whether `prepare_in_background` has started.
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -116,6 +118,7 @@ impl Engine {
             plugins: Plugins::default(),
             approvals: None,
             swaps: std::sync::atomic::AtomicU64::new(0),
+            preparing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -184,10 +187,16 @@ impl Engine {
     }
 
     /// Compiles what calls of the served tools need (validators, templates) on a thread
-    /// of its own: startup does not wait for it, and a first call that comes after it
-    /// does not either (one that comes sooner compiles its own tool, or waits for it).
+    /// of its own, once: startup does not wait for it, and a first call that comes after
+    /// it does not either (one that comes sooner compiles its own tool, or waits for it).
     /// Tools this server does not serve are never compiled.
     pub fn prepare_in_background(self: &Arc<Self>) {
+        if self
+            .preparing
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let engine = self.clone();
         let spawned = std::thread::Builder::new()
             .name("citus-mcp-prepare".into())
