@@ -5,7 +5,7 @@
 //! runs in both places, so a file that lints clean loads, and vice versa.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::value::Serde;
 use serde_json::{Map, Value};
@@ -35,6 +35,11 @@ impl SourceFile {
 }
 
 /// A tool, validated and compiled, ready for the engine.
+///
+/// What only a call needs (the argument validator and the SQL templates) is compiled
+/// once, on first use or by [`CompiledTool::prepare`] ahead of the first call, so that
+/// startup pays for parsing alone. A file compiled to [`Depth::Lint`] (every operator's
+/// file) has it compiled already: its checks need it.
 #[derive(Debug)]
 pub struct CompiledTool {
     pub spec: ToolSpec,
@@ -44,17 +49,32 @@ pub struct CompiledTool {
     /// The input schema as MCP wants it (a JSON object).
     pub input_schema: Arc<Map<String, Value>>,
     pub output_schema: Option<Arc<Map<String, Value>>>,
+    runnable: OnceLock<Result<Runnable, String>>,
+}
+
+/// The parts of a tool a call runs: its argument validator and its SQL templates.
+#[derive(Debug)]
+pub struct Runnable {
     pub validator: jsonschema::Validator,
     /// One SQL template per query (named by the query), plus `when:<query>` conditions.
     pub templates: Templates,
     /// The queries whose SQL reads `results` of earlier queries.
-    pub reads_results: std::collections::BTreeSet<String>,
+    pub reads_results: BTreeSet<String>,
 }
 
-impl CompiledTool {
-    /// The template context for `args`: the arguments with the schema's defaults applied.
-    pub fn context(&self, args: &Map<String, Value>) -> Map<String, Value> {
-        with_defaults(&self.spec.input_schema, args.clone())
+impl Runnable {
+    fn new(spec: &ToolSpec, validator: jsonschema::Validator, templates: Templates) -> Runnable {
+        let reads_results = spec
+            .queries
+            .iter()
+            .filter(|q| templates.references(&q.name, "results"))
+            .map(|q| q.name.clone())
+            .collect();
+        Runnable {
+            validator,
+            templates,
+            reads_results,
+        }
     }
 
     /// Every problem with `args`, as `path: message` lines; empty when they are valid.
@@ -71,13 +91,50 @@ impl CompiledTool {
             })
             .collect()
     }
+}
+
+impl CompiledTool {
+    /// The validator and templates, compiled now if no call needed them yet. An error
+    /// means the file's schema or a template does not compile: only a file loaded
+    /// without its checks ([`Depth::Serve`], the built-ins, which the tests lint in
+    /// full) can get that far.
+    pub fn runnable(&self) -> Result<&Runnable, &str> {
+        self.runnable
+            .get_or_init(|| compile_runnable(self))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Compiles what a call needs, if that has not happened yet (ahead of the first call).
+    pub fn prepare(&self) {
+        let _ = self.runnable();
+    }
+
+    /// Whether what a call needs is compiled already.
+    pub fn is_prepared(&self) -> bool {
+        self.runnable.get().is_some()
+    }
+
+    /// The template context for `args`: the arguments with the schema's defaults applied.
+    pub fn context(&self, args: &Map<String, Value>) -> Map<String, Value> {
+        with_defaults(&self.spec.input_schema, args.clone())
+    }
+
+    /// Every problem with `args`, as `path: message` lines; empty when they are valid.
+    pub fn argument_errors(&self, args: &Value) -> Vec<String> {
+        match self.runnable() {
+            Ok(r) => r.argument_errors(args),
+            Err(e) => vec![e.to_string()],
+        }
+    }
 
     /// Renders every query an example reaches (first page, and a later keyset page).
     pub fn render_example(&self, args: &Value) -> Result<Vec<(String, Rendered)>, String> {
+        let run = self.runnable()?;
         ProbeTool {
             spec: &self.spec,
-            validator: &self.validator,
-            templates: &self.templates,
+            validator: &run.validator,
+            templates: &run.templates,
         }
         .render_all(args)
     }
@@ -88,6 +145,32 @@ impl CompiledTool {
             .queries
             .iter()
             .find_map(|q| q.paging.as_ref().map(|p| (q, p)))
+    }
+}
+
+/// Compiles a tool's validator and templates, for a tool whose file was loaded without
+/// them; any problem is an error message.
+fn compile_runnable(tool: &CompiledTool) -> Result<Runnable, String> {
+    let file = SourceFile {
+        origin: tool.origin.clone(),
+        text: String::new(),
+    };
+    let mut ck = Findings {
+        file: &file,
+        out: Vec::new(),
+    };
+    let validator = build_validator(&mut ck, &tool.spec);
+    let templates = compile_templates(&mut ck, &tool.spec);
+    match validator {
+        Some(v) if !ck.has_errors() => Ok(Runnable::new(&tool.spec, v, templates)),
+        _ => {
+            let problems: Vec<String> = ck.out.iter().map(|d| d.message.clone()).collect();
+            Err(format!(
+                "tool `{}` does not compile: {}",
+                tool.spec.name,
+                problems.join("; ")
+            ))
+        }
     }
 }
 
@@ -147,7 +230,8 @@ impl CompiledPrompt {
 pub enum Depth {
     /// Everything lint checks: examples rendered and parsed, every template branch parsed.
     Lint,
-    /// What serving needs (schema, templates, paging, resources, the execute guard); the
+    /// What describing the tool needs (the spec, query names, paging, resources, the
+    /// execute guard); the schema and templates are compiled on first use and the
     /// rendering checks are skipped. For built-in files, which the tests lint in full
     /// (`registry::tests::builtins_compile_without_findings`): startup does not pay for it.
     Serve,
@@ -167,25 +251,49 @@ pub fn compile_tool_to(
     plugins: &[&str],
     depth: Depth,
 ) -> (Option<CompiledTool>, Vec<Diagnostic>) {
-    let spec = match spec::parse_tool(&file.origin, &file.text) {
-        Ok(s) => s,
-        Err(d) => return (None, d),
-    };
+    match spec::parse_tool(&file.origin, &file.text) {
+        Ok(spec) => compile_spec(file, spec, plugins, depth),
+        Err(d) => (None, d),
+    }
+}
+
+/// Compiles a tool from its file's parsed `spec` (so that a caller who needed the spec
+/// first, to see its name, does not parse the file twice).
+pub fn compile_spec(
+    file: &SourceFile,
+    spec: ToolSpec,
+    plugins: &[&str],
+    depth: Depth,
+) -> (Option<CompiledTool>, Vec<Diagnostic>) {
     let mut ck = Findings {
         file,
         out: Vec::new(),
     };
     check_header(&mut ck, &spec, plugins);
-    let validator = compile_input_schema(&mut ck, &spec);
-    let templates = compile_templates(&mut ck, &spec);
-    check_paging(&mut ck, &spec);
-    check_resources(&mut ck, &spec);
-    check_execute_guard(&mut ck, &spec);
-    if depth == Depth::Lint {
-        check_branches(&mut ck, &spec);
-        // Examples only make sense once the tool itself compiled.
-        if let (Some(v), false) = (&validator, ck.has_errors()) {
-            check_examples(&mut ck, &spec, v, &templates);
+    let mut runnable = None;
+    match depth {
+        Depth::Lint => {
+            let validator = compile_input_schema(&mut ck, &spec);
+            let mut templates = Templates::new();
+            check_queries(&mut ck, &spec, Some(&mut templates));
+            check_paging(&mut ck, &spec);
+            check_resources(&mut ck, &spec);
+            check_execute_guard(&mut ck, &spec);
+            check_branches(&mut ck, &spec);
+            // Examples only make sense once the tool itself compiled.
+            if let (Some(v), false) = (&validator, ck.has_errors()) {
+                check_examples(&mut ck, &spec, v, &templates);
+            }
+            match validator {
+                Some(v) => runnable = Some(Runnable::new(&spec, v, templates)),
+                None => return (None, dedup(ck.out)),
+            }
+        }
+        Depth::Serve => {
+            check_queries(&mut ck, &spec, None);
+            check_paging(&mut ck, &spec);
+            check_resources(&mut ck, &spec);
+            check_execute_guard(&mut ck, &spec);
         }
     }
 
@@ -193,29 +301,21 @@ pub fn compile_tool_to(
     if out.iter().any(Diagnostic::is_error) {
         return (None, out);
     }
-    let Some(validator) = validator else {
-        return (None, out);
-    };
     let input_schema = Arc::new(spec.input_schema.as_object().cloned().unwrap_or_default());
     let output_schema = spec
         .output_schema
         .as_ref()
         .and_then(|v| v.as_object().cloned())
         .map(Arc::new);
-    let reads_results = spec
-        .queries
-        .iter()
-        .filter(|q| templates.references(&q.name, "results"))
-        .map(|q| q.name.clone())
-        .collect();
     let tool = CompiledTool {
-        reads_results,
         origin: file.origin.clone(),
         source: file.text.clone(),
         input_schema,
         output_schema,
-        validator,
-        templates,
+        runnable: match runnable {
+            Some(r) => OnceLock::from(Ok(r)),
+            None => OnceLock::new(),
+        },
         spec,
     };
     (Some(tool), out)
@@ -292,6 +392,11 @@ fn compile_input_schema(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema
         );
         return None;
     }
+    build_validator(ck, spec)
+}
+
+/// The argument validator of a tool whose input schema is a JSON Schema.
+fn build_validator(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema::Validator> {
     match jsonschema::options()
         .should_validate_formats(true)
         .build(&spec.input_schema)
@@ -308,9 +413,9 @@ fn compile_input_schema(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema
     }
 }
 
-/// Every query's SQL and `when` compile; names are unique; `on_empty` fits the shape.
-fn compile_templates(ck: &mut Findings, spec: &ToolSpec) -> Templates {
-    let mut templates = Templates::new();
+/// Every query's SQL and `when` compile (into `templates`, when given); names are
+/// unique; `on_empty` fits the shape.
+fn check_queries(ck: &mut Findings, spec: &ToolSpec, mut templates: Option<&mut Templates>) {
     let mut names = BTreeSet::new();
     for (i, q) in spec.queries.iter().enumerate() {
         if !names.insert(q.name.as_str()) {
@@ -320,6 +425,10 @@ fn compile_templates(ck: &mut Findings, spec: &ToolSpec) -> Templates {
                 format!("two queries are named `{}`", q.name),
             );
         }
+        let Some(templates) = templates.as_deref_mut() else {
+            check_on_empty(ck, i, q);
+            continue;
+        };
         if let Err(e) = templates.add_sql(&q.name, &q.sql) {
             ck.add(
                 Code::E005,
@@ -333,13 +442,24 @@ fn compile_templates(ck: &mut Findings, spec: &ToolSpec) -> Templates {
             let message = format!("`when` of query `{}` does not compile: {e}", q.name);
             ck.add(Code::E005, &[&format!("/queries/{i}/when")], message);
         }
-        if q.on_empty.is_some() && q.shape == Shape::Many {
-            let message = format!("query `{}` has on_empty but shape many", q.name);
-            let d = ck.add(Code::E002, &[&format!("/queries/{i}/on_empty")], message);
-            d.help = Some("on_empty applies to `shape: one` or `shape: value`".into());
-        }
+        check_on_empty(ck, i, q);
     }
+}
+
+/// Every query's SQL and `when`, compiled into one set of templates.
+fn compile_templates(ck: &mut Findings, spec: &ToolSpec) -> Templates {
+    let mut templates = Templates::new();
+    check_queries(ck, spec, Some(&mut templates));
     templates
+}
+
+/// `on_empty` applies to a query that returns one row or one value.
+fn check_on_empty(ck: &mut Findings, i: usize, q: &spec::QuerySpec) {
+    if q.on_empty.is_some() && q.shape == Shape::Many {
+        let message = format!("query `{}` has on_empty but shape many", q.name);
+        let d = ck.add(Code::E002, &[&format!("/queries/{i}/on_empty")], message);
+        d.help = Some("on_empty applies to `shape: one` or `shape: value`".into());
+    }
 }
 
 /// A resource URI's `{variables}` are arguments of the tool.
@@ -750,10 +870,17 @@ fn check_paging(ck: &mut Findings, spec: &ToolSpec) {
 
 /// Compiles a prompt file.
 pub fn compile_prompt(file: &SourceFile) -> (Option<CompiledPrompt>, Vec<Diagnostic>) {
-    let spec = match spec::parse_prompt(&file.origin, &file.text) {
-        Ok(s) => s,
-        Err(d) => return (None, d),
-    };
+    match spec::parse_prompt(&file.origin, &file.text) {
+        Ok(spec) => compile_prompt_spec(file, spec),
+        Err(d) => (None, d),
+    }
+}
+
+/// Compiles a prompt from its file's parsed `spec`.
+pub fn compile_prompt_spec(
+    file: &SourceFile,
+    spec: PromptSpec,
+) -> (Option<CompiledPrompt>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);

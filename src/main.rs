@@ -303,10 +303,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_level, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One stdio client is served best on one thread: the tasks of a call (rmcp's loop,
+    // the handler, the connection to PostgreSQL, the stdout writer) wake each other
+    // without crossing threads, which costs futex calls and context switches per call
+    // (issue #8). HTTP serves many clients at once: a worker per core.
+    let http =
+        config.http.listen.is_some() && matches!(cli.command, None | Some(Command::Serve { .. }));
+    let mut builder = if http {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("citus-mcp: cannot start the runtime: {e}");
@@ -678,6 +686,11 @@ async fn serve(
     let _watcher = reloader
         .watch()
         .context("cannot start watching the tool folders")?;
+    if http.is_some() {
+        // Over stdio the session's `initialized` starts this (see Server::on_initialized).
+        // The clusters' engines share one snapshot: compiling it once serves them all.
+        engine.prepare_in_background();
+    }
     for (c, e) in served.iter().zip(&engines) {
         check_worker_dsns(c, e.clone(), checker.clone());
         warn_about_role(e.clone(), c.cluster.clone());

@@ -14,6 +14,7 @@ use include_dir::{Dir, include_dir};
 
 use crate::compile::{self, CompiledPrompt, CompiledTool, SourceFile};
 use crate::diagnostic::{Code, Diagnostic};
+use crate::spec;
 
 static BUILTIN_TOOLS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/tools.d");
 static BUILTIN_PROMPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/prompts.d");
@@ -26,6 +27,27 @@ pub fn builtin_tools() -> Vec<SourceFile> {
 /// The built-in prompt files, embedded at build time.
 pub fn builtin_prompts() -> Vec<SourceFile> {
     embedded(&BUILTIN_PROMPTS, "prompts.d")
+}
+
+/// The built-in tool and prompt files as JSON (file name, JSON text), converted from their
+/// YAML by build.rs: startup parses JSON, not YAML.
+static BUILTIN_TOOLS_JSON: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/builtin_tools_json.rs"));
+static BUILTIN_PROMPTS_JSON: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/builtin_prompts_json.rs"));
+
+/// The JSON of a built-in file, if `file` is one, unchanged.
+fn builtin_json(file: &SourceFile) -> Option<&'static str> {
+    let path = file.origin.strip_prefix(BUILTIN)?;
+    let (dir, json, name) = match path.split_once('/')? {
+        ("tools.d", name) => (&BUILTIN_TOOLS, BUILTIN_TOOLS_JSON, name),
+        ("prompts.d", name) => (&BUILTIN_PROMPTS, BUILTIN_PROMPTS_JSON, name),
+        _ => return None,
+    };
+    if dir.get_file(name)?.contents() != file.text.as_bytes() {
+        return None;
+    }
+    json.iter().find(|(n, _)| *n == name).map(|(_, json)| *json)
 }
 
 /// How embedded files' origins begin.
@@ -171,6 +193,8 @@ impl Registry {
             warnings: sources.warnings.clone(),
             ..Default::default()
         };
+        // Disabled tools met in the files (and so never compiled).
+        let mut left_out = std::collections::BTreeSet::new();
         for layer in &sources.tools {
             let mut layer_names = BTreeMap::new();
             for file in layer {
@@ -203,8 +227,22 @@ impl Registry {
                         } else {
                             compile::Depth::Lint
                         };
-                        let (t, d) = compile::compile_tool_to(file, plugins, depth);
-                        (t.map(Arc::new), d)
+                        let parsed = match builtin_json(file) {
+                            Some(json) => spec::parse_builtin(&file.origin, json),
+                            None => spec::parse_tool(&file.origin, &file.text),
+                        };
+                        match parsed {
+                            // A disabled tool is never compiled: its name is all it costs.
+                            Ok(spec) if disabled.contains(&spec.name) => {
+                                left_out.insert(spec.name);
+                                continue;
+                            }
+                            Ok(spec) => {
+                                let (t, d) = compile::compile_spec(file, spec, plugins, depth);
+                                (t.map(Arc::new), d)
+                            }
+                            Err(d) => (None, d),
+                        }
                     }
                 };
                 reg.diagnostics.extend(diags);
@@ -239,7 +277,13 @@ impl Registry {
         }
         for layer in &sources.prompts {
             for file in layer {
-                let (prompt, diags) = compile::compile_prompt(file);
+                let (prompt, diags) = match builtin_json(file) {
+                    Some(json) => match spec::parse_builtin(&file.origin, json) {
+                        Ok(spec) => compile::compile_prompt_spec(file, spec),
+                        Err(d) => (None, d),
+                    },
+                    None => compile::compile_prompt(file),
+                };
                 reg.diagnostics.extend(diags);
                 let prompt = match prompt {
                     Some(p) => Arc::new(p),
@@ -257,7 +301,11 @@ impl Registry {
         for name in disabled {
             let tool = reg.tools.remove(name);
             let prompt = reg.prompts.remove(name);
-            if tool.is_none() && prompt.is_none() && !unknown.contains(&name) {
+            if tool.is_none()
+                && prompt.is_none()
+                && !left_out.contains(name)
+                && !unknown.contains(&name)
+            {
                 unknown.push(name);
             }
         }
@@ -373,6 +421,34 @@ mod tests {
             );
         }
         assert!(reg.tools.len() >= 9);
+    }
+
+    /// build.rs's JSON of every built-in file is its YAML, value for value.
+    #[test]
+    fn builtin_json_is_the_yaml() {
+        let files = [builtin_tools(), builtin_prompts()].concat();
+        assert_eq!(
+            files.len(),
+            BUILTIN_TOOLS_JSON.len() + BUILTIN_PROMPTS_JSON.len()
+        );
+        for file in files {
+            let json = builtin_json(&file).expect("every built-in tool file has its JSON");
+            let from_yaml: serde_json::Value = serde_yaml::from_str(&file.text).unwrap();
+            let from_json: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(from_yaml, from_json, "{}", file.origin);
+            // The same keys in the same order: tools/list and the manual keep the file's order.
+            assert_eq!(
+                from_yaml.to_string(),
+                from_json.to_string(),
+                "{}",
+                file.origin
+            );
+        }
+        let changed = SourceFile {
+            origin: "builtin:tools.d/list_nodes.yaml".into(),
+            text: "name: list_nodes\n".into(),
+        };
+        assert!(builtin_json(&changed).is_none());
     }
 
     /// Prompts name tools to call: every `tool` they name must exist, and every
@@ -539,6 +615,49 @@ mod tests {
         let reg = Registry::build(&s, None, &["t".to_string()], &[]);
         assert!(reg.tools.is_empty());
         assert!(reg.warnings.is_empty(), "{:?}", reg.warnings);
+    }
+
+    /// Issue #8: startup parses the built-in files; their validators and templates
+    /// are compiled on first use. Operators' files are compiled in full when loaded.
+    #[test]
+    fn builtins_compile_on_first_use_and_operators_files_on_load() {
+        let mut sources = Sources::builtin();
+        sources
+            .tools
+            .push(vec![src("a/t.yaml", tool("t", "SELECT 1"))]);
+        let reg = Registry::build(&sources, None, &[], crate::plugins::NAMES);
+        assert!(reg.tools["t"].is_prepared());
+        let inspector = &reg.tools["citus_table_inspector"];
+        assert!(!inspector.is_prepared());
+        let run = inspector.runnable().expect("built-ins compile");
+        assert!(inspector.is_prepared());
+        assert!(
+            run.argument_errors(&serde_json::json!({"table": "t"}))
+                .is_empty()
+        );
+        assert!(
+            !inspector
+                .argument_errors(&serde_json::json!({"nope": 1}))
+                .is_empty()
+        );
+    }
+
+    /// Issue #8: a disabled tool is never compiled, so a broken one reports nothing.
+    #[test]
+    fn disabled_tools_are_never_compiled() {
+        let s = Sources {
+            tools: vec![vec![
+                src("a/t.yaml", tool("t", "SELECT {{ 1")),
+                src("a/u.yaml", tool("u", "SELECT 1")),
+            ]],
+            ..Default::default()
+        };
+        let reg = Registry::build(&s, None, &[], &[]);
+        assert_eq!(reg.errors().count(), 1, "{:?}", reg.diagnostics);
+        let reg = Registry::build(&s, None, &["t".to_string()], &[]);
+        assert_eq!(reg.errors().count(), 0, "{:?}", reg.diagnostics);
+        assert!(reg.warnings.is_empty(), "{:?}", reg.warnings);
+        assert_eq!(reg.tools.keys().collect::<Vec<_>>(), ["u"]);
     }
 
     /// Issue #6: a misspelt name in disabled_tools disabled nothing, silently.

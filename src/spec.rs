@@ -365,6 +365,15 @@ pub fn parse_prompt(file: &str, text: &str) -> Result<PromptSpec, Vec<Diagnostic
     parse(file, text, &PROMPT_META)
 }
 
+/// Reads a built-in file from the JSON build.rs made of its YAML. No meta-schema check:
+/// the tests lint every built-in file in full (`registry::tests`).
+pub fn parse_builtin<T: serde::de::DeserializeOwned>(
+    file: &str,
+    json: &str,
+) -> Result<T, Vec<Diagnostic>> {
+    serde_json::from_str(json).map_err(|e| vec![Diagnostic::new(Code::E001, file, e.to_string())])
+}
+
 fn parse<T: serde::de::DeserializeOwned>(
     file: &str,
     text: &str,
@@ -390,7 +399,13 @@ fn parse<T: serde::de::DeserializeOwned>(
     if !problems.is_empty() {
         return Err(problems);
     }
-    serde_yaml::from_str(text).map_err(|e| vec![yaml_error(file, &e)])
+    // The YAML is parsed once: the typed value comes from the JSON value just checked.
+    // Only a file that fails here (rare: the meta-schema checked the shape) is read
+    // again, for an error that points at its line.
+    T::deserialize(value).map_err(|e| match serde_yaml::from_str::<T>(text) {
+        Err(positioned) => vec![yaml_error(file, &positioned)],
+        Ok(_) => vec![Diagnostic::new(Code::E001, file, e.to_string())],
+    })
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {

@@ -107,6 +107,8 @@ pub struct Engine {
     approvals: Option<Arc<dyn Approvals>>,
     /// How many snapshots `swap` has put in, for the reload counter of `/metrics`.
     swaps: std::sync::atomic::AtomicU64,
+    /// Whether `prepare_in_background` has started.
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -125,6 +127,7 @@ impl Engine {
             plugins: Plugins::default(),
             approvals: None,
             swaps: std::sync::atomic::AtomicU64::new(0),
+            preparing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -194,6 +197,31 @@ impl Engine {
             .filter(|t| self.visible(t))
             .cloned()
             .collect()
+    }
+
+    /// Compiles what calls of the served tools need (validators, templates) on a thread
+    /// of its own, once: startup does not wait for it, and a first call that comes after
+    /// it does not either (one that comes sooner compiles its own tool, or waits for it).
+    /// Tools this server does not serve are never compiled.
+    pub fn prepare_in_background(self: &Arc<Self>) {
+        if self
+            .preparing
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("citus-mcp-prepare".into())
+            .spawn(move || {
+                for tool in engine.visible_tools() {
+                    tool.prepare();
+                }
+            });
+        // Without the thread, each tool compiles on its first call instead.
+        if let Err(e) = spawned {
+            tracing::debug!("tools compile on first use: {e}");
+        }
     }
 
     /// The first tool a prompt names (in a code span) that the selected toolsets do not
@@ -320,7 +348,10 @@ impl Engine {
                     .await?,
             );
         }
-        let problems = tool.argument_errors(&args);
+        let problems = tool
+            .runnable()
+            .map_err(not_compiled)?
+            .argument_errors(&args);
         if !problems.is_empty() {
             let mut e = ToolError::new(
                 ErrorCode::InvalidArgument,
@@ -473,6 +504,7 @@ impl Engine {
             timeout,
         } = self.settings.limits(&tool.spec.limits);
 
+        let run = tool.runnable().map_err(not_compiled)?;
         let mut ctx = tool.context(&args);
         let pager = tool.pager().map(|(q, p)| (q.name.clone(), p.clone()));
         let page = match &pager {
@@ -489,12 +521,12 @@ impl Engine {
         // starts a new stage.
         let mut parts: Vec<Part> = Vec::new();
         // Rows go into `results` only when a later query reads them.
-        let keep_results = !tool.reads_results.is_empty();
+        let keep_results = !run.reads_results.is_empty();
         let mut node_errors = Vec::new();
         let mut batch: Vec<(&QuerySpec, Statement)> = Vec::new();
         for q in &tool.spec.queries {
             let target = q.target.unwrap_or(tool.spec.target);
-            let reads_results = tool.reads_results.contains(&q.name);
+            let reads_results = run.reads_results.contains(&q.name);
             if !batch.is_empty() && (target != Target::Coordinator || reads_results) {
                 self.flush(
                     &mut batch,
@@ -509,14 +541,14 @@ impl Engine {
                 .await?;
             }
             if q.when.is_some()
-                && !tool
+                && !run
                     .templates
                     .check(&format!("when:{}", q.name), &ctx)
                     .map_err(render_error)?
             {
                 continue;
             }
-            let r = tool.templates.render(&q.name, &ctx).map_err(render_error)?;
+            let r = run.templates.render(&q.name, &ctx).map_err(render_error)?;
             let cap = match (&pager, &page) {
                 (Some((n, _)), Some(p)) if *n == q.name => p.size,
                 _ if q.shape == Shape::Many => max_rows,
@@ -838,6 +870,12 @@ fn merge_nodes(results: Vec<NodeResult>) -> (Rows, Vec<Value>) {
 pub fn not_configured() -> ToolError {
     ToolError::new(ErrorCode::NotConfigured, "no coordinator is configured")
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
+}
+
+/// A tool whose schema or templates did not compile on first use (a file loaded
+/// without its checks: only built-ins are, and the tests lint those in full).
+pub(crate) fn not_compiled(e: &str) -> ToolError {
+    ToolError::new(ErrorCode::Internal, e.to_string()).hint("run `citus-mcp lint` on the tool file")
 }
 
 pub(crate) fn render_error(e: crate::template::RenderError) -> ToolError {

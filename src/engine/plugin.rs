@@ -193,6 +193,8 @@ impl PluginCall<'_> {
             })?;
         let r = self
             .tool
+            .runnable()
+            .map_err(super::not_compiled)?
             .templates
             .render(name, vars)
             .map_err(render_error)?;

@@ -19,6 +19,7 @@
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
 //! read them: tests/bench/README.md.
 
+mod floor;
 mod http;
 #[path = "../support/pg.rs"]
 mod pg;
@@ -45,6 +46,9 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> Result<()> {
+    if std::env::var_os(floor::ECHO_ENV).is_some() {
+        return floor::echo_main();
+    }
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -64,7 +68,8 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 10] = [
+    let sections: [(&str, SectionFn); 11] = [
+        ("floor", floor::floors),
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),

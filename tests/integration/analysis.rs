@@ -300,6 +300,8 @@ fn clone_node_is_not_inactive(ctx: &Ctx) {
     // Every node answered the health check (none is down in this test).
     ctx_vars.insert("results".into(), json!({"node_check": []}));
     let rendered = tool
+        .runnable()
+        .unwrap()
         .templates
         .render("warnings", &Value::Object(ctx_vars))
         .unwrap();
