@@ -256,8 +256,9 @@ fn overhead(b: &Bench) -> Result<Vec<Section>> {
     })?;
     s.note("plain = prepare + query per statement, rows not decoded (2 round trips each)");
     s.note(
-        "engine protocol = what Db::read_only sends: BEGIN READ ONLY, set_config, bind, \
-         fetch, ROLLBACK, statements prepared once (3 + 2 per statement round trips)",
+        "engine protocol = what Db::read_only sends, in one flight: BEGIN READ ONLY, set_config, \
+         Bind/Execute per statement, ROLLBACK; statements prepared once (one round trip, where \
+         the engine also waits before a statement that reads an earlier one's rows)",
     );
     s.note("engine = Engine::call: validation, rendering, that protocol, JSON decoding, shaping");
     Ok(vec![s])
@@ -536,7 +537,9 @@ async fn sample(runs: usize, mut f: impl AsyncFnMut() -> Result<()>) -> Result<V
 /// A plain tokio-postgres connection, over the same TLS as the engine's pool.
 struct Raw {
     client: tokio_postgres::Client,
+    begin: tokio_postgres::Statement,
     set_timeout: tokio_postgres::Statement,
+    rollback: tokio_postgres::Statement,
 }
 
 impl Raw {
@@ -544,15 +547,19 @@ impl Raw {
         let dsn = Dsn::parse(dsn)?;
         let (client, connection) = dsn.config.connect(dsn.tls()?).await?;
         tokio::spawn(connection);
+        let begin = client.prepare("START TRANSACTION READ ONLY").await?;
         let set_timeout = client
             .prepare(
                 "SELECT set_config('statement_timeout', $1, true), \
                  set_config('lock_timeout', $1, true)",
             )
             .await?;
+        let rollback = client.prepare("ROLLBACK").await?;
         Ok(Raw {
             client,
+            begin,
             set_timeout,
+            rollback,
         })
     }
 
@@ -575,28 +582,31 @@ impl Raw {
         Ok(out)
     }
 
-    /// What `Db::read_only` sends for these statements (prepared once, like its cache).
+    /// What `Db::read_only` sends for these statements (prepared once, like its cache): the
+    /// transaction's start, the timeouts, every Bind/Execute and the ROLLBACK in one flight
+    /// (requests leave in the order their futures are first polled), at most 1,001 rows each.
     async fn as_engine(
         &mut self,
         prepared: &[tokio_postgres::Statement],
         statements: &[Rendered],
     ) -> Result<usize> {
-        let tx = self
-            .client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await?;
-        tx.execute(&self.set_timeout, &[&"30000".to_string()])
-            .await?;
-        let mut rows = 0;
-        for (p, st) in prepared.iter().zip(statements) {
-            let binds = binds(&st.binds);
-            let portal = tx.bind(p, &params(&binds)).await?;
-            rows += tx.query_portal(&portal, 1001).await?.len();
-        }
-        tx.rollback().await?;
-        Ok(rows)
+        use futures_util::TryStreamExt as _;
+        let binds: Vec<Vec<Bind<'_>>> = statements.iter().map(|st| binds(&st.binds)).collect();
+        let ms = "30000".to_string();
+        let client = &self.client;
+        let begin = client.execute(&self.begin, &[]);
+        let values: [&(dyn ToSql + Sync); 1] = [&ms];
+        let set = client.execute(&self.set_timeout, &values);
+        let queries = futures_util::future::try_join_all(prepared.iter().zip(&binds).map(
+            |(p, b)| async move {
+                let stream = client.query_raw(p, params(b)).await?;
+                let rows: Vec<_> = stream.try_collect().await?;
+                Ok::<usize, tokio_postgres::Error>(rows.len().min(1001))
+            },
+        ));
+        let rollback = client.execute(&self.rollback, &[]);
+        let (_, _, counts, _) = tokio::try_join!(begin, set, queries, rollback)?;
+        Ok(counts.iter().sum())
     }
 }
 
