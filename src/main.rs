@@ -303,13 +303,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_level, config.log_format);
-    // One stdio client is served best on one thread: the tasks of a call (rmcp's loop,
-    // the handler, the connection to PostgreSQL, the stdout writer) wake each other
-    // without crossing threads, which costs futex calls and context switches per call
-    // (issue #8). HTTP serves many clients at once: a worker per core.
-    let http =
-        config.http.listen.is_some() && matches!(cli.command, None | Some(Command::Serve { .. }));
-    let mut builder = if http {
+    // Serving (stdio or HTTP) gets a worker per core: with 16 calls in flight a
+    // current-thread runtime saved a fifth of the CPU of a trivial call and half its
+    // syscalls, but lost a third of the throughput of 1,000-row calls, whose decoding and
+    // shaping then share one core (issue #8, README: Performance). The one-shot CLI
+    // commands need no workers.
+    let serves = matches!(cli.command, None | Some(Command::Serve { .. }));
+    let mut builder = if serves {
         tokio::runtime::Builder::new_multi_thread()
     } else {
         tokio::runtime::Builder::new_current_thread()

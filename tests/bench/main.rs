@@ -4,6 +4,7 @@
 //! It runs against a throwaway PostgreSQL loaded with the Citus catalog fixture (or the cluster
 //! in `CITUS_TEST_DSN`, see tests/support/pg.rs), through the library and the built binary:
 //!
+//! 0. issue #8's figures, each as a ratio to its physical floor (floor.rs);
 //! 1. per-call overhead of `Engine::call` over the same SQL on a plain tokio-postgres client,
 //!    without the cache and on a cache hit;
 //! 2. startup time of `citus-mcp` to its `initialize` response, with and without extra tool files;
