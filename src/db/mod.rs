@@ -522,10 +522,11 @@ impl Db {
         .await;
         match result {
             // The last statement had more rows than the call takes and the server is still
-            // sending them: the guard cancels it and closes the connection.
+            // sending them, or the ROLLBACK went unanswered: the guard cancels what runs
+            // and closes the connection.
             Ok(Ran {
                 rows,
-                cut_short: true,
+                reusable: false,
             }) => {
                 drop(guard);
                 Ok(rows)
@@ -557,9 +558,9 @@ impl Db {
 /// What a pipelined call read.
 struct Ran {
     rows: Vec<Rows>,
-    /// The last statement was still sending rows past its cap when the call stopped
-    /// reading: the connection must not be reused.
-    cut_short: bool,
+    /// False when the last statement was still sending rows past its cap when the call
+    /// stopped reading, or the ROLLBACK did not answer: the connection must not be reused.
+    reusable: bool,
 }
 
 /// One call in one flight on a warm connection: `START TRANSACTION`, the call's
@@ -578,7 +579,11 @@ struct Ran {
 /// Rows come through the unnamed portal: the call reads `max_rows + 1` of them and
 /// stops. Rows past the cap of an earlier statement are read and dropped (the next
 /// statement's answer comes after them); past the cap of the last one, the call ends
-/// there and the statement is cancelled with its connection ([`Ran::cut_short`]).
+/// there and the statement is cancelled with its connection ([`Ran::reusable`]).
+///
+/// The ROLLBACK's answer comes in the same burst as the last rows, so the call waits for
+/// it at no extra round trip: the connection goes back to the pool idle, and the next
+/// call's requests leave together instead of chasing this one's.
 async fn pipelined(
     client: &deadpool_postgres::Object,
     statements: &[Statement],
@@ -678,7 +683,7 @@ async fn pipelined(
             out.push(to_rows(stmt.columns(), rows, true)?);
             return Ok(Ran {
                 rows: out,
-                cut_short: true,
+                reusable: false,
             });
         }
         if more {
@@ -686,11 +691,16 @@ async fn pipelined(
         }
         out.push(to_rows(stmt.columns(), rows, more)?);
     }
-    // The ROLLBACK is not waited for: the connection answers it before anything its
-    // next user sends.
+    let reusable = match answer(rolled_back).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!("ROLLBACK failed, the connection is closed: {e}");
+            false
+        }
+    };
     Ok(Ran {
         rows: out,
-        cut_short: false,
+        reusable,
     })
 }
 
