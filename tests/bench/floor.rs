@@ -346,30 +346,36 @@ async fn raw_rate(b: &Bench, sql: &str, n: Option<i32>, total: usize) -> Result<
 
 /// Round trips of one call of `tool` (a tool of the floor section), counted on the wire.
 async fn round_trips_of(b: &Bench, tool: &str, text: &str) -> Result<f64> {
-    let proxy = FlightProxy::start(&b.dsn).await?;
-    let db = Db::new(DbConfig {
-        dsn: proxied(&b.dsn, proxy.port)?,
-        worker_dsns: vec![],
-        connect_timeout: Duration::from_secs(10),
-        pool_size: 1,
-        application_name: "citus-mcp-bench-floor".into(),
-        timeout_ceiling: Duration::from_secs(60),
-    })?;
-    let mut sources = Sources::builtin();
-    sources.tools.push(vec![SourceFile {
-        origin: format!("bench/{tool}.yaml"),
-        text: text.to_string(),
-    }]);
-    let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NAMES);
-    let engine =
-        Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
-    call(&engine, tool, &json!({})).await?;
-    let before = proxy.flights();
-    let runs = 200;
-    for _ in 0..runs {
-        call(&engine, tool, &json!({})).await?;
-    }
-    Ok((proxy.flights() - before) as f64 / runs as f64)
+    let (dsn, tool, text) = (b.dsn.clone(), tool.to_string(), text.to_string());
+    // The calls run in a task on a worker thread, as the server runs them (see the
+    // `roundtrips` section).
+    tokio::spawn(async move {
+        let proxy = FlightProxy::start(&dsn).await?;
+        let db = Db::new(DbConfig {
+            dsn: proxied(&dsn, proxy.port)?,
+            worker_dsns: vec![],
+            connect_timeout: Duration::from_secs(10),
+            pool_size: 1,
+            application_name: "citus-mcp-bench-floor".into(),
+            timeout_ceiling: Duration::from_secs(60),
+        })?;
+        let mut sources = Sources::builtin();
+        sources.tools.push(vec![SourceFile {
+            origin: format!("bench/{tool}.yaml"),
+            text,
+        }]);
+        let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NAMES);
+        let engine =
+            Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
+        call(&engine, &tool, &json!({})).await?;
+        let before = proxy.flights();
+        let runs = 200;
+        for _ in 0..runs {
+            call(&engine, &tool, &json!({})).await?;
+        }
+        Ok((proxy.flights() - before) as f64 / runs as f64)
+    })
+    .await?
 }
 
 /// `dsn` through a local port (the flight-counting proxy).

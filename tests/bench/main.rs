@@ -273,79 +273,90 @@ fn round_trips(b: &Bench) -> Result<Vec<Section>> {
         "2. Round trips per call (counted by a proxy on the wire)",
         &["call", "round trips per call", "note"],
     );
-    b.rt.block_on(async {
-        let proxy = FlightProxy::start(&b.dsn).await?;
-        let port = Dsn::parse(&b.dsn)?
-            .config
-            .get_ports()
-            .first()
-            .copied()
-            .unwrap_or(5432);
-        let dsn = Dsn::parse(
-            &b.dsn
-                .replace(&format!("port={port}"), &format!("port={}", proxy.port)),
-        )?;
-        let pool = || {
-            Db::new(DbConfig {
-                dsn: dsn.clone(),
-                worker_dsns: vec![],
-                connect_timeout: Duration::from_secs(10),
-                pool_size: 1,
-                application_name: "citus-mcp-bench-flights".into(),
-                timeout_ceiling: Duration::from_secs(60),
-            })
-        };
-        let runs = 200u64;
-        // The database layer alone, one statement: the floor is one.
-        let layer = pool()?;
-        let one = [Statement::new("SELECT 1 AS one", vec![], 1)];
-        let never = CancellationToken::new();
-        let read = || layer.read_only(&one, Duration::from_secs(10), &never);
-        read().await?;
-        let before = proxy.flights();
-        for _ in 0..runs {
+    let dsn_text = b.dsn.clone();
+    // The calls run in a task on a worker thread, as the server runs them: a wake from the
+    // thread that blocks on the runtime goes through the shared queue, and another worker
+    // may then send a request before the rest of the flight is queued.
+    let rows = b.rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            let proxy = FlightProxy::start(&dsn_text).await?;
+            let port = Dsn::parse(&dsn_text)?
+                .config
+                .get_ports()
+                .first()
+                .copied()
+                .unwrap_or(5432);
+            let dsn = Dsn::parse(
+                &dsn_text.replace(&format!("port={port}"), &format!("port={}", proxy.port)),
+            )?;
+            let pool = || {
+                Db::new(DbConfig {
+                    dsn: dsn.clone(),
+                    worker_dsns: vec![],
+                    connect_timeout: Duration::from_secs(10),
+                    pool_size: 1,
+                    application_name: "citus-mcp-bench-flights".into(),
+                    timeout_ceiling: Duration::from_secs(60),
+                })
+            };
+            let runs = 200u64;
+            // The database layer alone, one statement: the floor is one.
+            let layer = pool()?;
+            let one = [Statement::new("SELECT 1 AS one", vec![], 1)];
+            let never = CancellationToken::new();
+            let read = || layer.read_only(&one, Duration::from_secs(10), &never);
             read().await?;
-        }
-        s.row(vec![
-            "Db::read_only (SELECT 1)".into(),
-            format!("{:.2}", (proxy.flights() - before) as f64 / runs as f64),
-            "the database layer: one statement".into(),
-        ]);
-        let db = pool()?;
-        let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
-        let engine =
-            Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
-        for (tool, args, note) in [
-            (
-                "list_nodes",
-                json!({}),
-                "two statements, the second reads the first's rows",
-            ),
-            (
-                "citus_table_inspector",
-                json!({"table": "orders"}),
-                "several statements, some reading earlier rows",
-            ),
-            (
-                "citus_explain_query",
-                json!({"sql": "SELECT count(*) FROM orders"}),
-                "caller SQL: parsed per call",
-            ),
-        ] {
-            call(&engine, tool, &args).await?; // warm: connection, version facts, parses
             let before = proxy.flights();
             for _ in 0..runs {
-                call(&engine, tool, &args).await?;
+                read().await?;
             }
-            let per_call = (proxy.flights() - before) as f64 / runs as f64;
-            s.row(vec![
-                tool.to_string(),
-                format!("{per_call:.2}"),
-                note.to_string(),
+            rows.push(vec![
+                "Db::read_only (SELECT 1)".into(),
+                format!("{:.2}", (proxy.flights() - before) as f64 / runs as f64),
+                "the database layer: one statement".into(),
             ]);
-        }
-        Ok::<_, anyhow::Error>(())
+            let db = pool()?;
+            let registry =
+                Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+            let engine =
+                Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
+            for (tool, args, note) in [
+                (
+                    "list_nodes",
+                    json!({}),
+                    "two statements, the second reads the first's rows",
+                ),
+                (
+                    "citus_table_inspector",
+                    json!({"table": "orders"}),
+                    "several statements, some reading earlier rows",
+                ),
+                (
+                    "citus_explain_query",
+                    json!({"sql": "SELECT count(*) FROM orders"}),
+                    "caller SQL: parsed per call",
+                ),
+            ] {
+                call(&engine, tool, &args).await?; // warm: connection, version facts, parses
+                let before = proxy.flights();
+                for _ in 0..runs {
+                    call(&engine, tool, &args).await?;
+                }
+                let per_call = (proxy.flights() - before) as f64 / runs as f64;
+                rows.push(vec![
+                    tool.to_string(),
+                    format!("{per_call:.2}"),
+                    note.to_string(),
+                ]);
+            }
+            Ok::<_, anyhow::Error>(rows)
+        })
+        .await?
     })?;
+    for r in rows {
+        s.row(r);
+    }
     s.note("a warm call sends START TRANSACTION READ ONLY, its timeouts, every Bind/Execute and the ROLLBACK in one flight and waits once; a statement that reads an earlier one's rows waits for them");
     s.note(
         "caller SQL (EXPLAIN) adds its Parse, which must come after the timeouts, and its Close",
