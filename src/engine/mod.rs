@@ -527,7 +527,11 @@ impl Engine {
         for q in &tool.spec.queries {
             let target = q.target.unwrap_or(tool.spec.target);
             let reads_results = run.reads_results.contains(&q.name);
-            if !batch.is_empty() && (target != Target::Coordinator || reads_results) {
+            // A node-health check is a stage of its own: what it finds survives a later
+            // statement's failure, and names the node that failure is about.
+            let after_health = batch.last().is_some_and(|(p, _)| p.node_health);
+            if !batch.is_empty() && (target != Target::Coordinator || reads_results || after_health)
+            {
                 self.flush(
                     &mut batch,
                     &mut parts,
@@ -556,22 +560,6 @@ impl Engine {
             };
             let st = Statement::new(r.sql, r.binds, cap);
             match target {
-                // A node-health check is a stage of its own: what it finds survives a
-                // later statement's failure, and names the node that failure is about.
-                Target::Coordinator if q.node_health => {
-                    batch.push((q, st));
-                    self.flush(
-                        &mut batch,
-                        &mut parts,
-                        keep_results.then_some(&mut ctx),
-                        &mut node_errors,
-                        db,
-                        timeout,
-                        cancel,
-                        write,
-                    )
-                    .await?;
-                }
                 Target::Coordinator => batch.push((q, st)),
                 Target::Workers | Target::AllNodes => {
                     let set = if target == Target::Workers {
