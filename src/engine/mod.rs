@@ -600,7 +600,7 @@ impl Engine {
         // The rows fit what the result's other keys leave of the budget: the node errors,
         // the paging keys and the note on how to get more (at most the unpaged one, plus
         // room for an offset or a cursor).
-        let reserve = serde_json::to_vec(&node_errors).map_or(0, |v| v.len())
+        let reserve = shape::json_len(&node_errors)
             + shape::how_to_get_more(
                 &tool.spec,
                 &tool.context(&args),
@@ -638,7 +638,7 @@ impl Engine {
                 max_bytes,
             ));
         }
-        Ok(shape::finish(&parts, &result_page))
+        Ok(shape::finish(parts, &result_page))
     }
 
     /// Runs the batched coordinator statements in one transaction and shapes them.

@@ -1,9 +1,16 @@
 //! Rows → the result a client sees: a JSON object keyed by query name, and a compact
 //! text rendering of the same data.
+//!
+//! A result is walked three times at most: measured against the byte budget through a
+//! borrowed view (nothing built), moved into the JSON value rmcp serializes, and written
+//! as text straight into one buffer.
 
+use std::fmt::Write as _;
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
-use crate::db::Rows;
+use crate::db::{Column, Rows};
 use crate::spec::{Shape, ToolSpec};
 
 /// A successful tool call.
@@ -24,34 +31,121 @@ pub struct Part {
 }
 
 impl Part {
+    /// The part as JSON, leaving the part as it was (for templates of later queries).
     pub fn value(&self) -> Value {
+        self.clone().into_value()
+    }
+
+    /// The part as JSON, its values moved rather than copied.
+    fn into_value(self) -> Value {
+        let Rows { columns, rows, .. } = self.rows;
+        let mut rows = rows.into_iter();
         match self.shape {
-            Shape::Many => Value::Array(self.rows.rows.iter().map(|r| self.object(r)).collect()),
-            Shape::One => self
-                .rows
-                .rows
-                .first()
-                .map_or(Value::Null, |r| self.object(r)),
-            Shape::Value => self
-                .rows
-                .rows
-                .first()
-                .and_then(|r| r.first())
-                .cloned()
+            Shape::Many => Value::Array(rows.map(|r| object(&columns, r)).collect()),
+            Shape::One => rows.next().map_or(Value::Null, |r| object(&columns, r)),
+            Shape::Value => rows
+                .next()
+                .and_then(|r| r.into_iter().next())
                 .unwrap_or(Value::Null),
         }
     }
+}
 
-    fn object(&self, row: &[Value]) -> Value {
-        Value::Object(
-            self.rows
-                .columns
-                .iter()
-                .zip(row)
-                .map(|(c, v)| (c.name.clone(), v.clone()))
-                .collect(),
-        )
+fn object(columns: &[Column], row: Vec<Value>) -> Value {
+    let mut m = Map::with_capacity(columns.len());
+    for (c, v) in columns.iter().zip(row) {
+        m.insert(c.name.clone(), v);
     }
+    Value::Object(m)
+}
+
+/// A part serialized from where it lies, for measuring: the same JSON as
+/// [`Part::into_value`] gives.
+struct PartView<'a>(&'a Part);
+
+/// One row as the object [`object`] makes of it.
+struct RowView<'a>(&'a [Column], &'a [Value]);
+
+impl Serialize for PartView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Rows { columns, rows, .. } = &self.0.rows;
+        match self.0.shape {
+            Shape::Many => {
+                let mut seq = s.serialize_seq(Some(rows.len()))?;
+                for r in rows {
+                    seq.serialize_element(&RowView(columns, r))?;
+                }
+                seq.end()
+            }
+            Shape::One => match rows.first() {
+                Some(r) => RowView(columns, r).serialize(s),
+                None => s.serialize_unit(),
+            },
+            Shape::Value => match rows.first().and_then(|r| r.first()) {
+                Some(v) => v.serialize(s),
+                None => s.serialize_unit(),
+            },
+        }
+    }
+}
+
+impl Serialize for RowView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (c, v) in self.0.iter().zip(self.1) {
+            m.serialize_entry(&c.name, v)?;
+        }
+        m.end()
+    }
+}
+
+/// The structured result of `parts` and `page`, serialized without being built.
+struct View<'a>(&'a [Part], &'a Page);
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let View(parts, page) = *self;
+        let mut m = s.serialize_map(None)?;
+        for p in parts {
+            m.serialize_entry(&p.name, &PartView(p))?;
+        }
+        m.serialize_entry("truncated", &truncated(parts, page))?;
+        if let Some(o) = page.next_offset {
+            m.serialize_entry("next_offset", &o)?;
+        }
+        if let Some(c) = &page.next_cursor {
+            m.serialize_entry("next_cursor", c)?;
+        }
+        if let Some(h) = &page.how_to_get_more {
+            m.serialize_entry(HOW_TO_GET_MORE, h)?;
+        }
+        if !page.node_errors.is_empty() {
+            m.serialize_entry("node_errors", &page.node_errors)?;
+        }
+        m.end()
+    }
+}
+
+/// Bytes of JSON a value serializes to, counted as they are written.
+pub fn json_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Counting cannot fail; a value that cannot serialize counts what it wrote.
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
+}
+
+fn truncated(parts: &[Part], page: &Page) -> bool {
+    page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many)
 }
 
 /// Paging and truncation facts of a result.
@@ -158,7 +252,7 @@ pub fn how_to_get_more(
 pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
     let mut cut = false;
     loop {
-        let size = serde_json::to_vec(&structured(parts, &Page::default())).map_or(0, |v| v.len());
+        let size = json_len(&View(parts, &Page::default()));
         if size <= max_bytes {
             return cut;
         }
@@ -177,23 +271,24 @@ pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
     }
 }
 
-/// The result object and its text.
-pub fn finish(parts: &[Part], page: &Page) -> ToolOutput {
+/// The client's result: the text first (it reads the parts), then the JSON, which takes
+/// the parts' values.
+pub fn finish(parts: Vec<Part>, page: &Page) -> ToolOutput {
+    let text = text(&parts, page);
     ToolOutput {
         structured: structured(parts, page),
-        text: text(parts, page),
+        text,
     }
 }
 
-fn structured(parts: &[Part], page: &Page) -> Value {
-    let mut obj = Map::new();
+fn structured(parts: Vec<Part>, page: &Page) -> Value {
+    let truncated = truncated(&parts, page);
+    let mut obj = Map::with_capacity(parts.len() + 2);
     for p in parts {
-        obj.insert(p.name.clone(), p.value());
+        let name = p.name.clone();
+        obj.insert(name, p.into_value());
     }
-    obj.insert(
-        "truncated".into(),
-        Value::Bool(page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many)),
-    );
+    obj.insert("truncated".into(), Value::Bool(truncated));
     if let Some(o) = page.next_offset {
         obj.insert("next_offset".into(), Value::from(o));
     }
@@ -209,86 +304,134 @@ fn structured(parts: &[Part], page: &Page) -> Value {
     Value::Object(obj)
 }
 
-/// A compact, token-cheap rendering: one tab-separated table per list.
+/// The compact rendering: `name: value` lines for single values and rows, a header and
+/// tab-separated lines for lists, then node errors and how to get what was cut.
 pub fn text(parts: &[Part], page: &Page) -> String {
-    let mut s = String::new();
+    let cells: usize = parts
+        .iter()
+        .map(|p| p.rows.rows.len() * p.rows.columns.len())
+        .sum();
+    let mut s = String::with_capacity(64 + cells * 12);
     for p in parts {
+        let Rows {
+            columns,
+            rows,
+            more,
+        } = &p.rows;
         match p.shape {
             Shape::Value => {
-                s.push_str(&format!("{}: {}\n", p.name, cell(&p.value())));
+                let _ = write!(s, "{}: ", p.name);
+                if let Some(v) = rows.first().and_then(|r| r.first()) {
+                    push_cell(&mut s, v);
+                }
+                s.push('\n');
             }
             Shape::One => {
-                s.push_str(&format!("## {}\n", p.name));
-                match p.rows.rows.first() {
+                let _ = writeln!(s, "## {}", p.name);
+                match rows.first() {
                     None => s.push_str("(none)\n"),
                     Some(row) => {
-                        for (c, v) in p.rows.columns.iter().zip(row) {
-                            s.push_str(&format!("{}: {}\n", c.name, cell(v)));
+                        for (c, v) in columns.iter().zip(row) {
+                            let _ = write!(s, "{}: ", c.name);
+                            push_cell(&mut s, v);
+                            s.push('\n');
                         }
                     }
                 }
             }
             Shape::Many => {
-                let n = p.rows.rows.len();
-                let more = if p.rows.more { ", more available" } else { "" };
-                s.push_str(&format!(
-                    "## {} ({n} row{}{more})\n",
-                    p.name,
-                    if n == 1 { "" } else { "s" }
-                ));
+                let n = rows.len();
+                let plural = if n == 1 { "" } else { "s" };
+                let more = if *more { ", more available" } else { "" };
+                let _ = writeln!(s, "## {} ({n} row{plural}{more})", p.name);
                 if n > 0 {
-                    let header: Vec<&str> =
-                        p.rows.columns.iter().map(|c| c.name.as_str()).collect();
-                    s.push_str(&header.join("\t"));
-                    s.push('\n');
-                    for row in &p.rows.rows {
-                        let cells: Vec<String> = row.iter().map(cell).collect();
-                        s.push_str(&cells.join("\t"));
-                        s.push('\n');
+                    push_line(&mut s, columns.iter().map(|c| c.name.as_str()), |s, c| {
+                        s.push_str(c)
+                    });
+                    for row in rows {
+                        push_line(&mut s, row.iter(), push_cell);
                     }
                 }
             }
         }
     }
     for e in &page.node_errors {
-        s.push_str(&format!(
-            "node error {}: {} {}\n",
-            cell(&e["node"]),
-            cell(&e["code"]),
-            cell(&e["message"])
-        ));
-    }
-    let truncated = page.truncated || parts.iter().any(|p| p.rows.more && p.shape == Shape::Many);
-    if truncated {
-        s.push_str("truncated: true");
-        if let Some(o) = page.next_offset {
-            s.push_str(&format!(" (next page: offset={o})"));
-        }
-        if let Some(c) = &page.next_cursor {
-            s.push_str(&format!(" (next page: cursor={c})"));
-        }
-        if let Some(h) = &page.how_to_get_more {
-            s.push_str(&format!("\nhow to get more: {h}"));
-        }
+        s.push_str("node error ");
+        push_cell(&mut s, &e["node"]);
+        s.push_str(": ");
+        push_cell(&mut s, &e["code"]);
+        s.push(' ');
+        push_cell(&mut s, &e["message"]);
         s.push('\n');
     }
-    s.trim_end().to_string()
+    if truncated(parts, page) {
+        s.push_str("truncated: true");
+        if let Some(o) = page.next_offset {
+            let _ = write!(s, " (next page: offset={o})");
+        }
+        if let Some(c) = &page.next_cursor {
+            let _ = write!(s, " (next page: cursor={c})");
+        }
+        if let Some(h) = &page.how_to_get_more {
+            let _ = write!(s, "\nhow to get more: {h}");
+        }
+    }
+    s.truncate(s.trim_end().len());
+    s
 }
 
-/// A value as a table cell: strings bare (tabs and newlines escaped), null empty.
-fn cell(v: &Value) -> String {
+/// Writes `items` tab-separated, ending the line.
+fn push_line<T>(
+    s: &mut String,
+    items: impl Iterator<Item = T>,
+    mut push: impl FnMut(&mut String, T),
+) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            s.push('\t');
+        }
+        push(s, item);
+    }
+    s.push('\n');
+}
+
+/// A value as one cell of the text: null empty, a string with its backslashes, tabs and
+/// line breaks escaped (a cell stays on its line), anything else as JSON.
+fn push_cell(s: &mut String, v: &Value) {
     match v {
-        Value::Null => String::new(),
-        Value::String(s) => s
-            .replace('\\', "\\\\")
-            .replace('\t', "\\t")
-            .replace('\n', "\\n")
-            .replace('\r', "\\r"),
-        other => other.to_string(),
+        Value::Null => {}
+        Value::String(t) => {
+            let mut rest = t.as_str();
+            while let Some(i) = rest
+                .bytes()
+                .position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+            {
+                s.push_str(&rest[..i]);
+                s.push_str(match rest.as_bytes()[i] {
+                    b'\\' => "\\\\",
+                    b'\t' => "\\t",
+                    b'\n' => "\\n",
+                    _ => "\\r",
+                });
+                rest = &rest[i + 1..];
+            }
+            s.push_str(rest);
+        }
+        Value::Number(n) => {
+            let _ = write!(s, "{n}");
+        }
+        other => {
+            let _ = write!(s, "{other}");
+        }
     }
 }
 
-/// A plugin's JSON object as compact text: `key: value` lines, nested values as JSON.
+fn cell(v: &Value) -> String {
+    let mut s = String::new();
+    push_cell(&mut s, v);
+    s
+}
+
 pub fn object_text(v: &Value) -> String {
     match v {
         Value::Object(m) => m
@@ -303,7 +446,6 @@ pub fn object_text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Column;
     use serde_json::json;
 
     fn part(shape: Shape, n: usize) -> Part {
@@ -332,12 +474,42 @@ mod tests {
     fn assemble(mut parts: Vec<Part>, page: Page, max: usize) -> ToolOutput {
         let cut = fit(&mut parts, max);
         finish(
-            &parts,
+            parts,
             &Page {
                 truncated: page.truncated || cut,
                 ..page
             },
         )
+    }
+
+    #[test]
+    fn the_measured_size_is_the_size_sent() {
+        let page = Page {
+            truncated: true,
+            node_errors: vec![json!({"nodeid": 2, "node": "w:5432", "code": "X", "message": "m"})],
+            next_offset: Some(9),
+            next_cursor: Some("c".into()),
+            how_to_get_more: Some("call \"t\" again".into()),
+        };
+        for shape in [Shape::Many, Shape::One, Shape::Value] {
+            for n in [0, 1, 3] {
+                let mut count = part(Shape::Value, 1);
+                count.name = "count".into();
+                let parts = vec![part(shape, n), count];
+                let measured = json_len(&View(&parts, &page));
+                let sent = serde_json::to_vec(&finish(parts, &page).structured).unwrap();
+                assert_eq!(measured, sent.len(), "{shape:?} with {n} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn cells_escape_what_would_break_a_line() {
+        assert_eq!(cell(&json!("a\tb\\c\nd\re")), "a\\tb\\\\c\\nd\\re");
+        assert_eq!(cell(&json!("plain")), "plain");
+        assert_eq!(cell(&Value::Null), "");
+        assert_eq!(cell(&json!(1.5)), "1.5");
+        assert_eq!(cell(&json!({"k": "v"})), r#"{"k":"v"}"#);
     }
 
     #[test]
