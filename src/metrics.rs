@@ -323,9 +323,7 @@ fn measure(v: &Value) -> (u64, u64, Vec<String>) {
             _ => 0,
         })
         .sum();
-    let mut counter = ByteCount(0);
-    // Writing to a counter cannot fail; a failure would only cost the byte count.
-    let _ = serde_json::to_writer(&mut counter, v);
+    let bytes = crate::engine::json_len(v) as u64;
     let codes = obj
         .get("node_errors")
         .and_then(Value::as_array)
@@ -340,20 +338,7 @@ fn measure(v: &Value) -> (u64, u64, Vec<String>) {
                 .collect()
         })
         .unwrap_or_default();
-    (rows, counter.0, codes)
-}
-
-struct ByteCount(u64);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    (rows, bytes, codes)
 }
 
 /// `cluster="NAME",` before a series' other labels; nothing without clusters.

@@ -24,7 +24,7 @@ pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
 pub use plugin::{NodeRows, Plugin, PluginCall, PluginFuture, Plugins};
-pub use shape::ToolOutput;
+pub use shape::{ToolOutput, json_len};
 
 use crate::compile::CompiledTool;
 use crate::db::fanout::{FanOutMode, NodeResult, NodeSet};
