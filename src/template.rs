@@ -6,6 +6,7 @@
 //! filter, which validates and double-quotes them. This module is the only producer
 //! of SQL text in the project.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use minijinja::value::Serde;
@@ -30,6 +31,9 @@ struct Binds(Vec<serde_json::Value>);
 /// A set of named templates compiled in one environment (one per tool).
 pub struct Templates {
     env: Environment<'static>,
+    /// SQL without template syntax, kept as text: it renders to itself with no binds, and
+    /// a compiled template costs about 10 KB however short its source (issue #8).
+    plain: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -53,11 +57,18 @@ impl Templates {
         env.set_recursion_limit(32);
         env.set_formatter(bind_formatter);
         env.add_filter("ident", ident);
-        Templates { env }
+        Templates {
+            env,
+            plain: BTreeMap::new(),
+        }
     }
 
     /// Compiles a SQL template under `name`.
     pub fn add_sql(&mut self, name: &str, sql: &str) -> Result<(), RenderError> {
+        if !["{{", "{%", "{#"].iter().any(|open| sql.contains(open)) {
+            self.plain.insert(name.to_string(), sql.trim().to_string());
+            return Ok(());
+        }
         self.env
             .add_template_owned(name.to_string(), sql.to_string())
             .map_err(describe)
@@ -72,6 +83,12 @@ impl Templates {
 
     /// Renders a SQL template with `context` (a JSON object of arguments).
     pub fn render(&self, name: &str, context: &serde_json::Value) -> Result<Rendered, RenderError> {
+        if let Some(sql) = self.plain.get(name) {
+            return Ok(Rendered {
+                sql: sql.clone(),
+                binds: Vec::new(),
+            });
+        }
         let template = self.env.get_template(name).map_err(describe)?;
         let captured = template
             .render_captured(Value::from(Serde(context)))
@@ -89,9 +106,11 @@ impl Templates {
 
     /// Whether the template `name` reads the top-level variable `var`.
     pub fn references(&self, name: &str, var: &str) -> bool {
-        self.env
-            .get_template(name)
-            .is_ok_and(|t| t.undeclared_variables(false).contains(var))
+        !self.plain.contains_key(name)
+            && self
+                .env
+                .get_template(name)
+                .is_ok_and(|t| t.undeclared_variables(false).contains(var))
     }
 
     /// Evaluates a condition added with [`Templates::add_condition`].
@@ -161,6 +180,34 @@ mod tests {
         let mut t = Templates::new();
         t.add_sql("q", sql)?;
         t.render("q", &ctx)
+    }
+
+    #[test]
+    fn sql_without_template_syntax_renders_to_itself() {
+        let sql = "\n  SELECT '{1,2}'::int[], '{}'::jsonb -> 'a', $x$ } $x$\n";
+        let mut t = Templates::new();
+        t.add_sql("q", sql).unwrap();
+        assert!(t.plain.contains_key("q"), "kept as text, not compiled");
+        let r = t.render("q", &json!({"a": 1})).unwrap();
+        assert_eq!(r.sql, sql.trim());
+        assert!(r.binds.is_empty());
+        assert!(!t.references("q", "results"));
+        // Any opening of template syntax makes it a template, comments included.
+        for sql in [
+            "SELECT {{ a }}",
+            "SELECT 1 {% if a %}{% endif %}",
+            "SELECT 1 {# x #}",
+        ] {
+            let mut t = Templates::new();
+            t.add_sql("q", sql).unwrap();
+            assert!(t.plain.is_empty(), "{sql}");
+            assert!(
+                t.render("q", &json!({"a": 1}))
+                    .unwrap()
+                    .sql
+                    .starts_with("SELECT")
+            );
+        }
     }
 
     #[test]
