@@ -211,6 +211,19 @@ mod tests {
     }
 
     #[test]
+    fn templates_cannot_pull_in_sql_the_branch_check_does_not_see() {
+        for sql in [
+            "SELECT 1 {% include 'other' %}",
+            "{% macro m() %}DELETE FROM t{% endmacro %}SELECT 1",
+            "{% import 'other' as o %}SELECT 1",
+            "{% extends 'other' %}",
+        ] {
+            let mut t = Templates::new();
+            assert!(t.add_sql("q", sql).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
     fn every_expression_becomes_a_bind() {
         let r = render(
             "SELECT * FROM t WHERE a = {{ a }} AND b = ANY({{ b }}) LIMIT {{ n + 1 }}",

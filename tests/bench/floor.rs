@@ -232,6 +232,16 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         format!("{:.2}", hwm as f64 / echo_hwm.max(1) as f64),
         "the echo process; goal 20 MB".into(),
     ]);
+    // Where it is: pages of the binary (file-backed; on kernels that map whole large
+    // folios nearly all of it is resident) and the process's own heap and stacks.
+    let (file, anon) = (server.status_kb("RssFile")?, server.status_kb("RssAnon")?);
+    s.row(vec![
+        "memory at the end: binary pages + heap".into(),
+        format!("{} + {}", fmt_kb(file), fmt_kb(anon)),
+        String::new(),
+        String::new(),
+        "RssFile + RssAnon".into(),
+    ]);
     let size = std::fs::metadata(&b.bin)?.len();
     s.row(vec![
         "binary".into(),
