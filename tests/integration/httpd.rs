@@ -187,6 +187,19 @@ impl HttpServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle`, or as it is after 10 s: what the server logs from
+    /// a background task (a JWKS fetch) can come after the answer a test already has.
+    pub(crate) fn log_with(&self, needle: &str) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() > until {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub(crate) fn terminate(&self) {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -628,7 +641,7 @@ fn tokens(ctx: &Ctx) {
             m.text
         );
     });
-    let log = s.log();
+    let log = s.log_with("caller=bob");
     assert!(log.contains("caller=bob"), "{log}");
     for secret in [ALICE, BOB, APPROVAL_SECRET] {
         assert!(!log.contains(secret), "a secret reached the log:\n{log}");
