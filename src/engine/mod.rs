@@ -417,15 +417,21 @@ impl Engine {
         let db = self.db.as_ref().ok_or_else(not_configured)?;
 
         let ttl = self.ttl(&tool);
-        let key = format!("{name}\u{0}{}", Value::Object(args.clone()));
-        if ttl > Duration::ZERO
-            && let Some((at, out)) = self.cache.lock().expect("cache lock").get(&key)
+        // The cache key, only for a cached tool: no copy of the arguments otherwise.
+        let key = (ttl > Duration::ZERO).then(|| {
+            format!(
+                "{name}\u{0}{}",
+                serde_json::to_string(&args).unwrap_or_default()
+            )
+        });
+        if let Some(key) = &key
+            && let Some((at, out)) = self.cache.lock().expect("cache lock").get(key)
             && at.elapsed() < ttl
         {
             return Ok(out.clone());
         }
         let out = self.run(&tool, args, db, cancel, write).await?;
-        if ttl > Duration::ZERO {
+        if let Some(key) = key {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.len() >= CACHE_CAPACITY {
                 cache.retain(|_, (at, _)| at.elapsed() < ttl);

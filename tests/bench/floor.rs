@@ -6,6 +6,7 @@
 //! | spawn → `initialize` | `citus-mcp --help` (the process starts and exits) |
 //! | `ping` over stdio | an echo process over the same pipes (a line in, a line out) |
 //! | `SELECT 1` tool, latency and server CPU | a raw tokio-postgres client, prepared statement, one round trip (CPU: that client's + the echo's) |
+//! | `SELECT 1` tool, latency | the raw client sending the engine's one safe flight (READ ONLY transaction, timeouts, ROLLBACK) |
 //! | calls/s with 16 in flight | the raw client with 16 queries in flight on one connection |
 //! | 1,000-row call, rows/s | the raw client doing the same statement |
 //! | round trips per call | one |
@@ -143,6 +144,29 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         "raw client, one round trip",
     );
     ratio_row(&mut s, "SELECT 1 call p99", &calls, &raw, 99, "");
+    // What the safety model asks of PostgreSQL per call: the raw client sending the same
+    // one flight as the engine (START TRANSACTION READ ONLY, the timeouts, the SELECT,
+    // ROLLBACK) shows how much of the gap is the server's work, not citus-mcp's.
+    let flight = b.rt.block_on(async {
+        let mut raw = Raw::connect(&b.dsn).await?;
+        let one = [Rendered {
+            sql: "SELECT 1".into(),
+            binds: vec![],
+        }];
+        let prepared = raw.prepare_all(&one).await?;
+        sample(CALLS, async || {
+            raw.as_engine(&prepared, &one).await.map(drop)
+        })
+        .await
+    })?;
+    ratio_row(
+        &mut s,
+        "SELECT 1 call p50, against the safe flight",
+        &calls,
+        &flight,
+        50,
+        "raw client, BEGIN READ ONLY + timeouts + SELECT + ROLLBACK in one flight",
+    );
     s.row(vec![
         "server CPU per SELECT 1 call".into(),
         fmt_duration(call_cpu),
