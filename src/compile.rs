@@ -274,8 +274,7 @@ pub fn compile_spec(
     match depth {
         Depth::Lint => {
             let validator = compile_input_schema(&mut ck, &spec);
-            let mut templates = Templates::new();
-            check_queries(&mut ck, &spec, Some(&mut templates));
+            let templates = compile_templates(&mut ck, &spec);
             check_paging(&mut ck, &spec);
             check_resources(&mut ck, &spec);
             check_execute_guard(&mut ck, &spec);

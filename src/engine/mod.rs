@@ -169,6 +169,9 @@ impl Engine {
         self.cache.lock().expect("cache lock").clear();
         self.swaps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.preparing.load(std::sync::atomic::Ordering::Relaxed) {
+            prepare(self.visible_tools());
+        }
         old
     }
 
@@ -200,27 +203,16 @@ impl Engine {
     }
 
     /// Compiles what calls of the served tools need (validators, templates) on a thread
-    /// of its own, once: startup does not wait for it, and a first call that comes after
-    /// it does not either (one that comes sooner compiles its own tool, or waits for it).
-    /// Tools this server does not serve are never compiled.
-    pub fn prepare_in_background(self: &Arc<Self>) {
-        if self
+    /// of its own: startup does not wait for it, and a first call that comes after it does
+    /// not either (one that comes sooner compiles its own tool, or waits for it). Once
+    /// started, every snapshot a reload swaps in is prepared the same way. Tools this
+    /// server does not serve are never compiled.
+    pub fn prepare_in_background(&self) {
+        if !self
             .preparing
             .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            return;
-        }
-        let engine = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("citus-mcp-prepare".into())
-            .spawn(move || {
-                for tool in engine.visible_tools() {
-                    tool.prepare();
-                }
-            });
-        // Without the thread, each tool compiles on its first call instead.
-        if let Err(e) = spawned {
-            tracing::debug!("tools compile on first use: {e}");
+            prepare(self.visible_tools());
         }
     }
 
@@ -866,6 +858,17 @@ pub fn not_configured() -> ToolError {
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
 }
 
+/// Compiles `tools`' validators and templates on a thread of its own; without the
+/// thread, each compiles on its first call instead.
+fn prepare(tools: Vec<Arc<CompiledTool>>) {
+    let spawned = std::thread::Builder::new()
+        .name("citus-mcp-prepare".into())
+        .spawn(move || tools.iter().for_each(|t| t.prepare()));
+    if let Err(e) = spawned {
+        tracing::debug!("tools compile on first use: {e}");
+    }
+}
+
 /// A tool whose schema or templates did not compile on first use (a file loaded
 /// without its checks: only built-ins are, and the tests lint those in full).
 pub(crate) fn not_compiled(e: &str) -> ToolError {
@@ -994,6 +997,27 @@ fn decode_cursor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue #8: once preparing started, a reloaded snapshot's built-ins are compiled
+    /// ahead of their first call too, not by it.
+    #[test]
+    fn a_reloaded_snapshot_is_prepared_too() {
+        use crate::registry::{Registry, Sources};
+        let build = || Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let prepared = |e: &Engine| {
+            let until = Instant::now() + Duration::from_secs(30);
+            while !e.registry().tools["list_nodes"].is_prepared() {
+                assert!(Instant::now() < until, "list_nodes was not prepared");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let engine = Engine::new(build(), None, Settings::default());
+        assert!(!engine.registry().tools["list_nodes"].is_prepared());
+        engine.prepare_in_background();
+        prepared(&engine);
+        engine.swap(build());
+        prepared(&engine);
+    }
 
     fn facts(v: Option<&str>) -> ServerFacts {
         ServerFacts {
