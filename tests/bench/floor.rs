@@ -116,16 +116,8 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     // The trivial SQL call against one round trip of a raw client.
     let raw_latency = b.rt.block_on(async {
         let raw = Raw::connect(&b.dsn).await?;
-        let one = raw.client.prepare("SELECT 1").await?;
         let cpu = own_cpu();
-        let samples = sample(CALLS, async || {
-            raw.client
-                .query(&one, &[])
-                .await
-                .map(drop)
-                .map_err(Into::into)
-        })
-        .await?;
+        let samples = select_one_samples(&raw, CALLS).await?;
         Ok::<_, anyhow::Error>((samples, per_call(own_cpu() - cpu, CALLS)))
     })?;
     let (raw, raw_cpu) = raw_latency;

@@ -484,17 +484,22 @@ async fn time_into<T>(
     Ok(out)
 }
 
-/// One round trip: a prepared `SELECT 1`.
-async fn round_trip(s: &mut Section, raw: &Raw, runs: usize) -> Result<()> {
+/// `runs` round trips of a raw client: a prepared `SELECT 1`, one at a time.
+async fn select_one_samples(raw: &Raw, runs: usize) -> Result<Vec<Duration>> {
     let one = raw.client.prepare("SELECT 1").await?;
-    let samples = sample(runs, async || {
+    sample(runs, async || {
         raw.client
             .query(&one, &[])
             .await
             .map(drop)
             .map_err(Into::into)
     })
-    .await?;
+    .await
+}
+
+/// One round trip: a prepared `SELECT 1`.
+async fn round_trip(s: &mut Section, raw: &Raw, runs: usize) -> Result<()> {
+    let samples = select_one_samples(raw, runs).await?;
     s.timing(
         "round trip (prepared SELECT 1)",
         &samples,
