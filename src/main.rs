@@ -303,13 +303,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_level, config.log_format);
-    // Serving (stdio or HTTP) gets a worker per core: with 16 calls in flight a
-    // current-thread runtime saved a fifth of the CPU of a trivial call and half its
-    // syscalls, but lost a third of the throughput of 1,000-row calls, whose decoding and
-    // shaping then share one core (issue #8, README: Performance). The one-shot CLI
-    // commands need no workers.
-    let serves = matches!(cli.command, None | Some(Command::Serve { .. }));
-    let mut builder = if serves {
+    // stdio serves one client, and one thread serves it best: the MCP loop, the calls and
+    // the pipes (non-blocking, on the reactor) share it, so a `ping` costs one wake-up
+    // instead of three or four, and a 1,000-row call's decoding still overlaps with the
+    // database's work on the other core (issue #8, README: Performance). HTTP serves a
+    // team: a worker per core. The one-shot CLI commands need no workers either.
+    let http =
+        matches!(cli.command, None | Some(Command::Serve { .. })) && config.http.listen.is_some();
+    let mut builder = if http {
         tokio::runtime::Builder::new_multi_thread()
     } else {
         tokio::runtime::Builder::new_current_thread()
