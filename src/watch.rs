@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{EventKind, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::registry::{Registry, Sources, is_spec_file};
@@ -140,31 +140,27 @@ impl Reloader {
             .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
             .collect();
         let folders = dirs.clone();
-        let debouncer = new_debouncer(
-            Duration::from_millis(200),
-            None,
-            move |res: DebounceEventResult| {
-                let relevant = match res {
-                    Ok(events) => events.iter().any(|e| {
-                        matches!(
-                            e.event.kind,
-                            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                        ) && e.event.paths.iter().any(|p| {
-                            // A spec file, or a configured folder (or one of its parents)
-                            // appearing or going away.
-                            is_spec_file(p) || folders.iter().any(|d| d.starts_with(p))
-                        })
-                    }),
-                    Err(_) => true,
-                };
-                if relevant {
-                    // The receiver lives as long as the watcher task.
-                    let _ = tx.send(());
+        let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
+            let relevant = match res {
+                Ok(event) => {
+                    matches!(
+                        event.kind,
+                        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+                    ) && event.paths.iter().any(|p| {
+                        // A spec file, or a configured folder (or one of its parents)
+                        // appearing or going away.
+                        is_spec_file(p) || folders.iter().any(|d| d.starts_with(p))
+                    })
                 }
-            },
-        )?;
+                Err(_) => true,
+            };
+            if relevant {
+                // The receiver lives as long as the watcher task.
+                let _ = tx.send(());
+            }
+        })?;
         let watches = Arc::new(Mutex::new(Watches {
-            debouncer,
+            watcher,
             dirs,
             watched: BTreeSet::new(),
             anchors: BTreeSet::new(),
@@ -172,8 +168,7 @@ impl Reloader {
         lock(&watches).rearm();
         let task_watches = watches.clone();
         let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                while rx.try_recv().is_ok() {}
+            while settled(&mut rx).await.is_some() {
                 let me = self.clone();
                 let watches = task_watches.clone();
                 let done = tokio::task::spawn_blocking(move || {
@@ -194,6 +189,28 @@ impl Reloader {
     }
 }
 
+/// How long the folders must stay quiet before a reload: an editor's save, a `git
+/// checkout` or a `cp -r` is a burst of events, and one reload follows it.
+const QUIET: Duration = Duration::from_millis(200);
+/// The longest a reload waits for quiet while files keep changing.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits for a change, then for the changes to stop ([`QUIET`], at most [`MAX_WAIT`]
+/// in all). `None` once the sender is gone. The timer runs only while changes come in,
+/// so an idle server is never woken (notify's own debouncer ticks 20 times a second).
+pub(crate) async fn settled(changes: &mut mpsc::UnboundedReceiver<()>) -> Option<()> {
+    changes.recv().await?;
+    let deadline = Instant::now() + MAX_WAIT;
+    loop {
+        let until = (Instant::now() + QUIET).min(deadline);
+        match tokio::time::timeout_at(until, changes.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) => return None,
+            Err(_) => return Some(()),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every update under these locks is a single call, so a panicked holder leaves
     // nothing half done.
@@ -203,7 +220,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What is watched: the configured folders that exist, and for each one that does not,
 /// its nearest existing parent (an anchor).
 struct Watches {
-    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    watcher: RecommendedWatcher,
     dirs: Vec<PathBuf>,
     watched: BTreeSet<PathBuf>,
     anchors: BTreeSet<PathBuf>,
@@ -219,7 +236,7 @@ impl Watches {
                 if self.watched.contains(dir) {
                     continue;
                 }
-                match self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
+                match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         tracing::info!(dir = %dir.display(), "watching for tool file changes");
                         self.watched.insert(dir.clone());
@@ -237,7 +254,7 @@ impl Watches {
         for gone in self.anchors.difference(&anchors) {
             if !self.watched.contains(gone) {
                 // The parent may be gone too; nothing to undo then.
-                let _ = self.debouncer.unwatch(gone);
+                let _ = self.watcher.unwatch(gone);
             }
         }
         for anchor in anchors.difference(&self.anchors) {
@@ -246,7 +263,7 @@ impl Watches {
             if self.watched.contains(anchor) {
                 continue;
             }
-            match self.debouncer.watch(anchor, RecursiveMode::NonRecursive) {
+            match self.watcher.watch(anchor, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     tracing::debug!(dir = %anchor.display(), "watching for a missing folder")
                 }
@@ -274,5 +291,44 @@ pub struct Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_changes_is_one_reload_after_the_quiet() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for _ in 0..5 {
+            tx.send(()).unwrap();
+        }
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            late.send(()).unwrap();
+        });
+        let start = Instant::now();
+        assert_eq!(settled(&mut rx).await, Some(()));
+        // Not before the late change plus the quiet (a lower bound: a slow machine only
+        // makes it later).
+        assert!(start.elapsed() >= Duration::from_millis(100) + QUIET);
+        // Every change of the burst was taken: the next wait starts afresh.
+        assert!(rx.try_recv().is_err());
+        drop(tx);
+        assert_eq!(settled(&mut rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn changes_that_never_stop_still_reload() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while tx.send(()).is_ok() {
+                tokio::time::sleep(QUIET / 4).await;
+            }
+        });
+        let settled = tokio::time::timeout(MAX_WAIT * 5, settled(&mut rx)).await;
+        assert_eq!(settled, Ok(Some(())), "still waiting long after MAX_WAIT");
     }
 }

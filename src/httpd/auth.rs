@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -244,8 +243,7 @@ impl TokenStore {
     /// renaming) and reloads after each change, until the guard is dropped. `None`
     /// without a file.
     pub fn watch(self: &Arc<Self>) -> Result<Option<TokensWatch>, HttpError> {
-        use notify::RecursiveMode;
-        use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+        use notify::{RecursiveMode, Watcher as _};
         let Some(file) = &self.file else {
             return Ok(None);
         };
@@ -256,18 +254,14 @@ impl TokenStore {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut debouncer = new_debouncer(
-            Duration::from_millis(200),
-            None,
-            move |_: DebounceEventResult| {
-                // Any change in the folder may be the file (a symlink swap of a mounted
-                // secret names only the link); a reload of an unchanged file is cheap
-                // and quiet. The receiver lives as long as the task.
-                let _ = tx.send(());
-            },
-        )
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            // Any change in the folder may be the file (a symlink swap of a mounted
+            // secret names only the link); a reload of an unchanged file is cheap
+            // and quiet. The receiver lives as long as the task.
+            let _ = tx.send(());
+        })
         .map_err(|e| HttpError::Tokens(format!("cannot watch tokens_file: {e}")))?;
-        debouncer
+        watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| {
                 HttpError::Tokens(format!(
@@ -277,8 +271,7 @@ impl TokenStore {
             })?;
         let store = self.clone();
         let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                while rx.try_recv().is_ok() {}
+            while crate::watch::settled(&mut rx).await.is_some() {
                 let store = store.clone();
                 let done = tokio::task::spawn_blocking(move || store.reload()).await;
                 match done {
@@ -292,7 +285,7 @@ impl TokenStore {
             }
         });
         Ok(Some(TokensWatch {
-            _debouncer: debouncer,
+            _watcher: watcher,
             task,
         }))
     }
@@ -300,10 +293,7 @@ impl TokenStore {
 
 /// Keeps the tokens file watched while alive.
 pub struct TokensWatch {
-    _debouncer: notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
+    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 
