@@ -75,6 +75,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "e2e::a_call_waiting_on_the_database_holds_up_no_other",
+            slow_call_holds_up_no_other,
+        ),
+        trial(
+            ctx,
             "e2e::execute_tools_are_listed_only_in_admin_mode",
             execute_tools_hidden,
         ),
@@ -643,6 +648,42 @@ fn vanished_client(ctx: &Ctx) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// stdio runs on one thread: while one call waits on the database, the others (and
+/// pings) are answered, and its own answer still comes once the database is done.
+fn slow_call_holds_up_no_other(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        SLOW_TOOL
+            .replace("e2e_slow_marker", "e2e_one_thread_marker")
+            .replace("pg_sleep(30)", "pg_sleep(8)"),
+    )
+    .unwrap();
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let slow = c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_one_thread_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.db().psql(count).unwrap().trim() == "0" {
+        assert!(Instant::now() < deadline, "the slow query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..3 {
+        assert_eq!(c.request("ping", json!({}))["result"], json!({}));
+        let nodes = c.call("list_nodes", json!({}));
+        assert_eq!(nodes["isError"], false, "{nodes}");
+    }
+    // The others were answered while the slow one was still on the server.
+    assert_eq!(
+        ctx.db().psql(count).unwrap().trim(),
+        "1",
+        "the slow query ended before the other calls were answered: the test proves nothing"
+    );
+    let answer = c
+        .wait_response(slow, Duration::from_secs(30))
+        .expect("the slow call is answered");
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
 }
 
 pub const EXEC_TOOL: &str = "name: dangerous\ndescription: Pretends to change the cluster.\nsafety: execute\ninput_schema:\n  type: object\n  required: [approval_token]\n  properties:\n    approval_token: {type: string}\nqueries:\n  - name: r\n    sql: SELECT 1 AS one\nexamples:\n  - args: {approval_token: x}\n    expect: {error: APPROVAL_INVALID}\n";
