@@ -143,14 +143,12 @@ impl Reloader {
         let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
             let relevant = match res {
                 Ok(event) => {
-                    matches!(
-                        event.kind,
-                        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                    ) && event.paths.iter().any(|p| {
-                        // A spec file, or a configured folder (or one of its parents)
-                        // appearing or going away.
-                        is_spec_file(p) || folders.iter().any(|d| d.starts_with(p))
-                    })
+                    is_change(&event)
+                        && event.paths.iter().any(|p| {
+                            // A spec file, or a configured folder (or one of its parents)
+                            // appearing or going away.
+                            is_spec_file(p) || folders.iter().any(|d| d.starts_with(p))
+                        })
                 }
                 Err(_) => true,
             };
@@ -187,6 +185,16 @@ impl Reloader {
             task,
         })
     }
+}
+
+/// Whether a file system event changes what a reload reads. Opening and closing a file
+/// (notify reports them as access) change nothing, and a reload opens every file it
+/// reads: counting them would make each reload start the next.
+pub(crate) fn is_change(event: &Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    )
 }
 
 /// How long the folders must stay quiet before a reload: an editor's save, a `git
@@ -297,6 +305,50 @@ impl Drop for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the real watcher: reading the files (what a reload does) is no change;
+    /// writing, renaming over and removing them are.
+    #[test]
+    fn reading_a_file_is_no_change_and_writing_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.yaml");
+        std::fs::write(&file, "[]").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
+            if let Ok(event) = res {
+                let _ = tx.send(is_change(&event));
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(dir.path(), RecursiveMode::NonRecursive)
+            .unwrap();
+        let settle = Duration::from_millis(300);
+        let changes = |rx: &std::sync::mpsc::Receiver<bool>| {
+            let mut seen = (0, 0);
+            while let Ok(change) = rx.recv_timeout(settle) {
+                if change { seen.0 += 1 } else { seen.1 += 1 }
+            }
+            seen
+        };
+        for _ in 0..3 {
+            std::fs::read_to_string(&file).unwrap();
+        }
+        let (changed, other) = changes(&rx);
+        assert_eq!(changed, 0, "reading counted as a change");
+        assert!(
+            other > 0,
+            "the watcher reported nothing: the test proves nothing"
+        );
+        std::fs::write(&file, "[] # edited").unwrap();
+        assert!(changes(&rx).0 > 0, "an edit was not seen");
+        let new = dir.path().join("tokens.yaml.new");
+        std::fs::write(&new, "[]").unwrap();
+        std::fs::rename(&new, &file).unwrap();
+        assert!(changes(&rx).0 > 0, "a rename over the file was not seen");
+        std::fs::remove_file(&file).unwrap();
+        assert!(changes(&rx).0 > 0, "a removal was not seen");
+    }
 
     #[tokio::test]
     async fn a_burst_of_changes_is_one_reload_after_the_quiet() {

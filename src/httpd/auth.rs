@@ -254,11 +254,14 @@ impl TokenStore {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Any change in the folder may be the file (a symlink swap of a mounted
             // secret names only the link); a reload of an unchanged file is cheap
-            // and quiet. The receiver lives as long as the task.
-            let _ = tx.send(());
+            // and quiet. Reading it is no change: the reload itself opens it. The
+            // receiver lives as long as the task.
+            if res.as_ref().map_or(true, crate::watch::is_change) {
+                let _ = tx.send(());
+            }
         })
         .map_err(|e| HttpError::Tokens(format!("cannot watch tokens_file: {e}")))?;
         watcher
