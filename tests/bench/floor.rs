@@ -10,6 +10,7 @@
 //! | calls/s with 16 in flight | the raw client with 16 queries in flight on one connection |
 //! | 1,000-row call, rows/s | the raw client doing the same statement |
 //! | round trips per call | one |
+//! | wake-ups per second, idle | the echo process |
 //! | peak memory (VmHWM) | the echo process |
 //! | result bytes per row | the rows as text (PostgreSQL's own output) |
 //!
@@ -60,6 +61,8 @@ const CALLS: usize = 2000;
 const IN_FLIGHT: usize = 16;
 const ROWS: usize = 1000;
 const ROW_CALLS: usize = 200;
+/// How long the idle wake-ups are counted.
+const IDLE: Duration = Duration::from_secs(2);
 
 pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
@@ -239,6 +242,17 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         format!("{text_per_row:.0} B"),
         format!("{:.2}", per_row / text_per_row),
         "the row as PostgreSQL's text".into(),
+    ]);
+    // An MCP server waits for its client most of its life: waiting should cost nothing.
+    let (ours, theirs) = (server.switches(), echo.switches());
+    std::thread::sleep(IDLE);
+    let per_s = |n: u64| n as f64 / IDLE.as_secs_f64();
+    s.row(vec![
+        "wake-ups per second, idle".into(),
+        format!("{:.1}", per_s(server.switches() - ours)),
+        format!("{:.1}", per_s(echo.switches() - theirs)),
+        String::new(),
+        "the echo process (context switches of every thread)".into(),
     ]);
     let (hwm, echo_hwm) = (server.status_kb("VmHWM")?, echo.status_kb("VmHWM")?);
     s.row(vec![
@@ -505,6 +519,24 @@ fn cpu_of(pid: &str) -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// Context switches of every thread of a process so far (voluntary and not).
+fn switches_of(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// This process's time on CPU (the raw client's runtime runs here).
 fn own_cpu() -> Duration {
     cpu_of("self")
@@ -514,5 +546,10 @@ impl Server {
     /// The server process's time on CPU so far.
     fn cpu(&self) -> Duration {
         cpu_of(&self.child.id().to_string())
+    }
+
+    /// The server process's context switches so far.
+    fn switches(&self) -> u64 {
+        switches_of(&self.child.id().to_string())
     }
 }
