@@ -589,28 +589,70 @@ fn secrets_never_leak(ctx: &Ctx) {
 
 pub const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {timeout_ms: 60000}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep(30) IS NULL AS e2e_slow_marker\nexamples:\n  - args: {}\n";
 
-fn cancelled_request(ctx: &Ctx) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("slow.yaml"), SLOW_TOOL).unwrap();
-    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
-    let id = c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
-    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_slow_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctx.db().psql(count).unwrap().trim() == "0" {
-        assert!(Instant::now() < deadline, "the slow query never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    c.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "user pressed stop"}}));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ctx.db().psql(count).unwrap().trim() != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the query kept running after notifications/cancelled"
+/// A call of a `slow` tool (`pg_sleep(secs)`, its SQL marked with `marker`) over stdio,
+/// once its query runs on the server.
+struct SlowCall {
+    client: McpClient,
+    id: u64,
+    /// Counts the slow query's active backends.
+    count: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SlowCall {
+    fn start(ctx: &Ctx, marker: &str, secs: u32) -> SlowCall {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("slow.yaml"),
+            SLOW_TOOL
+                .replace("e2e_slow_marker", marker)
+                .replace("pg_sleep(30)", &format!("pg_sleep({secs})")),
+        )
+        .unwrap();
+        let mut client = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+        let id = client.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
+        let count = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        let call = SlowCall {
+            client,
+            id,
+            count,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call.running(ctx) == "0" {
+            assert!(Instant::now() < deadline, "the slow query never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        call
     }
+
+    /// How many backends run the slow query now.
+    fn running(&self, ctx: &Ctx) -> String {
+        ctx.db().psql(&self.count).unwrap().trim().to_string()
+    }
+
+    /// Waits until no backend runs the slow query; `after` says what should have ended it.
+    fn wait_gone(&self, ctx: &Ctx, within: Duration, after: &str) {
+        let deadline = Instant::now() + within;
+        while self.running(ctx) != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the query kept running after {after}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn cancelled_request(ctx: &Ctx) {
+    let mut slow = SlowCall::start(ctx, "e2e_slow_marker", 30);
+    let id = slow.id;
+    slow.client.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "user pressed stop"}}));
+    slow.wait_gone(ctx, Duration::from_secs(5), "notifications/cancelled");
     assert_eq!(
-        c.call("ping", json!({}))["isError"],
+        slow.client.call("ping", json!({}))["isError"],
         false,
         "the server keeps serving after a cancel"
     );
@@ -619,56 +661,20 @@ fn cancelled_request(ctx: &Ctx) {
 /// A client that goes away mid-call (stdin closed) leaves nothing running: the server
 /// cancels its in-flight statements on the way out.
 fn vanished_client(ctx: &Ctx) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("slow.yaml"),
-        SLOW_TOOL
-            .replace("e2e_slow_marker", "e2e_vanish_marker")
-            .replace("pg_sleep(30)", "pg_sleep(120)"),
-    )
-    .unwrap();
-    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
-    c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
-    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_vanish_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctx.db().psql(count).unwrap().trim() == "0" {
-        assert!(Instant::now() < deadline, "the slow query never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    c.close_stdin();
+    let mut slow = SlowCall::start(ctx, "e2e_vanish_marker", 120);
+    slow.client.close_stdin();
     assert!(
-        c.wait_exit(Duration::from_secs(15)).is_some(),
+        slow.client.wait_exit(Duration::from_secs(15)).is_some(),
         "the server did not exit after its client went away"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctx.db().psql(count).unwrap().trim() != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the query kept running after the client went away"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    slow.wait_gone(ctx, Duration::from_secs(10), "the client went away");
 }
 
 /// stdio runs on one thread: while one call waits on the database, the others (and
 /// pings) are answered, and its own answer still comes once the database is done.
 fn slow_call_holds_up_no_other(ctx: &Ctx) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("slow.yaml"),
-        SLOW_TOOL
-            .replace("e2e_slow_marker", "e2e_one_thread_marker")
-            .replace("pg_sleep(30)", "pg_sleep(8)"),
-    )
-    .unwrap();
-    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
-    let slow = c.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
-    let count = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%e2e_one_thread_marker%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctx.db().psql(count).unwrap().trim() == "0" {
-        assert!(Instant::now() < deadline, "the slow query never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut slow = SlowCall::start(ctx, "e2e_one_thread_marker", 8);
+    let c = &mut slow.client;
     for _ in 0..3 {
         assert_eq!(c.request("ping", json!({}))["result"], json!({}));
         let nodes = c.call("list_nodes", json!({}));
@@ -676,12 +682,13 @@ fn slow_call_holds_up_no_other(ctx: &Ctx) {
     }
     // The others were answered while the slow one was still on the server.
     assert_eq!(
-        ctx.db().psql(count).unwrap().trim(),
+        slow.running(ctx),
         "1",
         "the slow query ended before the other calls were answered: the test proves nothing"
     );
-    let answer = c
-        .wait_response(slow, Duration::from_secs(30))
+    let answer = slow
+        .client
+        .wait_response(slow.id, Duration::from_secs(30))
         .expect("the slow call is answered");
     assert_eq!(answer["result"]["isError"], false, "{answer}");
 }
