@@ -14,7 +14,7 @@
 //! time, so lines never interleave. It deliberately does not interpret anything
 //! rmcp handles correctly: it knows message shapes, not MCP semantics.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
@@ -37,10 +37,52 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How many parsed messages wait for rmcp before the reader stops reading.
 const QUEUE: usize = 64;
 
-/// Request ids sent on to rmcp and not answered yet. rmcp keys a running request by
-/// its id, so a second request with the same id would take over the first one's
-/// slot: the first one's answer cancels the second, and one reply is lost.
-type InFlight = Arc<Mutex<HashSet<RequestId>>>;
+/// The ids of client requests in progress, and the id rmcp knows each one by.
+///
+/// rmcp keys a running request by its id. A request reusing the id of one still running
+/// would take over its slot, and so would one reusing the id of a request the client just
+/// cancelled but that has not finished yet: the old request's answer then goes out under
+/// the new one's id, and the new one's is lost. So rmcp never sees a client's ids: each
+/// request gets one of its own, mapped back on its answer.
+#[derive(Default)]
+struct Ids {
+    last: i64,
+    /// client id → rmcp's id
+    running: HashMap<RequestId, RequestId>,
+    /// rmcp's id → client id
+    clients: HashMap<RequestId, RequestId>,
+}
+
+impl Ids {
+    /// rmcp's id for a new request; `None` while the client's id is in use.
+    fn start(&mut self, client: &RequestId) -> Option<RequestId> {
+        if self.running.contains_key(client) {
+            return None;
+        }
+        self.last += 1;
+        let ours = RequestId::Number(self.last);
+        self.running.insert(client.clone(), ours.clone());
+        self.clients.insert(ours.clone(), client.clone());
+        Some(ours)
+    }
+
+    /// Forgets a cancelled request: its id is free for the client at once, and a late
+    /// answer to it goes nowhere. rmcp's id for it, if it was running.
+    fn cancel(&mut self, client: &RequestId) -> Option<RequestId> {
+        let ours = self.running.remove(client)?;
+        self.clients.remove(&ours);
+        Some(ours)
+    }
+
+    /// The client's id for an answer, which frees it; `None` for a cancelled request.
+    fn finish(&mut self, ours: &RequestId) -> Option<RequestId> {
+        let client = self.clients.remove(ours)?;
+        self.running.remove(&client);
+        Some(client)
+    }
+}
+
+type InFlight = Arc<Mutex<Ids>>;
 
 /// Starts reading `read` and writing `write`; returns the transport to serve rmcp on
 /// and the tasks behind it.
@@ -103,13 +145,18 @@ impl Transport<RoleServer> for LineTransport {
         &mut self,
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        let id = match &item {
-            JsonRpcMessage::Response(r) => Some(&r.id),
-            JsonRpcMessage::Error(e) => e.id.as_ref(),
+        let mut item = item;
+        let id = match &mut item {
+            JsonRpcMessage::Response(r) => Some(&mut r.id),
+            JsonRpcMessage::Error(e) => e.id.as_mut(),
             _ => None,
         };
         if let Some(id) = id {
-            lock(&self.in_flight).remove(id);
+            match lock(&self.in_flight).finish(id) {
+                Some(client) => *id = client,
+                // The client cancelled it: MCP sends no answer then.
+                None => return std::future::ready(Ok(())),
+            }
         }
         // Queued now, not when the future runs, so lines leave in the order rmcp sent
         // them.
@@ -140,9 +187,9 @@ fn closed(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::BrokenPipe, what.to_string())
 }
 
-fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<RequestId>> {
-    // The set stays consistent even if a holder panicked: every update is one call.
-    set.lock()
+fn lock(ids: &InFlight) -> std::sync::MutexGuard<'_, Ids> {
+    // The maps stay consistent even if a holder panicked: every update is one call.
+    ids.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -260,7 +307,7 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
         return Verdict::Ignore;
     }
     match serde_json::from_slice::<ClientJsonRpcMessage>(line) {
-        Ok(JsonRpcMessage::Request(req)) => {
+        Ok(JsonRpcMessage::Request(mut req)) => {
             if let ClientRequest::CustomRequest(custom) = &req.request
                 && let Some(problem) = params_problem(&custom.method, custom.params.clone())
             {
@@ -270,7 +317,7 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
                     format!("invalid params for {}: {problem}", custom.method),
                 ));
             }
-            if !lock(in_flight).insert(req.id.clone()) {
+            let Some(ours) = lock(in_flight).start(&req.id) else {
                 return Verdict::Reply(error_line(
                     Some(&req.id),
                     ErrorCode::INVALID_REQUEST,
@@ -279,15 +326,21 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
                         req.id
                     ),
                 ));
-            }
+            };
+            req.id = ours;
             Verdict::Forward(JsonRpcMessage::Request(req))
         }
-        Ok(JsonRpcMessage::Notification(n)) => {
-            // rmcp forgets a cancelled request, and sends no reply for it.
-            if let ClientNotification::CancelledNotification(c) = &n.notification
-                && let Some(id) = &c.params.request_id
+        Ok(JsonRpcMessage::Notification(mut n)) => {
+            // A cancel names the client's id; rmcp knows the request by its own. One that
+            // names no request in progress (answered already, or never sent) has nothing
+            // to cancel, and rmcp must not read it as one of its own ids.
+            if let ClientNotification::CancelledNotification(c) = &mut n.notification
+                && let Some(id) = &mut c.params.request_id
             {
-                lock(in_flight).remove(id);
+                match lock(in_flight).cancel(id) {
+                    Some(ours) => *id = ours,
+                    None => return Verdict::Ignore,
+                }
             }
             Verdict::Forward(JsonRpcMessage::Notification(n))
         }
@@ -544,6 +597,69 @@ mod tests {
         assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
     }
 
+    /// rmcp's id of a forwarded request.
+    fn forwarded_id(verdict: Verdict) -> RequestId {
+        match verdict {
+            Verdict::Forward(JsonRpcMessage::Request(r)) => r.id,
+            _ => panic!("not forwarded"),
+        }
+    }
+
+    /// A client that cancels a request and at once reuses its id gets the new request's
+    /// answer under that id, never the cancelled one's (rmcp, keyed by id, sent the old
+    /// answer in the new one's place and lost the new one).
+    #[tokio::test]
+    async fn a_cancelled_requests_late_answer_never_takes_its_ids_next_request() {
+        let (read, _keep) = tokio::io::duplex(64);
+        let (mut transport, _pumps) = start(read, tokio::io::sink());
+        let (out, mut lines) = mpsc::unbounded_channel();
+        transport.out = Some(out);
+        let in_flight = transport.in_flight.clone();
+        let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
+        let old = forwarded_id(classify(call, &in_flight));
+        let cancel =
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#;
+        let Verdict::Forward(JsonRpcMessage::Notification(n)) = classify(cancel, &in_flight) else {
+            panic!("the cancel was not forwarded");
+        };
+        let ClientNotification::CancelledNotification(c) = n.notification else {
+            panic!("not a cancel");
+        };
+        assert_eq!(
+            c.params.request_id,
+            Some(old.clone()),
+            "rmcp is told its own id"
+        );
+        let new = forwarded_id(classify(call, &in_flight));
+        assert_ne!(old, new);
+        let answer = |id| ServerJsonRpcMessage::response(rmcp::model::ServerResult::empty(()), id);
+        // The cancelled request finishes late: its answer goes nowhere.
+        transport.send(answer(old)).await.unwrap();
+        assert!(
+            lines.try_recv().is_err(),
+            "a cancelled request was answered"
+        );
+        transport.send(answer(new)).await.unwrap();
+        let line: Value = serde_json::from_str(&lines.try_recv().unwrap()).unwrap();
+        assert_eq!(line["id"], json!(7), "{line}");
+        // A cancel that names no request in progress cancels nothing, not even a
+        // request whose id in rmcp happens to be the same number.
+        let running = forwarded_id(classify(
+            br#"{"jsonrpc":"2.0","id":"other","method":"tools/list"}"#,
+            &in_flight,
+        ));
+        let RequestId::Number(n) = running else {
+            panic!("rmcp's ids are numbers")
+        };
+        let stray = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{n}}}}}"#
+        );
+        assert!(matches!(
+            classify(stray.as_bytes(), &in_flight),
+            Verdict::Ignore
+        ));
+    }
+
     #[tokio::test]
     async fn answered_ids_are_free_again_and_long_lines_are_refused() {
         let in_flight = InFlight::default();
@@ -554,10 +670,9 @@ mod tests {
             ..transport
         };
         let call = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
-        assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
         let reply = ServerJsonRpcMessage::response(
             rmcp::model::ServerResult::empty(()),
-            RequestId::Number(2),
+            forwarded_id(classify(call, &in_flight)),
         );
         transport.send(reply).await.unwrap();
         assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));

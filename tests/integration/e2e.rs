@@ -339,9 +339,11 @@ fn reused_id(ctx: &Ctx) {
         r["error"]["message"].as_str().unwrap().contains("500"),
         "{r}"
     );
-    // Once the first is cancelled, its id may be used again.
-    c.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 500}}));
-    c.send(json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}}));
+    // Once the first is cancelled, its id may be used again, even at once: the cancel and
+    // the new request in one write (the cancelled call's late answer must not take the id).
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 500}});
+    let again = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "ping", "arguments": {}}});
+    c.send_line(&format!("{cancel}\n{again}"));
     let r = c
         .wait_reply(&json!(500), Duration::from_secs(10))
         .expect("a reply after the cancel");
