@@ -19,7 +19,8 @@ use crate::template::{Rendered, Templates};
 pub struct SourceFile {
     /// How diagnostics name the file, e.g. `tools.d/list_nodes.yaml` or an absolute path.
     pub origin: String,
-    pub text: String,
+    /// Shared, not copied, by the compiled tool and the registry that keeps it.
+    pub text: Arc<str>,
 }
 
 impl SourceFile {
@@ -45,7 +46,7 @@ pub struct CompiledTool {
     pub spec: ToolSpec,
     pub origin: String,
     /// The file's text, to tell a changed definition from a recompiled same one.
-    pub source: String,
+    pub source: Arc<str>,
     /// The input schema as MCP wants it (a JSON object).
     pub input_schema: Arc<Map<String, Value>>,
     pub output_schema: Option<Arc<Map<String, Value>>>,
@@ -153,7 +154,7 @@ impl CompiledTool {
 fn compile_runnable(tool: &CompiledTool) -> Result<Runnable, String> {
     let file = SourceFile {
         origin: tool.origin.clone(),
-        text: String::new(),
+        text: Arc::from(""),
     };
     let mut ck = Findings {
         file: &file,
@@ -180,7 +181,7 @@ pub struct CompiledPrompt {
     pub spec: PromptSpec,
     pub origin: String,
     /// The file's text, to tell a changed definition from a recompiled same one.
-    pub source: String,
+    pub source: Arc<str>,
     env: PromptEnv,
 }
 
@@ -944,7 +945,7 @@ mod tests {
     fn file(name: &str, text: &str) -> SourceFile {
         SourceFile {
             origin: format!("tools.d/{name}.yaml"),
-            text: text.to_string(),
+            text: text.into(),
         }
     }
 

@@ -98,7 +98,7 @@ pub fn gather(paths: &[PathBuf]) -> (Vec<SourceFile>, Vec<Diagnostic>) {
             match std::fs::read_to_string(p) {
                 Ok(text) => files.push(SourceFile {
                     origin: p.display().to_string(),
-                    text,
+                    text: text.into(),
                 }),
                 Err(e) => problems.push(Diagnostic::new(
                     Code::E001,

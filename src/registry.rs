@@ -60,7 +60,7 @@ fn embedded(dir: &Dir<'_>, label: &str) -> Vec<SourceFile> {
         .filter_map(|f| {
             Some(SourceFile {
                 origin: format!("{BUILTIN}{label}/{}", f.path().display()),
-                text: f.contents_utf8()?.to_string(),
+                text: f.contents_utf8()?.into(),
             })
         })
         .collect();
@@ -103,7 +103,10 @@ pub fn read_dir(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
     for path in paths {
         let origin = path.display().to_string();
         match std::fs::read_to_string(&path) {
-            Ok(text) => files.push(SourceFile { origin, text }),
+            Ok(text) => files.push(SourceFile {
+                origin,
+                text: text.into(),
+            }),
             Err(e) => problems.push(Diagnostic::new(
                 Code::E001,
                 origin,
@@ -176,7 +179,7 @@ pub struct Registry {
     pub warnings: Vec<String>,
     /// The text of each tool file (by origin) that its diagnostics above were found in.
     /// A kept last-good tool's own text may differ from it: the file is broken now.
-    compiled: BTreeMap<String, String>,
+    compiled: BTreeMap<String, Arc<str>>,
 }
 
 impl Registry {
@@ -388,7 +391,7 @@ mod tests {
     fn src(origin: &str, text: String) -> SourceFile {
         SourceFile {
             origin: origin.into(),
-            text,
+            text: text.into(),
         }
     }
 

@@ -402,7 +402,7 @@ async fn round_trips_of(b: &Bench, tool: &str, text: &str) -> Result<f64> {
         let mut sources = Sources::builtin();
         sources.tools.push(vec![SourceFile {
             origin: format!("bench/{tool}.yaml"),
-            text,
+            text: text.into(),
         }]);
         let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NAMES);
         let engine =

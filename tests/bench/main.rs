@@ -128,7 +128,7 @@ impl Bench {
                 .iter()
                 .map(|(name, text)| SourceFile {
                     origin: format!("bench/{name}.yaml"),
-                    text: text.to_string(),
+                    text: (*text).into(),
                 })
                 .collect(),
         );

@@ -105,7 +105,7 @@ fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &
         .enumerate()
         .map(|(i, text)| SourceFile {
             origin: format!("test/extra{i}.yaml"),
-            text: text.to_string(),
+            text: (*text).into(),
         })
         .collect();
     let registry = Registry::build(

@@ -103,7 +103,7 @@ pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
             .ok_or("no yaml block")?;
         let file = citus_mcp::compile::SourceFile {
             origin: "README.md/biggest_shards.yaml".into(),
-            text: yaml.to_string(),
+            text: yaml.into(),
         };
         let registry = Registry::build(
             &Sources {

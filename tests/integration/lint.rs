@@ -28,7 +28,7 @@ fn every_code_has_a_fixture(ctx: &Ctx) {
         let expected = name.split('_').next().unwrap().to_ascii_uppercase();
         let file = SourceFile {
             origin: name.clone(),
-            text: std::fs::read_to_string(&path).unwrap(),
+            text: std::fs::read_to_string(&path).unwrap().into(),
         };
         let diags = ctx
             .rt

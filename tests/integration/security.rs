@@ -83,7 +83,7 @@ fn engine_on(db: citus_mcp::db::Db, extra: &[(&str, &str)], settings: Settings) 
         .iter()
         .map(|(name, text)| citus_mcp::compile::SourceFile {
             origin: format!("test/{name}.yaml"),
-            text: text.to_string(),
+            text: (*text).into(),
         })
         .collect();
     let registry = Registry::build(
