@@ -38,8 +38,8 @@ impl SourceFile {
 /// A tool, validated and compiled, ready for the engine.
 ///
 /// What only a call needs (the argument validator and the SQL templates) is compiled
-/// once, on first use or by [`CompiledTool::prepare`] ahead of the first call, so that
-/// startup pays for parsing alone. A file compiled to [`Depth::Lint`] (every operator's
+/// by the tool's first call, so that startup pays for parsing alone and a tool nobody
+/// calls costs no memory for them. A file compiled to [`Depth::Lint`] (every operator's
 /// file) has it compiled already: its checks need it.
 #[derive(Debug)]
 pub struct CompiledTool {
@@ -106,13 +106,8 @@ impl CompiledTool {
             .map_err(String::as_str)
     }
 
-    /// Compiles what a call needs, if that has not happened yet (ahead of the first call).
-    pub fn prepare(&self) {
-        let _ = self.runnable();
-    }
-
     /// Whether what a call needs is compiled already.
-    pub fn is_prepared(&self) -> bool {
+    pub fn is_compiled(&self) -> bool {
         self.runnable.get().is_some()
     }
 

@@ -687,11 +687,6 @@ async fn serve(
     let _watcher = reloader
         .watch()
         .context("cannot start watching the tool folders")?;
-    if http.is_some() {
-        // Over stdio the session's `initialized` starts this (see Server::on_initialized).
-        // The clusters' engines share one snapshot: compiling it once serves them all.
-        engine.prepare_in_background();
-    }
     for (c, e) in served.iter().zip(&engines) {
         check_worker_dsns(c, e.clone(), checker.clone());
         warn_about_role(e.clone(), c.cluster.clone());

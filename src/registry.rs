@@ -629,11 +629,11 @@ mod tests {
             .tools
             .push(vec![src("a/t.yaml", tool("t", "SELECT 1"))]);
         let reg = Registry::build(&sources, None, &[], crate::plugins::NAMES);
-        assert!(reg.tools["t"].is_prepared());
+        assert!(reg.tools["t"].is_compiled());
         let inspector = &reg.tools["citus_table_inspector"];
-        assert!(!inspector.is_prepared());
+        assert!(!inspector.is_compiled());
         let run = inspector.runnable().expect("built-ins compile");
-        assert!(inspector.is_prepared());
+        assert!(inspector.is_compiled());
         assert!(
             run.argument_errors(&serde_json::json!({"table": "t"}))
                 .is_empty()

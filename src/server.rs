@@ -633,9 +633,6 @@ impl ServerHandler for Server {
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
-        // The tools compile once the client has its `initialize` answer: on a small machine
-        // that thread would otherwise compete with startup for a core (issue #8).
-        self.engine.prepare_in_background();
         // Legacy sessions: push list_changed through this session's peer until it closes.
         let peer = ctx.peer.clone();
         let mut rx = self.changes.subscribe();

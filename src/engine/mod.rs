@@ -107,8 +107,6 @@ pub struct Engine {
     approvals: Option<Arc<dyn Approvals>>,
     /// How many snapshots `swap` has put in, for the reload counter of `/metrics`.
     swaps: std::sync::atomic::AtomicU64,
-    /// Whether `prepare_in_background` has started.
-    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -127,7 +125,6 @@ impl Engine {
             plugins: Plugins::default(),
             approvals: None,
             swaps: std::sync::atomic::AtomicU64::new(0),
-            preparing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -169,9 +166,6 @@ impl Engine {
         self.cache.lock().expect("cache lock").clear();
         self.swaps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.preparing.load(std::sync::atomic::Ordering::Relaxed) {
-            prepare(self.visible_tools());
-        }
         old
     }
 
@@ -200,20 +194,6 @@ impl Engine {
             .filter(|t| self.visible(t))
             .cloned()
             .collect()
-    }
-
-    /// Compiles what calls of the served tools need (validators, templates) on a thread
-    /// of its own: startup does not wait for it, and a first call that comes after it does
-    /// not either (one that comes sooner compiles its own tool, or waits for it). Once
-    /// started, every snapshot a reload swaps in is prepared the same way. Tools this
-    /// server does not serve are never compiled.
-    pub fn prepare_in_background(&self) {
-        if !self
-            .preparing
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            prepare(self.visible_tools());
-        }
     }
 
     /// The first tool a prompt names (in a code span) that the selected toolsets do not
@@ -858,17 +838,6 @@ pub fn not_configured() -> ToolError {
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
 }
 
-/// Compiles `tools`' validators and templates on a thread of its own; without the
-/// thread, each compiles on its first call instead.
-fn prepare(tools: Vec<Arc<CompiledTool>>) {
-    let spawned = std::thread::Builder::new()
-        .name("citus-mcp-prepare".into())
-        .spawn(move || tools.iter().for_each(|t| t.prepare()));
-    if let Err(e) = spawned {
-        tracing::debug!("tools compile on first use: {e}");
-    }
-}
-
 /// A tool whose schema or templates did not compile on first use (a file loaded
 /// without its checks: only built-ins are, and the tests lint those in full).
 pub(crate) fn not_compiled(e: &str) -> ToolError {
@@ -998,25 +967,25 @@ fn decode_cursor(
 mod tests {
     use super::*;
 
-    /// Issue #8: once preparing started, a reloaded snapshot's built-ins are compiled
-    /// ahead of their first call too, not by it.
-    #[test]
-    fn a_reloaded_snapshot_is_prepared_too() {
+    /// Issue #8: a built-in tool's validator and templates are compiled by its first call,
+    /// and only that tool's: a tool nobody calls costs nothing for them.
+    #[tokio::test]
+    async fn a_call_compiles_its_own_tool_and_no_other() {
         use crate::registry::{Registry, Sources};
-        let build = || Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
-        let prepared = |e: &Engine| {
-            let until = Instant::now() + Duration::from_secs(30);
-            while !e.registry().tools["list_nodes"].is_prepared() {
-                assert!(Instant::now() < until, "list_nodes was not prepared");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        };
-        let engine = Engine::new(build(), None, Settings::default());
-        assert!(!engine.registry().tools["list_nodes"].is_prepared());
-        engine.prepare_in_background();
-        prepared(&engine);
-        engine.swap(build());
-        prepared(&engine);
+        let builtins = || Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let engine = Engine::new(builtins(), None, Settings::default());
+        let compiled = |name: &str| engine.registry().tools[name].is_compiled();
+        assert!(!compiled("list_nodes") && !compiled("list_shards"));
+        let e = engine
+            .call("list_nodes", Value::Null, &CancellationToken::new())
+            .await
+            .expect_err("no database is configured");
+        assert_eq!(e.code, ErrorCode::NotConfigured, "{e:?}");
+        assert!(compiled("list_nodes"));
+        assert!(!compiled("list_shards"));
+        // A reload's snapshot starts uncompiled too.
+        engine.swap(builtins());
+        assert!(!compiled("list_nodes"));
     }
 
     fn facts(v: Option<&str>) -> ServerFacts {

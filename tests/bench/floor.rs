@@ -84,6 +84,7 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     ];
 
     startup_row(&mut s, b)?;
+    first_use_row(&mut s)?;
 
     let mut echo = echo_server(b)?;
     echo.initialize()?;
@@ -313,6 +314,39 @@ fn startup_row(s: &mut Section, b: &Bench) -> Result<()> {
         50,
         "--help (process start)",
     );
+    Ok(())
+}
+
+/// What a built-in tool's first call adds: its validator and templates, compiled then
+/// (issue #8: a tool nobody calls is never compiled). The first tool also builds
+/// jsonschema's meta-schema validator, once per process.
+fn first_use_row(s: &mut Section) -> Result<()> {
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let mut each = vec![];
+    for tool in registry.tools.values() {
+        let t = Instant::now();
+        tool.runnable()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tool.spec.name))?;
+        each.push(t.elapsed());
+    }
+    let first = each[0];
+    let mut rest = each[1..].to_vec();
+    rest.sort();
+    s.row(vec![
+        "a tool's compile on its first call".into(),
+        format!(
+            "{} (first tool {})",
+            fmt_duration(rest[rest.len() / 2]),
+            fmt_duration(first)
+        ),
+        String::new(),
+        String::new(),
+        format!(
+            "median of {} built-in tools; at most {}",
+            rest.len(),
+            fmt_duration(*rest.last().unwrap_or(&first))
+        ),
+    ]);
     Ok(())
 }
 
