@@ -983,7 +983,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::NotConfigured, "{e:?}");
         assert!(compiled("list_nodes"));
         assert!(!compiled("list_shards"));
-        // A reload's snapshot starts uncompiled too.
+        // A reload keeps an unchanged file's tool, compiled or not; nothing else is compiled.
+        let reloaded = Registry::build(
+            &Sources::builtin(),
+            Some(&engine.registry()),
+            &[],
+            crate::plugins::NAMES,
+        );
+        engine.swap(reloaded);
+        assert!(compiled("list_nodes"));
+        assert!(!compiled("list_shards"));
+        // A snapshot built afresh starts uncompiled.
         engine.swap(builtins());
         assert!(!compiled("list_nodes"));
     }
