@@ -34,6 +34,9 @@ use crate::manual;
 use crate::metrics::{self, CallRecord, Metrics};
 use crate::spec::{Role, Safety};
 
+/// How long after a session's `initialized` jsonschema's shared parts are built.
+const WARM_UP_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What changed in the registry, for `list_changed` notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -633,6 +636,17 @@ impl ServerHandler for Server {
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        // A tool compiles on its first call, and the process's first compile also builds
+        // what jsonschema keeps for all (issue #8). Build that once the new session is idle
+        // (a client lists tools, prompts and resources at once, and calls later), on this
+        // thread: a thread of its own would put what it builds in a malloc arena of its own.
+        static WARMING: std::sync::Once = std::sync::Once::new();
+        WARMING.call_once(|| {
+            tokio::spawn(async {
+                tokio::time::sleep(WARM_UP_AFTER).await;
+                crate::compile::warm_up();
+            });
+        });
         // Legacy sessions: push list_changed through this session's peer until it closes.
         let peer = ctx.peer.clone();
         let mut rx = self.changes.subscribe();
