@@ -148,10 +148,7 @@ impl CompiledTool {
 /// jsonschema's meta-schema validator and its registry of specifications (about 1.5 ms,
 /// once per process; later compiles reuse them).
 pub fn warm_up() {
-    let schema = serde_json::json!({"type": "object"});
-    let _ = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema);
+    let _ = validator_options().build(&serde_json::json!({"type": "object"}));
 }
 
 /// Compiles a tool's validator and templates, for a tool whose file was loaded without
@@ -400,12 +397,15 @@ fn compile_input_schema(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema
     build_validator(ck, spec)
 }
 
+/// How every tool's arguments are checked: formats too (`format: date-time` is a check,
+/// not a note).
+fn validator_options() -> jsonschema::ValidationOptions<'static> {
+    jsonschema::options().should_validate_formats(true)
+}
+
 /// The argument validator of a tool whose input schema is a JSON Schema.
 fn build_validator(ck: &mut Findings, spec: &ToolSpec) -> Option<jsonschema::Validator> {
-    match jsonschema::options()
-        .should_validate_formats(true)
-        .build(&spec.input_schema)
-    {
+    match validator_options().build(&spec.input_schema) {
         Ok(v) => Some(v),
         Err(e) => {
             ck.add(

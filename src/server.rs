@@ -638,8 +638,8 @@ impl ServerHandler for Server {
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
         // A tool compiles on its first call, and the process's first compile also builds
         // what jsonschema keeps for all (issue #8). Build that once the new session is idle
-        // (a client lists tools, prompts and resources at once, and calls later), on this
-        // thread: a thread of its own would put what it builds in a malloc arena of its own.
+        // (a client lists tools, prompts and resources at once, and calls later), as a task
+        // of the runtime: a thread of its own would put it in a malloc arena of its own.
         static WARMING: std::sync::Once = std::sync::Once::new();
         WARMING.call_once(|| {
             tokio::spawn(async {
