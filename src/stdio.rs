@@ -34,6 +34,10 @@ use crate::echo;
 /// and skipped, rather than buffered until memory runs out.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest serialization buffer kept for the next answer (a few default-sized
+/// results); one grown past it by a larger answer is let go.
+const MAX_KEPT_BUFFER: usize = 1024 * 1024;
+
 /// How many parsed messages wait for rmcp before the reader stops reading.
 const QUEUE: usize = 64;
 
@@ -105,6 +109,7 @@ where
         messages: from_reader,
         out: Some(out),
         in_flight,
+        scratch: Vec::new(),
     };
     (transport, Pumps { reader, writer })
 }
@@ -134,8 +139,27 @@ impl Pumps {
 pub struct LineTransport {
     messages: mpsc::Receiver<ClientJsonRpcMessage>,
     /// None once closed.
-    out: Option<mpsc::UnboundedSender<String>>,
+    out: Option<mpsc::UnboundedSender<Line>>,
     in_flight: InFlight,
+    /// Where answers are serialized ([`LineTransport::line`]).
+    scratch: Vec<u8>,
+}
+
+impl LineTransport {
+    /// `item` as a line. It is written into a buffer kept from line to line, then copied
+    /// out at its size: a large result grows the buffer once, not on every answer.
+    fn line(&mut self, item: &ServerJsonRpcMessage) -> serde_json::Result<String> {
+        self.scratch.clear();
+        let written = serde_json::to_writer(&mut self.scratch, item);
+        self.scratch.push(b'\n');
+        let line = self.scratch.clone();
+        if self.scratch.capacity() > MAX_KEPT_BUFFER {
+            self.scratch = Vec::new();
+        }
+        written?;
+        // serde_json writes UTF-8 only.
+        String::from_utf8(line).map_err(|e| serde::ser::Error::custom(e.to_string()))
+    }
 }
 
 impl Transport<RoleServer> for LineTransport {
@@ -160,9 +184,12 @@ impl Transport<RoleServer> for LineTransport {
         }
         // Queued now, not when the future runs, so lines leave in the order rmcp sent
         // them.
-        let result = match (serde_json::to_string(&item), &self.out) {
-            (Ok(mut line), Some(out)) => {
-                line.push('\n');
+        let result = match (self.line(&item), &self.out) {
+            (Ok(text), Some(out)) => {
+                let line = Line {
+                    text,
+                    spent: Some(item),
+                };
                 out.send(line).map_err(|_| closed("stdout is closed"))
             }
             (Ok(_), None) => Err(closed("the transport is closed")),
@@ -193,12 +220,28 @@ fn lock(ids: &InFlight) -> std::sync::MutexGuard<'_, Ids> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A line for stdout.
+struct Line {
+    text: String,
+    /// The answer the line was made of, freed once the line is on its way: freeing a
+    /// large result (its rows are many small allocations) takes as long as writing it,
+    /// and the client need not wait for it.
+    spent: Option<ServerJsonRpcMessage>,
+}
+
+impl From<String> for Line {
+    fn from(text: String) -> Line {
+        Line { text, spent: None }
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
-    mut lines: mpsc::UnboundedReceiver<String>,
+    mut lines: mpsc::UnboundedReceiver<Line>,
 ) -> std::io::Result<()> {
-    while let Some(line) = lines.recv().await {
-        write.write_all(line.as_bytes()).await?;
+    while let Some(Line { text, spent }) = lines.recv().await {
+        write.write_all(text.as_bytes()).await?;
+        drop(spent);
         // Flush once the queue is empty: no delay for a lone reply, fewer writes in a burst.
         if lines.is_empty() {
             write.flush().await?;
@@ -210,7 +253,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncBufRead + Unpin>(
     mut read: R,
     to_rmcp: mpsc::Sender<ClientJsonRpcMessage>,
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::UnboundedSender<Line>,
     in_flight: InFlight,
 ) {
     let mut line = Vec::new();
@@ -236,7 +279,7 @@ async fn read_loop<R: AsyncBufRead + Unpin>(
                 }
             }
             Verdict::Reply(reply) => {
-                if out.send(reply).is_err() {
+                if out.send(reply.into()).is_err() {
                     break;
                 }
             }
@@ -640,7 +683,7 @@ mod tests {
             "a cancelled request was answered"
         );
         transport.send(answer(new)).await.unwrap();
-        let line: Value = serde_json::from_str(&lines.try_recv().unwrap()).unwrap();
+        let line: Value = serde_json::from_str(&lines.try_recv().unwrap().text).unwrap();
         assert_eq!(line["id"], json!(7), "{line}");
         // A cancel that names no request in progress cancels nothing, not even a
         // request whose id in rmcp happens to be the same number.

@@ -22,7 +22,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 pub use dsn::{Dsn, DsnError};
-use value::{Bind, PgJson};
+use value::{Bind, ColumnDecoder, Raw};
 
 /// How to reach the coordinator.
 #[derive(Debug, Clone)]
@@ -670,17 +670,18 @@ async fn pipelined(
     for (i, ((st, stmt), mut q)) in statements.iter().zip(&prepared).zip(queries).enumerate() {
         let stream = answer(q.as_mut()).await.map_err(sql_error)?;
         let mut stream = std::pin::pin!(stream);
-        let mut rows = Vec::new();
+        // Each row is decoded as it arrives, while the server is still sending the next.
+        let mut rows = Decoder::new(stmt.columns());
         let mut more = false;
         while let Some(row) = stream.try_next().await.map_err(sql_error)? {
             if rows.len() == st.max_rows {
                 more = true;
                 break;
             }
-            rows.push(row);
+            rows.push(&row)?;
         }
         if more && i == last {
-            out.push(to_rows(stmt.columns(), rows, true)?);
+            out.push(rows.finish(true));
             return Ok(Ran {
                 rows: out,
                 reusable: false,
@@ -689,7 +690,7 @@ async fn pipelined(
         if more {
             while stream.try_next().await.map_err(sql_error)?.is_some() {}
         }
-        out.push(to_rows(stmt.columns(), rows, more)?);
+        out.push(rows.finish(more));
     }
     let reusable = match answer(rolled_back).await {
         Ok(_) => true,
@@ -751,8 +752,9 @@ impl CallGuard {
                 self.finish(after);
                 Err(DbError::Timeout(timeout.as_millis() as u64))
             }
-            // The statement may still run: the guard cancels it and drops the connection.
-            Err(e @ (DbError::Cancelled | DbError::Timeout(_))) => Err(e),
+            // The statement may still run (a value that did not decode stops the call
+            // while rows still come): the guard cancels it and drops the connection.
+            Err(e @ (DbError::Cancelled | DbError::Timeout(_) | DbError::Decode { .. })) => Err(e),
             // The server ended this connection: it goes, it does not go back to the pool.
             Err(e) if connection_lost(&e) => {
                 self.finish(AfterCall::Discard);
@@ -848,36 +850,64 @@ fn with_session_timeouts(
     pg
 }
 
-fn to_rows(
-    columns: &[tokio_postgres::Column],
-    rows: Vec<tokio_postgres::Row>,
-    more: bool,
-) -> Result<Rows, DbError> {
-    let columns: Vec<Column> = columns
-        .iter()
-        .map(|c| Column {
-            name: c.name().to_string(),
-            type_name: c.type_().name().to_string(),
-        })
-        .collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut values = Vec::with_capacity(columns.len());
-        for (i, col) in columns.iter().enumerate() {
-            let PgJson(v) = row.try_get(i).map_err(|e| DbError::Decode {
-                column: col.name.clone(),
-                reason: std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), ToString::to_string),
-            })?;
-            values.push(v);
+/// A statement's rows, decoded to JSON one by one as they come in.
+pub(crate) struct Decoder {
+    columns: Vec<Column>,
+    types: Vec<(postgres_types::Type, ColumnDecoder)>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Decoder {
+    pub(crate) fn new(columns: &[tokio_postgres::Column]) -> Decoder {
+        Decoder {
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name().to_string(),
+                    type_name: c.type_().name().to_string(),
+                })
+                .collect(),
+            types: columns
+                .iter()
+                .map(|c| (c.type_().clone(), ColumnDecoder::new(c.type_())))
+                .collect(),
+            rows: Vec::new(),
         }
-        out.push(values);
     }
-    Ok(Rows {
-        columns,
-        rows: out,
-        more,
-    })
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Decodes `row`; a value JSON cannot hold is an error naming its column.
+    pub(crate) fn push(&mut self, row: &tokio_postgres::Row) -> Result<(), DbError> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        for (i, (ty, decoder)) in self.types.iter().enumerate() {
+            let decoded = row
+                .try_get(i)
+                .map_err(|e| e.to_string())
+                .and_then(|Raw(raw)| decoder.decode(ty, raw).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(v) => values.push(v),
+                Err(reason) => {
+                    return Err(DbError::Decode {
+                        column: self.columns[i].name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.rows.push(values);
+        Ok(())
+    }
+
+    pub(crate) fn finish(self, more: bool) -> Rows {
+        Rows {
+            columns: self.columns,
+            rows: self.rows,
+            more,
+        }
+    }
 }
 
 /// The server ended an established connection (shutdown, restart, terminated backend,

@@ -1,6 +1,6 @@
 //! PostgreSQL values ↔ JSON, without losing precision.
 //!
-//! [`PgJson`] decodes any binary result column the engine may meet into a
+//! [`ColumnDecoder`] decodes any binary result column the engine may meet into a
 //! `serde_json::Value`: numeric becomes an exact decimal string, int8 beyond 2^53 a
 //! string, reg* and oid the numeric oid, enums their label, arrays JSON arrays. A type
 //! it cannot decode is an error that names the column type and says to cast it.
@@ -18,17 +18,37 @@ type BoxError = Box<dyn Error + Sync + Send>;
 
 const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
 
-/// A result value decoded to JSON.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PgJson(pub Value);
+/// How a column's values become JSON, chosen once per column rather than per value.
+#[derive(Clone, Copy)]
+pub struct ColumnDecoder(Decoder);
 
-impl<'a> FromSql<'a> for PgJson {
-    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
-        decode(ty, raw).map(PgJson)
+impl ColumnDecoder {
+    pub fn new(ty: &Type) -> ColumnDecoder {
+        ColumnDecoder(match ty.kind() {
+            Kind::Simple => scalar(ty).unwrap_or(decode),
+            _ => decode,
+        })
+    }
+
+    /// `raw` (a column's binary value, `None` for NULL) of type `ty` as JSON.
+    pub fn decode(self, ty: &Type, raw: Option<&[u8]>) -> Result<Value, BoxError> {
+        match raw {
+            None => Ok(Value::Null),
+            Some(raw) => (self.0)(ty, raw),
+        }
+    }
+}
+
+/// A column's value as the server sent it, for [`ColumnDecoder`].
+pub struct Raw<'a>(pub Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(Raw(Some(raw)))
     }
 
     fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
-        Ok(PgJson(Value::Null))
+        Ok(Raw(None))
     }
 
     fn accepts(_: &Type) -> bool {
@@ -36,7 +56,7 @@ impl<'a> FromSql<'a> for PgJson {
     }
 }
 
-/// Whether [`PgJson`] can decode values of `ty` (used by `lint --db`).
+/// Whether [`ColumnDecoder`] can decode values of `ty` (used by `lint --db`).
 pub fn decodable(ty: &Type) -> bool {
     match ty.kind() {
         Kind::Enum(_) => true,

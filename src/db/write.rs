@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::value::Bind;
-use super::{CLIENT_GRACE, Db, DbError, Rows, Running, Statement, sql_error, to_rows};
+use super::{CLIENT_GRACE, Db, DbError, Decoder, Rows, Running, Statement, sql_error};
 
 impl Db {
     /// Runs `st` alone, in autocommit, on a new connection whose session timeouts are
@@ -66,10 +66,12 @@ impl Db {
             let params: Vec<&(dyn ToSql + Sync)> =
                 binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
             // No transaction: the extended protocol's Sync commits the statement alone.
-            let mut rows = client.query(&stmt, &params).await.map_err(sql_error)?;
-            let more = rows.len() > st.max_rows;
-            rows.truncate(st.max_rows);
-            to_rows(stmt.columns(), rows, more)
+            let rows = client.query(&stmt, &params).await.map_err(sql_error)?;
+            let mut decoded = Decoder::new(stmt.columns());
+            for row in rows.iter().take(st.max_rows) {
+                decoded.push(row)?;
+            }
+            Ok(decoded.finish(rows.len() > st.max_rows))
         };
         let result = tokio::select! {
             r = tokio::time::timeout(timeout + CLIENT_GRACE, work) => match r {

@@ -249,26 +249,121 @@ pub fn how_to_get_more(
 
 /// Drops trailing rows of the largest `many` parts until the result's JSON fits
 /// `max_bytes`; trimmed parts are marked as having more rows. Returns whether it cut.
+///
+/// Each row is counted once ([`RowSize`]); rows then go one at a time from whichever
+/// part has the most, so the result keeps as much as fits.
 pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
-    let mut cut = false;
-    loop {
-        let size = json_len(&View(parts, &Page::default()));
-        if size <= max_bytes {
-            return cut;
-        }
-        let Some(biggest) = parts
-            .iter_mut()
-            .filter(|p| p.shape == Shape::Many && !p.rows.rows.is_empty())
-            .max_by_key(|p| p.rows.rows.len())
-        else {
-            return cut;
+    let sizes: Vec<Vec<usize>> = parts
+        .iter()
+        .map(|p| match p.shape {
+            Shape::Many => p
+                .rows
+                .rows
+                .iter()
+                .map(|r| RowSize::of(&p.rows.columns, r))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut size = json_len(&View(&[], &Page::default()));
+    for (p, rows) in parts.iter().zip(&sizes) {
+        // `"name":` the part, and the comma before the next key.
+        size += json_str_len(&p.name) + 2;
+        size += match p.shape {
+            // The brackets, the rows and the commas between them.
+            Shape::Many => 2 + rows.iter().sum::<usize>() + rows.len().saturating_sub(1),
+            _ => json_len(&PartView(p)),
         };
-        let n = biggest.rows.rows.len();
-        let keep = ((n as f64) * (max_bytes as f64 / size as f64) * 0.95) as usize;
-        biggest.rows.rows.truncate(keep.min(n - 1));
-        biggest.rows.more = true;
+    }
+    let mut keep: Vec<usize> = sizes.iter().map(Vec::len).collect();
+    let mut cut = false;
+    while size > max_bytes {
+        let Some(i) = (0..parts.len())
+            .filter(|&i| keep[i] > 0)
+            .max_by_key(|&i| keep[i])
+        else {
+            break;
+        };
+        keep[i] -= 1;
+        size -= sizes[i][keep[i]] + usize::from(keep[i] > 0);
         cut = true;
     }
+    for ((p, rows), keep) in parts.iter_mut().zip(&sizes).zip(keep) {
+        if keep < rows.len() {
+            p.rows.rows.truncate(keep);
+            p.rows.more = true;
+        }
+    }
+    cut
+}
+
+/// The bytes of a row's JSON object, as serde_json writes it (compact), counted
+/// without writing it.
+struct RowSize;
+
+impl RowSize {
+    fn of(columns: &[Column], row: &[Value]) -> usize {
+        let fields: usize = columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| json_str_len(&c.name) + 1 + json_value_len(v))
+            .sum();
+        2 + fields + row.len().min(columns.len()).saturating_sub(1)
+    }
+}
+
+/// The bytes of `v`'s compact JSON, as serde_json writes it.
+fn json_value_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::String(s) => json_str_len(s),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => decimal_digits(u),
+            (None, Some(i)) => 1 + decimal_digits(i.unsigned_abs()),
+            _ => json_len(n),
+        },
+        Value::Array(items) => {
+            2 + items.iter().map(json_value_len).sum::<usize>() + items.len().saturating_sub(1)
+        }
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| json_str_len(k) + 1 + json_value_len(v))
+                .sum::<usize>()
+                + m.len().saturating_sub(1)
+        }
+    }
+}
+
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// The bytes of `s` as a JSON string: its quotes, and the escapes serde_json writes
+/// (`\"`, `\\` and the short forms of control characters take two bytes, the other
+/// control characters six, as `\u00XX`; nothing else is escaped).
+fn json_str_len(s: &str) -> usize {
+    const EXTRA: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            t[b] = 5;
+            b += 1;
+        }
+        t[b'"' as usize] = 1;
+        t[b'\\' as usize] = 1;
+        t[0x08] = 1;
+        t[0x0c] = 1;
+        t[b'\n' as usize] = 1;
+        t[b'\r' as usize] = 1;
+        t[b'\t' as usize] = 1;
+        t
+    };
+    2 + s.len()
+        + s.bytes()
+            .map(|b| usize::from(EXTRA[b as usize]))
+            .sum::<usize>()
 }
 
 /// The client's result: the text first (it reads the parts), then the JSON, which takes
@@ -501,6 +596,79 @@ mod tests {
                 assert_eq!(measured, sent.len(), "{shape:?} with {n} rows");
             }
         }
+    }
+
+    /// The counted sizes are serde_json's own, byte for byte.
+    #[test]
+    fn counted_sizes_are_what_serde_json_writes() {
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        let values = [
+            Value::Null,
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(9),
+            json!(10),
+            json!(-1),
+            json!(-10),
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(0.1),
+            json!(-0.0),
+            json!(1e300),
+            json!(5e-324),
+            json!(123456.789),
+            json!(""),
+            json!(every_ascii),
+            json!("é, 中, 🐘, \u{7f}, \u{2028}"),
+            json!([]),
+            json!({}),
+            json!([1, "a\"b", [null, {"k\n": [true]}]]),
+            json!({"a": 1, "b\u{1}": {"c": []}}),
+        ];
+        for v in &values {
+            let written = serde_json::to_string(v).unwrap().len();
+            assert_eq!(json_value_len(v), written, "{v}");
+        }
+        let columns: Vec<Column> = ["id", "na\"me", "\u{1f}"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                type_name: "text".into(),
+            })
+            .collect();
+        for row in [vec![], vec![json!(1)], values[..3].to_vec()] {
+            let written = json_len(&RowView(&columns, &row));
+            assert_eq!(RowSize::of(&columns, &row), written, "{row:?}");
+        }
+    }
+
+    /// A cut result is as large as fits: one more row would not.
+    #[test]
+    fn a_cut_keeps_every_row_that_fits() {
+        for max in [40, 100, 999, 2_000, 5_000] {
+            let mut parts = vec![part(Shape::Many, 300), part(Shape::Many, 120)];
+            parts[1].name = "other".into();
+            let all = parts.clone();
+            assert!(fit(&mut parts, max));
+            let size = |p: &[Part]| json_len(&View(p, &Page::default()));
+            assert!(size(&parts) <= max || parts.iter().all(|p| p.rows.rows.is_empty()));
+            for (i, p) in parts.iter().enumerate() {
+                let kept = p.rows.rows.len();
+                assert!(p.rows.more, "part {i} was cut");
+                let mut one_more = parts.clone();
+                one_more[i].rows.rows = all[i].rows.rows[..kept + 1].to_vec();
+                assert!(
+                    size(&one_more) > max,
+                    "part {i} could keep a row more at {max}"
+                );
+            }
+        }
+        let mut small = vec![part(Shape::Many, 3)];
+        assert!(!fit(&mut small, 10_000));
+        assert_eq!(small[0].rows.rows.len(), 3);
+        assert!(!small[0].rows.more);
     }
 
     #[test]

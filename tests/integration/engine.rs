@@ -27,6 +27,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "engine::a_value_json_cannot_hold_stops_the_statement",
+            a_value_json_cannot_hold_stops_the_statement,
+        ),
+        trial(
+            ctx,
             "engine::read_only_tools_cannot_write",
             read_only_tools_cannot_write,
         ),
@@ -432,6 +437,42 @@ fn cancelling_a_call_cancels_the_query_on_the_server(ctx: &Ctx) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+const UNDECODABLE: &str = r#"
+name: undecodable
+description: Streams rows with a point in each.
+safety: read_only
+limits: {timeout_ms: 60000, max_rows: 1000000}
+queries:
+  - name: rows
+    sql: SELECT g, point(g, g) AS p, 'citus-mcp-sleeper' AS marker FROM (SELECT generate_series(1, 2000000000) AS g) s
+examples:
+  - args: {}
+"#;
+
+/// Rows are decoded as they arrive: a value the engine cannot turn into JSON ends the
+/// call at once with an error that names the column and the cast, while the server
+/// still has rows to send; the statement is cancelled, not left running, and the next
+/// call works.
+fn a_value_json_cannot_hold_stops_the_statement(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[UNDECODABLE, SLEEPER], no_cache());
+    let started = Instant::now();
+    let err = call(ctx, &e, "undecodable", json!({})).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(err.code, ErrorCode::Internal, "{}", err.text());
+    assert!(err.message.contains("column `p`"), "{}", err.text());
+    assert!(err.message.contains("::text"), "{}", err.text());
+    let probe = engine(ctx, &ctx.dsn(), &[PROBE], no_cache());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(ctx, &probe, "sleeping", json!({})).unwrap().structured["n"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the statement kept running after the error"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(call(ctx, &e, "sleeper", json!({"s": 0})).is_ok());
 }
 
 const PROBE: &str = r#"
