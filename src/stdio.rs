@@ -15,6 +15,7 @@
 //! rmcp handles correctly: it knows message shapes, not MCP semantics.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
@@ -95,7 +96,12 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out, lines) = mpsc::unbounded_channel();
+    let (tx, lines) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let out = Out {
+        tx,
+        queued: queued.clone(),
+    };
     let (to_rmcp, from_reader) = mpsc::channel(QUEUE);
     let in_flight = InFlight::default();
     let reader = tokio::spawn(read_loop(
@@ -104,7 +110,7 @@ where
         out.clone(),
         in_flight.clone(),
     ));
-    let writer = tokio::spawn(write_loop(write, lines));
+    let writer = tokio::spawn(write_loop(write, lines, queued));
     let transport = LineTransport {
         messages: from_reader,
         out: Some(out),
@@ -139,7 +145,7 @@ impl Pumps {
 pub struct LineTransport {
     messages: mpsc::Receiver<ClientJsonRpcMessage>,
     /// None once closed.
-    out: Option<mpsc::UnboundedSender<Line>>,
+    out: Option<Out>,
     in_flight: InFlight,
     /// Where answers are serialized ([`LineTransport::line`]).
     scratch: Vec<u8>,
@@ -186,11 +192,11 @@ impl Transport<RoleServer> for LineTransport {
         // them.
         let result = match (self.line(&item), &self.out) {
             (Ok(text), Some(out)) => {
-                let line = Line {
-                    text,
-                    spent: Some(item),
-                };
-                out.send(line).map_err(|_| closed("stdout is closed"))
+                // Freed after the write only when this line goes out next: behind other
+                // lines it would wait with them, and many answers' values would pile up.
+                let spent = out.idle().then_some(item);
+                out.send(Line { text, spent })
+                    .map_err(|_| closed("stdout is closed"))
             }
             (Ok(_), None) => Err(closed("the transport is closed")),
             (Err(e), _) => Err(std::io::Error::other(e)),
@@ -220,6 +226,25 @@ fn lock(ids: &InFlight) -> std::sync::MutexGuard<'_, Ids> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The writer's queue, and how many lines wait in it or are being written.
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::UnboundedSender<Line>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Out {
+    fn send(&self, line: Line) -> Result<(), mpsc::error::SendError<Line>> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(line)
+    }
+
+    /// Nothing waits to be written.
+    fn idle(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) == 0
+    }
+}
+
 /// A line for stdout.
 struct Line {
     text: String,
@@ -238,9 +263,11 @@ impl From<String> for Line {
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
     mut lines: mpsc::UnboundedReceiver<Line>,
+    queued: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     while let Some(Line { text, spent }) = lines.recv().await {
         write.write_all(text.as_bytes()).await?;
+        queued.fetch_sub(1, Ordering::Relaxed);
         drop(spent);
         // Flush once the queue is empty: no delay for a lone reply, fewer writes in a burst.
         if lines.is_empty() {
@@ -253,7 +280,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncBufRead + Unpin>(
     mut read: R,
     to_rmcp: mpsc::Sender<ClientJsonRpcMessage>,
-    out: mpsc::UnboundedSender<Line>,
+    out: Out,
     in_flight: InFlight,
 ) {
     let mut line = Vec::new();
@@ -648,6 +675,34 @@ mod tests {
         }
     }
 
+    /// An answer's values are freed after its line is written only when nothing waits
+    /// ahead of it; behind a queue they are freed at once, so answers do not pile up.
+    #[tokio::test]
+    async fn only_a_line_that_goes_out_next_keeps_its_answer_until_written() {
+        let (read, _keep) = tokio::io::duplex(64);
+        let (mut transport, _pumps) = start(read, tokio::io::sink());
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        transport.out = Some(Out {
+            tx,
+            queued: queued.clone(),
+        });
+        let in_flight = transport.in_flight.clone();
+        let answer = || {
+            let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+            let id = forwarded_id(classify(call, &in_flight));
+            ServerJsonRpcMessage::response(rmcp::model::ServerResult::empty(()), id)
+        };
+        transport.send(answer()).await.unwrap();
+        let first = lines.try_recv().unwrap();
+        assert!(first.spent.is_some(), "the writer was idle");
+        // The writer has not written it yet: the next line queues behind it.
+        transport.send(answer()).await.unwrap();
+        let second = lines.try_recv().unwrap();
+        assert!(second.spent.is_none(), "a queued line held its answer");
+        assert_eq!(queued.load(Ordering::Relaxed), 2);
+    }
+
     /// A client that cancels a request and at once reuses its id gets the new request's
     /// answer under that id, never the cancelled one's (rmcp, keyed by id, sent the old
     /// answer in the new one's place and lost the new one).
@@ -655,8 +710,11 @@ mod tests {
     async fn a_cancelled_requests_late_answer_never_takes_its_ids_next_request() {
         let (read, _keep) = tokio::io::duplex(64);
         let (mut transport, _pumps) = start(read, tokio::io::sink());
-        let (out, mut lines) = mpsc::unbounded_channel();
-        transport.out = Some(out);
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        transport.out = Some(Out {
+            tx,
+            queued: Arc::default(),
+        });
         let in_flight = transport.in_flight.clone();
         let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
         let old = forwarded_id(classify(call, &in_flight));

@@ -43,7 +43,7 @@ pub fn echo_main() -> Result<()> {
 }
 
 /// Tools the floor section serves from a folder of its own.
-const SELECT_ONE_TOOL: &str = "name: select_one
+pub(crate) const SELECT_ONE_TOOL: &str = "name: select_one
 description: SELECT 1, for the benchmark's per-call overhead.
 safety: read_only
 queries:
@@ -57,10 +57,10 @@ examples:
 const SERIES_SQL: &str = "SELECT g, md5(g::text) FROM generate_series(1, $1::int) g";
 
 /// Calls per latency figure, and per throughput figure.
-const CALLS: usize = 2000;
-const IN_FLIGHT: usize = 16;
-const ROWS: usize = 1000;
-const ROW_CALLS: usize = 200;
+pub(crate) const CALLS: usize = 2000;
+pub(crate) const IN_FLIGHT: usize = 16;
+pub(crate) const ROWS: usize = 1000;
+pub(crate) const ROW_CALLS: usize = 200;
 /// How long the idle wake-ups are counted.
 const IDLE: Duration = Duration::from_secs(2);
 
@@ -354,13 +354,13 @@ fn echo_server(b: &Bench) -> Result<Server> {
     Server::spawn(&exe, &b.dsn, &[], &[(ECHO_ENV, "1")])
 }
 
-fn timed_call(server: &mut Server, tool: &str, args: &Value) -> Result<Duration> {
+pub(crate) fn timed_call(server: &mut Server, tool: &str, args: &Value) -> Result<Duration> {
     let t = Instant::now();
     Ok(server.call(tool, args)? - t)
 }
 
 /// Calls per second with [`IN_FLIGHT`] requests outstanding at all times.
-fn rate(server: &mut Server, tool: &str, args: &Value, total: usize) -> Result<f64> {
+pub(crate) fn rate(server: &mut Server, tool: &str, args: &Value, total: usize) -> Result<f64> {
     let request = |id: u64| {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": tool, "arguments": args}})
@@ -494,11 +494,11 @@ fn result_bytes_per_row(server: &mut Server, b: &Bench) -> Result<(f64, f64)> {
     Ok((per_row, text as f64 / ROWS as f64))
 }
 
-fn per_call(cpu: Duration, calls: usize) -> Duration {
+pub(crate) fn per_call(cpu: Duration, calls: usize) -> Duration {
     cpu / calls as u32
 }
 
-fn pct(samples: &[Duration], p: usize) -> Duration {
+pub(crate) fn pct(samples: &[Duration], p: usize) -> Duration {
     let mut v = samples.to_vec();
     v.sort();
     v.get((v.len() * p).div_ceil(100).saturating_sub(1))
@@ -506,7 +506,7 @@ fn pct(samples: &[Duration], p: usize) -> Duration {
         .unwrap_or_default()
 }
 
-fn ratio(a: Duration, b: Duration) -> String {
+pub(crate) fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.2}", a.as_secs_f64() / b.as_secs_f64().max(1e-9))
 }
 
@@ -576,7 +576,7 @@ fn own_cpu() -> Duration {
 
 impl Server {
     /// The server process's time on CPU so far.
-    fn cpu(&self) -> Duration {
+    pub(crate) fn cpu(&self) -> Duration {
         cpu_of(&self.child.id().to_string())
     }
 

@@ -4,7 +4,8 @@
 //! It runs against a throwaway PostgreSQL loaded with the Citus catalog fixture (or the cluster
 //! in `CITUS_TEST_DSN`, see tests/support/pg.rs), through the library and the built binary:
 //!
-//! 0. issue #8's figures, each as a ratio to its physical floor (floor.rs);
+//! 0. issue #8's figures, each as a ratio to its physical floor (floor.rs), and beside
+//!    another MCP server's when one is named (peer.rs);
 //! 1. per-call overhead of `Engine::call` over the same SQL on a plain tokio-postgres client,
 //!    without the cache and on a cache hit;
 //! 2. startup time of `citus-mcp` to its `initialize` response, with and without extra tool files;
@@ -22,6 +23,7 @@
 
 mod floor;
 mod http;
+mod peer;
 #[path = "../support/pg.rs"]
 mod pg;
 
@@ -69,8 +71,9 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 11] = [
+    let sections: [(&str, SectionFn); 12] = [
         ("floor", floor::floors),
+        ("peer", peer::side_by_side),
         ("overhead", overhead),
         ("roundtrips", round_trips),
         ("startup", startup),
@@ -787,11 +790,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 impl Server {
     fn spawn(bin: &Path, dsn: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .current_dir(std::env::temp_dir());
+        cmd.args(args).current_dir(std::env::temp_dir());
         for (k, _) in std::env::vars() {
             if k.starts_with("CITUS_MCP_") || k == "RUST_LOG" {
                 cmd.env_remove(k);
@@ -802,9 +801,17 @@ impl Server {
             .env("CITUS_MCP_COORDINATOR_DSN", dsn)
             .env("CITUS_MCP_LOG_LEVEL", "warn")
             .envs(env.iter().copied());
+        Server::start(cmd)
+    }
+
+    /// Starts any stdio MCP server (`peer.rs` runs another project's).
+    fn start(mut cmd: Command) -> Result<Server> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, lines) = channel();
         std::thread::spawn(move || {

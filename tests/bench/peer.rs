@@ -1,0 +1,253 @@
+//! Issue #8's table measured the way the issue did: beside another stdio MCP server doing the
+//! same statements on the same database (the issue's peer is MCP Toolbox for Databases;
+//! `tests/bench/peers/toolbox.yaml` serves its side).
+//!
+//! The peer is any command line in `CITUS_MCP_BENCH_PEER` that serves two tools over stdio:
+//! `select_one` (no arguments, `SELECT 1`) and `series` (`n`, `SELECT g, md5(g::text) FROM
+//! generate_series(1, n) g`). It runs with `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and
+//! `PGPASSWORD` set to the benchmark's database. Without it the section says how to name
+//! one and measures nothing. The two servers are measured in turns, so that drift on a shared
+//! machine hits both alike; the ratio column is citus-mcp's figure over the peer's, and the
+//! goal column is the issue's.
+
+use super::floor::{
+    CALLS, IN_FLIGHT, ROW_CALLS, ROWS, SELECT_ONE_TOOL, pct, per_call, rate, ratio, timed_call,
+};
+use super::*;
+
+/// The peer's command line (split on whitespace).
+pub const PEER_ENV: &str = "CITUS_MCP_BENCH_PEER";
+
+/// Turns each server takes in a latency figure.
+const TURNS: usize = 4;
+
+pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
+    let mut s = Section::new(
+        "0b. Issue #8 figures beside another MCP server (ratio = citus-mcp / peer)",
+        &["figure", "citus-mcp", "peer", "ratio", "goal"],
+    );
+    let Some(line) = std::env::var(PEER_ENV)
+        .ok()
+        .filter(|l| !l.trim().is_empty())
+    else {
+        s.note(format!(
+            "skipped: set {PEER_ENV} to a stdio MCP server's command line that serves select_one and series(n) on the PG* database; tests/bench/peers/toolbox.yaml says how for MCP Toolbox"
+        ));
+        return Ok(vec![s]);
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let pg = pg_env(&b.dsn)?;
+    let peer = || -> Result<Server> {
+        let mut cmd = Command::new(words[0]);
+        cmd.args(&words[1..]).envs(pg.iter().map(|(k, v)| (k, v)));
+        Server::start(cmd)
+    };
+
+    let dir = tempfile::Builder::new()
+        .prefix("citus-mcp-bench-peer-")
+        .tempdir()?;
+    std::fs::write(dir.path().join("select_one.yaml"), SELECT_ONE_TOOL)?;
+    std::fs::write(dir.path().join("series.yaml"), SERIES_TOOL)?;
+    let tools_dir = path_str(dir.path())?.to_string();
+    let args = ["--tools-dirs", tools_dir.as_str()];
+    let env = [
+        ("CITUS_MCP_ENABLE_CACHING", "false"),
+        ("CITUS_MCP_MAX_ROWS", "2000"),
+        ("CITUS_MCP_MAX_TEXT_BYTES", "1000000"),
+    ];
+    let ours = || b.server(&args, &env);
+
+    // Spawn → initialize, fresh processes in turns.
+    let (mut a, mut p) = (vec![], vec![]);
+    for _ in 0..6 {
+        let t = Instant::now();
+        a.push(ours()?.initialize()? - t);
+        let t = Instant::now();
+        p.push(peer()?.initialize()? - t);
+    }
+    row(
+        &mut s,
+        "spawn → initialize",
+        pct(&a, 50),
+        pct(&p, 50),
+        "≤ 10 ms",
+    );
+
+    let mut servers = [ours()?, peer()?];
+    for server in &mut servers {
+        server.initialize()?;
+    }
+    let listed: Vec<(usize, usize)> = servers
+        .iter_mut()
+        .map(|server| {
+            let (_, v) = server.request("tools/list", json!({}))?;
+            let tools = v["result"]["tools"].as_array().map_or(0, Vec::len);
+            Ok((v["result"].to_string().len(), tools))
+        })
+        .collect::<Result<_>>()?;
+    s.row(vec![
+        "tools/list bytes".into(),
+        format!("{} for {} tools", listed[0].0, listed[0].1),
+        format!("{} for {} tools", listed[1].0, listed[1].1),
+        String::new(),
+        "≤ 1 KB per tool".into(),
+    ]);
+
+    let one = json!({});
+    let (lat, cpu) = turns(&mut servers, "select_one", &one, CALLS)?;
+    row(
+        &mut s,
+        "SELECT 1 call p50",
+        pct(&lat[0], 50),
+        pct(&lat[1], 50),
+        "≤ 0.5×",
+    );
+    row(
+        &mut s,
+        "SELECT 1 call p99",
+        pct(&lat[0], 99),
+        pct(&lat[1], 99),
+        "",
+    );
+    row(
+        &mut s,
+        "server CPU per SELECT 1 call",
+        cpu[0],
+        cpu[1],
+        "≤ 0.5×",
+    );
+    let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "select_one", &one, CALLS));
+    rate_row(&mut s, "SELECT 1 calls/s, 16 in flight", a?, p?, "≥ 2×");
+
+    let series = json!({"n": ROWS});
+    let (lat, cpu) = turns(&mut servers, "series", &series, ROW_CALLS)?;
+    row(
+        &mut s,
+        "1,000-row call p50",
+        pct(&lat[0], 50),
+        pct(&lat[1], 50),
+        "≤ 0.4×",
+    );
+    row(&mut s, "server CPU per 1,000-row call", cpu[0], cpu[1], "");
+    let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "series", &series, ROW_CALLS));
+    rate_row(&mut s, "1,000-row calls/s, 16 in flight", a?, p?, "≥ 3×");
+    let bytes: Vec<usize> = servers
+        .iter_mut()
+        .map(|server| {
+            let (_, v) =
+                server.request("tools/call", json!({"name": "series", "arguments": series}))?;
+            Ok(v["result"].to_string().len())
+        })
+        .collect::<Result<_>>()?;
+    s.row(vec![
+        "1,000-row result bytes".into(),
+        bytes[0].to_string(),
+        bytes[1].to_string(),
+        format!("{:.2}", bytes[0] as f64 / bytes[1].max(1) as f64),
+        String::new(),
+    ]);
+
+    let hwm = [
+        servers[0].status_kb("VmHWM")?,
+        servers[1].status_kb("VmHWM")?,
+    ];
+    s.row(vec![
+        "peak memory (VmHWM)".into(),
+        fmt_kb(hwm[0]),
+        fmt_kb(hwm[1]),
+        format!("{:.2}", hwm[0] as f64 / hwm[1].max(1) as f64),
+        "≤ 20 MB".into(),
+    ]);
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len() as f64 / 1e6);
+    let (ours_mb, peer_mb) = (size(&b.bin)?, size(Path::new(words[0])));
+    s.row(vec![
+        "binary".into(),
+        format!("{ours_mb:.1} MB"),
+        peer_mb
+            .as_ref()
+            .map_or("?".into(), |mb| format!("{mb:.1} MB")),
+        peer_mb.map_or(String::new(), |mb| format!("{:.2}", ours_mb / mb)),
+        "≤ 12 MB".into(),
+    ]);
+    s.note(format!("peer: {line}"));
+    s.note(format!(
+        "{CALLS} calls per SELECT 1 figure, {ROW_CALLS} per 1,000-row figure, in {TURNS} turns each; calls/s keep {IN_FLIGHT} requests in flight; spawn is the median of 6 fresh processes"
+    ));
+    s.note("CPU = the server process's time on CPU (all threads, /proc schedstat) per call");
+    Ok(vec![s])
+}
+
+/// `calls` calls of `tool` on each server, in [`TURNS`] turns: every call's latency, and
+/// each server's CPU per call.
+fn turns(
+    servers: &mut [Server; 2],
+    tool: &str,
+    args: &Value,
+    calls: usize,
+) -> Result<([Vec<Duration>; 2], [Duration; 2])> {
+    let mut lat = [vec![], vec![]];
+    let mut cpu = [Duration::ZERO; 2];
+    for server in servers.iter_mut() {
+        timed_call(server, tool, args)?;
+    }
+    for _ in 0..TURNS {
+        for (i, server) in servers.iter_mut().enumerate() {
+            let before = server.cpu();
+            for _ in 0..calls / TURNS {
+                lat[i].push(timed_call(server, tool, args)?);
+            }
+            cpu[i] += server.cpu() - before;
+        }
+    }
+    Ok((lat, cpu.map(|c| per_call(c, calls / TURNS * TURNS))))
+}
+
+fn row(s: &mut Section, label: &str, ours: Duration, peer: Duration, goal: &str) {
+    s.row(vec![
+        label.to_string(),
+        fmt_duration(ours),
+        fmt_duration(peer),
+        ratio(ours, peer),
+        goal.to_string(),
+    ]);
+}
+
+fn rate_row(s: &mut Section, label: &str, ours: f64, peer: f64, goal: &str) {
+    s.row(vec![
+        label.to_string(),
+        format!("{ours:.0}"),
+        format!("{peer:.0}"),
+        format!("{:.2}", ours / peer.max(1e-9)),
+        goal.to_string(),
+    ]);
+}
+
+/// The benchmark's database as libpq's environment variables, for the peer.
+fn pg_env(dsn: &str) -> Result<Vec<(&'static str, String)>> {
+    use tokio_postgres::config::Host;
+    let config: tokio_postgres::Config = dsn.parse()?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => bail!("the peer needs a TCP host in the benchmark's DSN"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Ok(vec![
+        ("PGHOST", host),
+        ("PGPORT", port.to_string()),
+        (
+            "PGUSER",
+            config.get_user().unwrap_or("postgres").to_string(),
+        ),
+        (
+            "PGDATABASE",
+            config.get_dbname().unwrap_or("postgres").to_string(),
+        ),
+        // Toolbox asks for a password even where the server trusts the connection.
+        (
+            "PGPASSWORD",
+            config
+                .get_password()
+                .map_or("unused".into(), |p| String::from_utf8_lossy(p).into_owned()),
+        ),
+    ])
+}
