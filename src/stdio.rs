@@ -195,8 +195,11 @@ impl Transport<RoleServer> for LineTransport {
                 // Freed after the write only when this line goes out next: behind other
                 // lines it would wait with them, and many answers' values would pile up.
                 let spent = out.idle().then_some(item);
-                out.send(Line { text, spent })
-                    .map_err(|_| closed("stdout is closed"))
+                if out.send(Line { text, spent }) {
+                    Ok(())
+                } else {
+                    Err(closed("stdout is closed"))
+                }
             }
             (Ok(_), None) => Err(closed("the transport is closed")),
             (Err(e), _) => Err(std::io::Error::other(e)),
@@ -234,9 +237,10 @@ struct Out {
 }
 
 impl Out {
-    fn send(&self, line: Line) -> Result<(), mpsc::error::SendError<Line>> {
+    /// Queues `line`; false once the writer is gone.
+    fn send(&self, line: Line) -> bool {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(line)
+        self.tx.send(line).is_ok()
     }
 
     /// Nothing waits to be written.
@@ -306,7 +310,7 @@ async fn read_loop<R: AsyncBufRead + Unpin>(
                 }
             }
             Verdict::Reply(reply) => {
-                if out.send(reply.into()).is_err() {
+                if !out.send(reply.into()) {
                     break;
                 }
             }
