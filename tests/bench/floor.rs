@@ -377,12 +377,12 @@ pub(crate) fn rate(server: &mut Server, tool: &str, args: &Value, total: usize) 
             sent.push_back(next);
             next += 1;
         }
-        let (_, v) = server
-            .next(Instant::now() + TIMEOUT)
+        let answer = server
+            .next_answer(Instant::now() + TIMEOUT)
             .ok_or_else(|| anyhow!("no answer within {TIMEOUT:?}"))?;
-        let Some(id) = v["id"].as_u64() else { continue };
-        if v["result"]["isError"] == json!(true) || v.get("error").is_some() {
-            bail!("{tool} failed: {v}");
+        let Some(id) = answer.id else { continue };
+        if answer.failed() {
+            bail!("{tool} failed (request {id})");
         }
         sent.retain(|s| *s != id);
         done += 1;

@@ -777,8 +777,9 @@ const LIST_CHANGED: &str = "notifications/tools/list_changed";
 struct Server {
     child: Child,
     stdin: ChildStdin,
-    /// Lines of stdout, parsed, with the moment the reader thread got them.
-    lines: Receiver<(Instant, Value)>,
+    /// Lines of stdout, with the moment the reader thread got them (before any parsing:
+    /// the client's own work is not the server's latency).
+    lines: Receiver<(Instant, String)>,
     /// Notifications received while waiting for something else.
     pending: Vec<(Instant, Value)>,
     stderr: Arc<Mutex<String>>,
@@ -816,8 +817,7 @@ impl Server {
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send((Instant::now(), v)).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -917,8 +917,23 @@ impl Server {
     }
 
     fn next(&mut self, deadline: Instant) -> Option<(Instant, Value)> {
+        let (at, line) = self.next_line(deadline)?;
+        Some((
+            at,
+            serde_json::from_str(&line).unwrap_or(Value::String(line)),
+        ))
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Option<(Instant, String)> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.lines.recv_timeout(left).ok()
+    }
+
+    /// The next line's id and whether it is a failure, read without building the rest
+    /// (a 1,000-row answer would cost the client as much as the server).
+    fn next_answer(&mut self, deadline: Instant) -> Option<Answer> {
+        let (_, line) = self.next_line(deadline)?;
+        Some(serde_json::from_str(&line).unwrap_or_default())
     }
 
     /// A `/proc/<pid>/status` value in kB (VmRSS, VmHWM).
@@ -936,6 +951,26 @@ impl Server {
             fmt_kb(self.status_kb("VmHWM")?),
             note.to_string(),
         ])
+    }
+}
+
+/// What [`Server::next_answer`] reads of a line.
+#[derive(Default, serde::Deserialize)]
+struct Answer {
+    id: Option<u64>,
+    error: Option<serde::de::IgnoredAny>,
+    result: Option<AnswerResult>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct AnswerResult {
+    #[serde(rename = "isError", default)]
+    is_error: bool,
+}
+
+impl Answer {
+    fn failed(&self) -> bool {
+        self.error.is_some() || self.result.as_ref().is_some_and(|r| r.is_error)
     }
 }
 
