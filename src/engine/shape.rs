@@ -1,9 +1,9 @@
 //! Rows → the result a client sees: a JSON object keyed by query name, and a compact
 //! text rendering of the same data.
 //!
-//! A result is walked three times at most: measured against the byte budget through a
-//! borrowed view (nothing built), moved into the JSON value rmcp serializes, and written
-//! as text straight into one buffer.
+//! A result is walked three times at most: its rows' JSON bytes counted against the byte
+//! budget (nothing built), moved into the JSON value rmcp serializes, and written as text
+//! straight into one buffer.
 
 use std::fmt::Write as _;
 
