@@ -118,13 +118,8 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     ]);
 
     // The trivial SQL call against one round trip of a raw client.
-    let raw_latency = b.rt.block_on(async {
-        let raw = Raw::connect(&b.dsn).await?;
-        let cpu = own_cpu();
-        let samples = select_one_samples(&raw, CALLS).await?;
-        Ok::<_, anyhow::Error>((samples, per_call(own_cpu() - cpu, CALLS)))
-    })?;
-    let (raw, raw_cpu) = raw_latency;
+    let floor = RawFloors::measure(b)?;
+    let (raw, raw_cpu) = (&floor.select_one, floor.select_one_cpu);
     timed_call(&mut server, "select_one", &json!({}))?;
     let cpu = server.cpu();
     let calls = (0..CALLS)
@@ -135,31 +130,16 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         &mut s,
         "SELECT 1 call p50",
         &calls,
-        &raw,
+        raw,
         50,
         "raw client, one round trip",
     );
-    ratio_row(&mut s, "SELECT 1 call p99", &calls, &raw, 99, "");
-    // What the safety model asks of PostgreSQL per call: the raw client sending the same
-    // one flight as the engine (START TRANSACTION READ ONLY, the timeouts, the SELECT,
-    // ROLLBACK) shows how much of the gap is the server's work, not citus-mcp's.
-    let flight = b.rt.block_on(async {
-        let mut raw = Raw::connect(&b.dsn).await?;
-        let one = [Rendered {
-            sql: "SELECT 1".into(),
-            binds: vec![],
-        }];
-        let prepared = raw.prepare_all(&one).await?;
-        sample(CALLS, async || {
-            raw.as_engine(&prepared, &one).await.map(drop)
-        })
-        .await
-    })?;
+    ratio_row(&mut s, "SELECT 1 call p99", &calls, raw, 99, "");
     ratio_row(
         &mut s,
         "SELECT 1 call p50, against the safe flight",
         &calls,
-        &flight,
+        &floor.safe_flight,
         50,
         "raw client, BEGIN READ ONLY + timeouts + SELECT + ROLLBACK in one flight",
     );
@@ -182,24 +162,16 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     ]);
 
     // Throughput with 16 requests in flight.
-    let floor = b.rt.block_on(raw_rate(b, "SELECT 1", None, CALLS))?;
     let ours = rate(&mut server, "select_one", &json!({}), CALLS)?;
-    rate_row(&mut s, "SELECT 1 calls/s, 16 in flight", ours, floor);
+    rate_row(
+        &mut s,
+        "SELECT 1 calls/s, 16 in flight",
+        ours,
+        floor.select_one_rate,
+    );
 
     // 1,000 rows.
-    let n = ROWS as i32;
-    let raw_rows = b.rt.block_on(async {
-        let raw = Raw::connect(&b.dsn).await?;
-        let st = raw.client.prepare(SERIES_SQL).await?;
-        sample(ROW_CALLS, async || {
-            raw.client
-                .query(&st, &[&n])
-                .await
-                .map(drop)
-                .map_err(Into::into)
-        })
-        .await
-    })?;
+    let raw_rows = &floor.rows;
     let series = json!({"n": ROWS});
     timed_call(&mut server, "series", &series)?;
     let rows = (0..ROW_CALLS)
@@ -209,7 +181,7 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         &mut s,
         "1,000-row call p50",
         &rows,
-        &raw_rows,
+        raw_rows,
         50,
         "raw client, same statement",
     );
@@ -217,13 +189,17 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     s.row(vec![
         "rows/s, one call at a time".into(),
         format!("{:.0}", rows_per_s(&rows)),
-        format!("{:.0}", rows_per_s(&raw_rows)),
-        format!("{:.2}", rows_per_s(&rows) / rows_per_s(&raw_rows)),
+        format!("{:.0}", rows_per_s(raw_rows)),
+        format!("{:.2}", rows_per_s(&rows) / rows_per_s(raw_rows)),
         String::new(),
     ]);
-    let floor = b.rt.block_on(raw_rate(b, SERIES_SQL, Some(n), ROW_CALLS))?;
     let ours = rate(&mut server, "series", &series, ROW_CALLS)?;
-    rate_row(&mut s, "1,000-row calls/s, 16 in flight", ours, floor);
+    rate_row(
+        &mut s,
+        "1,000-row calls/s, 16 in flight",
+        ours,
+        floor.rows_rate,
+    );
 
     // Sizes.
     let (_, listed) = server.request("tools/list", json!({}))?;
@@ -286,6 +262,69 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     ));
     s.note("CPU = the server process's time on CPU (all threads, /proc schedstat) per call");
     Ok(vec![s])
+}
+
+/// What a raw tokio-postgres client takes for the benchmark's two statements: the least
+/// any MCP server in front of PostgreSQL could take.
+pub(crate) struct RawFloors {
+    /// `SELECT 1`, prepared, one round trip.
+    pub select_one: Vec<Duration>,
+    /// That client's CPU per `SELECT 1`.
+    pub select_one_cpu: Duration,
+    /// The engine's one safe flight (START TRANSACTION READ ONLY, the timeouts, the SELECT,
+    /// ROLLBACK): how much of a call's time the safety model asks of PostgreSQL.
+    pub safe_flight: Vec<Duration>,
+    /// `SELECT 1` with [`IN_FLIGHT`] queries in flight on one connection.
+    pub select_one_rate: f64,
+    /// The 1,000-row statement.
+    pub rows: Vec<Duration>,
+    pub rows_rate: f64,
+}
+
+impl RawFloors {
+    pub(crate) fn measure(b: &Bench) -> Result<RawFloors> {
+        let (select_one, select_one_cpu) = b.rt.block_on(async {
+            let raw = Raw::connect(&b.dsn).await?;
+            let cpu = own_cpu();
+            let samples = select_one_samples(&raw, CALLS).await?;
+            Ok::<_, anyhow::Error>((samples, per_call(own_cpu() - cpu, CALLS)))
+        })?;
+        let safe_flight = b.rt.block_on(async {
+            let mut raw = Raw::connect(&b.dsn).await?;
+            let one = [Rendered {
+                sql: "SELECT 1".into(),
+                binds: vec![],
+            }];
+            let prepared = raw.prepare_all(&one).await?;
+            sample(CALLS, async || {
+                raw.as_engine(&prepared, &one).await.map(drop)
+            })
+            .await
+        })?;
+        let select_one_rate = b.rt.block_on(raw_rate(b, "SELECT 1", None, CALLS))?;
+        let n = ROWS as i32;
+        let rows = b.rt.block_on(async {
+            let raw = Raw::connect(&b.dsn).await?;
+            let st = raw.client.prepare(SERIES_SQL).await?;
+            sample(ROW_CALLS, async || {
+                raw.client
+                    .query(&st, &[&n])
+                    .await
+                    .map(drop)
+                    .map_err(Into::into)
+            })
+            .await
+        })?;
+        let rows_rate = b.rt.block_on(raw_rate(b, SERIES_SQL, Some(n), ROW_CALLS))?;
+        Ok(RawFloors {
+            select_one,
+            select_one_cpu,
+            safe_flight,
+            select_one_rate,
+            rows,
+            rows_rate,
+        })
+    }
 }
 
 /// Spawn → `initialize` response, against spawn → exit of `--help`.

@@ -7,11 +7,13 @@
 //! generate_series(1, n) g`). It runs with `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and
 //! `PGPASSWORD` set to the benchmark's database. Without it the section says how to name
 //! one and measures nothing. The two servers are measured in turns, so that drift on a shared
-//! machine hits both alike; the ratio column is citus-mcp's figure over the peer's, and the
-//! goal column is the issue's.
+//! machine hits both alike; the ratio column is citus-mcp's figure over the peer's, the
+//! floor column a raw tokio-postgres client's over the peer's (the best ratio any server in
+//! front of PostgreSQL could reach; floor.rs), and the goal column is the issue's.
 
 use super::floor::{
-    CALLS, IN_FLIGHT, ROW_CALLS, ROWS, SELECT_ONE_TOOL, pct, per_call, rate, ratio, timed_call,
+    CALLS, IN_FLIGHT, ROW_CALLS, ROWS, RawFloors, SELECT_ONE_TOOL, pct, per_call, rate, ratio,
+    timed_call,
 };
 use super::*;
 
@@ -24,7 +26,14 @@ const TURNS: usize = 4;
 pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
     let mut s = Section::new(
         "0b. Issue #8 figures beside another MCP server (ratio = citus-mcp / peer)",
-        &["figure", "citus-mcp", "peer", "ratio", "goal"],
+        &[
+            "figure",
+            "citus-mcp",
+            "peer",
+            "ratio",
+            "floor ÷ peer",
+            "goal",
+        ],
     );
     let Some(line) = std::env::var(PEER_ENV)
         .ok()
@@ -65,13 +74,8 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         let t = Instant::now();
         p.push(peer()?.initialize()? - t);
     }
-    row(
-        &mut s,
-        "spawn → initialize",
-        pct(&a, 50),
-        pct(&p, 50),
-        "≤ 10 ms",
-    );
+    let spawn = [pct(&a, 50), pct(&p, 50)];
+    row(&mut s, "spawn → initialize", spawn, None, "≤ 10 ms");
 
     let mut servers = [ours()?, peer()?];
     for server in &mut servers {
@@ -90,47 +94,64 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         format!("{} for {} tools", listed[0].0, listed[0].1),
         format!("{} for {} tools", listed[1].0, listed[1].1),
         String::new(),
+        String::new(),
         "≤ 1 KB per tool".into(),
     ]);
 
+    let floor = RawFloors::measure(b)?;
+    let p50 = |v: &[Duration]| pct(v, 50);
+    let p99 = |v: &[Duration]| pct(v, 99);
     let one = json!({});
     let (lat, cpu) = turns(&mut servers, "select_one", &one, CALLS)?;
+    let flight = &floor.safe_flight;
+    let both = |f: &dyn Fn(&[Duration]) -> Duration| [f(&lat[0]), f(&lat[1])];
     row(
         &mut s,
         "SELECT 1 call p50",
-        pct(&lat[0], 50),
-        pct(&lat[1], 50),
+        both(&p50),
+        Some(p50(flight)),
         "≤ 0.5×",
     );
     row(
         &mut s,
         "SELECT 1 call p99",
-        pct(&lat[0], 99),
-        pct(&lat[1], 99),
+        both(&p99),
+        Some(p99(flight)),
         "",
     );
+    let raw_cpu = Some(floor.select_one_cpu);
     row(
         &mut s,
         "server CPU per SELECT 1 call",
-        cpu[0],
-        cpu[1],
+        cpu,
+        raw_cpu,
         "≤ 0.5×",
     );
     let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "select_one", &one, CALLS));
-    rate_row(&mut s, "SELECT 1 calls/s, 16 in flight", a?, p?, "≥ 2×");
+    let calls = [a?, p?];
+    rate_row(
+        &mut s,
+        "SELECT 1 calls/s, 16 in flight",
+        calls,
+        floor.select_one_rate,
+        "≥ 2×",
+    );
 
     let series = json!({"n": ROWS});
     let (lat, cpu) = turns(&mut servers, "series", &series, ROW_CALLS)?;
-    row(
-        &mut s,
-        "1,000-row call p50",
-        pct(&lat[0], 50),
-        pct(&lat[1], 50),
-        "≤ 0.4×",
-    );
-    row(&mut s, "server CPU per 1,000-row call", cpu[0], cpu[1], "");
+    let both = |f: &dyn Fn(&[Duration]) -> Duration| [f(&lat[0]), f(&lat[1])];
+    let raw_rows = Some(p50(&floor.rows));
+    row(&mut s, "1,000-row call p50", both(&p50), raw_rows, "≤ 0.4×");
+    row(&mut s, "server CPU per 1,000-row call", cpu, None, "");
     let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "series", &series, ROW_CALLS));
-    rate_row(&mut s, "1,000-row calls/s, 16 in flight", a?, p?, "≥ 3×");
+    let calls = [a?, p?];
+    rate_row(
+        &mut s,
+        "1,000-row calls/s, 16 in flight",
+        calls,
+        floor.rows_rate,
+        "≥ 3×",
+    );
     let bytes: Vec<usize> = servers
         .iter_mut()
         .map(|server| {
@@ -145,6 +166,7 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         bytes[1].to_string(),
         format!("{:.2}", bytes[0] as f64 / bytes[1].max(1) as f64),
         String::new(),
+        String::new(),
     ]);
 
     let hwm = [
@@ -156,6 +178,7 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         fmt_kb(hwm[0]),
         fmt_kb(hwm[1]),
         format!("{:.2}", hwm[0] as f64 / hwm[1].max(1) as f64),
+        String::new(),
         "≤ 20 MB".into(),
     ]);
     let size = |path: &Path| std::fs::metadata(path).map(|m| m.len() as f64 / 1e6);
@@ -167,6 +190,7 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
             .as_ref()
             .map_or("?".into(), |mb| format!("{mb:.1} MB")),
         peer_mb.map_or(String::new(), |mb| format!("{:.2}", ours_mb / mb)),
+        String::new(),
         "≤ 12 MB".into(),
     ]);
     s.note(format!("peer: {line}"));
@@ -174,6 +198,10 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         "{CALLS} calls per SELECT 1 figure, {ROW_CALLS} per 1,000-row figure, in {TURNS} turns each; calls/s keep {IN_FLIGHT} requests in flight; spawn is the median of 6 fresh processes"
     ));
     s.note("CPU = the server process's time on CPU (all threads, /proc schedstat) per call");
+    s.note(format!(
+        "floor = a raw tokio-postgres client: for SELECT 1 the engine's one safe flight (START TRANSACTION READ ONLY, timeouts, SELECT, ROLLBACK; a bare SELECT takes {}), for CPU that client's own, for calls/s {IN_FLIGHT} queries in flight on one connection",
+        fmt_duration(pct(&floor.select_one, 50))
+    ));
     Ok(vec![s])
 }
 
@@ -202,22 +230,32 @@ fn turns(
     Ok((lat, cpu.map(|c| per_call(c, calls / TURNS * TURNS))))
 }
 
-fn row(s: &mut Section, label: &str, ours: Duration, peer: Duration, goal: &str) {
+/// A row of two times, citus-mcp's and the peer's, and the raw client's if it has one.
+fn row(
+    s: &mut Section,
+    label: &str,
+    [ours, peer]: [Duration; 2],
+    floor: Option<Duration>,
+    goal: &str,
+) {
     s.row(vec![
         label.to_string(),
         fmt_duration(ours),
         fmt_duration(peer),
         ratio(ours, peer),
+        floor.map_or(String::new(), |f| ratio(f, peer)),
         goal.to_string(),
     ]);
 }
 
-fn rate_row(s: &mut Section, label: &str, ours: f64, peer: f64, goal: &str) {
+fn rate_row(s: &mut Section, label: &str, [ours, peer]: [f64; 2], floor: f64, goal: &str) {
+    let peer = peer.max(1e-9);
     s.row(vec![
         label.to_string(),
         format!("{ours:.0}"),
         format!("{peer:.0}"),
-        format!("{:.2}", ours / peer.max(1e-9)),
+        format!("{:.2}", ours / peer),
+        format!("{:.2}", floor / peer),
         goal.to_string(),
     ]);
 }
