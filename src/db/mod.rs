@@ -671,7 +671,7 @@ async fn pipelined(
         let stream = answer(q.as_mut()).await.map_err(sql_error)?;
         let mut stream = std::pin::pin!(stream);
         // Each row is decoded as it arrives, while the server is still sending the next.
-        let mut rows = Decoder::new(stmt.columns());
+        let mut rows = RowDecoder::new(stmt.columns());
         let mut more = false;
         while let Some(row) = stream.try_next().await.map_err(sql_error)? {
             if rows.len() == st.max_rows {
@@ -851,15 +851,15 @@ fn with_session_timeouts(
 }
 
 /// A statement's rows, decoded to JSON one by one as they come in.
-pub(crate) struct Decoder {
+pub(crate) struct RowDecoder {
     columns: Vec<Column>,
     types: Vec<(postgres_types::Type, ColumnDecoder)>,
     rows: Vec<Vec<Value>>,
 }
 
-impl Decoder {
-    pub(crate) fn new(columns: &[tokio_postgres::Column]) -> Decoder {
-        Decoder {
+impl RowDecoder {
+    pub(crate) fn new(columns: &[tokio_postgres::Column]) -> RowDecoder {
+        RowDecoder {
             columns: columns
                 .iter()
                 .map(|c| Column {

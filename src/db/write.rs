@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::value::Bind;
-use super::{CLIENT_GRACE, Db, DbError, Decoder, Rows, Running, Statement, sql_error};
+use super::{CLIENT_GRACE, Db, DbError, RowDecoder, Rows, Running, Statement, sql_error};
 
 impl Db {
     /// Runs `st` alone, in autocommit, on a new connection whose session timeouts are
@@ -67,7 +67,7 @@ impl Db {
                 binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
             // No transaction: the extended protocol's Sync commits the statement alone.
             let rows = client.query(&stmt, &params).await.map_err(sql_error)?;
-            let mut decoded = Decoder::new(stmt.columns());
+            let mut decoded = RowDecoder::new(stmt.columns());
             for row in rows.iter().take(st.max_rows) {
                 decoded.push(row)?;
             }

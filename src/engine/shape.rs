@@ -250,7 +250,7 @@ pub fn how_to_get_more(
 /// Drops trailing rows of the largest `many` parts until the result's JSON fits
 /// `max_bytes`; trimmed parts are marked as having more rows. Returns whether it cut.
 ///
-/// Each row is counted once ([`RowSize`]); rows then go one at a time from whichever
+/// Each row is counted once ([`row_json_len`]); rows then go one at a time from whichever
 /// part has the most, so the result keeps as much as fits.
 pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
     let sizes: Vec<Vec<usize>> = parts
@@ -260,7 +260,7 @@ pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
                 .rows
                 .rows
                 .iter()
-                .map(|r| RowSize::of(&p.rows.columns, r))
+                .map(|r| row_json_len(&p.rows.columns, r))
                 .collect(),
             _ => Vec::new(),
         })
@@ -299,17 +299,13 @@ pub fn fit(parts: &mut [Part], max_bytes: usize) -> bool {
 
 /// The bytes of a row's JSON object, as serde_json writes it (compact), counted
 /// without writing it.
-struct RowSize;
-
-impl RowSize {
-    fn of(columns: &[Column], row: &[Value]) -> usize {
-        let fields: usize = columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| json_str_len(&c.name) + 1 + json_value_len(v))
-            .sum();
-        2 + fields + row.len().min(columns.len()).saturating_sub(1)
-    }
+fn row_json_len(columns: &[Column], row: &[Value]) -> usize {
+    let fields: usize = columns
+        .iter()
+        .zip(row)
+        .map(|(c, v)| json_str_len(&c.name) + 1 + json_value_len(v))
+        .sum();
+    2 + fields + row.len().min(columns.len()).saturating_sub(1)
 }
 
 /// The bytes of `v`'s compact JSON, as serde_json writes it.
@@ -640,7 +636,7 @@ mod tests {
             .collect();
         for row in [vec![], vec![json!(1)], values[..3].to_vec()] {
             let written = json_len(&RowView(&columns, &row));
-            assert_eq!(RowSize::of(&columns, &row), written, "{row:?}");
+            assert_eq!(row_json_len(&columns, &row), written, "{row:?}");
         }
     }
 
