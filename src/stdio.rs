@@ -35,9 +35,12 @@ use crate::echo;
 /// and skipped, rather than buffered until memory runs out.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
-/// The largest serialization buffer kept for the next answer (a few default-sized
+/// The largest written line's buffer kept for the next answer (a few default-sized
 /// results); one grown past it by a larger answer is let go.
 const MAX_KEPT_BUFFER: usize = 1024 * 1024;
+
+/// How many written lines' buffers are kept.
+const KEPT_BUFFERS: usize = 2;
 
 /// How many parsed messages wait for rmcp before the reader stops reading.
 const QUEUE: usize = 64;
@@ -97,10 +100,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, lines) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared::default());
     let out = Out {
         tx,
-        queued: queued.clone(),
+        shared: shared.clone(),
     };
     let (to_rmcp, from_reader) = mpsc::channel(QUEUE);
     let in_flight = InFlight::default();
@@ -110,12 +113,11 @@ where
         out.clone(),
         in_flight.clone(),
     ));
-    let writer = tokio::spawn(write_loop(write, lines, queued));
+    let writer = tokio::spawn(write_loop(write, lines, shared));
     let transport = LineTransport {
         messages: from_reader,
         out: Some(out),
         in_flight,
-        scratch: Vec::new(),
     };
     (transport, Pumps { reader, writer })
 }
@@ -147,25 +149,6 @@ pub struct LineTransport {
     /// None once closed.
     out: Option<Out>,
     in_flight: InFlight,
-    /// Where answers are serialized ([`LineTransport::line`]).
-    scratch: Vec<u8>,
-}
-
-impl LineTransport {
-    /// `item` as a line. It is written into a buffer kept from line to line, then copied
-    /// out at its size: a large result grows the buffer once, not on every answer.
-    fn line(&mut self, item: &ServerJsonRpcMessage) -> serde_json::Result<String> {
-        self.scratch.clear();
-        let written = serde_json::to_writer(&mut self.scratch, item);
-        self.scratch.push(b'\n');
-        let line = self.scratch.clone();
-        if self.scratch.capacity() > MAX_KEPT_BUFFER {
-            self.scratch = Vec::new();
-        }
-        written?;
-        // serde_json writes UTF-8 only.
-        String::from_utf8(line).map_err(|e| serde::ser::Error::custom(e.to_string()))
-    }
 }
 
 impl Transport<RoleServer> for LineTransport {
@@ -188,21 +171,26 @@ impl Transport<RoleServer> for LineTransport {
                 None => return std::future::ready(Ok(())),
             }
         }
-        // Queued now, not when the future runs, so lines leave in the order rmcp sent
-        // them.
-        let result = match (self.line(&item), &self.out) {
-            (Ok(text), Some(out)) => {
+        let Some(out) = &self.out else {
+            return std::future::ready(Err(closed("the transport is closed")));
+        };
+        // Serialized into a written line's buffer: a large result grows one buffer once,
+        // not a new one on every answer. Queued now, not when the future runs, so lines
+        // leave in the order rmcp sent them.
+        let mut bytes = out.buffer();
+        let result = match serde_json::to_writer(&mut bytes, &item) {
+            Ok(()) => {
+                bytes.push(b'\n');
                 // Freed after the write only when this line goes out next: behind other
                 // lines it would wait with them, and many answers' values would pile up.
                 let spent = out.idle().then_some(item);
-                if out.send(Line { text, spent }) {
+                if out.send(Line { bytes, spent }) {
                     Ok(())
                 } else {
                     Err(closed("stdout is closed"))
                 }
             }
-            (Ok(_), None) => Err(closed("the transport is closed")),
-            (Err(e), _) => Err(std::io::Error::other(e)),
+            Err(e) => Err(std::io::Error::other(e)),
         };
         std::future::ready(result)
     }
@@ -229,29 +217,62 @@ fn lock(ids: &InFlight) -> std::sync::MutexGuard<'_, Ids> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The writer's queue, and how many lines wait in it or are being written.
+/// The writer's queue.
 #[derive(Clone)]
 struct Out {
     tx: mpsc::UnboundedSender<Line>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer shares with those who queue lines for it.
+#[derive(Default)]
+struct Shared {
+    /// Lines queued or being written.
+    queued: AtomicUsize,
+    /// Buffers of written lines, emptied, for the next answers.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Out {
     /// Queues `line`; false once the writer is gone.
     fn send(&self, line: Line) -> bool {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         self.tx.send(line).is_ok()
     }
 
     /// Nothing waits to be written.
     fn idle(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) == 0
+        self.shared.queued.load(Ordering::Relaxed) == 0
+    }
+
+    /// An empty buffer to serialize a line into: a written line's, if one is kept.
+    fn buffer(&self) -> Vec<u8> {
+        self.shared.spare().pop().unwrap_or_default()
     }
 }
 
-/// A line for stdout.
+impl Shared {
+    /// `bytes` were written: the buffer is kept for a next line, or let go.
+    fn written(&self, mut bytes: Vec<u8>) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let mut spare = self.spare();
+        if bytes.capacity() <= MAX_KEPT_BUFFER && spare.len() < KEPT_BUFFERS {
+            bytes.clear();
+            spare.push(bytes);
+        }
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A list of empty buffers stays consistent whoever panicked.
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A line for stdout, its newline included.
 struct Line {
-    text: String,
+    bytes: Vec<u8>,
     /// The answer the line was made of, freed once the line is on its way: freeing a
     /// large result (its rows are many small allocations) takes as long as writing it,
     /// and the client need not wait for it.
@@ -260,18 +281,21 @@ struct Line {
 
 impl From<String> for Line {
     fn from(text: String) -> Line {
-        Line { text, spent: None }
+        Line {
+            bytes: text.into_bytes(),
+            spent: None,
+        }
     }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
     mut lines: mpsc::UnboundedReceiver<Line>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 ) -> std::io::Result<()> {
-    while let Some(Line { text, spent }) = lines.recv().await {
-        write.write_all(text.as_bytes()).await?;
-        queued.fetch_sub(1, Ordering::Relaxed);
+    while let Some(Line { bytes, spent }) = lines.recv().await {
+        write.write_all(&bytes).await?;
+        shared.written(bytes);
         drop(spent);
         // Flush once the queue is empty: no delay for a lone reply, fewer writes in a burst.
         if lines.is_empty() {
@@ -680,16 +704,18 @@ mod tests {
     }
 
     /// An answer's values are freed after its line is written only when nothing waits
-    /// ahead of it; behind a queue they are freed at once, so answers do not pile up.
+    /// ahead of it; behind a queue they are freed at once, so answers do not pile up. A
+    /// written line's buffer takes the next answer (a few of them are kept, none larger
+    /// than `MAX_KEPT_BUFFER`).
     #[tokio::test]
-    async fn only_a_line_that_goes_out_next_keeps_its_answer_until_written() {
+    async fn lines_reuse_written_buffers_and_only_the_next_keeps_its_answer() {
         let (read, _keep) = tokio::io::duplex(64);
         let (mut transport, _pumps) = start(read, tokio::io::sink());
         let (tx, mut lines) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
         transport.out = Some(Out {
             tx,
-            queued: queued.clone(),
+            shared: shared.clone(),
         });
         let in_flight = transport.in_flight.clone();
         let answer = || {
@@ -704,7 +730,36 @@ mod tests {
         transport.send(answer()).await.unwrap();
         let second = lines.try_recv().unwrap();
         assert!(second.spent.is_none(), "a queued line held its answer");
-        assert_eq!(queued.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 2);
+
+        // Both written: their buffers take the next answers, as they are.
+        let kept = [first.bytes.as_ptr(), second.bytes.as_ptr()];
+        shared.written(first.bytes);
+        shared.written(second.bytes);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
+        for _ in 0..2 {
+            transport.send(answer()).await.unwrap();
+            let line = lines.try_recv().unwrap();
+            assert!(kept.contains(&line.bytes.as_ptr()), "a new buffer was made");
+            let v: Value = serde_json::from_slice(&line.bytes).unwrap();
+            assert_eq!(v["id"], json!(1), "{v}");
+            assert_eq!(line.bytes.last(), Some(&b'\n'));
+            shared.written(line.bytes);
+        }
+        // Never more than KEPT_BUFFERS, and none past MAX_KEPT_BUFFER.
+        for _ in 0..KEPT_BUFFERS + 2 {
+            shared.queued.fetch_add(1, Ordering::Relaxed);
+            shared.written(Vec::with_capacity(16));
+        }
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        shared.written(Vec::with_capacity(MAX_KEPT_BUFFER + 1));
+        let spare = shared.spare();
+        assert_eq!(spare.len(), KEPT_BUFFERS);
+        assert!(
+            spare
+                .iter()
+                .all(|b| b.is_empty() && b.capacity() <= MAX_KEPT_BUFFER)
+        );
     }
 
     /// A client that cancels a request and at once reuses its id gets the new request's
@@ -717,7 +772,7 @@ mod tests {
         let (tx, mut lines) = mpsc::unbounded_channel();
         transport.out = Some(Out {
             tx,
-            queued: Arc::default(),
+            shared: Arc::default(),
         });
         let in_flight = transport.in_flight.clone();
         let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
@@ -745,7 +800,7 @@ mod tests {
             "a cancelled request was answered"
         );
         transport.send(answer(new)).await.unwrap();
-        let line: Value = serde_json::from_str(&lines.try_recv().unwrap().text).unwrap();
+        let line: Value = serde_json::from_slice(&lines.try_recv().unwrap().bytes).unwrap();
         assert_eq!(line["id"], json!(7), "{line}");
         // A cancel that names no request in progress cancels nothing, not even a
         // request whose id in rmcp happens to be the same number.
