@@ -43,7 +43,7 @@ pub fn echo_main() -> Result<()> {
 }
 
 /// Tools the floor section serves from a folder of its own.
-pub(crate) const SELECT_ONE_TOOL: &str = "name: select_one
+const SELECT_ONE_TOOL: &str = "name: select_one
 description: SELECT 1, for the benchmark's per-call overhead.
 safety: read_only
 queries:
@@ -69,26 +69,14 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
         "0. Issue #8 figures against their floors (ratio = citus-mcp / floor)",
         &["figure", "citus-mcp", "floor", "ratio", "floor is"],
     );
-    let dir = tempfile::Builder::new()
-        .prefix("citus-mcp-bench-floor-")
-        .tempdir()?;
-    std::fs::write(dir.path().join("select_one.yaml"), SELECT_ONE_TOOL)?;
-    std::fs::write(dir.path().join("series.yaml"), SERIES_TOOL)?;
-    let tools_dir = path_str(dir.path())?.to_string();
-    let args = ["--tools-dirs", tools_dir.as_str()];
-    // 1,000 rows of `series` fit whole: the figure is rows, not the default budget's cut.
-    let env = [
-        ("CITUS_MCP_ENABLE_CACHING", "false"),
-        ("CITUS_MCP_MAX_ROWS", "2000"),
-        ("CITUS_MCP_MAX_TEXT_BYTES", "1000000"),
-    ];
+    let tools = ToolFolder::new()?;
 
     startup_row(&mut s, b)?;
     first_use_row(&mut s)?;
 
     let mut echo = echo_server(b)?;
     echo.initialize()?;
-    let mut server = b.server(&args, &env)?;
+    let mut server = tools.server(b)?;
     server.initialize()?;
 
     // stdio: the same request to both, interleaved so drift hits both alike.
@@ -262,6 +250,32 @@ pub fn floors(b: &Bench) -> Result<Vec<Section>> {
     ));
     s.note("CPU = the server process's time on CPU (all threads, /proc schedstat) per call");
     Ok(vec![s])
+}
+
+/// A folder with the two tools the floor and peer sections call, `select_one` and
+/// `series`.
+pub(crate) struct ToolFolder(tempfile::TempDir);
+
+impl ToolFolder {
+    pub(crate) fn new() -> Result<ToolFolder> {
+        let dir = tempfile::Builder::new()
+            .prefix("citus-mcp-bench-tools-")
+            .tempdir()?;
+        std::fs::write(dir.path().join("select_one.yaml"), SELECT_ONE_TOOL)?;
+        std::fs::write(dir.path().join("series.yaml"), SERIES_TOOL)?;
+        Ok(ToolFolder(dir))
+    }
+
+    /// citus-mcp serving these tools, uncached, with limits that 1,000 rows of `series`
+    /// fit whole (the figure is rows, not the default budget's cut).
+    pub(crate) fn server(&self, b: &Bench) -> Result<Server> {
+        let env = [
+            ("CITUS_MCP_ENABLE_CACHING", "false"),
+            ("CITUS_MCP_MAX_ROWS", "2000"),
+            ("CITUS_MCP_MAX_TEXT_BYTES", "1000000"),
+        ];
+        b.server(&["--tools-dirs", path_str(self.0.path())?], &env)
+    }
 }
 
 /// What a raw tokio-postgres client takes for the benchmark's two statements: the least

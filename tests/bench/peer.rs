@@ -12,7 +12,7 @@
 //! front of PostgreSQL could reach; floor.rs), and the goal column is the issue's.
 
 use super::floor::{
-    CALLS, IN_FLIGHT, ROW_CALLS, ROWS, RawFloors, SELECT_ONE_TOOL, pct, per_call, rate, ratio,
+    CALLS, IN_FLIGHT, ROW_CALLS, ROWS, RawFloors, ToolFolder, pct, per_call, rate, ratio,
     timed_call,
 };
 use super::*;
@@ -52,19 +52,8 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         Server::start(cmd)
     };
 
-    let dir = tempfile::Builder::new()
-        .prefix("citus-mcp-bench-peer-")
-        .tempdir()?;
-    std::fs::write(dir.path().join("select_one.yaml"), SELECT_ONE_TOOL)?;
-    std::fs::write(dir.path().join("series.yaml"), SERIES_TOOL)?;
-    let tools_dir = path_str(dir.path())?.to_string();
-    let args = ["--tools-dirs", tools_dir.as_str()];
-    let env = [
-        ("CITUS_MCP_ENABLE_CACHING", "false"),
-        ("CITUS_MCP_MAX_ROWS", "2000"),
-        ("CITUS_MCP_MAX_TEXT_BYTES", "1000000"),
-    ];
-    let ours = || b.server(&args, &env);
+    let tools = ToolFolder::new()?;
+    let ours = || tools.server(b);
 
     // Spawn → initialize, fresh processes in turns.
     let (mut a, mut p) = (vec![], vec![]);
@@ -127,8 +116,7 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
         raw_cpu,
         "≤ 0.5×",
     );
-    let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "select_one", &one, CALLS));
-    let calls = [a?, p?];
+    let calls = rates(&mut servers, "select_one", &one, CALLS)?;
     rate_row(
         &mut s,
         "SELECT 1 calls/s, 16 in flight",
@@ -143,8 +131,7 @@ pub fn side_by_side(b: &Bench) -> Result<Vec<Section>> {
     let raw_rows = Some(p50(&floor.rows));
     row(&mut s, "1,000-row call p50", both(&p50), raw_rows, "≤ 0.4×");
     row(&mut s, "server CPU per 1,000-row call", cpu, None, "");
-    let [a, p] = [0, 1].map(|i| rate(&mut servers[i], "series", &series, ROW_CALLS));
-    let calls = [a?, p?];
+    let calls = rates(&mut servers, "series", &series, ROW_CALLS)?;
     rate_row(
         &mut s,
         "1,000-row calls/s, 16 in flight",
@@ -228,6 +215,14 @@ fn turns(
         }
     }
     Ok((lat, cpu.map(|c| per_call(c, calls / TURNS * TURNS))))
+}
+
+/// Each server's calls/s of `tool` with [`IN_FLIGHT`] requests in flight.
+fn rates(servers: &mut [Server; 2], tool: &str, args: &Value, total: usize) -> Result<[f64; 2]> {
+    Ok([
+        rate(&mut servers[0], tool, args, total)?,
+        rate(&mut servers[1], tool, args, total)?,
+    ])
 }
 
 /// A row of two times, citus-mcp's and the peer's, and the raw client's if it has one.
