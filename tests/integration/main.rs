@@ -61,6 +61,24 @@ impl Ctx {
         matches!(self.db().kind(), DbKind::Fixture)
     }
 
+    /// A DSN for an empty database `name` on the test server, dropped and created anew
+    /// (on the coordinator, for a real cluster). `CITUS_TEST_DSN` must name its database
+    /// in the keyword form (`dbname=...`).
+    pub fn scratch_database(&self, name: &str) -> String {
+        let dsn = self.dsn();
+        let parsed = Dsn::parse(&dsn).expect("test DSN parses");
+        let db = parsed.config.get_dbname().unwrap_or("postgres").to_string();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            self.db()
+                .psql(&sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+        }
+        dsn.replace(&format!("dbname={db}"), &format!("dbname={name}"))
+    }
+
     /// A connection pool to the test database, as the server would build it.
     pub fn pool(&self, dsn: &str) -> Db {
         self.pool_named(dsn, "citus-mcp-tests")

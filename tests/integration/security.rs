@@ -67,6 +67,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "security::what_postgresql_runs_unasked_refuses_analyze",
+            unasked_functions_refuse_analyze,
+        ),
+        trial(
+            ctx,
             "security::pooled_sessions_are_read_only_outside_a_call_too",
             pooled_sessions_are_read_only,
         ),
@@ -146,6 +151,12 @@ DO $$ BEGIN
     CREATE DOMAIN public.citus_mcp_dom AS int CHECK (public.citus_mcp_lock(VALUE));
   END IF;
 END $$;
+-- Aggregates say immutable in pg_proc; their transition and final functions are what run.
+CREATE OR REPLACE FUNCTION public.citus_mcp_lock_step(boolean, int) RETURNS boolean LANGUAGE sql VOLATILE
+  AS 'SELECT pg_catalog.pg_try_advisory_lock($2)';
+CREATE OR REPLACE AGGREGATE public.citus_mcp_lock_agg(int) (SFUNC = public.citus_mcp_lock_step, STYPE = boolean);
+CREATE OR REPLACE AGGREGATE public.citus_mcp_lock_final_agg(int)
+  (SFUNC = pg_catalog.int4larger, STYPE = int, FINALFUNC = public.citus_mcp_lock);
 CREATE OR REPLACE FUNCTION public.citus_mcp_wipe() RETURNS bigint LANGUAGE sql VOLATILE
   AS 'WITH d AS (DELETE FROM public.citus_mcp_canary RETURNING 1) SELECT count(*) FROM d';
 CREATE OR REPLACE VIEW public.citus_mcp_lock_view AS SELECT public.citus_mcp_lock(41) AS locked;
@@ -227,6 +238,10 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     use Want::*;
     let terminate = format!("SELECT pg_terminate_backend({pid})");
     let cancel = format!("SELECT pg_cancel_backend({pid})");
+    // Citus's worker_partial_agg runs the aggregate whose oid it is given, through a
+    // volatile transition function of its own (the fixture has no such function: there
+    // the database refuses the call).
+    let citus_only = if ctx.is_fixture() { Harmless } else { Refused };
     let corpus: Vec<(&str, Want)> = vec![
         // Functions that act, by every spelling of their name.
         ("SELECT pg_advisory_lock(1)", Refused),
@@ -288,6 +303,23 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         ),
         ("SELECT * FROM public.citus_mcp_rls", Refused),
         ("SELECT public.citus_mcp_lock(9)", Refused),
+        // Aggregates: pg_proc says immutable; the transition or final function locks.
+        (
+            "SELECT public.citus_mcp_lock_agg(x) FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT citus_mcp_lock_agg(x) OVER () FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT public.citus_mcp_lock_final_agg(x) FROM public.citus_mcp_canary",
+            Refused,
+        ),
+        (
+            "SELECT worker_partial_agg('public.citus_mcp_lock_agg(int)'::regprocedure, x) FROM public.citus_mcp_canary",
+            citus_only,
+        ),
         // Writes by syntax, and text that tries to be two statements.
         ("DELETE FROM public.citus_mcp_canary", Refused),
         (
@@ -384,6 +416,89 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         "{}",
         out.text
     );
+}
+
+/// Functions PostgreSQL runs without the statement naming them: an implicit cast, an
+/// operator class's support function, a type's input function. Each is created alone in
+/// a database of this test's own (a volatile one refuses every ANALYZE in its database),
+/// tried, and dropped.
+fn unasked_functions_refuse_analyze(ctx: &Ctx) {
+    let dsn = ctx.scratch_database("citus_mcp_unasked");
+    let psql = |sql: &str| {
+        ctx.db()
+            .psql_on(&dsn, sql)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    psql(
+        "CREATE TYPE public.pair AS (a int);
+         CREATE TABLE public.pairs (p public.pair, v int);
+         INSERT INTO public.pairs SELECT ROW(g)::public.pair, g FROM generate_series(1, 3) g;
+         CREATE FUNCTION public.pair_text(public.pair) RETURNS text LANGUAGE sql VOLATILE
+           AS 'SELECT pg_catalog.pg_try_advisory_lock(($1).a)::text';
+         -- A base type like int4 whose functions are int4's, declared volatile.
+         CREATE TYPE public.num;
+         CREATE FUNCTION public.num_in(cstring) RETURNS public.num LANGUAGE internal IMMUTABLE STRICT AS 'int4in';
+         CREATE FUNCTION public.num_out(public.num) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'int4out';
+         CREATE TYPE public.num (INPUT = public.num_in, OUTPUT = public.num_out, LIKE = int4);
+         CREATE FUNCTION public.num_eq(public.num, public.num) RETURNS boolean LANGUAGE internal IMMUTABLE STRICT AS 'int4eq';
+         CREATE OPERATOR public.= (LEFTARG = public.num, RIGHTARG = public.num, FUNCTION = public.num_eq, HASHES);
+         CREATE FUNCTION public.num_hash(public.num) RETURNS int4 LANGUAGE internal VOLATILE STRICT AS 'hashint4';
+         CREATE TABLE public.nums (n public.num);
+         INSERT INTO public.nums VALUES ('1'), ('2');",
+    );
+    let e = engine_on(
+        ctx.pool_named(&dsn, "citus-mcp-unasked"),
+        &[],
+        Settings::default(),
+    );
+    let analyze = |sql: &str| {
+        call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": sql, "analyze": true}),
+        )
+    };
+    let plain = "SELECT count(*) FROM public.pairs";
+    analyze(plain).expect("nothing volatile runs unasked yet");
+    let hazards = [
+        (
+            "cast `pair to text`",
+            "CREATE CAST (public.pair AS text) WITH FUNCTION public.pair_text(public.pair) AS IMPLICIT",
+            "DROP CAST (public.pair AS text)",
+            // lower(text) takes the pair through the cast, which no name in the text shows.
+            "SELECT lower(p) FROM public.pairs",
+        ),
+        (
+            "operator class function `num_hash(num)`",
+            "CREATE OPERATOR CLASS public.num_ops DEFAULT FOR TYPE public.num USING hash AS
+               OPERATOR 1 public.= , FUNCTION 1 public.num_hash(public.num)",
+            "DROP OPERATOR CLASS public.num_ops USING hash",
+            "SELECT DISTINCT n FROM public.nums",
+        ),
+        (
+            "type `num`",
+            "ALTER FUNCTION public.num_in(cstring) VOLATILE",
+            "ALTER FUNCTION public.num_in(cstring) IMMUTABLE",
+            "SELECT count(*) FROM public.nums WHERE n = '1'",
+        ),
+    ];
+    for (what, create, drop, sql) in hazards {
+        psql(create);
+        for sql in [sql, plain] {
+            let err = analyze(sql).expect_err(sql);
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
+            assert!(err.message.contains(what), "{sql}: {}", err.text());
+            // Without ANALYZE nothing runs: the plan still comes.
+            call(ctx, &e, "citus_explain_query", json!({ "sql": sql }))
+                .unwrap_or_else(|e| panic!("{sql}: {}", e.text()));
+        }
+        psql(drop);
+        analyze(plain).unwrap_or_else(|e| panic!("after {drop}: {}", e.text()));
+    }
+    let locks =
+        psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid IN (1, 2)");
+    assert_eq!(locks.trim(), "0");
 }
 
 /// A fan-out tool whose examples render a harmless branch; the other branches write,
