@@ -8,7 +8,7 @@
 //! operator, a cast, a view, a domain or a row-level-security policy — the live catalog
 //! calls non-volatile (or the tool file lists as harmless). The catalog query lives in
 //! the tool file (`reach`); this file only decides. Whatever passes still runs in a READ
-//! ONLY transaction that is rolled back, and an ANALYZE's connection is closed after.
+//! ONLY transaction that is rolled back, on a connection closed afterwards.
 
 use serde_json::{Map, Value, json};
 
@@ -85,17 +85,15 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
             ));
         }
     }
-    let after = if analyze {
-        AfterCall::Discard
-    } else {
-        AfterCall::Reuse
-    };
     let kind = parsed.kind().0;
+    // Even a plain EXPLAIN runs functions: the planner evaluates immutable ones on
+    // constants, and a label can lie. Whatever such a function leaves on its session (an
+    // advisory lock, a setting) goes with the connection, never back to the pool.
     let run = async {
         if approved {
             call.approved_caller_statement(explain, 1).await
         } else {
-            call.caller_statement(explain, 1, after).await
+            call.caller_statement(explain, 1, AfterCall::Discard).await
         }
     };
     let rows = run

@@ -157,6 +157,9 @@ CREATE OR REPLACE FUNCTION public.citus_mcp_lock_step(boolean, int) RETURNS bool
 CREATE OR REPLACE AGGREGATE public.citus_mcp_lock_agg(int) (SFUNC = public.citus_mcp_lock_step, STYPE = boolean);
 CREATE OR REPLACE AGGREGATE public.citus_mcp_lock_final_agg(int)
   (SFUNC = pg_catalog.int4larger, STYPE = int, FINALFUNC = public.citus_mcp_lock);
+-- Labelled immutable, yet it locks: the planner runs it on constants, even for a plain EXPLAIN.
+CREATE OR REPLACE FUNCTION public.citus_mcp_mislabelled(int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+  AS 'BEGIN RETURN pg_catalog.pg_try_advisory_lock($1); END';
 CREATE OR REPLACE FUNCTION public.citus_mcp_wipe() RETURNS bigint LANGUAGE sql VOLATILE
   AS 'WITH d AS (DELETE FROM public.citus_mcp_canary RETURNING 1) SELECT count(*) FROM d';
 CREATE OR REPLACE VIEW public.citus_mcp_lock_view AS SELECT public.citus_mcp_lock(41) AS locked;
@@ -320,6 +323,9 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             "SELECT worker_partial_agg('public.citus_mcp_lock_agg(int)'::regprocedure, x) FROM public.citus_mcp_canary",
             citus_only,
         ),
+        // A function whose label lies runs (the catalog's word is all there is to go
+        // on), but what it leaves on its session goes with the connection.
+        ("SELECT public.citus_mcp_mislabelled(77)", Harmless),
         // Writes by syntax, and text that tries to be two statements.
         ("DELETE FROM public.citus_mcp_canary", Refused),
         (
