@@ -56,6 +56,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "http::a_client_that_goes_away_mid_call_leaves_nothing_running",
+            vanished_clients,
+        ),
+        trial(
+            ctx,
             "http::sigterm_finishes_calls_in_flight_then_cancels_the_rest",
             graceful_shutdown,
         ),
@@ -405,6 +410,81 @@ fn messages(text: &str) -> Vec<Value> {
 
 pub(crate) fn structured(a: &Answer) -> &Value {
     &a.response()["result"]["structuredContent"]
+}
+
+/// A client that drops its POST while the call runs leaves no statement behind: in a
+/// legacy session, over the 2026-07-28 protocol, and in stateless mode.
+fn vanished_clients(ctx: &Ctx) {
+    let marker = "http_vanish_marker";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        SLOW_TOOL
+            .replace("e2e_slow_marker", marker)
+            .replace("pg_sleep(30)", "pg_sleep(120)"),
+    )
+    .unwrap();
+    let running = || {
+        ctx.db()
+            .psql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
+                 AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+            ))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let wait_for = |want: &str, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running() != want {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let tools = dir.path().to_str().unwrap();
+    for (mode, stateless) in [
+        ("a legacy session", false),
+        ("the 2026-07-28 protocol", false),
+        ("stateless mode", true),
+    ] {
+        let mut args = vec!["--tools-dirs", tools];
+        if stateless {
+            args.push("--http-stateless");
+        }
+        let s = HttpServer::start(ctx, &args, &[]);
+        let ep = s.ep.clone();
+        let session = match mode {
+            "a legacy session" => Some(ctx.rt.block_on(s.initialize(&[]))),
+            _ => None,
+        };
+        let call = ctx.rt.spawn(async move {
+            match (session, mode) {
+                (Some(session), _) => ep.call(&session, &[], 7, "slow", json!({})).await,
+                (None, "stateless mode") => {
+                    ep.post(
+                        &[("mcp-protocol-version", "2025-06-18")],
+                        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}),
+                    )
+                    .await
+                }
+                (None, _) => ep.call_2026(&[], 7, "slow", json!({})).await,
+            }
+        });
+        wait_for("1", &format!("{mode}: the slow query never started"));
+        // The client goes away: its request, connection and all.
+        call.abort();
+        wait_for(
+            "0",
+            &format!("{mode}: the query kept running after its client went away"),
+        );
+        let r = ctx.rt.block_on(s.call_2026(&[], 8, "ping", json!({})));
+        assert_eq!(
+            r.response()["result"]["isError"],
+            false,
+            "{mode}: {}",
+            r.text
+        );
+    }
 }
 
 fn legacy_session(ctx: &Ctx) {
