@@ -14,7 +14,6 @@
 //! each, and `/metrics` labels each cluster's series with its name.
 
 pub mod auth;
-mod disconnect;
 pub mod jwks;
 pub mod oauth;
 pub mod tls;
@@ -162,8 +161,6 @@ impl Served {
 /// What the request handlers share.
 struct Shared {
     served: Vec<Served>,
-    /// Each MCP path's sessions (legacy clients), to cancel a request whose client left.
-    session_managers: Vec<(String, Arc<LocalSessionManager>)>,
     metrics: Arc<Metrics>,
     /// POST responses not yet fully sent, which a shutdown lets finish.
     responses: Arc<Running>,
@@ -273,18 +270,15 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
     let mut protected = Router::new();
-    let mut session_managers = Vec::new();
     for c in &served {
         let counters = match &c.name {
             Some(n) => Arc::new(metrics.for_cluster(n)),
             None => metrics.clone(),
         };
         let server = Server::new(c.engine.clone(), changes.clone()).with_metrics(counters);
-        let manager = Arc::new(LocalSessionManager::default());
-        session_managers.push((c.path(), manager.clone()));
         let mcp = StreamableHttpService::new(
             move || Ok(server.clone()),
-            manager,
+            Arc::new(LocalSessionManager::default()),
             prepared.rmcp_config(sessions.clone()),
         );
         protected = protected.route_service(&c.path(), mcp);
@@ -303,7 +297,6 @@ pub async fn serve(
     let tools = served.first().map_or(0, |c| c.engine.visible_tools().len());
     let shared = Arc::new(Shared {
         served,
-        session_managers,
         metrics: metrics.clone(),
         responses: responses.clone(),
         tokens: tokens.clone(),
@@ -335,10 +328,6 @@ pub async fn serve(
     }
     let protected = protected
         .route("/metrics", get(metrics_page))
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            disconnect::cancel_on_disconnect,
-        ))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track));
     let app = app
@@ -560,9 +549,18 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
         // The grant depends on the tool, which only the body names (2025 clients send
         // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
         let (parts, body) = req.into_parts();
-        let bytes = match s.read_body(body).await {
-            Ok(b) => b,
-            Err(refusal) => return *refusal,
+        let bytes = match http_body_util::Limited::new(body, s.max_body)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                s.metrics.record_refusal("body_too_large");
+                return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+            }
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
+            }
         };
         if let Some(r) = refused(engine, &holder.grant, &bytes) {
             tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
@@ -609,32 +607,6 @@ impl Shared {
             .iter()
             .find(|c| c.path() == path)
             .map(|c| &*c.engine)
-    }
-
-    fn sessions_at(&self, path: &str) -> Option<Arc<LocalSessionManager>> {
-        self.session_managers
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, m)| m.clone())
-    }
-
-    /// A request body read whole, within the limit rmcp applies too; or the refusal.
-    async fn read_body(&self, body: Body) -> Result<axum::body::Bytes, Box<Response>> {
-        match http_body_util::Limited::new(body, self.max_body)
-            .collect()
-            .await
-        {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                self.metrics.record_refusal("body_too_large");
-                Err(Box::new(
-                    (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response(),
-                ))
-            }
-            Err(_) => Err(Box::new(
-                (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response(),
-            )),
-        }
     }
 
     /// A configured bearer token first (its hash), then an OAuth access token.

@@ -412,8 +412,11 @@ pub(crate) fn structured(a: &Answer) -> &Value {
     &a.response()["result"]["structuredContent"]
 }
 
-/// A client that drops its POST while the call runs leaves no statement behind: in a
-/// legacy session, over the 2026-07-28 protocol, and in stateless mode.
+/// A client that drops its POST while the call runs leaves no statement behind over the
+/// 2026-07-28 protocol and in stateless mode, where a closed stream is the cancellation.
+/// A legacy (2025-06-18) session's request outlives its connection, as that protocol asks
+/// (the client may resume the stream with `Last-Event-ID`), until the client cancels it or
+/// ends its session.
 fn vanished_clients(ctx: &Ctx) {
     let marker = "http_vanish_marker";
     let dir = tempfile::tempdir().unwrap();
@@ -457,8 +460,9 @@ fn vanished_clients(ctx: &Ctx) {
             "a legacy session" => Some(ctx.rt.block_on(s.initialize(&[]))),
             _ => None,
         };
+        let sent = session.clone();
         let call = ctx.rt.spawn(async move {
-            match (session, mode) {
+            match (sent, mode) {
                 (Some(session), _) => ep.call(&session, &[], 7, "slow", json!({})).await,
                 (None, "stateless mode") => {
                     ep.post(
@@ -473,6 +477,25 @@ fn vanished_clients(ctx: &Ctx) {
         wait_for("1", &format!("{mode}: the slow query never started"));
         // The client goes away: its request, connection and all.
         call.abort();
+        if let Some(session) = &session {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(running(), "1", "{mode}: a lost connection is not a cancel");
+            let bye = ctx.rt.block_on(s.send(
+                "DELETE",
+                s.mcp_path(),
+                &[
+                    ("mcp-session-id", session),
+                    ("mcp-protocol-version", "2025-06-18"),
+                ],
+                vec![],
+            ));
+            assert!(
+                bye.status < 300,
+                "{mode}: DELETE: {} {}",
+                bye.status,
+                bye.text
+            );
+        }
         wait_for(
             "0",
             &format!("{mode}: the query kept running after its client went away"),
