@@ -249,13 +249,22 @@ pub fn list_entry_bytes(t: &CompiledTool) -> usize {
 
 impl Server {
     /// The resources of the visible tools: plain URIs, or URI templates.
+    /// The resources (or templates) of the tools served; over HTTP, only those of tools
+    /// the caller's token may call, as for `tools/list`.
     fn resources(
         &self,
         templates: bool,
+        ctx: &RequestContext<RoleServer>,
     ) -> Vec<(crate::spec::ResourceSpec, std::sync::Arc<CompiledTool>)> {
+        let grant = caller_grant(ctx);
         self.engine
             .visible_tools()
             .into_iter()
+            .filter(|t| {
+                grant
+                    .as_ref()
+                    .is_none_or(|g| g.allows(&t.spec.name, t.spec.safety))
+            })
             .flat_map(|t| {
                 let specs: Vec<_> = t
                     .spec
@@ -528,10 +537,10 @@ impl ServerHandler for Server {
     async fn list_resources(
         &self,
         _: Option<PaginatedRequestParams>,
-        _: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let resources = self
-            .resources(false)
+            .resources(false, &ctx)
             .into_iter()
             .map(|(r, t)| resource(&r, &t))
             .collect();
@@ -541,10 +550,10 @@ impl ServerHandler for Server {
     async fn list_resource_templates(
         &self,
         _: Option<PaginatedRequestParams>,
-        _: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let templates = self
-            .resources(true)
+            .resources(true, &ctx)
             .into_iter()
             .map(|(r, t)| {
                 let tpl = ResourceTemplate::new(r.uri.clone(), r.name.clone())

@@ -423,8 +423,25 @@ impl Engine {
         uri: &str,
         cancel: &CancellationToken,
     ) -> Option<Result<ToolOutput, ToolError>> {
+        let (tool, args) = self.resource_call(uri)?;
+        Some(
+            self.call(&tool.spec.name, Value::Object(args), cancel)
+                .await,
+        )
+    }
+
+    /// The tool that serves a resource URI (for a grant to judge before it runs), or
+    /// `None`.
+    pub fn resource_tool(&self, uri: &str) -> Option<(String, Safety)> {
+        self.resource_call(uri)
+            .map(|(t, _)| (t.spec.name.clone(), t.spec.safety))
+    }
+
+    /// The tool behind a resource URI and its arguments: the URI's variables, typed as
+    /// the tool's schema asks.
+    fn resource_call(&self, uri: &str) -> Option<(Arc<CompiledTool>, Map<String, Value>)> {
         let registry = self.registry();
-        let (tool, args) = registry
+        registry
             .tools
             .values()
             .filter(|t| self.visible(t))
@@ -452,11 +469,10 @@ impl Engine {
                             };
                             args.insert(name, typed);
                         }
-                        (t.spec.name.clone(), args)
+                        (t.clone(), args)
                     })
                 })
-            })?;
-        Some(self.call(&tool, Value::Object(args), cancel).await)
+            })
     }
 
     fn ttl(&self, tool: &CompiledTool) -> Duration {

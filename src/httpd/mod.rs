@@ -732,8 +732,19 @@ fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<Refusal> {
                     safety: tool.spec.safety,
                 })
             }
-            // Both run read-only queries of the tools behind them.
-            "resources/read" | "completion/complete" => {
+            // A resource is read by calling the tool behind its URI: the same grant.
+            "resources/read" => {
+                let uri = m.pointer("/params/uri")?.as_str()?;
+                let (tool, safety) = engine.resource_tool(uri)?;
+                (!grant.allows(&tool, safety)).then(|| Refusal {
+                    id,
+                    what: tool.clone(),
+                    tool,
+                    safety,
+                })
+            }
+            // Completions run read-only queries of the tools whose arguments they complete.
+            "completion/complete" => {
                 (!grant.classes.contains(&Safety::ReadOnly)).then(|| Refusal {
                     id,
                     what: method.to_string(),

@@ -36,6 +36,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "http::a_resource_is_read_within_its_tools_grant",
+            resource_grants,
+        ),
+        trial(
+            ctx,
             "http::bad_origin_host_and_oversized_requests_are_refused",
             refusals,
         ),
@@ -749,6 +754,87 @@ fn tokens(ctx: &Ctx) {
     for secret in [ALICE, BOB, APPROVAL_SECRET] {
         assert!(!log.contains(secret), "a secret reached the log:\n{log}");
     }
+}
+
+/// A plan tool's resource, as an operator may declare one.
+const PLANNED_TOOL: &str = "name: planned\ndescription: A plan, also a resource.\nsafety: plan\nresources:\n  - uri: citus://test/planned\n    name: planned\n    description: The plan.\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT 1 AS one\nexamples:\n  - args: {}\n";
+
+/// `resources/read` runs the tool behind the URI: a token may read it only if it may
+/// call that tool (a read_only grant does not reach a plan tool through its resource).
+fn resource_grants(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("planned.yaml"), PLANNED_TOOL).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  tokens:\n    - name: reader\n      sha256: {}\n      classes: [read_only]\n    - name: planner\n      sha256: {}\n      tools: [planned]\n",
+            citus_mcp::httpd::auth::hash_hex(ALICE),
+            citus_mcp::httpd::auth::hash_hex(BOB),
+        ),
+    )
+    .unwrap();
+    let s = HttpServer::start(
+        ctx,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--tools-dirs",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let reader = format!("Bearer {ALICE}");
+    let planner = format!("Bearer {BOB}");
+    ctx.rt.block_on(async {
+        let read = |who: String, uri: &'static str| {
+            let s = &s;
+            async move {
+                let session = s.initialize(&[("authorization", &who)]).await;
+                s.post(
+                    &[
+                        ("authorization", &who),
+                        ("mcp-session-id", &session),
+                        ("mcp-protocol-version", "2025-06-18"),
+                    ],
+                    &json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}}),
+                )
+                .await
+            }
+        };
+        let r = read(reader.clone(), "citus://test/planned").await;
+        assert_eq!(r.status, 403, "a read_only token read a plan tool: {}", r.text);
+        assert!(r.text.contains("`planned`"), "{}", r.text);
+        let r = read(reader.clone(), "citus://cluster/summary").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.response()["result"]["contents"].is_array(), "{}", r.text);
+        // A token granted the tool by name reads its resource.
+        let r = read(planner.clone(), "citus://test/planned").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.response()["result"]["contents"].is_array(), "{}", r.text);
+        let r = read(planner.clone(), "citus://cluster/summary").await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        // Each lists only what it may read.
+        for (name, who, has, lacks) in [
+            ("reader", reader, "citus://cluster/summary", "citus://test/planned"),
+            ("planner", planner, "citus://test/planned", "citus://cluster/summary"),
+        ] {
+            let session = s.initialize(&[("authorization", &who)]).await;
+            let r = s
+                .post(
+                    &[
+                        ("authorization", &who),
+                        ("mcp-session-id", &session),
+                        ("mcp-protocol-version", "2025-06-18"),
+                    ],
+                    &json!({"jsonrpc": "2.0", "id": 10, "method": "resources/list", "params": {}}),
+                )
+                .await;
+            let listed = r.response()["result"]["resources"].to_string();
+            assert!(listed.contains(has), "{name}: {listed}");
+            assert!(!listed.contains(lacks), "{name}: {listed}");
+        }
+    });
 }
 
 fn refusals(ctx: &Ctx) {
