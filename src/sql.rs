@@ -41,9 +41,20 @@ pub fn parse(sql: &str) -> Result<Parsed, SqlError> {
 fn parse_message(e: pg_query::Error) -> String {
     match e {
         pg_query::Error::Parse(m) => format!("syntax error: {m}"),
+        // The parse tree comes over as protobuf, whose reader stops at 100 levels of
+        // messages (two per expression), and says so with every level's name.
+        pg_query::Error::Decode(_) => format!(
+            "the statement nests too deeply for citus-mcp to read: at most {MAX_CHAIN} operators \
+             in one chain (a + b + c ..., a || b || c ...), or about 15 subqueries one inside \
+             another; split the chain or the subqueries"
+        ),
         other => other.to_string(),
     }
 }
+
+/// The longest chain of binary operators whose parse tree can be read (see
+/// [`parse_message`]); a scalar subquery costs about three times as much.
+const MAX_CHAIN: usize = 45;
 
 /// The kind of a top-level statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +423,21 @@ mod tests {
         assert!(r.functions.contains(&bare("system")));
         assert!(r.functions.contains(&bare("generate_series")));
         assert!(r.relations.contains(&bare("t")));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_its_reason() {
+        let chain = |n: usize| format!("SELECT {}", vec!["x"; n].join(" || "));
+        assert!(parse(&chain(MAX_CHAIN + 1)).is_ok());
+        let e = parse(&chain(MAX_CHAIN + 2)).unwrap_err();
+        assert!(e.0.contains("at most 45 operators in one chain"), "{e}");
+        let subqueries = |n: usize| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
+        assert!(parse(&subqueries(15)).is_ok());
+        assert!(parse(&subqueries(16)).is_err());
+        assert!(e.0.len() < 300, "{e}");
+        // Far deeper, PostgreSQL's grammar itself stops; nothing overflows a stack.
+        let deep = format!("SELECT {}1{}", "(SELECT ".repeat(5000), ")".repeat(5000));
+        assert!(parse(&deep).is_err());
     }
 
     #[test]
