@@ -80,7 +80,8 @@ impl Runnable {
 
     /// Every problem with `args`, as `path: message` lines; empty when they are valid.
     pub fn argument_errors(&self, args: &Value) -> Vec<String> {
-        self.validator
+        let mut problems: Vec<String> = self
+            .validator
             .iter_errors(args)
             .map(|e| {
                 let path = e.instance_path().to_string();
@@ -90,7 +91,36 @@ impl Runnable {
                     format!("{path}: {e}")
                 }
             })
-            .collect()
+            .collect();
+        nul_characters(args, &mut String::new(), &mut problems);
+        problems
+    }
+}
+
+/// Strings holding U+0000, which no PostgreSQL text value can: the database would refuse
+/// the bind with an encoding error.
+fn nul_characters(v: &Value, path: &mut String, problems: &mut Vec<String>) {
+    let len = path.len();
+    match v {
+        Value::String(s) if s.contains('\0') => problems.push(format!(
+            "{path}: contains the character U+0000, which PostgreSQL text cannot hold"
+        )),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push_str(&format!("/{i}"));
+                nul_characters(item, path, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                nul_characters(item, path, problems);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -645,6 +645,31 @@ mod tests {
         );
     }
 
+    /// A string PostgreSQL text cannot hold is an argument error, wherever it sits, not
+    /// an encoding error from the database.
+    #[test]
+    fn nul_characters_are_argument_errors() {
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let inspector = &reg.tools["citus_table_inspector"];
+        let problems = inspector.argument_errors(&serde_json::json!({"table": "a\u{0}b"}));
+        assert_eq!(
+            problems,
+            ["/table: contains the character U+0000, which PostgreSQL text cannot hold"]
+        );
+        let explain = &reg.tools["citus_explain_query"];
+        assert!(
+            explain
+                .argument_errors(&serde_json::json!({"sql": "SELECT 1"}))
+                .is_empty()
+        );
+        assert_eq!(
+            explain
+                .argument_errors(&serde_json::json!({"sql": "SELECT '\u{0}'"}))
+                .len(),
+            1
+        );
+    }
+
     /// Issue #8: a disabled tool is never compiled, so a broken one reports nothing.
     #[test]
     fn disabled_tools_are_never_compiled() {
