@@ -118,6 +118,18 @@ impl Parsed {
         None
     }
 
+    /// Whether the statements have parameters (`$1`), which need values bound to them.
+    pub fn has_params(&self) -> bool {
+        fn any_param(v: &Value) -> bool {
+            match v {
+                Value::Object(m) => m.contains_key("ParamRef") || m.values().any(any_param),
+                Value::Array(items) => items.iter().any(any_param),
+                _ => false,
+            }
+        }
+        self.statements.iter().any(any_param)
+    }
+
     /// Every name the statements can reach that the catalog must judge.
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
@@ -423,6 +435,17 @@ mod tests {
         assert!(r.functions.contains(&bare("system")));
         assert!(r.functions.contains(&bare("generate_series")));
         assert!(r.relations.contains(&bare("t")));
+    }
+
+    #[test]
+    fn sees_parameters_only_where_the_lexer_does() {
+        assert!(parse("SELECT $1").unwrap().has_params());
+        assert!(
+            parse("SELECT * FROM t WHERE a IN (SELECT $2)")
+                .unwrap()
+                .has_params()
+        );
+        assert!(!parse("SELECT '$1', $q$ $1 $q$ -- $1").unwrap().has_params());
     }
 
     #[test]

@@ -944,8 +944,10 @@ fn sql_error(e: tokio_postgres::Error) -> DbError {
                 reason: CONNECTION_CLOSED.into(),
             }
         }
+        // Not the server's word and not a lost connection: a statement and its values
+        // that do not fit (a wrong number of parameters, a value that does not encode).
         None => DbError::Sql {
-            sqlstate: "08000".into(),
+            sqlstate: "XX000".into(),
             message: e.to_string(),
             detail: None,
             hint: None,

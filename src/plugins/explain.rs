@@ -196,6 +196,12 @@ fn check(text: &str) -> Result<(&str, Parsed), ToolError> {
             ));
         }
     }
+    if parsed.has_params() {
+        return Err(invalid(
+            "`sql` has parameters ($1, ...), which EXPLAIN here gets no values for".into(),
+            "write the values into the statement as literals",
+        ));
+    }
     let (kind, node) = parsed.kind();
     if kind == Kind::Other {
         let what = if node == "ExplainStmt" {
