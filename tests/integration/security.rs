@@ -150,6 +150,19 @@ DO $$ BEGIN
   IF to_regtype('public.citus_mcp_dom') IS NULL THEN
     CREATE DOMAIN public.citus_mcp_dom AS int CHECK (public.citus_mcp_lock(VALUE));
   END IF;
+  -- A foreign table, alone and as a partition: reading it runs its wrapper (this one has
+  -- no handler, so a read that got through would fail rather than act).
+  IF NOT EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE fdwname = 'citus_mcp_fdw') THEN
+    CREATE FOREIGN DATA WRAPPER citus_mcp_fdw;
+    CREATE SERVER citus_mcp_srv FOREIGN DATA WRAPPER citus_mcp_fdw;
+  END IF;
+  IF to_regclass('public.citus_mcp_parent') IS NULL THEN
+    CREATE TABLE public.citus_mcp_parent (x int) PARTITION BY LIST (x);
+    CREATE TABLE public.citus_mcp_part0 PARTITION OF public.citus_mcp_parent FOR VALUES IN (0)
+      PARTITION BY LIST (x);
+    CREATE FOREIGN TABLE public.citus_mcp_fpart PARTITION OF public.citus_mcp_part0
+      FOR VALUES IN (0) SERVER citus_mcp_srv;
+  END IF;
 END $$;
 -- Aggregates say immutable in pg_proc; their transition and final functions are what run.
 CREATE OR REPLACE FUNCTION public.citus_mcp_lock_step(boolean, int) RETURNS boolean LANGUAGE sql VOLATILE
@@ -326,6 +339,13 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // A function whose label lies runs (the catalog's word is all there is to go
         // on), but what it leaves on its session goes with the connection.
         ("SELECT public.citus_mcp_mislabelled(77)", Harmless),
+        // A foreign table, named or read through its partitioned parents.
+        ("SELECT * FROM public.citus_mcp_fpart", Refused),
+        ("SELECT count(*) FROM public.citus_mcp_parent", Refused),
+        (
+            "SELECT * FROM public.citus_mcp_canary c JOIN public.citus_mcp_part0 p USING (x)",
+            Refused,
+        ),
         // Writes by syntax, and text that tries to be two statements.
         ("DELETE FROM public.citus_mcp_canary", Refused),
         (
