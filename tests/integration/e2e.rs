@@ -596,8 +596,8 @@ pub const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsaf
 struct SlowCall {
     client: McpClient,
     id: u64,
-    /// Counts the slow query's active backends.
-    count: String,
+    /// The text that marks the slow query in pg_stat_activity.
+    marker: String,
     _dir: tempfile::TempDir,
 }
 
@@ -613,38 +613,33 @@ impl SlowCall {
         .unwrap();
         let mut client = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
         let id = client.send_request("tools/call", json!({"name": "slow", "arguments": {}}));
-        let count = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+        ctx.wait_running(
+            marker,
+            |n| n > 0,
+            Duration::from_secs(10),
+            "the slow query never started",
         );
-        let call = SlowCall {
+        SlowCall {
             client,
             id,
-            count,
+            marker: marker.to_string(),
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while call.running(ctx) == "0" {
-            assert!(Instant::now() < deadline, "the slow query never started");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        call
     }
 
     /// How many backends run the slow query now.
-    fn running(&self, ctx: &Ctx) -> String {
-        ctx.db().psql(&self.count).unwrap().trim().to_string()
+    fn running(&self, ctx: &Ctx) -> u64 {
+        ctx.running(&self.marker)
     }
 
     /// Waits until no backend runs the slow query; `after` says what should have ended it.
     fn wait_gone(&self, ctx: &Ctx, within: Duration, after: &str) {
-        let deadline = Instant::now() + within;
-        while self.running(ctx) != "0" {
-            assert!(
-                Instant::now() < deadline,
-                "the query kept running after {after}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        ctx.wait_running(
+            &self.marker,
+            |n| n == 0,
+            within,
+            &format!("the query kept running after {after}"),
+        );
     }
 }
 
@@ -685,7 +680,7 @@ fn slow_call_holds_up_no_other(ctx: &Ctx) {
     // The others were answered while the slow one was still on the server.
     assert_eq!(
         slow.running(ctx),
-        "1",
+        1,
         "the slow query ended before the other calls were answered: the test proves nothing"
     );
     let answer = slow

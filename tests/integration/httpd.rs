@@ -432,22 +432,8 @@ fn vanished_clients(ctx: &Ctx) {
             .replace("pg_sleep(30)", "pg_sleep(120)"),
     )
     .unwrap();
-    let running = || {
-        ctx.db()
-            .psql(&format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
-                 AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
-            ))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let wait_for = |want: &str, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while running() != want {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let wait_for = |want: u64, what: &str| {
+        ctx.wait_running(marker, |n| n == want, Duration::from_secs(10), what);
     };
     let tools = dir.path().to_str().unwrap();
     for (mode, stateless) in [
@@ -479,12 +465,16 @@ fn vanished_clients(ctx: &Ctx) {
                 (None, _) => ep.call_2026(&[], 7, "slow", json!({})).await,
             }
         });
-        wait_for("1", &format!("{mode}: the slow query never started"));
+        wait_for(1, &format!("{mode}: the slow query never started"));
         // The client goes away: its request, connection and all.
         call.abort();
         if let Some(session) = &session {
             std::thread::sleep(Duration::from_millis(500));
-            assert_eq!(running(), "1", "{mode}: a lost connection is not a cancel");
+            assert_eq!(
+                ctx.running(marker),
+                1,
+                "{mode}: a lost connection is not a cancel"
+            );
             let bye = ctx.rt.block_on(s.send(
                 "DELETE",
                 s.mcp_path(),
@@ -502,7 +492,7 @@ fn vanished_clients(ctx: &Ctx) {
             );
         }
         wait_for(
-            "0",
+            0,
             &format!("{mode}: the query kept running after its client went away"),
         );
         let r = ctx.rt.block_on(s.call_2026(&[], 8, "ping", json!({})));

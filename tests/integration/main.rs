@@ -79,6 +79,35 @@ impl Ctx {
         dsn.replace(&format!("dbname={db}"), &format!("dbname={name}"))
     }
 
+    /// How many backends run a statement whose text holds `marker` (this count aside).
+    pub fn running(&self, marker: &str) -> u64 {
+        self.db()
+            .psql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
+                 AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+            ))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `done` holds for [`Ctx::running`]`(marker)`; fails saying `what` if it
+    /// does not within `within` (a bound, not a timing assertion).
+    pub fn wait_running(
+        &self,
+        marker: &str,
+        done: impl Fn(u64) -> bool,
+        within: Duration,
+        what: &str,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        while !done(self.running(marker)) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A connection pool to the test database, as the server would build it.
     pub fn pool(&self, dsn: &str) -> Db {
         self.pool_named(dsn, "citus-mcp-tests")

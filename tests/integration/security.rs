@@ -851,18 +851,6 @@ examples:
   - args: {s: 0}
 "#;
 
-fn running(ctx: &Ctx, marker: &str) -> u64 {
-    ctx.db()
-        .psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
-             AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
-        ))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn vanished_client_leaves_nothing_running(ctx: &Ctx) {
     let e = Arc::new(engine(
         ctx,
@@ -876,23 +864,21 @@ fn vanished_client_leaves_nothing_running(ctx: &Ctx) {
         e2.call("long_sleeper", json!({"s": 60}), &CancellationToken::new())
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(ctx, "citus-mcp-vanished") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sleeping query never showed up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let marker = "citus-mcp-vanished";
+    let within = Duration::from_secs(20);
+    ctx.wait_running(
+        marker,
+        |n| n > 0,
+        within,
+        "the sleeping query never showed up",
+    );
     handle.abort();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(ctx, "citus-mcp-vanished") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the statement kept running after its caller vanished"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ctx.wait_running(
+        marker,
+        |n| n == 0,
+        within,
+        "the statement kept running after its caller vanished",
+    );
     // The pool still serves.
     assert!(call(ctx, &e, "long_sleeper", json!({"s": 0})).is_ok());
 }
@@ -969,14 +955,12 @@ fn rows_past_the_cap_stop_on_the_server(ctx: &Ctx) {
         started.elapsed() < Duration::from_secs(60),
         "the call waited for rows past its cap"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(ctx, "citus-mcp-capped") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the statement kept sending rows past the call's cap"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ctx.wait_running(
+        "citus-mcp-capped",
+        |n| n == 0,
+        Duration::from_secs(20),
+        "the statement kept sending rows past the call's cap",
+    );
 
     // An earlier statement past its cap: its rows are cut, the next one still answers.
     let first = citus_mcp::db::Statement::new(
