@@ -41,7 +41,10 @@ impl Part {
         let Rows { columns, rows, .. } = self.rows;
         let mut rows = rows.into_iter();
         match self.shape {
-            Shape::Many => Value::Array(rows.map(|r| object(&columns, r)).collect()),
+            Shape::Many => {
+                let keys = Keys::new(&columns);
+                Value::Array(rows.map(|r| keys.object(&columns, r)).collect())
+            }
             Shape::One => rows.next().map_or(Value::Null, |r| object(&columns, r)),
             Shape::Value => rows
                 .next()
@@ -57,6 +60,33 @@ fn object(columns: &[Column], row: Vec<Value>) -> Value {
         m.insert(c.name.clone(), v);
     }
     Value::Object(m)
+}
+
+/// The columns' names as a map made once, which each row's object copies: a copy takes
+/// the map's hash table as it is, where inserting hashes every key of every row again.
+struct Keys(Option<Map<String, Value>>);
+
+impl Keys {
+    fn new(columns: &[Column]) -> Keys {
+        let m: Map<String, Value> = columns
+            .iter()
+            .map(|c| (c.name.clone(), Value::Null))
+            .collect();
+        // Two columns of one name make one key: those rows are built as before, the
+        // later value winning.
+        Keys((m.len() == columns.len()).then_some(m))
+    }
+
+    fn object(&self, columns: &[Column], row: Vec<Value>) -> Value {
+        let Some(keys) = &self.0 else {
+            return object(columns, row);
+        };
+        let mut m = keys.clone();
+        for (slot, v) in m.values_mut().zip(row) {
+            *slot = v;
+        }
+        Value::Object(m)
+    }
 }
 
 /// A part serialized from where it lies, for measuring: the same JSON as
@@ -571,6 +601,18 @@ mod tests {
                 ..page
             },
         )
+    }
+
+    #[test]
+    fn rows_become_objects_in_column_order() {
+        assert_eq!(
+            part(Shape::Many, 2).value(),
+            json!([{"id": 0, "host": "h\t0"}, {"id": 1, "host": "h\t1"}])
+        );
+        // One name twice: one key, the later value, as a map built key by key has it.
+        let mut twice = part(Shape::Many, 2);
+        twice.rows.columns[1].name = "id".into();
+        assert_eq!(twice.value(), json!([{"id": "h\t0"}, {"id": "h\t1"}]));
     }
 
     #[test]
