@@ -516,11 +516,17 @@ fn approve(
         .map_err(|e| anyhow::anyhow!("{}", e.text()))?;
     print_out(&issued.token);
     eprintln!(
-        "citus-mcp: approves one call of `{tool}` with these arguments until {} ({} s); approval id {}",
+        "citus-mcp: approves one call of `{tool}` with these arguments until {} ({} s); approval id {}:\n{}",
         approval::audit::timestamp(issued.expires_at),
         issued.ttl_seconds,
-        issued.approval_id
+        issued.approval_id,
+        approval::token::shown_args(&args),
     );
+    if approval::token::shown_args(&args) != approval::token::canonical_args(&args) {
+        eprintln!(
+            "citus-mcp: note: the arguments hold characters that do not show, written \\u{{...}} above: make sure they are what you meant to approve"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -36,6 +36,10 @@ pub const DEFAULT_TTL_SECONDS: u64 = 300;
 /// issued at the TTL cap counts as over the cap.
 const CLOCK_SLACK_SECONDS: u64 = 60;
 
+/// The longest arguments a person is asked to approve in the client, in characters: all
+/// of them are shown, never a cut, so longer ones are approved with the CLI.
+const MAX_SHOWN_CHARS: usize = 20_000;
+
 /// The approval settings of a configuration, checked.
 #[derive(Debug, Clone)]
 pub struct ApprovalSettings {
@@ -392,10 +396,20 @@ impl Gate {
     ) -> Result<Issued, ToolError> {
         let ttl = self.issuer.ttl(ttl);
         let digest = token::args_digest(args);
-        let shown = token::canonical_args(args);
+        // The person sees every character the token binds, or is not asked here.
+        let shown = token::shown_args(args);
+        let length = shown.chars().count();
+        if length > MAX_SHOWN_CHARS {
+            return Err(ToolError::new(
+                ErrorCode::ApprovalRequired,
+                format!(
+                    "the arguments of `{tool}` are {length} characters, more than a person is shown to approve here ({MAX_SHOWN_CHARS}); no token was issued"
+                ),
+            )
+            .hint(cli_hint(tool, args)));
+        }
         let message = format!(
-            "An assistant asks to run `{tool}`, which changes the cluster, once with these arguments:\n{}\nApprove? The approval is valid for {ttl} seconds.",
-            crate::echo::cap(&shown)
+            "An assistant asks to run `{tool}`, which changes the cluster, once with these arguments:\n{shown}\nApprove? The approval is valid for {ttl} seconds."
         );
         let how = match caller.confirm(&message).await {
             Some(true) => "confirmed",

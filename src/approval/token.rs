@@ -120,6 +120,50 @@ pub fn canonical_args(args: &Map<String, Value>) -> String {
     sorted(&Value::Object(top)).to_string()
 }
 
+/// [`canonical_args`] as a person reads them before approving: every character that
+/// does not show, or that changes how the text around it shows (controls, bidirectional
+/// overrides and isolates, zero-width and other format characters, line and paragraph
+/// separators), written as `\u{XXXX}`, so that what a person reads is what the token
+/// binds (a right-to-left override can make a statement read as something else).
+pub fn shown_args(args: &Map<String, Value>) -> String {
+    let canonical = canonical_args(args);
+    let mut out = String::with_capacity(canonical.len());
+    for c in canonical.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that do not show as themselves: Unicode's controls (Cc), format characters
+/// (Cf), separators that break lines (Zl, Zp), and the fillers and selectors that show
+/// as nothing.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{061c}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
+        )
+}
+
 /// SHA-256 of [`canonical_args`].
 pub fn args_digest(args: &Map<String, Value>) -> [u8; 32] {
     Sha256::digest(canonical_args(args).as_bytes()).into()
@@ -251,6 +295,18 @@ mod tests {
         let b = obj(json!({"a": "s p", "b": {"y": 1, "x": [ {"j": 1, "k": 2} ]}}));
         assert_eq!(args_digest(&a), args_digest(&b));
         assert_ne!(args_digest(&a), args_digest(&obj(json!({"a": "s p"}))));
+    }
+
+    #[test]
+    fn shown_args_write_what_does_not_show() {
+        let a =
+            obj(json!({"sql": "SELECT 1 /* \u{202e} ; */", "t": "é中🐘\u{200b}\u{7f}\u{2028}"}));
+        assert_eq!(
+            shown_args(&a),
+            r#"{"sql":"SELECT 1 /* \u{202e} ; */","t":"é中🐘\u{200b}\u{007f}\u{2028}"}"#
+        );
+        // Controls below 0x20 are JSON escapes already.
+        assert_eq!(shown_args(&obj(json!({"a": "x\ny"}))), r#"{"a":"x\ny"}"#);
     }
 
     #[test]

@@ -98,6 +98,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "e2e::approval_without_elicitation_names_the_cli",
             approval_without_elicitation,
         ),
+        trial(
+            ctx,
+            "e2e::the_person_approving_sees_every_character",
+            approval_shows_everything,
+        ),
         trial(ctx, "e2e::prompts_are_listed_and_rendered", prompts),
         trial(ctx, "e2e::resources_are_listed_and_read_as_json", resources),
         trial(
@@ -870,6 +875,50 @@ fn approval_accepted(ctx: &Ctx) {
     );
     assert!(!c.stderr_text().contains(&token) && !c.stderr_text().contains(APPROVAL_SECRET));
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// The person approving sees every character the token binds: nothing cut, and what
+/// does not show (a right-to-left override) written out; arguments too long to show are
+/// not asked about in the client at all.
+fn approval_shows_everything(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {}}));
+    let note = format!("{} \u{202e}tail-of-the-note", "x".repeat(300));
+    let (r, ask) = request_token(
+        &mut c,
+        json!({ "note": note }),
+        json!({"action": "decline"}),
+    );
+    assert_eq!(r["isError"], true, "{r}");
+    let message = ask["message"].as_str().unwrap();
+    assert!(message.contains("tail-of-the-note"), "{message}");
+    assert!(message.contains(&"x".repeat(300)), "{message}");
+    assert!(message.contains("\\u{202e}"), "{message}");
+    assert!(!message.contains('\u{202e}'), "{message}");
+
+    let long = json!({"note": "y".repeat(30_000)});
+    let r = c.call(
+        "citus_request_approval_token",
+        json!({"action": "dangerous", "arguments": long}),
+    );
+    assert_eq!(
+        r["structuredContent"]["error"]["code"], "APPROVAL_REQUIRED",
+        "{r}"
+    );
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("30011 characters"), "{text}");
+    assert!(text.contains("citus-mcp approve dangerous"), "{text}");
+
+    let out = state.approve(
+        dir.path().to_str().unwrap(),
+        "dangerous",
+        &json!({ "note": "a\u{202e}b" }).to_string(),
+        &[],
+    );
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(r#"{"note":"a\u{202e}b"}"#), "{said}");
+    assert!(said.contains("do not show"), "{said}");
 }
 
 fn approval_declined(ctx: &Ctx) {
