@@ -98,6 +98,8 @@ pub struct Config {
     pub max_rows: u32,
     pub max_text_bytes: u32,
     pub connect_timeout_seconds: u64,
+    /// Connections to the coordinator at most.
+    pub pool_size: u32,
     pub statement_timeout_ms: u32,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -143,6 +145,7 @@ impl Default for Config {
             max_rows: 1000,
             max_text_bytes: 50_000,
             connect_timeout_seconds: 10,
+            pool_size: 8,
             statement_timeout_ms: 30_000,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -697,6 +700,11 @@ mod tests {
         assert_eq!(c.cache_ttl_seconds, 7);
         assert_eq!(c.connect_timeout_seconds, 10);
         assert_eq!(c.sources["max_rows"], Source::Flag("max-rows".into()));
+        assert_eq!(c.pool_size, 8);
+        let c = load(None, &env(&[("CITUS_MCP_POOL_SIZE", "32")]), &Flags::new()).unwrap();
+        assert_eq!(c.pool_size, 32);
+        let e = load(None, &env(&[("CITUS_MCP_POOL_SIZE", "0")]), &Flags::new()).unwrap_err();
+        assert!(e.to_string().contains("`pool_size`"), "{e}");
     }
 
     #[test]

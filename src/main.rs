@@ -195,6 +195,9 @@ struct Opts {
     /// How long to wait for a connection to a node.
     #[arg(long, global = true, value_name = "SECONDS", help_heading = LIMITS)]
     connect_timeout_seconds: Option<String>,
+    /// Connections to the coordinator at most, shared by all calls.
+    #[arg(long, global = true, value_name = "N", help_heading = LIMITS)]
+    pool_size: Option<String>,
     /// Per statement at most (also each connection's session ceiling).
     #[arg(long, global = true, value_name = "MS", help_heading = LIMITS)]
     statement_timeout_ms: Option<String>,
@@ -262,6 +265,7 @@ impl Opts {
                 "connect_timeout_seconds",
                 self.connect_timeout_seconds.as_ref(),
             ),
+            ("pool_size", self.pool_size.as_ref()),
             ("statement_timeout_ms", self.statement_timeout_ms.as_ref()),
             ("log_level", self.log_level.as_ref()),
             ("log_format", self.log_format.as_ref()),
@@ -476,7 +480,7 @@ fn connect(config: &Config) -> anyhow::Result<Option<Db>> {
         dsn,
         worker_dsns,
         connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
-        pool_size: 8,
+        pool_size: config.pool_size as usize,
         application_name: format!("citus-mcp {}", env!("CARGO_PKG_VERSION")),
         timeout_ceiling: Duration::from_millis(config.statement_timeout_ms.into()),
     })

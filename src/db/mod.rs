@@ -177,6 +177,16 @@ impl ServerFacts {
 pub enum DbError {
     #[error("cannot connect to {target}: {reason}")]
     Connect { target: String, reason: String },
+    /// Every connection of the pool stayed busy with other calls for as long as a call
+    /// waits for one: the server is up, this process is saturated.
+    #[error(
+        "all {connections} connections to {target} were busy with other calls for {waited_s} s"
+    )]
+    Busy {
+        target: String,
+        connections: usize,
+        waited_s: u64,
+    },
     #[error("the statement ran longer than {0} ms and was cancelled")]
     Timeout(u64),
     #[error("the call was cancelled")]
@@ -353,12 +363,21 @@ impl Db {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
-        self.pool.get().await.map_err(|e| {
-            // A failed connection attempt invalidates what we knew about the server.
-            *self.facts.lock().expect("facts lock") = None;
-            DbError::Connect {
-                target: self.target(),
-                reason: pool_reason(e),
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                DbError::Busy {
+                    target: self.target(),
+                    connections: self.config.pool_size,
+                    waited_s: self.pool.timeouts().wait.unwrap_or_default().as_secs(),
+                }
+            }
+            e => {
+                // A failed connection attempt invalidates what we knew about the server.
+                *self.facts.lock().expect("facts lock") = None;
+                DbError::Connect {
+                    target: self.target(),
+                    reason: pool_reason(e),
+                }
             }
         })
     }

@@ -160,6 +160,8 @@ impl From<DbError> for ToolError {
         match e {
             DbError::Connect { .. } => ToolError::new(ErrorCode::NodeUnreachable, e.to_string())
                 .hint("check coordinator_dsn, that the coordinator is up, and the network; the next call reconnects"),
+            DbError::Busy { .. } => ToolError::new(ErrorCode::Timeout, e.to_string())
+                .hint("the database is up but this server's connections are all in use: try again when other calls finish, cancel those no longer needed, or raise pool_size"),
             DbError::Timeout(_) => ToolError::new(ErrorCode::Timeout, e.to_string())
                 .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"),
             DbError::Cancelled => ToolError::new(ErrorCode::Cancelled, e.to_string()),

@@ -62,6 +62,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "engine::a_saturated_pool_is_a_timeout_not_an_unreachable_node",
+            a_saturated_pool_is_a_timeout_not_an_unreachable_node,
+        ),
+        trial(
+            ctx,
             "engine::lost_connections_are_reestablished",
             lost_connections_are_reestablished,
         ),
@@ -105,6 +110,11 @@ fn engine(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings) -> Engine {
 
 /// Like [`engine`], with its own application_name so a test can find its connections.
 fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &str) -> Engine {
+    engine_on(ctx.pool_named(dsn, app), extra, settings)
+}
+
+/// The built-in tools and `extra` over `db`.
+fn engine_on(db: citus_mcp::db::Db, extra: &[&str], settings: Settings) -> Engine {
     let extra = extra
         .iter()
         .enumerate()
@@ -129,8 +139,7 @@ fn engine_named(ctx: &Ctx, dsn: &str, extra: &[&str], settings: Settings, app: &
         "test tools do not compile:\n{}",
         errors.join("\n")
     );
-    Engine::new(registry, Some(ctx.pool_named(dsn, app)), settings)
-        .with_plugins(citus_mcp::plugins::all())
+    Engine::new(registry, Some(db), settings).with_plugins(citus_mcp::plugins::all())
 }
 
 fn call(ctx: &Ctx, e: &Engine, tool: &str, args: Value) -> Result<ToolOutput, ToolError> {
@@ -486,6 +495,49 @@ queries:
 examples:
   - args: {}
 "#;
+
+/// A call that finds every connection busy for as long as it may wait says so: the
+/// database is up (not NODE_UNREACHABLE), this server is saturated.
+fn a_saturated_pool_is_a_timeout_not_an_unreachable_node(ctx: &Ctx) {
+    let mut dsn = citus_mcp::db::Dsn::parse(&ctx.dsn()).unwrap();
+    dsn.config.application_name("citus-mcp-one-connection");
+    let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
+        dsn,
+        worker_dsns: vec![],
+        connect_timeout: Duration::from_secs(1),
+        pool_size: 1,
+        application_name: "citus-mcp-one-connection".into(),
+        timeout_ceiling: Duration::from_secs(60),
+    })
+    .unwrap();
+    let sleeper = SLEEPER
+        .replace("timeout_ms: 300", "timeout_ms: 60000")
+        .replace("citus-mcp-sleeper", "citus-mcp-saturated");
+    let e = Arc::new(engine_on(db, &[&sleeper], no_cache()));
+    let e2 = e.clone();
+    let busy = ctx.rt.spawn(async move {
+        e2.call("sleeper", json!({"s": 30}), &CancellationToken::new())
+            .await
+    });
+    ctx.wait_running(
+        "citus-mcp-saturated",
+        |n| n == 1,
+        Duration::from_secs(10),
+        "the first call never ran",
+    );
+    let err = call(ctx, &e, "list_nodes", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Timeout, "{}", err.text());
+    assert!(err.message.contains("all 1 connections"), "{}", err.text());
+    assert!(err.hint.as_deref().unwrap_or_default().contains("in use"));
+    busy.abort();
+    ctx.wait_running(
+        "citus-mcp-saturated",
+        |n| n == 0,
+        Duration::from_secs(10),
+        "the first call kept running",
+    );
+    assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
+}
 
 fn lost_connections_are_reestablished(ctx: &Ctx) {
     let e = engine_named(ctx, &ctx.dsn(), &[], no_cache(), "citus-mcp-reconnect-test");
