@@ -95,16 +95,9 @@ pub fn gather(paths: &[PathBuf]) -> (Vec<SourceFile>, Vec<Diagnostic>) {
             files.extend(f);
             problems.extend(d);
         } else {
-            match std::fs::read_to_string(p) {
-                Ok(text) => files.push(SourceFile {
-                    origin: p.display().to_string(),
-                    text: text.into(),
-                }),
-                Err(e) => problems.push(Diagnostic::new(
-                    Code::E001,
-                    p.display().to_string(),
-                    format!("cannot read file: {e}"),
-                )),
+            match registry::read_spec_file(p) {
+                Ok(file) => files.push(file),
+                Err(d) => problems.push(d),
             }
         }
     }

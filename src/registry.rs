@@ -76,6 +76,36 @@ pub fn is_spec_file(path: &Path) -> bool {
     !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
+/// The largest tool or prompt file read, in bytes; the largest built-in is about 26 KB.
+/// A bigger `*.yaml` in a watched folder (a data dump, a log) is an error, not a file
+/// read whole and parsed at every reload.
+pub const MAX_SPEC_FILE_BYTES: u64 = 1024 * 1024;
+
+/// One spec file as a [`SourceFile`], or why it is not one (unreadable, too large).
+pub fn read_spec_file(path: &Path) -> Result<SourceFile, Diagnostic> {
+    use std::io::Read as _;
+    let origin = path.display().to_string();
+    let problem = |message: String| Diagnostic::new(Code::E001, &origin, message);
+    let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot read file: {e}")))?;
+    // One byte past the limit tells a file that is too large from one that fits, even if
+    // it grows while being read.
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(format!("cannot read file: {e}")))?;
+    if bytes.len() as u64 > MAX_SPEC_FILE_BYTES {
+        return Err(problem(format!(
+            "the file is larger than {MAX_SPEC_FILE_BYTES} bytes, more than a tool or prompt file may be"
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| problem("cannot read file: it is not UTF-8 text".into()))?;
+    Ok(SourceFile {
+        origin,
+        text: text.into(),
+    })
+}
+
 /// Reads the spec files of one folder (not recursive), sorted by name.
 pub fn read_dir(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
     let label = dir.display().to_string();
@@ -101,17 +131,9 @@ pub fn read_dir(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
-        let origin = path.display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => files.push(SourceFile {
-                origin,
-                text: text.into(),
-            }),
-            Err(e) => problems.push(Diagnostic::new(
-                Code::E001,
-                origin,
-                format!("cannot read file: {e}"),
-            )),
+        match read_spec_file(&path) {
+            Ok(file) => files.push(file),
+            Err(d) => problems.push(d),
         }
     }
     (files, problems)
@@ -643,6 +665,31 @@ mod tests {
                 .argument_errors(&serde_json::json!({"nope": 1}))
                 .is_empty()
         );
+    }
+
+    /// A stray large or binary `*.yaml` in a tool folder is a diagnostic, not a file read
+    /// whole and parsed; the folder's other files load.
+    #[test]
+    fn oversized_and_binary_files_are_diagnostics() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), tool("a", "SELECT 1")).unwrap();
+        let big = vec![b'#'; MAX_SPEC_FILE_BYTES as usize + 1];
+        std::fs::write(dir.path().join("big.yaml"), big).unwrap();
+        std::fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe, 0x00]).unwrap();
+        let just = vec![b'#'; MAX_SPEC_FILE_BYTES as usize];
+        std::fs::write(dir.path().join("just.yaml"), just).unwrap();
+        let (files, problems) = read_dir(dir.path());
+        let names: Vec<&str> = files
+            .iter()
+            .map(|f| f.origin.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["a.yaml", "just.yaml"]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].message.contains("larger than 1048576 bytes"),
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("not UTF-8"), "{problems:?}");
     }
 
     /// A string PostgreSQL text cannot hold is an argument error, wherever it sits, not
