@@ -28,6 +28,10 @@ pub struct RenderError(String);
 #[derive(Default)]
 struct Binds(Vec<serde_json::Value>);
 
+/// What one render may spend: minijinja's instructions and the values it builds (about
+/// 64 bytes each), so at most a few million steps and tens of MB.
+const MAX_RENDER_FUEL: u64 = 1_000_000;
+
 /// A set of named templates compiled in one environment (one per tool).
 pub struct Templates {
     env: Environment<'static>,
@@ -55,6 +59,10 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_recursion_limit(32);
+        // A render is a few hundred instructions; loops over a caller's array a few per
+        // element. Nested loops over `range` could otherwise spin for hours on the one
+        // thread that serves stdio.
+        env.set_fuel(Some(MAX_RENDER_FUEL));
         env.set_formatter(bind_formatter);
         env.add_filter("ident", ident);
         Templates {
@@ -180,6 +188,27 @@ mod tests {
         let mut t = Templates::new();
         t.add_sql("q", sql)?;
         t.render("q", &ctx)
+    }
+
+    #[test]
+    fn a_render_has_a_budget() {
+        // 10^10 iterations unbounded; refused within the budget.
+        let started = std::time::Instant::now();
+        let e = render(
+            "SELECT 1{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            json!({}),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("fuel"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        // A loop over a large array of the caller's still renders.
+        let ids: Vec<u32> = (0..10_000).collect();
+        let r = render(
+            "SELECT x FROM t WHERE x IN ({% for i in ids %}{{ i }}{% if not loop.last %}, {% endif %}{% endfor %})",
+            json!({ "ids": ids }),
+        )
+        .unwrap();
+        assert_eq!(r.binds.len(), 10_000);
     }
 
     #[test]
