@@ -103,17 +103,14 @@ impl PluginCall<'_> {
     }
 
     /// Runs a statement built from the caller's text (checked by the plugin) read-only,
-    /// prepared for this call only, so the server keeps nothing of it.
-    pub async fn caller_statement(
-        &self,
-        sql: String,
-        max_rows: usize,
-        after: AfterCall,
-    ) -> Result<Rows, ToolError> {
+    /// prepared for this call only, on a connection closed afterwards: whatever the
+    /// statement leaves on its session (a function whose label lies can take a lock or
+    /// change a setting, even while only planned) never goes back to the pool.
+    pub async fn caller_statement(&self, sql: String, max_rows: usize) -> Result<Rows, ToolError> {
         let st = Statement::new(sql, vec![], max_rows).once();
         let mut rows = self
             .db()?
-            .read_only_then(&[st], self.limits.timeout, self.cancel, after)
+            .read_only_then(&[st], self.limits.timeout, self.cancel, AfterCall::Discard)
             .await?;
         Ok(rows.pop().expect("one statement, one result"))
     }

@@ -12,7 +12,6 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::db::AfterCall;
 use crate::engine::{ErrorCode, Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 use crate::sql::{self, Kind, Parsed, Reach};
 
@@ -86,14 +85,14 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         }
     }
     let kind = parsed.kind().0;
-    // Even a plain EXPLAIN runs functions: the planner evaluates immutable ones on
-    // constants, and a label can lie. Whatever such a function leaves on its session (an
-    // advisory lock, a setting) goes with the connection, never back to the pool.
+    // Even a plain EXPLAIN runs functions (the planner evaluates immutable ones on
+    // constants, and a label can lie): caller statements run on a connection closed
+    // afterwards.
     let run = async {
         if approved {
             call.approved_caller_statement(explain, 1).await
         } else {
-            call.caller_statement(explain, 1, AfterCall::Discard).await
+            call.caller_statement(explain, 1).await
         }
     };
     let rows = run

@@ -499,17 +499,12 @@ examples:
 /// A call that finds every connection busy for as long as it may wait says so: the
 /// database is up (not NODE_UNREACHABLE), this server is saturated.
 fn a_saturated_pool_is_a_timeout_not_an_unreachable_node(ctx: &Ctx) {
-    let mut dsn = citus_mcp::db::Dsn::parse(&ctx.dsn()).unwrap();
-    dsn.config.application_name("citus-mcp-one-connection");
-    let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
-        dsn,
-        worker_dsns: vec![],
-        connect_timeout: Duration::from_secs(1),
-        pool_size: 1,
-        application_name: "citus-mcp-one-connection".into(),
-        timeout_ceiling: Duration::from_secs(60),
-    })
-    .unwrap();
+    let db = crate::pool_sized(
+        &ctx.dsn(),
+        "citus-mcp-one-connection",
+        1,
+        Duration::from_secs(1),
+    );
     let sleeper = SLEEPER
         .replace("timeout_ms: 300", "timeout_ms: 60000")
         .replace("citus-mcp-sleeper", "citus-mcp-saturated");

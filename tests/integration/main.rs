@@ -136,18 +136,29 @@ impl Ctx {
 
     /// A pool whose connections carry `application_name`, so a test can find them.
     pub fn pool_named(&self, dsn: &str, application_name: &str) -> Db {
-        let mut dsn = Dsn::parse(dsn).expect("test DSN parses");
-        dsn.config.application_name(application_name);
-        Db::new(DbConfig {
-            dsn,
-            worker_dsns: vec![],
-            connect_timeout: Duration::from_secs(10),
-            pool_size: 4,
-            application_name: application_name.into(),
-            timeout_ceiling: Duration::from_secs(60),
-        })
-        .expect("pool builds")
+        pool_sized(dsn, application_name, 4, Duration::from_secs(10))
     }
+}
+
+/// A pool of at most `pool_size` connections to `dsn`, carrying `application_name`, that
+/// waits `connect_timeout` for a connection (twice that for a busy pool).
+pub fn pool_sized(
+    dsn: &str,
+    application_name: &str,
+    pool_size: usize,
+    connect_timeout: Duration,
+) -> Db {
+    let mut dsn = Dsn::parse(dsn).expect("test DSN parses");
+    dsn.config.application_name(application_name);
+    Db::new(DbConfig {
+        dsn,
+        worker_dsns: vec![],
+        connect_timeout,
+        pool_size,
+        application_name: application_name.into(),
+        timeout_ceiling: Duration::from_secs(60),
+    })
+    .expect("pool builds")
 }
 
 /// The login role README's "Least privilege" recipe creates.

@@ -806,17 +806,7 @@ fn server_restart(ctx: &Ctx) {
         return;
     }
     let own = crate::TestDatabase::start().expect("a second throwaway server starts");
-    let mut dsn = citus_mcp::db::Dsn::parse(own.dsn()).unwrap();
-    dsn.config.application_name("citus-mcp-restart");
-    let db = citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
-        dsn,
-        worker_dsns: vec![],
-        connect_timeout: Duration::from_secs(10),
-        pool_size: 2,
-        application_name: "citus-mcp-restart".into(),
-        timeout_ceiling: Duration::from_secs(60),
-    })
-    .unwrap();
+    let db = crate::pool_sized(own.dsn(), "citus-mcp-restart", 2, Duration::from_secs(10));
     let e = engine_on(db, &[], Settings::default());
     for tool in ["list_nodes", "citus_table_inspector"] {
         let args = if tool == "list_nodes" {
@@ -895,21 +885,13 @@ examples:
   - args: {}
 "#;
 
+/// Caller SQL leaves nothing behind: each EXPLAIN runs on a connection closed afterwards
+/// (no backend of these calls stays), and the pooled connection the other tools use keeps
+/// only citus-mcp's own prepared statements.
 fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
-    // One connection, so every call below lands on the same backend.
-    let db = {
-        let mut dsn = citus_mcp::db::Dsn::parse(&ctx.dsn()).unwrap();
-        dsn.config.application_name("citus-mcp-prepared");
-        citus_mcp::db::Db::new(citus_mcp::db::DbConfig {
-            dsn,
-            worker_dsns: vec![],
-            connect_timeout: Duration::from_secs(10),
-            pool_size: 1,
-            application_name: "citus-mcp-prepared".into(),
-            timeout_ceiling: Duration::from_secs(60),
-        })
-        .unwrap()
-    };
+    let app = "citus-mcp-prepared";
+    // One connection, so every pooled call lands on the same backend.
+    let db = crate::pool_sized(&ctx.dsn(), app, 1, Duration::from_secs(10));
     let e = engine_on(db, &[("prepared_count", PREPARED)], Settings::default());
     for i in 0..300 {
         call(
@@ -920,14 +902,24 @@ fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
         )
         .unwrap();
     }
-    let n = call(ctx, &e, "prepared_count", json!({}))
+    let backends = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.db().psql(&backends).unwrap().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "a backend of caller SQL outlived its call"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = call(ctx, &e, "prepared_count", json!({}))
         .unwrap()
         .structured["n"]
-        .as_i64()
-        .unwrap();
+        .clone();
     assert!(
-        n <= 16,
-        "{n} statements stay prepared after 300 distinct EXPLAINs"
+        after.as_i64().unwrap() <= 16,
+        "{after} statements prepared on the pooled connection"
     );
 }
 
