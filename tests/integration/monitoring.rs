@@ -192,7 +192,10 @@ fn activity_shows_a_sleeping_session_and_filters_it(ctx: &Ctx) {
     let tool_app = unique("cmcp_activity_tool");
     let e = engine(ctx, &tool_app);
     let mut sessions = Sessions::new(ctx, &marker);
-    sessions.run(&[&format!("SELECT pg_sleep(20) /* {marker} sleep */")]);
+    // A secret in the statement: it must not leave the server as written.
+    sessions.run(&[&format!(
+        "SELECT pg_sleep(20) /* {marker} sleep PASSWORD 'hunter2' */"
+    )]);
     sessions.idle_after(&format!("SELECT 1 AS x /* {marker} idle */;"));
 
     let sleeper_in = |out: &Value| -> Option<Value> {
@@ -212,6 +215,11 @@ fn activity_shows_a_sleeping_session_and_filters_it(ctx: &Ctx) {
     );
     assert_eq!(text(&found, "state"), "active", "{found}");
     assert_eq!(text(&found, "wait_event"), "PgSleep", "{found}");
+    let query = text(&found, "query");
+    assert!(
+        query.contains("PASSWORD '***'") && !query.contains("hunter2"),
+        "{found}"
+    );
     assert_eq!(text(&found, "application_name"), marker);
     assert!(found["nodeid"].as_u64().is_some(), "{found}");
     let node = text(&found, "node");
@@ -335,14 +343,14 @@ fn lock_inspector_shows_who_blocks_whom(ctx: &Ctx) {
         .unwrap();
     let update = |tag: &str| {
         format!(
-            "UPDATE public.orders SET status = '{marker}_{tag}' WHERE customer_id = {customer} AND order_id = {order} /* {marker} {tag} */"
+            "UPDATE public.orders SET status = '{marker}_{tag}' WHERE customer_id = {customer} AND order_id = {order} /* {marker} {tag} api_key='k-{tag}' */"
         )
     };
     let mut sessions = Sessions::new(ctx, &marker);
     let a = sessions.run(&[
         "BEGIN",
         &update("a"),
-        &format!("SELECT pg_sleep(10) /* {marker} a */"),
+        &format!("SELECT pg_sleep(10) /* {marker} a password=hunter3 */"),
         "ROLLBACK",
     ]);
     wait_until("session A to hold the row", Duration::from_secs(10), || {
@@ -372,6 +380,19 @@ fn lock_inspector_shows_who_blocks_whom(ctx: &Ctx) {
     );
     assert!(
         text(&wait, "blocking_statement").contains(&format!("{marker} a")),
+        "{wait}"
+    );
+    // Secrets in both statements are masked.
+    let (blocked, blocking) = (
+        text(&wait, "blocked_statement"),
+        text(&wait, "blocking_statement"),
+    );
+    assert!(
+        blocked.contains("api_key='***'") && !blocked.contains("k-b"),
+        "{wait}"
+    );
+    assert!(
+        blocking.contains("password=***") && !blocking.contains("hunter3"),
         "{wait}"
     );
     let waiting = wait["waiting_gpid"].as_u64().expect("waiting gpid");
