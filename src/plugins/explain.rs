@@ -222,12 +222,13 @@ fn check(text: &str) -> Result<(&str, Parsed), ToolError> {
 async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(), ToolError> {
     let mut seen = Reach::default();
     let mut todo = parsed.reach();
-    for _ in 0..MAX_DEPTH {
+    for round in 0..MAX_DEPTH {
         todo = todo.minus(&seen);
-        if todo.is_empty() {
+        // The first round asks even with no names: the database-wide rules still apply.
+        if todo.is_empty() && round > 0 {
             return Ok(());
         }
-        let rows = call.query("reach", reach_vars(&todo)).await?;
+        let rows = call.query("reach", reach_vars(&todo, round == 0)).await?;
         seen.extend(std::mem::take(&mut todo));
         for row in rows.rows {
             let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
@@ -258,9 +259,11 @@ async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(
     ))
 }
 
-/// The `reach` query's variables: each kind of name as two aligned arrays.
-fn reach_vars(r: &Reach) -> Value {
+/// The `reach` query's variables: each kind of name as two aligned arrays, and whether to
+/// ask about what the whole database runs unasked (the first round only).
+fn reach_vars(r: &Reach, database_wide: bool) -> Value {
     let mut vars = Map::new();
+    vars.insert("database_wide".into(), Value::Bool(database_wide));
     for (kind, names) in [
         ("function", &r.functions),
         ("operator", &r.operators),
