@@ -336,18 +336,25 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("citus_mcp={level},rmcp=warn,warn"))
-    });
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // `RUST_LOG` takes `target=level` directives and a bare default level, e.g.
+    // `citus_mcp=debug,tokio_postgres=info,warn`; one it cannot read is ignored.
+    // The configuration's level is one of the five (its schema says so).
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse().ok())
+        .or_else(|| format!("citus_mcp={level},rmcp=warn,warn").parse().ok())
+        .unwrap_or_default();
     // stdout belongs to the MCP protocol: logs go to stderr only.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
+    let subscriber = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => logs.init(),
+        LogFormat::Text => subscriber.with(logs).init(),
         // One object per line: timestamp, level, target, the message and its fields.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Json => subscriber.with(logs.json().flatten_event(true)).init(),
     }
 }
 

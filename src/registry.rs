@@ -10,27 +10,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use include_dir::{Dir, include_dir};
-
 use crate::compile::{self, CompiledPrompt, CompiledTool, SourceFile};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::spec;
 
-static BUILTIN_TOOLS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/tools.d");
-static BUILTIN_PROMPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/prompts.d");
-
 /// The built-in tool files, embedded at build time.
 pub fn builtin_tools() -> Vec<SourceFile> {
-    embedded(&BUILTIN_TOOLS, "tools.d")
+    embedded(BUILTIN_TOOLS_JSON, "tools.d")
 }
 
 /// The built-in prompt files, embedded at build time.
 pub fn builtin_prompts() -> Vec<SourceFile> {
-    embedded(&BUILTIN_PROMPTS, "prompts.d")
+    embedded(BUILTIN_PROMPTS_JSON, "prompts.d")
 }
 
-/// The built-in tool and prompt files as JSON (file name, JSON text), converted from their
-/// YAML by build.rs: startup parses JSON, not YAML.
+/// The built-in tool and prompt files (file name, JSON text), as build.rs converts their
+/// YAML: the binary holds each file once, and startup parses JSON, not YAML. A built-in
+/// file's text is this JSON, which is also YAML, so `lint` and the tests read it as any file.
 static BUILTIN_TOOLS_JSON: &[(&str, &str)] =
     include!(concat!(env!("OUT_DIR"), "/builtin_tools_json.rs"));
 static BUILTIN_PROMPTS_JSON: &[(&str, &str)] =
@@ -39,33 +35,27 @@ static BUILTIN_PROMPTS_JSON: &[(&str, &str)] =
 /// The JSON of a built-in file, if `file` is one, unchanged.
 fn builtin_json(file: &SourceFile) -> Option<&'static str> {
     let path = file.origin.strip_prefix(BUILTIN)?;
-    let (dir, json, name) = match path.split_once('/')? {
-        ("tools.d", name) => (&BUILTIN_TOOLS, BUILTIN_TOOLS_JSON, name),
-        ("prompts.d", name) => (&BUILTIN_PROMPTS, BUILTIN_PROMPTS_JSON, name),
+    let (files, name) = match path.split_once('/')? {
+        ("tools.d", name) => (BUILTIN_TOOLS_JSON, name),
+        ("prompts.d", name) => (BUILTIN_PROMPTS_JSON, name),
         _ => return None,
     };
-    if dir.get_file(name)?.contents() != file.text.as_bytes() {
-        return None;
-    }
-    json.iter().find(|(n, _)| *n == name).map(|(_, json)| *json)
+    let (_, json) = files.iter().find(|(n, _)| *n == name)?;
+    (*json == &*file.text).then_some(*json)
 }
 
 /// How embedded files' origins begin.
 const BUILTIN: &str = "builtin:";
 
-fn embedded(dir: &Dir<'_>, label: &str) -> Vec<SourceFile> {
-    let mut files: Vec<SourceFile> = dir
-        .files()
-        .filter(|f| is_spec_file(f.path()))
-        .filter_map(|f| {
-            Some(SourceFile {
-                origin: format!("{BUILTIN}{label}/{}", f.path().display()),
-                text: f.contents_utf8()?.into(),
-            })
-        })
-        .collect();
-    files.sort_by(|a, b| a.origin.cmp(&b.origin));
+fn embedded(files: &[(&str, &str)], label: &str) -> Vec<SourceFile> {
+    // build.rs lists them sorted by name.
     files
+        .iter()
+        .map(|(name, json)| SourceFile {
+            origin: format!("{BUILTIN}{label}/{name}"),
+            text: (*json).into(),
+        })
+        .collect()
 }
 
 /// Whether a path names a spec file: `*.yaml` / `*.yml`, not hidden, not an editor backup.
@@ -417,11 +407,26 @@ mod tests {
         }
     }
 
+    /// The built-in files as written, read from the checkout: (folder, YAML files).
+    fn builtin_yaml() -> Vec<(&'static str, Vec<SourceFile>)> {
+        ["tools.d", "prompts.d"]
+            .into_iter()
+            .map(|dir| {
+                let (files, problems) = read_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir));
+                assert!(problems.is_empty(), "{problems:?}");
+                (dir, files)
+            })
+            .collect()
+    }
+
     #[test]
     fn builtins_compile_without_findings() {
         // Not even warnings, with every check lint makes (the server skips the rendering
-        // ones for built-ins, on the strength of this test).
-        for file in builtin_tools() {
+        // ones for built-ins, on the strength of this test): on the YAML as written, where
+        // a finding has a line, and on the JSON the binary holds.
+        let written = builtin_yaml().remove(0).1;
+        assert_eq!(written.len(), builtin_tools().len());
+        for file in written.into_iter().chain(builtin_tools()) {
             let (tool, diags) = compile::compile_tool(&file, crate::plugins::NAMES);
             let findings: Vec<_> = diags.iter().map(ToString::to_string).collect();
             assert!(findings.is_empty(), "{}", findings.join("\n"));
@@ -448,26 +453,42 @@ mod tests {
         assert!(reg.tools.len() >= 9);
     }
 
-    /// build.rs's JSON of every built-in file is its YAML, value for value.
+    /// build.rs's JSON of every built-in file is its YAML, value for value, and what a
+    /// built-in `SourceFile` holds.
     #[test]
     fn builtin_json_is_the_yaml() {
-        let files = [builtin_tools(), builtin_prompts()].concat();
-        assert_eq!(
-            files.len(),
-            BUILTIN_TOOLS_JSON.len() + BUILTIN_PROMPTS_JSON.len()
-        );
-        for file in files {
-            let json = builtin_json(&file).expect("every built-in tool file has its JSON");
-            let from_yaml: serde_json::Value = serde_yaml::from_str(&file.text).unwrap();
-            let from_json: serde_json::Value = serde_json::from_str(json).unwrap();
-            assert_eq!(from_yaml, from_json, "{}", file.origin);
-            // The same keys in the same order: tools/list and the manual keep the file's order.
-            assert_eq!(
-                from_yaml.to_string(),
-                from_json.to_string(),
-                "{}",
-                file.origin
-            );
+        for (dir, written) in builtin_yaml() {
+            let embedded = match dir {
+                "tools.d" => builtin_tools(),
+                _ => builtin_prompts(),
+            };
+            let names = |files: &[SourceFile]| -> Vec<String> {
+                files.iter().map(|f| f.stem().to_string()).collect()
+            };
+            assert_eq!(names(&written), names(&embedded), "{dir}");
+            for (yaml, file) in written.iter().zip(&embedded) {
+                let json = builtin_json(file).expect("every built-in file is its JSON");
+                assert_eq!(json, &*file.text);
+                let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml.text).unwrap();
+                let from_json: serde_json::Value = serde_json::from_str(json).unwrap();
+                assert_eq!(from_yaml, from_json, "{}", file.origin);
+                // The same keys in the same order: tools/list and the manual keep the file's
+                // order.
+                assert_eq!(
+                    from_yaml.to_string(),
+                    from_json.to_string(),
+                    "{}",
+                    file.origin
+                );
+                // Read as YAML, as lint reads it, the JSON is the same value.
+                let as_yaml: serde_json::Value = serde_yaml::from_str(json).unwrap();
+                assert_eq!(
+                    as_yaml.to_string(),
+                    from_json.to_string(),
+                    "{}",
+                    file.origin
+                );
+            }
         }
         let changed = SourceFile {
             origin: "builtin:tools.d/list_nodes.yaml".into(),
