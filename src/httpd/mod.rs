@@ -14,6 +14,7 @@
 //! each, and `/metrics` labels each cluster's series with its name.
 
 pub mod auth;
+mod conn;
 pub mod jwks;
 pub mod oauth;
 pub mod tls;
@@ -61,6 +62,9 @@ pub struct HttpConfig {
     pub allowed_origins: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
+    /// How long a connection may take to send a request's headers (new, or idle after a
+    /// response), and then its body.
+    pub read_timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
     pub tokens: Vec<TokenConfig>,
     pub tokens_file: Option<PathBuf>,
@@ -80,6 +84,7 @@ impl Default for HttpConfig {
             allowed_origins: None,
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
+            read_timeout_seconds: 30,
             shutdown_grace_seconds: 10,
             tokens: vec![],
             tokens_file: None,
@@ -170,6 +175,8 @@ struct Shared {
     authenticated: bool,
     max_body: usize,
     max_headers: usize,
+    /// `http.read_timeout_seconds`: for a request's headers (conn.rs), then its body.
+    read_timeout: Duration,
 }
 
 /// Everything checked before binding: a configuration that cannot be served safely
@@ -266,6 +273,8 @@ pub async fn serve(
         addr: prepared.addr,
         source,
     })?;
+    raise_open_files_limit();
+    let read_timeout = Duration::from_secs(prepared.config.read_timeout_seconds);
     let sessions = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
@@ -304,6 +313,7 @@ pub async fn serve(
         authenticated,
         max_body: prepared.config.max_body_bytes,
         max_headers: prepared.config.max_header_bytes,
+        read_timeout,
     });
     // A tokens file that cannot be watched still serves the tokens it holds now.
     let _tokens_watch = match tokens.watch() {
@@ -335,6 +345,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route(METADATA_PATH, get(resource_metadata))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(shared.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             limit_headers,
@@ -354,27 +365,21 @@ pub async fn serve(
                     addr: prepared.addr,
                     source,
                 })?;
-            tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .into_future(),
-            )
+            tokio::spawn(conn::serve(listener, app, read_timeout, stop.clone()))
         }
         // An answer is written in several small pieces (headers, SSE event, last chunk):
         // with Nagle's algorithm the later ones wait for the client's delayed ACK, 40 ms
         // a call.
-        None => tokio::spawn(
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!("cannot set TCP_NODELAY: {e}");
-                    }
-                }),
-                app,
-            )
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-        ),
+        None => tokio::spawn(conn::serve(
+            listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            }),
+            app,
+            read_timeout,
+            stop.clone(),
+        )),
     };
     tracing::info!(
         address = %local,
@@ -415,8 +420,7 @@ pub async fn serve(
         tracing::warn!("could not cancel the statements in flight within 3 s");
     }
     match tokio::time::timeout(DRAIN_WAIT, running).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
         Err(_) => tracing::warn!("connections still open after 5 s; exiting anyway"),
     }
@@ -500,6 +504,66 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Reads a request's body whole before anything handles it: at most `http.max_body_bytes`
+/// (413) and within `http.read_timeout_seconds` (408), so that a client that sends its body
+/// slowly, or never, holds up no handler and no connection for longer than that.
+async fn read_body(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if http_body::Body::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::Limited::new(body, s.max_body).collect();
+    let bytes = match tokio::time::timeout(s.read_timeout, read).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            s.metrics.record_refusal("body_too_large");
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+        }
+        Ok(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
+        }
+        Err(_) => {
+            s.metrics.record_refusal("body_timeout");
+            let mut r = (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {} s (http.read_timeout_seconds)\n",
+                    s.read_timeout.as_secs()
+                ),
+            )
+                .into_response();
+            // The rest of the body may still come: the connection is not reused.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for every
+/// program: the soft limit is often 1,024, which a few hundred HTTP clients (each
+/// connection a file descriptor, as is each PostgreSQL connection) would reach.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let was = limit.current;
+            limit.current = limit.maximum;
+            match setrlimit(Resource::Nofile, limit) {
+                Ok(()) => tracing::debug!(
+                    "open files limit raised from {was:?} to {:?}",
+                    limit.maximum
+                ),
+                Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
+            }
+        }
+    }
+}
+
 /// 431 for a request whose headers (names, values and the target) exceed the limit.
 async fn limit_headers(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let size: usize = req
@@ -547,20 +611,10 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
         && let Some(engine) = s.engine_at(req.uri().path())
     {
         // The grant depends on the tool, which only the body names (2025 clients send
-        // no Mcp-Name header), so the body is read here, within the same limit rmcp uses.
+        // no Mcp-Name header); `read_body` has read it whole already.
         let (parts, body) = req.into_parts();
-        let bytes = match http_body_util::Limited::new(body, s.max_body)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                s.metrics.record_refusal("body_too_large");
-                return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
-            }
-            Err(_) => {
-                return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
-            }
+        let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+            return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
         };
         if let Some(r) = refused(engine, &holder.grant, &bytes) {
             tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");

@@ -69,6 +69,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "http::sigterm_finishes_calls_in_flight_then_cancels_the_rest",
             graceful_shutdown,
         ),
+        trial(
+            ctx,
+            "http::silent_slow_and_idle_connections_are_closed_and_keep_no_one_out",
+            slow_connections,
+        ),
     ]
 }
 
@@ -1043,4 +1048,129 @@ fn graceful_shutdown(ctx: &Ctx) {
         "the long query kept running after the server exited",
     );
     let _ = ctx.rt.block_on(call);
+}
+
+/// Connections that send nothing, send their headers a byte at a time, sit idle after a
+/// response, or send part of a body are closed (the body answered 408) within
+/// `http.read_timeout_seconds`; 300 of them, against a server started with an open-files
+/// soft limit of 128, keep no one else out. A call, and a GET stream, that last longer than
+/// the timeout are not cut.
+fn slow_connections(ctx: &Ctx) {
+    use std::io::{ErrorKind, Read as _, Write as _};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        SLOW_TOOL.replace("pg_sleep(30)", "pg_sleep(3)"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"ulimit -Sn 128 && exec "$0" "$@""#,
+        env!("CARGO_BIN_EXE_citus-mcp"),
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CITUS_MCP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CITUS_MCP_COORDINATOR_DSN", ctx.dsn())
+        .env("CITUS_MCP_HTTP_READ_TIMEOUT_SECONDS", "2");
+    let s = HttpServer::launch(cmd, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
+    let addr = ("127.0.0.1", s.port);
+    let connect = || {
+        let c = TcpStream::connect(addr).expect("the server accepts connections");
+        c.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        c
+    };
+    // What a connection does next: the server closed it (or reset it), answered, or nothing.
+    let next = |c: &mut TcpStream| -> Result<String, ErrorKind> {
+        let mut buf = [0u8; 512];
+        match c.read(&mut buf) {
+            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => Err(e.kind()),
+        }
+    };
+    let closed = |r: &Result<String, ErrorKind>| {
+        matches!(r, Ok(t) if t.is_empty())
+            || matches!(r, Err(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe))
+    };
+
+    let mut silent: Vec<TcpStream> = (0..300).map(|_| connect()).collect();
+    let session = ctx.rt.block_on(async {
+        // Others are served meanwhile, and a call longer than the timeout is answered.
+        let call = tokio::time::timeout(
+            Duration::from_secs(30),
+            s.call_2026(&[], 1, "slow", json!({})),
+        )
+        .await
+        .expect("a call while 300 silent connections are open is answered");
+        assert_eq!(call.response()["result"]["isError"], false, "{}", call.text);
+        tokio::time::timeout(Duration::from_secs(30), s.initialize(&[]))
+            .await
+            .expect("a session starts")
+    });
+    for (i, c) in silent.iter_mut().enumerate() {
+        let r = next(c);
+        assert!(closed(&r), "silent connection {i} is still open: {r:?}");
+    }
+
+    // A GET stream outlives the timeout: it is a response, and responses are never cut.
+    ctx.rt.block_on(async {
+        let mut stream = s.open_stream(&session).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        match tokio::time::timeout(Duration::from_millis(300), stream.frame()).await {
+            Err(_) | Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the GET stream was cut: {other:?}"),
+        }
+    });
+
+    // Headers a byte every 250 ms: closed before they end (after 2 s, not the 10 s they take).
+    let mut slow = connect();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: 0123456789\r\n\r\n";
+    let mut cut = false;
+    for b in request {
+        if slow.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = next(&mut slow);
+    assert!(
+        cut || closed(&r),
+        "headers sent slowly were read to the end: {r:?}"
+    );
+
+    // Idle after a response: closed.
+    let mut idle = connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let r = next(&mut idle);
+    assert!(
+        matches!(&r, Ok(t) if t.starts_with("HTTP/1.1 200")),
+        "{r:?}"
+    );
+    let r = next(&mut idle);
+    assert!(closed(&r), "an idle connection is still open: {r:?}");
+
+    // A body that stops halfway: 408, then closed.
+    let mut body = connect();
+    body.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"",
+    )
+    .unwrap();
+    let r = next(&mut body);
+    assert!(
+        matches!(&r, Ok(t) if t.starts_with("HTTP/1.1 408") && t.contains("http.read_timeout_seconds")),
+        "{r:?}"
+    );
+    let r = next(&mut body);
+    assert!(closed(&r), "{r:?}");
+
+    let r = ctx.rt.block_on(s.call_2026(&[], 2, "ping", json!({})));
+    assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
 }
