@@ -17,6 +17,7 @@ pub mod auth;
 mod conn;
 pub mod jwks;
 pub mod oauth;
+mod sessions;
 pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,7 +34,6 @@ use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -65,6 +65,8 @@ pub struct HttpConfig {
     /// How long a connection may take to send a request's headers (new, or idle after a
     /// response), and then its body.
     pub read_timeout_seconds: u64,
+    /// Sessions one caller may hold per endpoint; one more closes its oldest.
+    pub max_sessions_per_caller: usize,
     pub shutdown_grace_seconds: u64,
     pub tokens: Vec<TokenConfig>,
     pub tokens_file: Option<PathBuf>,
@@ -85,6 +87,7 @@ impl Default for HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             read_timeout_seconds: 30,
+            max_sessions_per_caller: 32,
             shutdown_grace_seconds: 10,
             tokens: vec![],
             tokens_file: None,
@@ -177,6 +180,8 @@ struct Shared {
     max_headers: usize,
     /// `http.read_timeout_seconds`: for a request's headers (conn.rs), then its body.
     read_timeout: Duration,
+    /// Each caller's sessions at each endpoint (`http.max_sessions_per_caller`).
+    sessions: sessions::Sessions,
 }
 
 /// Everything checked before binding: a configuration that cannot be served safely
@@ -279,6 +284,7 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
     let mut protected = Router::new();
+    let mut open_sessions = sessions::Sessions::new(prepared.config.max_sessions_per_caller);
     for c in &served {
         let counters = match &c.name {
             Some(n) => Arc::new(metrics.for_cluster(n)),
@@ -287,7 +293,7 @@ pub async fn serve(
         let server = Server::new(c.engine.clone(), changes.clone()).with_metrics(counters);
         let mcp = StreamableHttpService::new(
             move || Ok(server.clone()),
-            Arc::new(LocalSessionManager::default()),
+            open_sessions.manager(&c.path()),
             prepared.rmcp_config(sessions.clone()),
         );
         protected = protected.route_service(&c.path(), mcp);
@@ -314,6 +320,7 @@ pub async fn serve(
         max_body: prepared.config.max_body_bytes,
         max_headers: prepared.config.max_header_bytes,
         read_timeout,
+        sessions: open_sessions,
     });
     // A tokens file that cannot be watched still serves the tokens it holds now.
     let _tokens_watch = match tokens.watch() {
@@ -338,6 +345,10 @@ pub async fn serve(
     }
     let protected = protected
         .route("/metrics", get(metrics_page))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            limit_sessions,
+        ))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track));
     let app = app
@@ -502,6 +513,30 @@ impl http_body::Body for Tracked {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// A caller that opens a session beyond `http.max_sessions_per_caller` loses its oldest
+/// (sessions.rs). The caller is the token's holder (`authorize` runs first); without tokens,
+/// everyone is one caller.
+async fn limit_sessions(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || req.headers().contains_key("mcp-session-id") {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().to_string();
+    let caller = req
+        .extensions()
+        .get::<CallerName>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default();
+    let response = next.run(req).await;
+    if let Some(id) = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        s.sessions.opened(&path, &caller, id).await;
+    }
+    response
 }
 
 /// Reads a request's body whole before anything handles it: at most `http.max_body_bytes`

@@ -74,6 +74,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "http::silent_slow_and_idle_connections_are_closed_and_keep_no_one_out",
             slow_connections,
         ),
+        trial(
+            ctx,
+            "http::a_caller_over_its_session_limit_loses_only_its_own_oldest",
+            session_limit,
+        ),
     ]
 }
 
@@ -1173,4 +1178,76 @@ fn slow_connections(ctx: &Ctx) {
 
     let r = ctx.rt.block_on(s.call_2026(&[], 2, "ping", json!({})));
     assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
+}
+
+/// `http.max_sessions_per_caller`: a caller that opens one session more loses its own oldest
+/// (404 from then on, as after a DELETE); another caller's sessions, and a caller's sessions
+/// within the limit, stay. A deleted session does not count.
+fn session_limit(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  max_sessions_per_caller: 3\n  tokens:\n    - name: alice\n      sha256: {}\n      classes: [read_only]\n    - name: bob\n      sha256: {}\n      classes: [read_only]\n",
+            citus_mcp::httpd::auth::hash_hex(ALICE),
+            citus_mcp::httpd::auth::hash_hex(BOB)
+        ),
+    )
+    .unwrap();
+    let s = HttpServer::start(ctx, &["--config", config.to_str().unwrap()], &[]);
+    let alice = format!("Bearer {ALICE}");
+    let bob = format!("Bearer {BOB}");
+    let alice = [("authorization", alice.as_str())];
+    let bob = [("authorization", bob.as_str())];
+    ctx.rt.block_on(async {
+        let ping = |who: [(&'static str, &str); 1], session: String| {
+            let ep = s.ep.clone();
+            let who = who.map(|(k, v)| (k, v.to_string()));
+            async move {
+                let h = [
+                    (who[0].0, who[0].1.as_str()),
+                    ("mcp-session-id", session.as_str()),
+                    ("mcp-protocol-version", "2025-06-18"),
+                ];
+                ep.post(&h, &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+                    .await
+                    .status
+            }
+        };
+        let bobs = s.initialize(&bob).await;
+        let mut alices = Vec::new();
+        for _ in 0..6 {
+            alices.push(s.initialize(&alice).await);
+        }
+        for (i, id) in alices.iter().enumerate() {
+            let want = if i < 3 { 404 } else { 200 };
+            assert_eq!(ping(alice, id.clone()).await, want, "alice's session {i}");
+        }
+        assert_eq!(ping(bob, bobs.clone()).await, 200, "bob's session");
+
+        // A deleted session no longer counts: one more after a DELETE closes nothing.
+        let h = [
+            alice[0],
+            ("mcp-session-id", alices[5].as_str()),
+            ("mcp-protocol-version", "2025-06-18"),
+        ];
+        let deleted = s.send("DELETE", s.mcp_path(), &h, vec![]).await;
+        assert!(deleted.status < 300, "{} {}", deleted.status, deleted.text);
+        let newest = s.initialize(&alice).await;
+        for id in [&alices[3], &alices[4], &newest] {
+            assert_eq!(ping(alice, id.clone()).await, 200);
+        }
+        assert_eq!(ping(alice, alices[5].clone()).await, 404);
+        assert_eq!(ping(bob, bobs).await, 200, "bob's session");
+    });
+    let log = s.log();
+    assert_eq!(
+        log.matches("more than http.max_sessions_per_caller (3)")
+            .count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(log.contains("caller=alice"), "{log}");
+    assert!(!log.contains(ALICE) && !log.contains(BOB), "{log}");
 }
