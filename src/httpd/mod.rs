@@ -345,6 +345,7 @@ pub async fn serve(
     }
     let protected = protected
         .route("/metrics", get(metrics_page))
+        .layer(middleware::from_fn_with_state(shared.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             limit_sessions,
@@ -356,7 +357,6 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route(METADATA_PATH, get(resource_metadata))
         .merge(protected)
-        .layer(middleware::from_fn_with_state(shared.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             limit_headers,
@@ -539,24 +539,38 @@ async fn limit_sessions(State(s): State<Arc<Shared>>, req: Request, next: Next) 
     response
 }
 
-/// Reads a request's body whole before anything handles it: at most `http.max_body_bytes`
-/// (413) and within `http.read_timeout_seconds` (408), so that a client that sends its body
-/// slowly, or never, holds up no handler and no connection for longer than that.
+/// Reads a request's body whole before MCP sees it (`whole_body`). It runs after `authorize`,
+/// which has read the body already when it needed to see the tool called: a request without
+/// a valid token is refused before its body is read.
 async fn read_body(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if http_body::Body::is_end_stream(req.body()) {
-        return next.run(req).await;
+    match whole_body(&s, req).await {
+        Ok((parts, bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(refusal) => refusal,
     }
+}
+
+/// A request's body, whole: at most `http.max_body_bytes` (413) and within
+/// `http.read_timeout_seconds` (408), so that a client that sends its body slowly, or
+/// never, holds up no handler and no connection for longer than that.
+async fn whole_body(
+    s: &Shared,
+    req: Request,
+) -> Result<(http::request::Parts, axum::body::Bytes), Response> {
     let (parts, body) = req.into_parts();
+    if http_body::Body::is_end_stream(&body) {
+        return Ok((parts, axum::body::Bytes::new()));
+    }
     let read = http_body_util::Limited::new(body, s.max_body).collect();
-    let bytes = match tokio::time::timeout(s.read_timeout, read).await {
-        Ok(Ok(c)) => c.to_bytes(),
+    match tokio::time::timeout(s.read_timeout, read).await {
+        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             s.metrics.record_refusal("body_too_large");
-            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response())
         }
-        Ok(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
-        }
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "unreadable request body\n").into_response()),
         Err(_) => {
             s.metrics.record_refusal("body_timeout");
             let mut r = (
@@ -570,11 +584,9 @@ async fn read_body(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Re
             // The rest of the body may still come: the connection is not reused.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            Err(r)
         }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    }
 }
 
 /// Raises the soft limit on open files to the hard one, as Go's runtime does for every
@@ -646,10 +658,10 @@ async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
         && let Some(engine) = s.engine_at(req.uri().path())
     {
         // The grant depends on the tool, which only the body names (2025 clients send
-        // no Mcp-Name header); `read_body` has read it whole already.
-        let (parts, body) = req.into_parts();
-        let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
-            return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
+        // no Mcp-Name header): the body is read here, once the token is known to be valid.
+        let (parts, bytes) = match whole_body(&s, req).await {
+            Ok(read) => read,
+            Err(refusal) => return refusal,
         };
         if let Some(r) = refused(engine, &holder.grant, &bytes) {
             tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");

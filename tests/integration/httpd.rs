@@ -1250,4 +1250,19 @@ fn session_limit(ctx: &Ctx) {
     );
     assert!(log.contains("caller=alice"), "{log}");
     assert!(!log.contains(ALICE) && !log.contains(BOB), "{log}");
+
+    // Nobody's body is read before their token is checked: a POST without one whose body
+    // never comes is refused at once, not after the read timeout (nor buffered first).
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Accept: application/json, text/event-stream\r\nContent-Length: 4000000\r\n\r\n{",
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).expect("answered before the body comes");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
