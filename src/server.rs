@@ -71,6 +71,49 @@ fn caller_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
         .map(|n| n.0.clone())
 }
 
+/// How many calls, resource reads and completions one HTTP caller may have running at
+/// once (`http.max_calls_per_caller`): a caller beyond it gets TOO_MANY_CALLS at once, so
+/// that one token holder cannot take every connection of the pool (`pool_size`) and leave
+/// the others waiting until their calls time out.
+pub struct CallLimit {
+    max: usize,
+    running: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl CallLimit {
+    pub fn new(max: usize) -> CallLimit {
+        CallLimit {
+            max: max.max(1),
+            running: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A place for one more call of `caller`, held until it is dropped.
+    fn enter(&self, caller: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ToolError> {
+        let places = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(caller.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max)))
+            .clone();
+        places.try_acquire_owned().map_err(|_| {
+            ToolError::new(
+                ErrorCode::TooManyCalls,
+                format!(
+                    "`{}` has {} calls running already, as many as one caller may",
+                    echo::cap(caller),
+                    self.max
+                ),
+            )
+            .hint(
+                "wait for one of them to finish, then call again (the limit is \
+                 http.max_calls_per_caller)",
+            )
+        })
+    }
+}
+
 /// The client of one tool call, as the engine sees it.
 struct McpCaller {
     peer: rmcp::Peer<RoleServer>,
@@ -166,6 +209,8 @@ pub struct Server {
     engine: Arc<Engine>,
     changes: broadcast::Sender<Change>,
     metrics: Option<Arc<Metrics>>,
+    /// Calls running per authenticated HTTP caller (none over stdio).
+    limit: Option<Arc<CallLimit>>,
 }
 
 impl Server {
@@ -174,6 +219,24 @@ impl Server {
             engine,
             changes,
             metrics: None,
+            limit: None,
+        }
+    }
+
+    /// Limits the calls each authenticated HTTP caller has running at once.
+    pub fn with_call_limit(mut self, limit: Arc<CallLimit>) -> Server {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// A place for one more call of this request's caller, if callers are limited.
+    fn enter(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
+        match (&self.limit, caller_name(ctx)) {
+            (Some(limit), Some(caller)) => limit.enter(&caller).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -417,11 +480,14 @@ impl ServerHandler for Server {
         };
         let _running = self.metrics.as_ref().map(|m| m.start_call());
         let started = std::time::Instant::now();
-        let result = self
-            .engine
-            .call_as(&req.name, args, &ctx.ct, &caller)
-            .await
-            .map_err(ToolError::capped);
+        let result = match self.enter(&ctx) {
+            Ok(_place) => self
+                .engine
+                .call_as(&req.name, args, &ctx.ct, &caller)
+                .await
+                .map_err(ToolError::capped),
+            Err(e) => Err(e),
+        };
         if let Some(m) = &self.metrics {
             // Only names the registry knows become labels: callers cannot grow the page.
             let known = self.engine.registry().tools.contains_key(req.name.as_ref());
@@ -585,6 +651,9 @@ impl ServerHandler for Server {
         if let Some(name) = manual::tool_of(&req.uri) {
             return self.read_manual(name, &req.uri);
         }
+        let _place = self.enter(&ctx).map_err(|e| {
+            ErrorData::internal_error(e.text(), Some(serde_json::json!({"error": e})))
+        })?;
         match self
             .engine
             .read_resource(&req.uri, &ctx.ct)
@@ -614,7 +683,7 @@ impl ServerHandler for Server {
     async fn complete(
         &self,
         req: CompleteRequestParams,
-        _: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
         if let Reference::Resource(r) = &req.r#ref
             && r.uri == manual::URI_TEMPLATE
@@ -630,6 +699,10 @@ impl ServerHandler for Server {
                 .map_err(|e| ErrorData::internal_error(e, None))?;
             return Ok(CompleteResult::new(info));
         }
+        // A caller with all its calls running gets no suggestions rather than an error.
+        let Ok(_place) = self.enter(&ctx) else {
+            return Ok(CompleteResult::new(CompletionInfo::default()));
+        };
         let target = match &req.r#ref {
             Reference::Prompt(p) => CompletionRef::Prompt(&p.name),
             Reference::Resource(r) => CompletionRef::Resource(&r.uri),

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::echo;
 use crate::engine::Engine;
 use crate::metrics::{Entered, Metrics, PoolGauge, Running};
-use crate::server::{CallerGrant, CallerName, Change, Server};
+use crate::server::{CallLimit, CallerGrant, CallerName, Change, Server};
 use crate::spec::Safety;
 use auth::{Grant, Holder, TokenConfig, TokenStore};
 use oauth::{OAuth, OAuthConfig, Rejection};
@@ -67,6 +67,8 @@ pub struct HttpConfig {
     pub read_timeout_seconds: u64,
     /// Sessions one caller may hold per endpoint; one more closes its oldest.
     pub max_sessions_per_caller: usize,
+    /// Calls one authenticated caller may have running at once per endpoint.
+    pub max_calls_per_caller: usize,
     pub shutdown_grace_seconds: u64,
     pub tokens: Vec<TokenConfig>,
     pub tokens_file: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             read_timeout_seconds: 30,
             max_sessions_per_caller: 32,
+            max_calls_per_caller: 4,
             shutdown_grace_seconds: 10,
             tokens: vec![],
             tokens_file: None,
@@ -290,7 +293,12 @@ pub async fn serve(
             Some(n) => Arc::new(metrics.for_cluster(n)),
             None => metrics.clone(),
         };
-        let server = Server::new(c.engine.clone(), changes.clone()).with_metrics(counters);
+        // Only authenticated callers have names, so without tokens nobody is limited but
+        // by the pool.
+        let limit = Arc::new(CallLimit::new(prepared.config.max_calls_per_caller));
+        let server = Server::new(c.engine.clone(), changes.clone())
+            .with_metrics(counters)
+            .with_call_limit(limit);
         let mcp = StreamableHttpService::new(
             move || Ok(server.clone()),
             open_sessions.manager(&c.path()),

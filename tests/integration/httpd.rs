@@ -79,6 +79,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "http::a_caller_over_its_session_limit_loses_only_its_own_oldest",
             session_limit,
         ),
+        trial(
+            ctx,
+            "http::a_caller_runs_at_most_max_calls_per_caller_and_others_still_get_in",
+            call_limit,
+        ),
     ]
 }
 
@@ -1265,4 +1270,80 @@ fn session_limit(ctx: &Ctx) {
     let n = c.read(&mut buf).expect("answered before the body comes");
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+/// `http.max_calls_per_caller`: with 2, alice's third call while two of hers run gets
+/// TOO_MANY_CALLS at once (nothing runs for it), bob's call runs meanwhile, and alice calls
+/// again once hers are done.
+fn call_limit(ctx: &Ctx) {
+    let marker = "http_call_limit_marker";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        SLOW_TOOL
+            .replace("e2e_slow_marker", marker)
+            .replace("pg_sleep(30)", "pg_sleep(4)"),
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  max_calls_per_caller: 2\n  tokens:\n    - name: alice\n      sha256: {}\n      classes: [read_only]\n    - name: bob\n      sha256: {}\n      classes: [read_only]\n",
+            citus_mcp::httpd::auth::hash_hex(ALICE),
+            citus_mcp::httpd::auth::hash_hex(BOB)
+        ),
+    )
+    .unwrap();
+    let tools = dir.path().to_str().unwrap();
+    let s = HttpServer::start(
+        ctx,
+        &["--config", config.to_str().unwrap(), "--tools-dirs", tools],
+        &[],
+    );
+    let call = |token: &'static str, id: u64| {
+        let ep = s.ep.clone();
+        ctx.rt.spawn(async move {
+            let auth = format!("Bearer {token}");
+            ep.call_2026(&[("authorization", &auth)], id, "slow", json!({}))
+                .await
+        })
+    };
+    let error_code =
+        |a: &Answer| a.response()["result"]["structuredContent"]["error"]["code"].clone();
+    let first = [call(ALICE, 1), call(ALICE, 2)];
+    ctx.wait_running(
+        marker,
+        |n| n == 2,
+        Duration::from_secs(10),
+        "alice's two calls never ran",
+    );
+    let third = ctx.rt.block_on(call(ALICE, 3)).unwrap();
+    assert_eq!(error_code(&third), "TOO_MANY_CALLS", "{}", third.text);
+    assert!(
+        third.text.contains("http.max_calls_per_caller"),
+        "{}",
+        third.text
+    );
+    assert_eq!(ctx.running(marker), 2, "the refused call ran nothing");
+    let bobs = call(BOB, 4);
+    ctx.wait_running(
+        marker,
+        |n| n == 3,
+        Duration::from_secs(10),
+        "bob's call never ran",
+    );
+    for c in first {
+        let r = ctx.rt.block_on(c).unwrap();
+        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+    }
+    let again = ctx.rt.block_on(call(ALICE, 5)).unwrap();
+    assert_eq!(
+        again.response()["result"]["isError"],
+        false,
+        "{}",
+        again.text
+    );
+    let r = ctx.rt.block_on(bobs).unwrap();
+    assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
 }
