@@ -26,6 +26,7 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::compile::CompiledTool;
 use crate::echo;
@@ -71,20 +72,29 @@ fn caller_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
         .map(|n| n.0.clone())
 }
 
-/// How many calls, resource reads and completions one HTTP caller may have running at
-/// once (`http.max_calls_per_caller`): a caller beyond it gets TOO_MANY_CALLS at once, so
-/// that one token holder cannot take every connection of the pool (`pool_size`) and leave
-/// the others waiting until their calls time out.
-pub struct CallLimit {
-    max: usize,
+/// What one HTTP caller may hold at once. Calls, resource reads and completions running:
+/// `http.max_calls_per_caller`, beyond which a caller gets TOO_MANY_CALLS at once, so that one
+/// token holder cannot take every connection of the pool (`pool_size`) and leave the others
+/// waiting until their calls time out; only authenticated callers have names, so without
+/// tokens only the pool limits. `subscriptions/listen` streams (2026-07-28):
+/// `http.max_sessions_per_caller`, as sessions (httpd/sessions.rs), everyone alike without
+/// tokens: one more ends the caller's oldest stream, which a client would reopen.
+pub struct CallerLimits {
+    calls: usize,
+    streams: usize,
     running: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+    listening: Arc<Listening>,
+    opened: std::sync::atomic::AtomicU64,
 }
 
-impl CallLimit {
-    pub fn new(max: usize) -> CallLimit {
-        CallLimit {
-            max: max.max(1),
+impl CallerLimits {
+    pub fn new(calls: usize, streams: usize) -> CallerLimits {
+        CallerLimits {
+            calls: calls.max(1),
+            streams: streams.max(1),
             running: std::sync::Mutex::default(),
+            listening: Arc::default(),
+            opened: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -95,7 +105,7 @@ impl CallLimit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(caller.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max)))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.calls)))
             .clone();
         places.try_acquire_owned().map_err(|_| {
             ToolError::new(
@@ -103,7 +113,7 @@ impl CallLimit {
                 format!(
                     "`{}` has {} calls running already, as many as one caller may",
                     echo::cap(caller),
-                    self.max
+                    self.calls
                 ),
             )
             .hint(
@@ -111,6 +121,51 @@ impl CallLimit {
                  http.max_calls_per_caller)",
             )
         })
+    }
+
+    /// Registers a stream of `caller`: the token ends it when the caller opens one too many;
+    /// the guard forgets it when it ends.
+    fn listen(&self, caller: &str) -> (CancellationToken, StreamGuard) {
+        let n = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let mut all = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = all.entry(caller.to_string()).or_default();
+        mine.push((n, stop.clone()));
+        while mine.len() > self.streams {
+            let (_, oldest) = mine.remove(0);
+            tracing::debug!(caller = %caller, "ending the caller's oldest subscriptions/listen stream");
+            oldest.cancel();
+        }
+        let guard = StreamGuard {
+            all: self.listening.clone(),
+            caller: caller.to_string(),
+            n,
+        };
+        (stop, guard)
+    }
+}
+
+/// Each caller's open `subscriptions/listen` streams, oldest first: (number, how to end it).
+type Listening = std::sync::Mutex<BTreeMap<String, Vec<(u64, CancellationToken)>>>;
+
+/// Forgets a `subscriptions/listen` stream when it ends.
+struct StreamGuard {
+    all: Arc<Listening>,
+    caller: String,
+    n: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = all.get_mut(&self.caller) {
+            mine.retain(|(n, _)| *n != self.n);
+            if mine.is_empty() {
+                all.remove(&self.caller);
+            }
+        }
     }
 }
 
@@ -209,8 +264,8 @@ pub struct Server {
     engine: Arc<Engine>,
     changes: broadcast::Sender<Change>,
     metrics: Option<Arc<Metrics>>,
-    /// Calls running per authenticated HTTP caller (none over stdio).
-    limit: Option<Arc<CallLimit>>,
+    /// What each HTTP caller may hold at once (nothing over stdio).
+    limit: Option<Arc<CallerLimits>>,
 }
 
 impl Server {
@@ -223,8 +278,8 @@ impl Server {
         }
     }
 
-    /// Limits the calls each authenticated HTTP caller has running at once.
-    pub fn with_call_limit(mut self, limit: Arc<CallLimit>) -> Server {
+    /// Limits what each HTTP caller holds at once: calls running, listen streams.
+    pub fn with_caller_limits(mut self, limit: Arc<CallerLimits>) -> Server {
         self.limit = Some(limit);
         self
     }
@@ -760,10 +815,20 @@ impl ServerHandler for Server {
 
     async fn listen(&self, ctx: SubscriptionContext) -> Result<(), ErrorData> {
         // 2026-07-28 sessions: notifications travel on the client's subscriptions/listen stream.
+        let (ended, _open) = match &self.limit {
+            Some(limit) => {
+                let (stop, guard) =
+                    limit.listen(&caller_name(ctx.request_context()).unwrap_or_default());
+                (stop, Some(guard))
+            }
+            None => (CancellationToken::new(), None),
+        };
         let mut rx = self.changes.subscribe();
         loop {
             tokio::select! {
                 () = ctx.cancelled() => return Ok(()),
+                // The caller opened more streams than it may: this, its oldest, ends.
+                () = ended.cancelled() => return Ok(()),
                 change = rx.recv() => {
                     let change = match change {
                         Ok(c) => c,

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::echo;
 use crate::engine::Engine;
 use crate::metrics::{Entered, Metrics, PoolGauge, Running};
-use crate::server::{CallLimit, CallerGrant, CallerName, Change, Server};
+use crate::server::{CallerGrant, CallerLimits, CallerName, Change, Server};
 use crate::spec::Safety;
 use auth::{Grant, Holder, TokenConfig, TokenStore};
 use oauth::{OAuth, OAuthConfig, Rejection};
@@ -293,12 +293,13 @@ pub async fn serve(
             Some(n) => Arc::new(metrics.for_cluster(n)),
             None => metrics.clone(),
         };
-        // Only authenticated callers have names, so without tokens nobody is limited but
-        // by the pool.
-        let limit = Arc::new(CallLimit::new(prepared.config.max_calls_per_caller));
+        let limits = Arc::new(CallerLimits::new(
+            prepared.config.max_calls_per_caller,
+            prepared.config.max_sessions_per_caller,
+        ));
         let server = Server::new(c.engine.clone(), changes.clone())
             .with_metrics(counters)
-            .with_call_limit(limit);
+            .with_caller_limits(limits);
         let mcp = StreamableHttpService::new(
             move || Ok(server.clone()),
             open_sessions.manager(&c.path()),

@@ -84,6 +84,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "http::a_caller_runs_at_most_max_calls_per_caller_and_others_still_get_in",
             call_limit,
         ),
+        trial(
+            ctx,
+            "http::one_listen_stream_too_many_ends_the_callers_oldest",
+            listen_limit,
+        ),
     ]
 }
 
@@ -1346,4 +1351,79 @@ fn call_limit(ctx: &Ctx) {
     );
     let r = ctx.rt.block_on(bobs).unwrap();
     assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+}
+
+/// `subscriptions/listen` streams count as sessions do (`http.max_sessions_per_caller`): a
+/// third stream with a limit of 2 ends the first; the other two stay and hear the next
+/// reload.
+fn listen_limit(ctx: &Ctx) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = HttpServer::start(
+        ctx,
+        &["--tools-dirs", dir.path().to_str().unwrap()],
+        &[("CITUS_MCP_HTTP_MAX_SESSIONS_PER_CALLER", "2")],
+    );
+    ctx.rt.block_on(async {
+        let listen = || async {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen",
+                "params": {"_meta": meta_2026(), "notifications": {"toolsListChanged": true}}});
+            let req = hyper::Request::builder()
+                .method("POST")
+                .uri(s.url(s.mcp_path()))
+                .header("content-type", "application/json")
+                .header(ACCEPT.0, ACCEPT.1)
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "subscriptions/listen")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let resp = s.client.request(req).await.expect("the stream opens");
+            assert_eq!(resp.status(), 200);
+            let mut stream = resp.into_body();
+            let mut seen = String::new();
+            while !seen.contains("notifications/subscriptions/acknowledged") {
+                let frame = stream.frame().await.expect("acknowledged").unwrap();
+                if let Some(d) = frame.data_ref() {
+                    seen.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            stream
+        };
+        // Reads a stream until it ends (None) or `needle` arrives (Some(true)), or 10 s.
+        async fn read_until(stream: &mut hyper::body::Incoming, needle: &str) -> Option<bool> {
+            let mut seen = String::new();
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match stream.frame().await {
+                        Some(Ok(f)) => {
+                            if let Some(d) = f.data_ref() {
+                                seen.push_str(&String::from_utf8_lossy(d));
+                                if seen.contains(needle) {
+                                    return Some(true);
+                                }
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Some(false))
+        }
+        let mut first = listen().await;
+        let mut second = listen().await;
+        let mut third = listen().await;
+        assert_eq!(
+            read_until(&mut first, "never").await,
+            None,
+            "the oldest stream ends"
+        );
+        std::fs::write(dir.path().join("hello.yaml"), EXTRA_TOOL).unwrap();
+        for (name, stream) in [("second", &mut second), ("third", &mut third)] {
+            assert_eq!(
+                read_until(stream, "notifications/tools/list_changed").await,
+                Some(true),
+                "the {name} stream stays and hears the reload"
+            );
+        }
+    });
 }
