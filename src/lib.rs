@@ -20,6 +20,7 @@ pub mod lint;
 pub mod manual;
 pub mod metrics;
 pub mod plugins;
+pub mod redact;
 pub mod registry;
 pub mod server;
 pub mod spec;

@@ -184,6 +184,11 @@ pub struct QuerySpec {
     /// For a plugin's query: template variables to render it with in lint (the plugin
     /// supplies them at run time, and runs the query only when it asks for it).
     pub example: Option<Map<String, Value>>,
+    /// Columns holding other sessions' statement texts: the engine masks the secrets in
+    /// them (`redact::secrets`) before the rows go anywhere. Each must be a column of the
+    /// result.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 fn yes() -> bool {

@@ -672,6 +672,29 @@ impl Engine {
     }
 }
 
+/// Masks the secrets in the query's `redact` columns (`redact::secrets`). A `redact`
+/// column the result does not have is an error, not a column left unmasked: the tool file
+/// and its SQL disagree (the example test finds it).
+pub(crate) fn redact(q: &QuerySpec, rows: &mut Rows) -> Result<(), ToolError> {
+    for name in &q.redact {
+        let Some(i) = rows.columns.iter().position(|c| &c.name == name) else {
+            return Err(ToolError::new(
+                ErrorCode::Internal,
+                format!("query `{}` has no column `{name}` to redact", q.name),
+            )
+            .hint("the tool file's `redact` names a column its SQL does not return"));
+        };
+        for row in &mut rows.rows {
+            if let Some(Value::String(text)) = row.get_mut(i)
+                && let std::borrow::Cow::Owned(masked) = crate::redact::secrets(text)
+            {
+                *text = masked;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A statement that failed because a node did not answer (Citus often does not say
 /// which: "cannot get the size because of a connection error") names the nodes this
 /// call's health check already found silent.
@@ -698,11 +721,12 @@ fn name_silent_nodes(mut e: ToolError, node_errors: &[Value]) -> ToolError {
 /// `node_errors`.
 fn push_part(
     q: &QuerySpec,
-    rows: Rows,
+    mut rows: Rows,
     parts: &mut Vec<Part>,
     ctx: Option<&mut Value>,
     node_errors: &mut Vec<Value>,
 ) -> Result<(), ToolError> {
+    redact(q, &mut rows)?;
     if q.node_health {
         for e in unreachable_nodes(&q.name, &rows)? {
             add_node_error(node_errors, e);

@@ -70,7 +70,9 @@ impl PluginCall<'_> {
             .db()?
             .read_only(&[st], self.limits.timeout, self.cancel)
             .await?;
-        Ok(rows.pop().expect("one statement, one result"))
+        let mut rows = rows.pop().expect("one statement, one result");
+        self.redact(name, &mut rows)?;
+        Ok(rows)
     }
 
     /// Runs the tool file's query `name` in autocommit on a connection of its own (the
@@ -135,8 +137,17 @@ impl PluginCall<'_> {
                 self.cancel,
             )
             .await?;
-        let (rows, node_errors) = super::merge_nodes(results);
+        let (mut rows, node_errors) = super::merge_nodes(results);
+        self.redact(name, &mut rows)?;
         Ok(NodeRows { rows, node_errors })
+    }
+
+    /// Masks the secrets in query `name`'s `redact` columns, as for a SQL tool.
+    fn redact(&self, name: &str, rows: &mut Rows) -> Result<(), ToolError> {
+        match self.tool.spec.queries.iter().find(|q| q.name == name) {
+            Some(q) => super::redact(q, rows),
+            None => Ok(()),
+        }
     }
 
     fn target(&self, name: &str) -> Target {

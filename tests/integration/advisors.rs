@@ -348,7 +348,7 @@ fn advisor_sees_sessions_lock_waits_and_prepared_transactions(ctx: &Ctx) {
     sessions.run(&[
         "BEGIN",
         &update("holder"),
-        &format!("SELECT pg_sleep(12) /* {marker} holder */"),
+        &format!("SELECT pg_sleep(12) /* {marker} holder PASSWORD $$hunter7$$ */"),
         "ROLLBACK",
     ]);
     wait_until("the holder to sleep", Duration::from_secs(10), || {
@@ -410,6 +410,8 @@ fn advisor_sees_sessions_lock_waits_and_prepared_transactions(ctx: &Ctx) {
         "{wait}"
     );
     assert_eq!(wait["next_tool"]["name"], "citus_lock_inspector");
+    // The holder's secret is in its statement, which two findings show: masked in both.
+    assert!(!out.to_string().contains("hunter7"), "{out}");
     if prepared {
         let x = one(&out, "orphaned_prepared_transaction", &gid);
         assert_eq!(x["evidence"]["citus_transaction"], false);

@@ -194,7 +194,7 @@ fn activity_shows_a_sleeping_session_and_filters_it(ctx: &Ctx) {
     let mut sessions = Sessions::new(ctx, &marker);
     // A secret in the statement: it must not leave the server as written.
     sessions.run(&[&format!(
-        "SELECT pg_sleep(20) /* {marker} sleep PASSWORD 'hunter2' */"
+        "SELECT pg_sleep(20) /* {marker} sleep PASSWORD 'hunter2' secret $x$hunter5$x$ token E'x\\'hunter6' */"
     )]);
     sessions.idle_after(&format!("SELECT 1 AS x /* {marker} idle */;"));
 
@@ -218,6 +218,13 @@ fn activity_shows_a_sleeping_session_and_filters_it(ctx: &Ctx) {
     let query = text(&found, "query");
     assert!(
         query.contains("PASSWORD '***'") && !query.contains("hunter2"),
+        "{found}"
+    );
+    // Every quoting PostgreSQL reads is masked (dollar quotes, E'' with a \' inside).
+    assert!(
+        query.contains("secret '***' token '***'")
+            && !query.contains("hunter5")
+            && !query.contains("hunter6"),
         "{found}"
     );
     assert_eq!(text(&found, "application_name"), marker);
@@ -394,6 +401,12 @@ fn lock_inspector_shows_who_blocks_whom(ctx: &Ctx) {
     assert!(
         blocking.contains("password=***") && !blocking.contains("hunter3"),
         "{wait}"
+    );
+    // Nowhere in the result: `blockers` shows the blocker's statement too.
+    let all = out.to_string();
+    assert!(
+        !all.contains("hunter3") && !all.contains("k-a") && !all.contains("k-b"),
+        "{out}"
     );
     let waiting = wait["waiting_gpid"].as_u64().expect("waiting gpid");
     let blocking = wait["blocking_gpid"].as_u64().expect("blocking gpid");
