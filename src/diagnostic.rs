@@ -47,6 +47,8 @@ pub enum Code {
     E013,
     /// A rendered query is not exactly one statement PostgreSQL's grammar accepts.
     E014,
+    /// `lint --db`: a query's `redact` names a column its statement does not return.
+    E015,
     /// The file name does not match the declared name.
     W001,
     /// The tool has no examples.
@@ -73,6 +75,7 @@ impl Code {
             Code::E012 => "E012",
             Code::E013 => "E013",
             Code::E014 => "E014",
+            Code::E015 => "E015",
             Code::W001 => "W001",
             Code::W002 => "W002",
             Code::W003 => "W003",

@@ -72,6 +72,10 @@ pub const CODES: &[(Code, &str)] = &[
         Code::E014,
         "a rendered query is not exactly one statement that PostgreSQL's grammar accepts",
     ),
+    (
+        Code::E015,
+        "lint --db: a query's `redact` names a column its statement does not return",
+    ),
     (Code::W001, "the file name does not match the declared name"),
     (Code::W002, "the tool has no examples"),
     (
@@ -166,6 +170,14 @@ pub async fn run(files: &[SourceFile], db: Option<&Db>) -> Vec<Diagnostic> {
                             .help("check relation, column and function names against the cluster's catalog"),
                     ),
                     Ok(columns) => {
+                        let redact = tool.spec.queries.get(qi).map_or(&[][..], |q| &q.redact[..]);
+                        for missing in redact.iter().filter(|r| !columns.iter().any(|(c, _)| &c.name == *r)) {
+                            out.push(
+                                Diagnostic::new(Code::E015, &file.origin, format!("query `{query}` has `redact: [{missing}]`, but no column `{missing}`: its secrets would not be masked"))
+                                    .at(crate::spec::locate(&file.text, &format!("/queries/{qi}/redact")).or(at))
+                                    .help("name the column as the SQL returns it (its alias)"),
+                            );
+                        }
                         for (c, _) in columns.into_iter().filter(|(_, decodable)| !decodable) {
                             out.push(
                                 Diagnostic::new(Code::W003, &file.origin, format!("query `{query}` returns column `{}` of type {}, which cannot become JSON", c.name, c.type_name))
