@@ -1190,21 +1190,34 @@ fn slow_connections(ctx: &Ctx) {
     assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
 }
 
+/// A configuration file in `dir`: the `http` setting `setting`, and tokens for alice and bob
+/// (read_only).
+fn alice_and_bob(dir: &std::path::Path, setting: &str) -> std::path::PathBuf {
+    let config = dir.join("config.yaml");
+    let token = |name: &str, secret: &str| {
+        format!(
+            "    - name: {name}\n      sha256: {}\n      classes: [read_only]\n",
+            citus_mcp::httpd::auth::hash_hex(secret)
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  {setting}\n  tokens:\n{}{}",
+            token("alice", ALICE),
+            token("bob", BOB)
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// `http.max_sessions_per_caller`: a caller that opens one session more loses its own oldest
 /// (404 from then on, as after a DELETE); another caller's sessions, and a caller's sessions
 /// within the limit, stay. A deleted session does not count.
 fn session_limit(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "http:\n  max_sessions_per_caller: 3\n  tokens:\n    - name: alice\n      sha256: {}\n      classes: [read_only]\n    - name: bob\n      sha256: {}\n      classes: [read_only]\n",
-            citus_mcp::httpd::auth::hash_hex(ALICE),
-            citus_mcp::httpd::auth::hash_hex(BOB)
-        ),
-    )
-    .unwrap();
+    let config = alice_and_bob(dir.path(), "max_sessions_per_caller: 3");
     let s = HttpServer::start(ctx, &["--config", config.to_str().unwrap()], &[]);
     let alice = format!("Bearer {ALICE}");
     let bob = format!("Bearer {BOB}");
@@ -1290,16 +1303,7 @@ fn call_limit(ctx: &Ctx) {
             .replace("pg_sleep(30)", "pg_sleep(4)"),
     )
     .unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "http:\n  max_calls_per_caller: 2\n  tokens:\n    - name: alice\n      sha256: {}\n      classes: [read_only]\n    - name: bob\n      sha256: {}\n      classes: [read_only]\n",
-            citus_mcp::httpd::auth::hash_hex(ALICE),
-            citus_mcp::httpd::auth::hash_hex(BOB)
-        ),
-    )
-    .unwrap();
+    let config = alice_and_bob(dir.path(), "max_calls_per_caller: 2");
     let tools = dir.path().to_str().unwrap();
     let s = HttpServer::start(
         ctx,
