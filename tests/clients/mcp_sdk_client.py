@@ -4,7 +4,8 @@ tests/integration/clients.rs against `citus-mcp serve --http`.
     python3 mcp_sdk_client.py URL MODE TOOLS_DIR TOOL_FILE
 
 MODE is the SDK's `mode`: `legacy` (initialize handshake, a 2025 session) or `2026-07-28`
-(no handshake, no session). The client lists the tools, calls `ping` and `list_nodes`, then,
+(no handshake, no session). The client lists the tools, calls `ping`, idles past the server's
+read timeout and calls `list_nodes`, then,
 when TOOLS_DIR is not `-`, copies TOOL_FILE (a tool named as its file) into TOOLS_DIR, waits
 for `notifications/tools/list_changed` (the GET stream of a legacy session, or
 `subscriptions/listen` on 2026-07-28), lists again and calls the new tool. It prints one JSON
@@ -21,6 +22,10 @@ import mcp
 import mcp_types as types
 
 WAIT_SECONDS = 20
+# Between two calls the client idles longer than the read timeout the test gives the server
+# (2 s): the server closes the kept-alive connection under it, and the SDK must connect again
+# on its own. The GET and listen streams are answers, which the server never cuts.
+IDLE_SECONDS = 3
 
 
 def structured(result):
@@ -44,6 +49,7 @@ async def main(url, mode, tools_dir, tool_file):
         tools = await client.list_tools()
         report["tools"] = sorted(t.name for t in tools.tools)
         report["ping"] = structured(await client.call_tool("ping", {"message": "from the python sdk"}))
+        await asyncio.sleep(IDLE_SECONDS)
         nodes = structured(await client.call_tool("list_nodes", {}))
         report["nodes"] = len(nodes["nodes"])
         if tools_dir != "-":

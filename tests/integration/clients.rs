@@ -109,7 +109,9 @@ fn python_sdk(ctx: &Ctx) {
         if stateless {
             args.push("--http-stateless");
         }
-        let s = HttpServer::start(ctx, &args, &[]);
+        // A read timeout shorter than the client's pause between two calls (the script's
+        // IDLE_SECONDS): its idle connection is closed under it.
+        let s = HttpServer::start(ctx, &args, &[("CITUS_MCP_HTTP_READ_TIMEOUT_SECONDS", "2")]);
         let url = s.ep.url("/mcp");
         for mode in ["legacy", "2026-07-28"] {
             let name = format!(
