@@ -453,6 +453,55 @@ mod tests {
         assert!(reg.tools.len() >= 9);
     }
 
+    /// Tidy: a built-in query whose result has a statement text (a column named `query`,
+    /// `statement` or `..._statement`: other sessions' statements, from pg_stat_activity or
+    /// citus_lock_waits) names it in `redact`, so its secrets are masked.
+    #[test]
+    fn statement_texts_are_redacted() {
+        let looks_like_statement =
+            |c: &str| c == "query" || c == "statement" || c.ends_with("_statement");
+        let mut seen = 0;
+        for file in builtin_tools() {
+            let (Some(tool), _) = compile::compile_tool(&file, crate::plugins::NAMES) else {
+                continue;
+            };
+            let mut rendered = Vec::new();
+            for ex in tool
+                .spec
+                .examples
+                .iter()
+                .filter(|e| e.expect.error.is_none())
+            {
+                rendered.extend(tool.render_example(&ex.args).unwrap());
+            }
+            // A plugin's queries render with their own `example` variables.
+            let run = tool.runnable().unwrap();
+            for q in &tool.spec.queries {
+                if let Some(vars) = &q.example {
+                    let vars = serde_json::Value::Object(vars.clone());
+                    rendered.push((
+                        q.name.clone(),
+                        run.templates.render(&q.name, &vars).unwrap(),
+                    ));
+                }
+            }
+            for (query, r) in rendered {
+                let q = tool.spec.queries.iter().find(|q| q.name == query).unwrap();
+                let names = crate::sql::parse(&r.sql).unwrap().output_names();
+                for c in names.iter().filter(|c| looks_like_statement(c)) {
+                    seen += 1;
+                    assert!(
+                        q.redact.contains(c),
+                        "{}: query `{query}` returns `{c}` without `redact: [{c}]`",
+                        tool.spec.name
+                    );
+                }
+            }
+        }
+        // citus_activity, citus_lock_inspector (twice), the advisor (twice) at least.
+        assert!(seen >= 5, "{seen}");
+    }
+
     /// build.rs's JSON of every built-in file is its YAML, value for value, and what a
     /// built-in `SourceFile` holds.
     #[test]

@@ -130,6 +130,38 @@ impl Parsed {
         self.statements.iter().any(any_param)
     }
 
+    /// The names of the first statement's result columns, as a SELECT (its first branch,
+    /// for UNION and the like) names them: the alias, else a column reference's last part.
+    /// A column named by neither (an expression) is `?column?`, as PostgreSQL names it.
+    pub fn output_names(&self) -> Vec<String> {
+        let mut select = self.statements.first().and_then(|s| s.get("SelectStmt"));
+        while let Some(left) = select.and_then(|s| s.get("larg")).filter(|l| !l.is_null()) {
+            select = Some(left);
+        }
+        let targets = select
+            .and_then(|s| s.get("target_list"))
+            .and_then(Value::as_array);
+        targets
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("node")?.get("ResTarget"))
+            .map(|r| {
+                let alias = r
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty());
+                let column = || {
+                    r.pointer("/val/node/ColumnRef/fields")?
+                        .as_array()?
+                        .last()?
+                        .pointer("/node/String/sval")?
+                        .as_str()
+                };
+                alias.or_else(column).unwrap_or("?column?").to_string()
+            })
+            .collect()
+    }
+
     /// Every name the statements can reach that the catalog must judge.
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
@@ -365,6 +397,20 @@ pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_names_are_what_a_select_names_its_columns() {
+        let names = |sql: &str| parse(sql).unwrap().output_names();
+        assert_eq!(
+            names("SELECT a.query, left(b.statement, 9) AS blocked, 1 FROM a, b"),
+            ["query", "blocked", "?column?"]
+        );
+        assert_eq!(
+            names("WITH w AS (SELECT 1 AS x) SELECT w.x AS y FROM w UNION ALL SELECT 2"),
+            ["y"]
+        );
+        assert!(names("EXPLAIN SELECT 1").is_empty());
+    }
 
     fn writes(sql: &str) -> Option<String> {
         parse(sql).unwrap().writes()
