@@ -23,11 +23,11 @@ use regex::Regex;
 /// What replaces a secret.
 const MASK: &str = "***";
 
-/// A secret's name, then what stands between it and its value: a space, `=`, `:` or `TO`
-/// (`SET app.api_key TO '...'`); a name right before a quote is the end of a constant that
-/// holds the word.
+/// A secret's name, also at the end of a longer one (`db_password`, `client_secret`), then
+/// what stands between it and its value: a space, `=`, `:` or `TO` (`SET app.api_key TO
+/// '...'`); a name right before a quote is the end of a constant that holds the word.
 static NAMED: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:password|passwd|secret|token|api_?key)(?:\s*[=:]\s*|\s+(?:to\s+)?)")
+    Regex::new(r"(?i)(?:password|passwd|secret|token|api_?key)(?:\s*[=:]\s*|\s+(?:to\s+)?)")
         .expect("a valid pattern")
 });
 
@@ -175,6 +175,11 @@ mod tests {
             "SET app.api_key TO 'k-1'; SET my.secret = E'k-2'",
             "k-",
             "SET app.api_key TO '***'; SET my.secret = '***'",
+        );
+        masked(
+            "SET my.db_password = 'k-1' /* client_secret: 'k-2', api_token '$x' */",
+            "k-",
+            "SET my.db_password = '***' /* client_secret: '***', api_token '***' */",
         );
         masked(
             "SELECT 1 /* api_key='k-1' Token: 'k-2' apikey 'k-3' secret='k-4' */",
