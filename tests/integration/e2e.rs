@@ -330,7 +330,7 @@ fn every_line_answered(ctx: &Ctx) {
 /// rmcp, and one of the two replies was lost.
 fn reused_id(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
-    let slow = SLOW_TOOL.replace("pg_sleep(30)", "pg_sleep(120)");
+    let slow = slow_tool("slow", "e2e_slow_marker", 120);
     std::fs::write(dir.path().join("slow.yaml"), slow).unwrap();
     let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);
     let slow_call = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call", "params": {"name": "slow", "arguments": {}}});
@@ -594,7 +594,13 @@ fn secrets_never_leak(ctx: &Ctx) {
     assert!(!seen.contains(secret), "the approval secret leaked");
 }
 
-pub const SLOW_TOOL: &str = "name: slow\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {timeout_ms: 60000}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep(30) IS NULL AS e2e_slow_marker\nexamples:\n  - args: {}\n";
+/// A tool file: tool `name` sleeps `secs` seconds on the server, its SQL marked with
+/// `marker` (for [`crate::Ctx::running`]).
+pub fn slow_tool(name: &str, marker: &str, secs: u32) -> String {
+    format!(
+        "name: {name}\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {{timeout_ms: 60000}}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep({secs}) IS NULL AS {marker}\nexamples:\n  - args: {{}}\n"
+    )
+}
 
 /// A call of a `slow` tool (`pg_sleep(secs)`, its SQL marked with `marker`) over stdio,
 /// once its query runs on the server.
@@ -611,9 +617,7 @@ impl SlowCall {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("slow.yaml"),
-            SLOW_TOOL
-                .replace("e2e_slow_marker", marker)
-                .replace("pg_sleep(30)", &format!("pg_sleep({secs})")),
+            slow_tool("slow", marker, secs),
         )
         .unwrap();
         let mut client = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &[]);

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use libtest_mimic::Trial;
 use serde_json::{Value, json};
 
-use crate::e2e::{EXEC_TOOL, EXTRA_TOOL, SLOW_TOOL, bin};
+use crate::e2e::{EXEC_TOOL, EXTRA_TOOL, bin, slow_tool};
 use crate::{Ctx, trial};
 
 pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
@@ -445,13 +445,7 @@ pub(crate) fn structured(a: &Answer) -> &Value {
 fn vanished_clients(ctx: &Ctx) {
     let marker = "http_vanish_marker";
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("slow.yaml"),
-        SLOW_TOOL
-            .replace("e2e_slow_marker", marker)
-            .replace("pg_sleep(30)", "pg_sleep(120)"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("slow.yaml"), slow_tool("slow", marker, 120)).unwrap();
     let wait_for = |want: u64, what: &str| {
         ctx.wait_running(marker, |n| n == want, Duration::from_secs(10), what);
     };
@@ -980,13 +974,8 @@ fn load(ctx: &Ctx) {
 
 fn graceful_shutdown(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
-    let short = SLOW_TOOL
-        .replace("name: slow", "name: short")
-        .replace("pg_sleep(30)", "pg_sleep(1)")
-        .replace("e2e_slow_marker", "http_short_marker");
-    let long = SLOW_TOOL
-        .replace("pg_sleep(30)", "pg_sleep(120)")
-        .replace("e2e_slow_marker", "http_long_marker");
+    let short = slow_tool("short", "http_short_marker", 1);
+    let long = slow_tool("slow", "http_long_marker", 120);
     std::fs::write(dir.path().join("short.yaml"), short).unwrap();
     std::fs::write(dir.path().join("slow.yaml"), long).unwrap();
     let active = |marker: &str| {
@@ -1077,7 +1066,7 @@ fn slow_connections(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("slow.yaml"),
-        SLOW_TOOL.replace("pg_sleep(30)", "pg_sleep(3)"),
+        slow_tool("slow", "http_slow_connections_marker", 3),
     )
     .unwrap();
     let mut cmd = std::process::Command::new("sh");
@@ -1296,13 +1285,7 @@ fn session_limit(ctx: &Ctx) {
 fn call_limit(ctx: &Ctx) {
     let marker = "http_call_limit_marker";
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("slow.yaml"),
-        SLOW_TOOL
-            .replace("e2e_slow_marker", marker)
-            .replace("pg_sleep(30)", "pg_sleep(4)"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("slow.yaml"), slow_tool("slow", marker, 4)).unwrap();
     let config = alice_and_bob(dir.path(), "max_calls_per_caller: 2");
     let tools = dir.path().to_str().unwrap();
     let s = HttpServer::start(
