@@ -100,13 +100,17 @@ impl CallerLimits {
 
     /// A place for one more call of `caller`, held until it is dropped.
     fn enter(&self, caller: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ToolError> {
-        let places = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(caller.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.calls)))
-            .clone();
+        let places = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            // The caller's name is copied once, at its first call.
+            match running.get(caller) {
+                Some(places) => places.clone(),
+                None => running
+                    .entry(caller.to_string())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.calls)))
+                    .clone(),
+            }
+        };
         places.try_acquire_owned().map_err(|_| {
             ToolError::new(
                 ErrorCode::TooManyCalls,
