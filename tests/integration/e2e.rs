@@ -595,10 +595,10 @@ fn secrets_never_leak(ctx: &Ctx) {
 }
 
 /// A tool file: tool `name` sleeps `secs` seconds on the server, its SQL marked with
-/// `marker` (for [`crate::Ctx::running`]).
+/// `marker` (for [`crate::Ctx::running`]), every call (never from the cache).
 pub fn slow_tool(name: &str, marker: &str, secs: u32) -> String {
     format!(
-        "name: {name}\ndescription: Sleeps on the server.\nsafety: read_only\nlimits: {{timeout_ms: 60000}}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep({secs}) IS NULL AS {marker}\nexamples:\n  - args: {{}}\n"
+        "name: {name}\ndescription: Sleeps on the server.\nsafety: read_only\ncache_ttl_s: 0\nlimits: {{timeout_ms: 60000}}\nqueries:\n  - name: r\n    shape: value\n    sql: SELECT pg_sleep({secs}) IS NULL AS {marker}\nexamples:\n  - args: {{}}\n"
     )
 }
 

@@ -1160,20 +1160,26 @@ fn slow_connections(ctx: &Ctx) {
     let r = next(&mut idle);
     assert!(closed(&r), "an idle connection is still open: {r:?}");
 
-    // A body that stops halfway: 408, then closed.
-    let mut body = connect();
-    body.write_all(
-        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-          Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"",
-    )
-    .unwrap();
-    let r = next(&mut body);
-    assert!(
-        matches!(&r, Ok(t) if t.starts_with("HTTP/1.1 408") && t.contains("http.read_timeout_seconds")),
-        "{r:?}"
-    );
-    let r = next(&mut body);
-    assert!(closed(&r), "{r:?}");
+    // A body that stops halfway: 408, then closed; sized or chunked alike.
+    for framing in [
+        &b"Content-Length: 100\r\n\r\n{\"jsonrpc\""[..],
+        &b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"jso\r\n"[..],
+    ] {
+        let mut body = connect();
+        body.write_all(
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Accept: application/json, text/event-stream\r\n",
+        )
+        .unwrap();
+        body.write_all(framing).unwrap();
+        let r = next(&mut body);
+        assert!(
+            matches!(&r, Ok(t) if t.starts_with("HTTP/1.1 408") && t.contains("http.read_timeout_seconds")),
+            "{r:?}"
+        );
+        let r = next(&mut body);
+        assert!(closed(&r), "{r:?}");
+    }
 
     let r = ctx.rt.block_on(s.call_2026(&[], 2, "ping", json!({})));
     assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
@@ -1207,7 +1213,11 @@ fn alice_and_bob(dir: &std::path::Path, setting: &str) -> std::path::PathBuf {
 fn session_limit(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     let config = alice_and_bob(dir.path(), "max_sessions_per_caller: 3");
-    let s = HttpServer::start(ctx, &["--config", config.to_str().unwrap()], &[]);
+    let s = HttpServer::start(
+        ctx,
+        &["--config", config.to_str().unwrap()],
+        &[("CITUS_MCP_HTTP_READ_TIMEOUT_SECONDS", "2")],
+    );
     let alice = format!("Bearer {ALICE}");
     let bob = format!("Bearer {BOB}");
     let alice = [("authorization", alice.as_str())];
@@ -1277,6 +1287,24 @@ fn session_limit(ctx: &Ctx) {
     let n = c.read(&mut buf).expect("answered before the body comes");
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    // With a valid token, the body that never comes gets the read timeout: 408, where
+    // `authorize` reads it to see the tool called.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    c.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ALICE}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Length: 100\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let n = c
+        .read(&mut buf)
+        .expect("answered when the read timeout passes");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
 
 /// `http.max_calls_per_caller`: with 2, alice's third call while two of hers run gets
@@ -1338,6 +1366,53 @@ fn call_limit(ctx: &Ctx) {
     );
     let r = ctx.rt.block_on(bobs).unwrap();
     assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+
+    // Another way to run a query: a resource read counts as a call too.
+    let two = [call(ALICE, 6), call(ALICE, 7)];
+    ctx.wait_running(
+        marker,
+        |n| n == 2,
+        Duration::from_secs(10),
+        "alice's calls never ran",
+    );
+    let read = ctx.rt.block_on(async {
+        let auth = format!("Bearer {ALICE}");
+        let session = s.initialize(&[("authorization", &auth)]).await;
+        s.post(
+            &[
+                ("authorization", &auth),
+                ("mcp-session-id", &session),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            &json!({"jsonrpc": "2.0", "id": 8, "method": "resources/read",
+                "params": {"uri": "citus://cluster/summary"}}),
+        )
+        .await
+    });
+    assert_eq!(
+        read.response()["error"]["data"]["error"]["code"],
+        "TOO_MANY_CALLS",
+        "{}",
+        read.text
+    );
+    // A client that goes away mid-call gives its places back: its statements are
+    // cancelled (2026-07-28: a closed stream), and its next call runs.
+    for c in two {
+        c.abort();
+    }
+    ctx.wait_running(
+        marker,
+        |n| n == 0,
+        Duration::from_secs(10),
+        "the vanished calls still run",
+    );
+    let after = ctx.rt.block_on(call(ALICE, 9)).unwrap();
+    assert_eq!(
+        after.response()["result"]["isError"],
+        false,
+        "{}",
+        after.text
+    );
 }
 
 /// `subscriptions/listen` streams count as sessions do (`http.max_sessions_per_caller`): a
