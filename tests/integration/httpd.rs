@@ -134,6 +134,12 @@ impl Answer {
             .unwrap_or_else(|| panic!("no response in {} {}", self.status, self.text))
     }
 
+    /// Fails the test, showing the answer, unless it is a tool result that is not an error.
+    #[track_caller]
+    pub(crate) fn assert_ok(&self) {
+        assert_eq!(self.response()["result"]["isError"], false, "{}", self.text);
+    }
+
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -1355,17 +1361,12 @@ fn call_limit(ctx: &Ctx) {
     );
     for c in first {
         let r = ctx.rt.block_on(c).unwrap();
-        assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+        r.assert_ok();
     }
     let again = ctx.rt.block_on(call(ALICE, 5)).unwrap();
-    assert_eq!(
-        again.response()["result"]["isError"],
-        false,
-        "{}",
-        again.text
-    );
+    again.assert_ok();
     let r = ctx.rt.block_on(bobs).unwrap();
-    assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
+    r.assert_ok();
 
     // Another way to run a query: a resource read counts as a call too.
     let two = [call(ALICE, 6), call(ALICE, 7)];
@@ -1407,12 +1408,7 @@ fn call_limit(ctx: &Ctx) {
         "the vanished calls still run",
     );
     let after = ctx.rt.block_on(call(ALICE, 9)).unwrap();
-    assert_eq!(
-        after.response()["result"]["isError"],
-        false,
-        "{}",
-        after.text
-    );
+    after.assert_ok();
 }
 
 /// `subscriptions/listen` streams count as sessions do (`http.max_sessions_per_caller`): a
