@@ -17,7 +17,11 @@ use serde_json::Value;
 #[error("{0}")]
 pub struct SqlError(pub String);
 
-/// A parsed statement list, as the parser's tree in JSON form.
+/// A parsed statement list, as the parser's tree in libpg_query's JSON form: a node is
+/// an object with one key, its type (`{"FuncCall": {...}}`), whose fields carry
+/// PostgreSQL's own names (`targetList`, `funcname`); a field whose type is fixed
+/// (`SelectStmt.larg`, `TypeCast.typeName`) holds the fields without the type key, and
+/// fields at their default (false, 0, empty, NULL) are left out.
 #[derive(Debug, Clone)]
 pub struct Parsed {
     statements: Vec<Value>,
@@ -25,36 +29,36 @@ pub struct Parsed {
 
 /// Parses SQL text with PostgreSQL's grammar.
 pub fn parse(sql: &str) -> Result<Parsed, SqlError> {
-    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
-        .map_err(|e| SqlError(parse_message(e)))?;
-    let statements = tree
-        .protobuf
-        .stmts
-        .iter()
-        .filter_map(|s| s.stmt.as_ref())
-        .map(|n| serde_json::to_value(n).unwrap_or(Value::Null))
-        .map(|v| v.get("node").cloned().unwrap_or(Value::Null))
+    let json = libpg_query::parse(sql).map_err(|m| SqlError(format!("syntax error: {m}")))?;
+    // serde_json stops at 128 levels of objects and arrays, two per expression; the
+    // walkers below recurse as deep, so that limit is also what keeps their stack small.
+    let tree: Value = serde_json::from_str(&json).map_err(|_| {
+        SqlError(format!(
+            "the statement nests too deeply for citus-mcp to read: at most {MAX_CHAIN} operators \
+             in one chain (a + b + c ..., a || b || c ...), or about 16 subqueries one inside \
+             another; split the chain or the subqueries"
+        ))
+    })?;
+    let statements = match tree {
+        Value::Object(mut m) => match m.remove("stmts") {
+            Some(Value::Array(stmts)) => stmts,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let statements = statements
+        .into_iter()
+        .filter_map(|s| match s {
+            Value::Object(mut m) => m.remove("stmt"),
+            _ => None,
+        })
         .collect();
     Ok(Parsed { statements })
 }
 
-fn parse_message(e: pg_query::Error) -> String {
-    match e {
-        pg_query::Error::Parse(m) => format!("syntax error: {m}"),
-        // The parse tree comes over as protobuf, whose reader stops at 100 levels of
-        // messages (two per expression), and says so with every level's name.
-        pg_query::Error::Decode(_) => format!(
-            "the statement nests too deeply for citus-mcp to read: at most {MAX_CHAIN} operators \
-             in one chain (a + b + c ..., a || b || c ...), or about 15 subqueries one inside \
-             another; split the chain or the subqueries"
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// The longest chain of binary operators whose parse tree can be read (see
-/// [`parse_message`]); a scalar subquery costs about three times as much.
-const MAX_CHAIN: usize = 45;
+/// [`parse`]); a scalar subquery costs about three and a half times as much.
+const MAX_CHAIN: usize = 57;
 
 /// The kind of a top-level statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,21 +85,10 @@ impl Parsed {
 
     /// The kind of the first statement, and its node name (e.g. `ExplainStmt`).
     pub fn kind(&self) -> (Kind, String) {
-        let name = self
-            .statements
+        self.statements
             .first()
-            .and_then(Value::as_object)
-            .and_then(|m| m.keys().next().cloned())
-            .unwrap_or_default();
-        let kind = match name.as_str() {
-            "SelectStmt" => Kind::Query,
-            "InsertStmt" => Kind::Insert,
-            "UpdateStmt" => Kind::Update,
-            "DeleteStmt" => Kind::Delete,
-            "MergeStmt" => Kind::Merge,
-            _ => Kind::Other,
-        };
-        (kind, name)
+            .map(kind_of)
+            .unwrap_or((Kind::Other, String::new()))
     }
 
     /// What in the text writes or locks, if anything: a statement that is not a query,
@@ -104,10 +97,7 @@ impl Parsed {
     /// catalog to judge.
     pub fn writes(&self) -> Option<String> {
         for st in &self.statements {
-            let (kind, name) = Parsed {
-                statements: vec![st.clone()],
-            }
-            .kind();
+            let (kind, name) = kind_of(st);
             if kind != Kind::Query {
                 return Some(statement_name(kind, &name));
             }
@@ -139,22 +129,22 @@ impl Parsed {
             select = Some(left);
         }
         let targets = select
-            .and_then(|s| s.get("target_list"))
+            .and_then(|s| s.get("targetList"))
             .and_then(Value::as_array);
         targets
             .into_iter()
             .flatten()
-            .filter_map(|t| t.get("node")?.get("ResTarget"))
+            .filter_map(|t| t.get("ResTarget"))
             .map(|r| {
                 let alias = r
                     .get("name")
                     .and_then(Value::as_str)
                     .filter(|n| !n.is_empty());
                 let column = || {
-                    r.pointer("/val/node/ColumnRef/fields")?
+                    r.pointer("/val/ColumnRef/fields")?
                         .as_array()?
                         .last()?
-                        .pointer("/node/String/sval")?
+                        .pointer("/String/sval")?
                         .as_str()
                 };
                 alias.or_else(column).unwrap_or("?column?").to_string()
@@ -174,6 +164,23 @@ impl Parsed {
             .retain(|(schema, name)| !schema.is_empty() || !ctes.contains(name.as_str()));
         r
     }
+}
+
+/// A statement node's kind and type name.
+fn kind_of(statement: &Value) -> (Kind, String) {
+    let name = statement
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .unwrap_or_default();
+    let kind = match name.as_str() {
+        "SelectStmt" => Kind::Query,
+        "InsertStmt" => Kind::Insert,
+        "UpdateStmt" => Kind::Update,
+        "DeleteStmt" => Kind::Delete,
+        "MergeStmt" => Kind::Merge,
+        _ => Kind::Other,
+    };
+    (kind, name)
 }
 
 fn statement_name(kind: Kind, node: &str) -> String {
@@ -197,8 +204,8 @@ fn find_write(v: &Value) -> Option<String> {
                     "UpdateStmt" => return Some("UPDATE".into()),
                     "DeleteStmt" => return Some("DELETE".into()),
                     "MergeStmt" => return Some("MERGE".into()),
-                    "into_clause" if !child.is_null() => return Some("SELECT INTO".into()),
-                    "locking_clause" if child.as_array().is_some_and(|a| !a.is_empty()) => {
+                    "intoClause" if !child.is_null() => return Some("SELECT INTO".into()),
+                    "lockingClause" if child.as_array().is_some_and(|a| !a.is_empty()) => {
                         return Some("a locking clause (FOR UPDATE/SHARE)".into());
                     }
                     _ => {}
@@ -269,7 +276,7 @@ fn qualified(list: &Value) -> Option<QualName> {
     let parts: Vec<&str> = list
         .as_array()?
         .iter()
-        .filter_map(|n| n.get("node").unwrap_or(n).get("String"))
+        .filter_map(|n| n.get("String"))
         .filter_map(|s| s.get("sval").and_then(Value::as_str))
         .collect();
     let (name, rest) = parts.split_last()?;
@@ -289,9 +296,10 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
             if let Some(name) = m.get("funcname").and_then(qualified) {
                 r.functions.insert(name);
             }
-            // A_Expr: an operator by name; BETWEEN and friends use comparisons.
-            if m.contains_key("lexpr") && m.contains_key("rexpr") && m.contains_key("kind") {
-                match m.get("name").and_then(qualified) {
+            // A_Expr (infix or prefix): an operator by name; BETWEEN and friends use
+            // comparisons.
+            if let Some(e) = m.get("A_Expr") {
+                match e.get("name").and_then(qualified) {
                     Some(op) if !op.1.to_ascii_uppercase().contains("BETWEEN") => {
                         r.operators.insert(op);
                     }
@@ -300,18 +308,19 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
                 r.operators
                     .extend(IMPLICIT_OPERATORS.iter().map(|s| bare(s)));
             }
-            for key in ["oper_name", "use_op"] {
+            // `x op ANY (subquery)` and `ORDER BY x USING op`.
+            for key in ["operName", "useOp"] {
                 if let Some(op) = m.get(key).and_then(qualified) {
                     r.operators.insert(op);
                 }
             }
-            // TypeName: `x::t`, CAST(x AS t), typed literals, column definition lists.
-            if m.contains_key("typmods")
-                && let Some(t) = m.get("names").and_then(qualified)
-            {
+            // TypeName (the only node with `names`): `x::t`, CAST(x AS t), typed
+            // literals, column definition lists.
+            if let Some(t) = m.get("names").and_then(qualified) {
                 r.types.insert(t);
             }
-            if m.contains_key("relname") && m.contains_key("inh") {
+            // RangeVar (the only node of a raw parse tree with `relname`).
+            if m.contains_key("relname") {
                 let rel = m.get("relname").and_then(Value::as_str).unwrap_or_default();
                 let schema = m
                     .get("schemaname")
@@ -331,14 +340,14 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
             // `x.f` may call f(x): every field after the first is a possible function.
             if let Some(fields) = m.get("ColumnRef").and_then(|c| c.get("fields")) {
                 for f in fields.as_array().into_iter().flatten().skip(1) {
-                    if let Some(s) = f.pointer("/node/String/sval").and_then(Value::as_str) {
+                    if let Some(s) = f.pointer("/String/sval").and_then(Value::as_str) {
                         r.functions.insert(bare(s));
                     }
                 }
             }
-            if let Some(ind) = m.get("AIndirection").and_then(|c| c.get("indirection")) {
+            if let Some(ind) = m.get("A_Indirection").and_then(|c| c.get("indirection")) {
                 for f in ind.as_array().into_iter().flatten() {
-                    if let Some(s) = f.pointer("/node/String/sval").and_then(Value::as_str) {
+                    if let Some(s) = f.pointer("/String/sval").and_then(Value::as_str) {
                         r.functions.insert(bare(s));
                     }
                 }
@@ -367,11 +376,11 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
 /// quoted identifier or a comment, where a bind would never arrive.
 pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
     use pg_query::protobuf::Token;
-    let Ok(scan) = pg_query::scan(sql) else {
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for t in &scan.tokens {
+    for t in &tokens {
         let code = Token::try_from(t.token).unwrap_or(Token::Nul);
         if code == Token::Param {
             continue;
@@ -392,6 +401,60 @@ pub fn placeholders_outside_code(sql: &str) -> Vec<String> {
     }
     out.dedup();
     out
+}
+
+/// The parser's C entry point that answers in JSON. The `pg_query` crate reads the tree
+/// only as protobuf, whose decoder and node types weigh 0.8 MB in the binary (issue #8);
+/// its library (linked by that crate) also writes the same tree as JSON, which is what
+/// this module reads.
+mod libpg_query {
+    use std::ffi::{CStr, CString, c_char, c_int};
+
+    // The layouts of pg_query.h (libpg_query 18, vendored by pg_query 18.1).
+    #[repr(C)]
+    struct PgQueryError {
+        message: *mut c_char,
+        funcname: *mut c_char,
+        filename: *mut c_char,
+        lineno: c_int,
+        cursorpos: c_int,
+        context: *mut c_char,
+    }
+
+    #[repr(C)]
+    struct PgQueryParseResult {
+        parse_tree: *mut c_char,
+        stderr_buffer: *mut c_char,
+        error: *mut PgQueryError,
+    }
+
+    unsafe extern "C" {
+        fn pg_query_parse(input: *const c_char) -> PgQueryParseResult;
+        fn pg_query_free_parse_result(result: PgQueryParseResult);
+    }
+
+    /// The parse tree of `sql` as JSON text, or the parser's error message.
+    pub fn parse(sql: &str) -> Result<String, String> {
+        let input = CString::new(sql)
+            .map_err(|e| format!("the text holds a NUL byte at {}", e.nul_position()))?;
+        // SAFETY: `input` is a NUL-terminated string that outlives the call; the result's
+        // pointers are either NULL or NUL-terminated strings that libpg_query allocated,
+        // read here before the one call that frees them. libpg_query keeps its state per
+        // thread, so calls from several threads at once are safe.
+        unsafe {
+            let result = pg_query_parse(input.as_ptr());
+            let text = |p: *const c_char| {
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            };
+            let out = if result.error.is_null() {
+                text(result.parse_tree).ok_or_else(|| "the parser ran out of memory".into())
+            } else {
+                Err(text((*result.error).message).unwrap_or_default())
+            };
+            pg_query_free_parse_result(result);
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -483,6 +546,39 @@ mod tests {
         assert!(r.relations.contains(&bare("t")));
     }
 
+    /// The tree leaves out fields at their default (no `inh` for ONLY, no `lexpr` for a
+    /// prefix operator, no `typmods` for a plain type), and a field of a fixed type holds
+    /// its node without the type's name: none of these may hide a name.
+    #[test]
+    fn reaches_names_the_tree_writes_sparsely() {
+        let r = parse(
+            "SELECT OPERATOR(public.###) 5, - x.a, '1'::public.mood, \
+             1 OPERATOR(public.===) ANY (SELECT 1), CAST(2 AS s.t2) \
+             FROM ONLY public.t x, LATERAL s.f() AS g(c s.t3) ORDER BY 1 USING OPERATOR(public.<<<)",
+        )
+        .unwrap()
+        .reach();
+        let q = |s: &str, n: &str| (s.to_string(), n.to_string());
+        assert!(r.operators.contains(&q("public", "###")), "{r:?}");
+        assert!(r.operators.contains(&bare("-")), "{r:?}");
+        assert!(r.operators.contains(&q("public", "===")), "{r:?}");
+        assert!(r.operators.contains(&q("public", "<<<")), "{r:?}");
+        assert!(r.types.contains(&q("public", "mood")), "{r:?}");
+        assert!(r.types.contains(&q("s", "t2")), "{r:?}");
+        assert!(r.types.contains(&q("s", "t3")), "{r:?}");
+        assert!(r.relations.contains(&q("public", "t")), "{r:?}");
+        assert!(r.functions.contains(&q("s", "f")), "{r:?}");
+        // Every spelling of a write: the statement kinds, INTO and a locking clause
+        // inside a set operation's branch (a field of fixed type).
+        assert!(writes("SELECT 1 UNION (SELECT 2 INTO t)").is_some());
+        assert!(writes("SELECT 1 UNION ALL (SELECT a FROM t FOR KEY SHARE)").is_some());
+        assert_eq!(writes("CALL s.p()").as_deref(), Some("Call"));
+        assert_eq!(
+            parse("CALL s.p()").unwrap().reach().functions,
+            [q("s", "p")].into()
+        );
+    }
+
     #[test]
     fn sees_parameters_only_where_the_lexer_does() {
         assert!(parse("SELECT $1").unwrap().has_params());
@@ -499,10 +595,10 @@ mod tests {
         let chain = |n: usize| format!("SELECT {}", vec!["x"; n].join(" || "));
         assert!(parse(&chain(MAX_CHAIN + 1)).is_ok());
         let e = parse(&chain(MAX_CHAIN + 2)).unwrap_err();
-        assert!(e.0.contains("at most 45 operators in one chain"), "{e}");
+        assert!(e.0.contains("at most 57 operators in one chain"), "{e}");
         let subqueries = |n: usize| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
-        assert!(parse(&subqueries(15)).is_ok());
-        assert!(parse(&subqueries(16)).is_err());
+        assert!(parse(&subqueries(16)).is_ok());
+        assert!(parse(&subqueries(17)).is_err());
         assert!(e.0.len() < 300, "{e}");
         // Far deeper, PostgreSQL's grammar itself stops; nothing overflows a stack.
         let deep = format!("SELECT {}1{}", "(SELECT ".repeat(5000), ")".repeat(5000));
