@@ -16,43 +16,51 @@ use crate::spec;
 
 /// The built-in tool files, embedded at build time.
 pub fn builtin_tools() -> Vec<SourceFile> {
-    embedded(BUILTIN_TOOLS_JSON, "tools.d")
+    embedded("tools.d/")
 }
 
 /// The built-in prompt files, embedded at build time.
 pub fn builtin_prompts() -> Vec<SourceFile> {
-    embedded(BUILTIN_PROMPTS_JSON, "prompts.d")
+    embedded("prompts.d/")
 }
 
-/// The built-in tool and prompt files (file name, JSON text), as build.rs converts their
-/// YAML: the binary holds each file once, and startup parses JSON, not YAML. A built-in
-/// file's text is this JSON, which is also YAML, so `lint` and the tests read it as any file.
-static BUILTIN_TOOLS_JSON: &[(&str, &str)] =
-    include!(concat!(env!("OUT_DIR"), "/builtin_tools_json.rs"));
-static BUILTIN_PROMPTS_JSON: &[(&str, &str)] =
-    include!(concat!(env!("OUT_DIR"), "/builtin_prompts_json.rs"));
+/// The built-in tool and prompt files as build.rs converts their YAML to JSON, deflated
+/// (see there): the binary holds each file once, and startup parses JSON, not YAML. A
+/// built-in file's text is this JSON, which is also YAML, so `lint` and the tests read it as
+/// any file.
+static BUILTIN_DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin.deflate"));
+
+/// Every built-in file as (`tools.d/name.yaml`, JSON text), sorted, inflated once per process.
+fn builtin_files() -> &'static [(&'static str, &'static str)] {
+    static FILES: std::sync::OnceLock<Vec<(&str, &str)>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        // build.rs made these bytes, and a test reads them: a failure here is a broken build.
+        let bytes = miniz_oxide::inflate::decompress_to_vec(BUILTIN_DEFLATED)
+            .expect("build.rs deflated the built-in files");
+        let text: &'static str = String::from_utf8(bytes)
+            .expect("the built-in files are UTF-8")
+            .leak();
+        let mut parts = text.split('\0');
+        std::iter::from_fn(|| Some((parts.next()?, parts.next()?))).collect()
+    })
+}
 
 /// The JSON of a built-in file, if `file` is one, unchanged.
 fn builtin_json(file: &SourceFile) -> Option<&'static str> {
     let path = file.origin.strip_prefix(BUILTIN)?;
-    let (files, name) = match path.split_once('/')? {
-        ("tools.d", name) => (BUILTIN_TOOLS_JSON, name),
-        ("prompts.d", name) => (BUILTIN_PROMPTS_JSON, name),
-        _ => return None,
-    };
-    let (_, json) = files.iter().find(|(n, _)| *n == name)?;
+    let (_, json) = builtin_files().iter().find(|(p, _)| *p == path)?;
     (*json == &*file.text).then_some(*json)
 }
 
 /// How embedded files' origins begin.
 const BUILTIN: &str = "builtin:";
 
-fn embedded(files: &[(&str, &str)], label: &str) -> Vec<SourceFile> {
-    // build.rs lists them sorted by name.
-    files
+fn embedded(folder: &str) -> Vec<SourceFile> {
+    builtin_files()
         .iter()
-        .map(|(name, json)| SourceFile {
-            origin: format!("{BUILTIN}{label}/{name}"),
+        .filter(|(path, _)| path.starts_with(folder))
+        .map(|(path, json)| SourceFile {
+            origin: format!("{BUILTIN}{path}"),
             text: (*json).into(),
         })
         .collect()
