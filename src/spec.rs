@@ -405,12 +405,7 @@ fn parse<T: serde::de::DeserializeOwned>(
         return Err(problems);
     }
     // The YAML is parsed once: the typed value comes from the JSON value just checked.
-    // Only a file that fails here (rare: the meta-schema checked the shape) is read
-    // again, for an error that points at its line.
-    T::deserialize(value).map_err(|e| match serde_yaml::from_str::<T>(text) {
-        Err(positioned) => vec![yaml_error(file, &positioned)],
-        Ok(_) => vec![Diagnostic::new(Code::E001, file, e.to_string())],
-    })
+    T::deserialize(value).map_err(|e| vec![Diagnostic::new(Code::E001, file, e.to_string())])
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
@@ -568,6 +563,26 @@ mod tests {
         let text = "name: Bad Name\ndescription: 3\nsafety: maybe\n";
         let errs = parse_tool("x.yaml", text).unwrap_err();
         assert!(errs.len() >= 3, "{errs:?}");
+    }
+
+    /// What the meta-schema accepts, the typed spec takes: an error is the meta-schema's,
+    /// with the key and its line (the typed spec is built from the checked value, whose
+    /// own errors carry no position).
+    #[test]
+    fn out_of_range_numbers_are_schema_errors_with_positions() {
+        for limit in [
+            "max_rows: 4294967296",
+            "max_bytes: 4294967296",
+            "timeout_ms: 4294967296",
+        ] {
+            let text = GOOD.replace("examples:", &format!("limits: {{{limit}}}\nexamples:"));
+            let errs = parse_tool("demo.yaml", &text).unwrap_err();
+            assert_eq!(errs[0].code, Code::E002, "{limit}: {errs:?}");
+            assert!(errs[0].message.contains("/limits/"), "{errs:?}");
+            assert_eq!(errs[0].position.map(|p| p.line), Some(9), "{errs:?}");
+        }
+        let text = GOOD.replace("examples:", "limits: {max_rows: 4294967295}\nexamples:");
+        assert!(parse_tool("demo.yaml", &text).is_ok());
     }
 
     #[test]
