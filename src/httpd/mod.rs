@@ -1,5 +1,5 @@
 //! MCP over Streamable HTTP (`serve --http`): rmcp's `StreamableHttpService` at `/mcp`,
-//! behind axum, beside `/healthz`, `/readyz` and `/metrics`.
+//! beside `/healthz`, `/readyz` and `/metrics`, on hyper's HTTP/1.1 (conn.rs).
 //!
 //! This module owns the HTTP edge: the listen address and the refusal to serve a
 //! non-loopback address without authentication, `Host` and `Origin` allow-lists
@@ -25,15 +25,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::serve::ListenerExt as _;
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::Service as _;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -286,7 +284,7 @@ pub async fn serve(
     let sessions = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
-    let mut protected = Router::new();
+    let mut endpoints = Vec::new();
     let mut open_sessions = sessions::Sessions::new(prepared.config.max_sessions_per_caller);
     for c in &served {
         let counters = match &c.name {
@@ -305,7 +303,7 @@ pub async fn serve(
             open_sessions.manager(&c.path()),
             prepared.rmcp_config(sessions.clone()),
         );
-        protected = protected.route_service(&c.path(), mcp);
+        endpoints.push((c.path(), mcp));
     }
     if prepared.addr.ip().is_unspecified() && prepared.config.allowed_hosts.is_empty() {
         tracing::warn!(
@@ -347,30 +345,10 @@ pub async fn serve(
             }
         });
     }
-    // The metadata document of each endpoint, at the path RFC 9728 derives from it.
-    let mut app = Router::new();
-    for path in &paths {
-        app = app.route(&format!("{METADATA_PATH}{path}"), get(resource_metadata));
-    }
-    let protected = protected
-        .route("/metrics", get(metrics_page))
-        .layer(middleware::from_fn_with_state(shared.clone(), read_body))
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            limit_sessions,
-        ))
-        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
-        .layer(middleware::from_fn_with_state(shared.clone(), track));
-    let app = app
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route(METADATA_PATH, get(resource_metadata))
-        .merge(protected)
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            limit_headers,
-        ))
-        .with_state(shared.clone());
+    let app = App {
+        shared: shared.clone(),
+        endpoints: endpoints.into(),
+    };
 
     let stop = CancellationToken::new();
     let scheme = if prepared.tls.is_some() {
@@ -380,26 +358,10 @@ pub async fn serve(
     };
     let running = match prepared.tls {
         Some(config) => {
-            let listener =
-                tls::TlsListener::new(listener, config).map_err(|source| HttpError::Listen {
-                    addr: prepared.addr,
-                    source,
-                })?;
+            let listener = tls::TlsListener::new(listener, config);
             tokio::spawn(conn::serve(listener, app, read_timeout, stop.clone()))
         }
-        // An answer is written in several small pieces (headers, SSE event, last chunk):
-        // with Nagle's algorithm the later ones wait for the client's delayed ACK, 40 ms
-        // a call.
-        None => tokio::spawn(conn::serve(
-            listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            }),
-            app,
-            read_timeout,
-            stop.clone(),
-        )),
+        None => tokio::spawn(conn::serve(listener, app, read_timeout, stop.clone())),
     };
     tracing::info!(
         address = %local,
@@ -475,27 +437,195 @@ async fn shutdown_signal() {
     }
 }
 
-/// Counts a POST to /mcp as running until its response body is written or dropped.
-/// `subscriptions/listen` (a stream that lasts as long as the client wants) and GET
-/// streams are not counted: a shutdown closes them.
-async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let stream = req.method() != Method::POST
-        || req
-            .headers()
-            .get("mcp-method")
-            .is_some_and(|m| m == "subscriptions/listen");
-    if stream {
-        return next.run(req).await;
+/// A response body: rmcp's, or one of the edge's own.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+type Response = http::Response<Body>;
+/// One cluster's MCP endpoint.
+type Mcp = StreamableHttpService<Server, LocalSessionManager>;
+
+/// A response with a fixed text body.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut r = http::Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// What serves requests: the routes, and what their handlers share.
+#[derive(Clone)]
+pub(crate) struct App {
+    shared: Arc<Shared>,
+    /// Each cluster's MCP path and service.
+    endpoints: Arc<[(String, Mcp)]>,
+}
+
+/// A route that needs a token.
+enum Protected {
+    Metrics,
+    Mcp(Mcp),
+}
+
+impl App {
+    /// Routes a request. Headers over the limit get 431 whatever the route; `/healthz`,
+    /// `/readyz` and the OAuth metadata need no token; `/metrics` and the MCP endpoints
+    /// go through [`App::protected`].
+    async fn handle(self, req: http::Request<Incoming>) -> Response {
+        if let Some(refusal) = self.headers_too_large(&req) {
+            return refusal;
+        }
+        let s = &self.shared;
+        let path = req.uri().path();
+        let mcp = self.endpoints.iter().find(|(p, _)| p == path);
+        let metadata = path == METADATA_PATH
+            || path
+                .strip_prefix(METADATA_PATH)
+                .is_some_and(|rest| self.endpoints.iter().any(|(p, _)| p == rest));
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        match (path, mcp) {
+            (_, Some((_, service))) => {
+                let service = service.clone();
+                self.protected(req, Protected::Mcp(service)).await
+            }
+            ("/metrics", _) if get => self.protected(req, Protected::Metrics).await,
+            ("/healthz", _) if get => text(StatusCode::OK, "ok\n"),
+            ("/readyz", _) if get => readyz(s).await,
+            _ if metadata && get => resource_metadata(s),
+            ("/metrics" | "/healthz" | "/readyz", _) => method_not_allowed(),
+            _ if metadata => method_not_allowed(),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     }
-    let entered = s.responses.enter();
-    let (parts, body) = next.run(req).await.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Tracked {
+
+    /// 431 for a request whose headers (names, values and the target) exceed the limit.
+    fn headers_too_large<B>(&self, req: &http::Request<B>) -> Option<Response> {
+        let size: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri().to_string().len();
+        (size > self.shared.max_headers).then(|| {
+            self.shared.metrics.record_refusal("headers_too_large");
+            text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large\n",
+            )
+        })
+    }
+
+    /// A POST to an MCP endpoint counts as running until its response body is written or
+    /// dropped, so that a shutdown lets it finish. `subscriptions/listen` (a stream that
+    /// lasts as long as the client wants) and GET streams are not counted: a shutdown
+    /// closes them.
+    async fn protected(&self, req: http::Request<Incoming>, route: Protected) -> Response {
+        let stream = req.method() != Method::POST
+            || req
+                .headers()
+                .get("mcp-method")
+                .is_some_and(|m| m == "subscriptions/listen");
+        if stream {
+            return self.authorized(req, route).await;
+        }
+        let entered = self.shared.responses.enter();
+        let (parts, body) = self.authorized(req, route).await.into_parts();
+        let tracked = Tracked {
             inner: body,
             _entered: entered,
-        }),
-    )
+        };
+        http::Response::from_parts(parts, tracked.boxed())
+    }
+
+    /// Authentication (401 without a valid token) and the token's grant (403 for a tool
+    /// outside it); the holder's name and grant go on to the server as [`CallerName`] and
+    /// [`CallerGrant`] (the log, the approval audit log, and a `tools/list` of what the
+    /// token may call). A request's body is read only once its token is valid.
+    async fn authorized(&self, req: http::Request<Incoming>, route: Protected) -> Response {
+        let s = &self.shared;
+        let (mut parts, body) = req.into_parts();
+        let holder = if s.authenticated {
+            let holder = match auth::bearer(&parts.headers) {
+                None => return s.unauthorized(None),
+                Some(t) => match s.authenticate(t).await {
+                    Ok(h) => h,
+                    Err(reason) => return s.unauthorized(Some(reason)),
+                },
+            };
+            if holder.grant.is_empty() {
+                // Only an OAuth token can grant nothing: none of its scopes is configured.
+                tracing::info!(caller = %holder.name, "refused: the token's scopes grant nothing");
+                s.metrics.record_refusal("forbidden");
+                return s.forbidden(Value::Null, &holder.name, None);
+            }
+            Some(holder)
+        } else {
+            None
+        };
+        let bytes = match whole_body(s, body).await {
+            Ok(b) => b,
+            Err(refusal) => return refusal,
+        };
+        if let Some(holder) = holder {
+            // The grant depends on the tool, which only the body names (2025 clients send
+            // no Mcp-Name header).
+            if parts.method == Method::POST
+                && let Some(engine) = s.engine_at(parts.uri.path())
+                && let Some(r) = refused(engine, &holder.grant, &bytes)
+            {
+                tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
+                s.metrics.record_refusal("forbidden");
+                return s.forbidden(r.id, &holder.name, Some((&r.what, &r.tool, r.safety)));
+            }
+            tracing::debug!(caller = %holder.name, method = %parts.method, "authenticated");
+            parts.extensions.insert(CallerGrant(Arc::new(holder.grant)));
+            parts.extensions.insert(CallerName(holder.name));
+        }
+        match route {
+            Protected::Metrics => metrics_page(s),
+            Protected::Mcp(service) => {
+                let req = http::Request::from_parts(parts, Full::new(bytes));
+                self.limit_sessions(req, service).await
+            }
+        }
+    }
+
+    /// A caller that opens a session beyond `http.max_sessions_per_caller` loses its oldest
+    /// (sessions.rs). The caller is the token's holder; without tokens, everyone is one
+    /// caller.
+    async fn limit_sessions(&self, req: http::Request<Full<Bytes>>, service: Mcp) -> Response {
+        let opens = req.method() == Method::POST && !req.headers().contains_key("mcp-session-id");
+        let path = req.uri().path().to_string();
+        let caller = req
+            .extensions()
+            .get::<CallerName>()
+            .map(|c| c.0.clone())
+            .unwrap_or_default();
+        let response = match hyper_util::service::TowerToHyperService::new(service)
+            .call(req)
+            .await
+        {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        if opens
+            && let Some(id) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+        {
+            self.shared.sessions.opened(&path, &caller, id).await;
+        }
+        response
+    }
+}
+
+fn method_not_allowed() -> Response {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    r
 }
 
 /// A response body that holds its request's place among the running ones.
@@ -505,8 +635,8 @@ struct Tracked {
 }
 
 impl http_body::Body for Tracked {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -524,72 +654,33 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// A caller that opens a session beyond `http.max_sessions_per_caller` loses its oldest
-/// (sessions.rs). The caller is the token's holder (`authorize` runs first); without tokens,
-/// everyone is one caller.
-async fn limit_sessions(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if req.method() != Method::POST || req.headers().contains_key("mcp-session-id") {
-        return next.run(req).await;
-    }
-    let path = req.uri().path().to_string();
-    let caller = req
-        .extensions()
-        .get::<CallerName>()
-        .map(|c| c.0.clone())
-        .unwrap_or_default();
-    let response = next.run(req).await;
-    if let Some(id) = response
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        s.sessions.opened(&path, &caller, id).await;
-    }
-    response
-}
-
-/// Reads a request's body whole before MCP sees it (`whole_body`). It runs after `authorize`,
-/// which has read the body already when it needed to see the tool called: a request without
-/// a valid token is refused before its body is read.
-async fn read_body(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    match whole_body(&s, req).await {
-        Ok((parts, bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Err(refusal) => refusal,
-    }
-}
-
 /// A request's body, whole: at most `http.max_body_bytes` (413) and within
 /// `http.read_timeout_seconds` (408), so that a client that sends its body slowly, or
 /// never, holds up no handler and no connection for longer than that.
-async fn whole_body(
-    s: &Shared,
-    req: Request,
-) -> Result<(http::request::Parts, axum::body::Bytes), Response> {
-    let (parts, body) = req.into_parts();
+async fn whole_body(s: &Shared, body: Incoming) -> Result<Bytes, Response> {
     if http_body::Body::is_end_stream(&body) {
-        return Ok((parts, axum::body::Bytes::new()));
+        return Ok(Bytes::new());
     }
     let read = http_body_util::Limited::new(body, s.max_body).collect();
     match tokio::time::timeout(s.read_timeout, read).await {
-        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             s.metrics.record_refusal("body_too_large");
-            Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response())
+            Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ))
         }
-        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "unreadable request body\n").into_response()),
+        Ok(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "unreadable request body\n")),
         Err(_) => {
             s.metrics.record_refusal("body_timeout");
-            let mut r = (
+            let mut r = text(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "request body not received within {} s (http.read_timeout_seconds)\n",
                     s.read_timeout.as_secs()
                 ),
-            )
-                .into_response();
+            );
             // The rest of the body may still come: the connection is not reused.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -620,71 +711,8 @@ fn raise_open_files_limit() {
     }
 }
 
-/// 431 for a request whose headers (names, values and the target) exceed the limit.
-async fn limit_headers(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().to_string().len();
-    if size > s.max_headers {
-        s.metrics.record_refusal("headers_too_large");
-        return (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request headers too large\n",
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
 /// The RFC 9728 metadata document's path; `/mcp`'s own is this plus `/mcp`.
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
-
-/// Authentication (401 without a valid token) and the token's grant (403 for a tool
-/// outside it); the holder's name and grant go on to the server as [`CallerName`] and
-/// [`CallerGrant`] (the log, the approval audit log, and a `tools/list` of what the
-/// token may call).
-async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    if !s.authenticated {
-        return next.run(req).await;
-    }
-    let holder = match auth::bearer(req.headers()) {
-        None => return s.unauthorized(None),
-        Some(t) => match s.authenticate(t).await {
-            Ok(h) => h,
-            Err(reason) => return s.unauthorized(Some(reason)),
-        },
-    };
-    if holder.grant.is_empty() {
-        // Only an OAuth token can grant nothing: none of its scopes is configured.
-        tracing::info!(caller = %holder.name, "refused: the token's scopes grant nothing");
-        s.metrics.record_refusal("forbidden");
-        return s.forbidden(Value::Null, &holder.name, None);
-    }
-    if req.method() == Method::POST
-        && let Some(engine) = s.engine_at(req.uri().path())
-    {
-        // The grant depends on the tool, which only the body names (2025 clients send
-        // no Mcp-Name header): the body is read here, once the token is known to be valid.
-        let (parts, bytes) = match whole_body(&s, req).await {
-            Ok(read) => read,
-            Err(refusal) => return refusal,
-        };
-        if let Some(r) = refused(engine, &holder.grant, &bytes) {
-            tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
-            s.metrics.record_refusal("forbidden");
-            return s.forbidden(r.id, &holder.name, Some((&r.what, &r.tool, r.safety)));
-        }
-        req = Request::from_parts(parts, Body::from(bytes));
-    }
-    tracing::debug!(caller = %holder.name, method = %req.method(), "authenticated");
-    req.extensions_mut()
-        .insert(CallerGrant(Arc::new(holder.grant)));
-    req.extensions_mut().insert(CallerName(holder.name));
-    next.run(req).await
-}
 
 /// Why a presented token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -800,10 +828,10 @@ impl Shared {
 }
 
 /// The protected-resource metadata (RFC 9728); 404 without OAuth.
-async fn resource_metadata(State(s): State<Arc<Shared>>) -> Response {
+fn resource_metadata(s: &Shared) -> Response {
     match &s.oauth {
         Some(o) => json_response(StatusCode::OK, &o.metadata()),
-        None => (StatusCode::NOT_FOUND, "no OAuth configured\n").into_response(),
+        None => text(StatusCode::NOT_FOUND, "no OAuth configured\n"),
     }
 }
 
@@ -868,21 +896,18 @@ fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<Refusal> {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
+    let mut r = text(status, body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// 200 once every coordinator has answered within the last minute (`Db::facts` caches
 /// for that long); 503 otherwise, without the reason (this page needs no token). With
 /// clusters, one line per cluster: `NAME: ready` or why not.
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+async fn readyz(s: &Shared) -> Response {
     let checks = s.served.iter().map(|c| async move {
         let state = match c.engine.db() {
             None => Err("no coordinator configured"),
@@ -914,10 +939,10 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, body).into_response()
+    text(status, body)
 }
 
-async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
+fn metrics_page(s: &Shared) -> Response {
     let pools: Vec<PoolGauge> = s
         .served
         .iter()
@@ -932,16 +957,16 @@ async fn metrics_page(State(s): State<Arc<Shared>>) -> Response {
             })
         })
         .collect();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        // Every cluster's engine takes every snapshot: one count of reloads.
-        s.metrics
-            .render(s.served.first().map_or(0, |c| c.engine.swaps()), &pools),
-    )
-        .into_response()
+    // Every cluster's engine takes every snapshot: one count of reloads.
+    let page = s
+        .metrics
+        .render(s.served.first().map_or(0, |c| c.engine.swaps()), &pools);
+    let mut r = text(StatusCode::OK, page);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! Handshakes run in tasks of their own, so a client that opens a connection and says
 //! nothing holds up no one; a handshake that takes longer than [`HANDSHAKE_TIMEOUT`] is
-//! dropped. axum sees only finished TLS streams, through [`TlsListener`].
+//! dropped. The server sees only finished TLS streams, through [`TlsListener`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +21,7 @@ use super::HttpError;
 
 /// The longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for axum to take them.
+/// Finished handshakes waiting for the server to take them.
 const BACKLOG: usize = 64;
 
 /// The server's TLS configuration from a certificate chain and its key (PEM files).
@@ -67,13 +67,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// A TCP listener whose connections arrive as finished TLS streams.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
         let (tx, ready) = mpsc::channel(BACKLOG);
         let tls = TlsAcceptor::from(config);
         let acceptor = tokio::spawn(async move {
@@ -83,7 +81,7 @@ impl TlsListener {
                     r = listener.accept() => match r {
                         Ok(c) => c,
                         Err(e) => {
-                            // Out of file descriptors and the like: wait, as axum does.
+                            // Out of file descriptors and the like: wait, as for plain TCP.
                             tracing::warn!("accept failed: {e}");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
@@ -108,11 +106,7 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener {
-            ready,
-            local,
-            acceptor,
-        })
+        TlsListener { ready, acceptor }
     }
 }
 
@@ -122,19 +116,14 @@ impl Drop for TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl super::conn::Accept for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
         match self.ready.recv().await {
             Some(c) => c,
             // The acceptor task ends only when this listener is dropped.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
