@@ -893,6 +893,29 @@ fn health_and_metrics(ctx: &Ctx) {
     let s = HttpServer::start(ctx, &[], &[]);
     ctx.rt.block_on(async {
         assert_eq!(s.send("GET", "/healthz", &[], vec![]).await.status, 200);
+        // The routes as a client meets them: HEAD without a body, a wrong method told
+        // which are right, an unknown path (a near miss of /mcp too) 404, and the header
+        // limit before any route.
+        let r = s.send("HEAD", "/healthz", &[], vec![]).await;
+        assert_eq!((r.status, r.text.as_str()), (200, ""));
+        let r = s.send("POST", "/healthz", &[], vec![]).await;
+        assert_eq!(r.status, 405, "{}", r.text);
+        assert_eq!(r.header("allow"), Some("GET,HEAD"));
+        assert_eq!(s.send("DELETE", "/metrics", &[], vec![]).await.status, 405);
+        for path in [
+            "/nope",
+            "/mcp/",
+            "/mcpx",
+            "//mcp",
+            "/.well-known/oauth-protected-resource/x",
+        ] {
+            assert_eq!(s.send("GET", path, &[], vec![]).await.status, 404, "{path}");
+        }
+        let big = "y".repeat(20_000);
+        let r = s
+            .send("GET", "/healthz", &[("x-padding", &big)], vec![])
+            .await;
+        assert_eq!(r.status, 431, "{}", r.text);
         // Ready once the coordinator answers (it is up for the whole test run).
         let r = s.send("GET", "/readyz", &[], vec![]).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -1294,7 +1317,7 @@ fn session_limit(ctx: &Ctx) {
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     // With a valid token, the body that never comes gets the read timeout: 408, where
-    // `authorize` reads it to see the tool called.
+    // `App::authorized` reads it to see the tool called.
     let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
     c.write_all(
