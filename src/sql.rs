@@ -490,6 +490,10 @@ mod tests {
         // Backslash escapes in E'' strings.
         assert_eq!(parse("SELECT E'\\''; DELETE FROM t").unwrap().len(), 2);
         assert!(parse("SELEC 1").is_err());
+        // A NUL byte would end the text at the parser's door while the rest went on to
+        // the server: refused whole.
+        let e = parse("SELECT 1\0; DELETE FROM t").unwrap_err();
+        assert!(e.0.contains("NUL byte at 8"), "{e}");
     }
 
     #[test]
