@@ -32,12 +32,16 @@ pub fn parse(sql: &str) -> Result<Parsed, SqlError> {
     let json = libpg_query::parse(sql).map_err(|m| SqlError(format!("syntax error: {m}")))?;
     // serde_json stops at 128 levels of objects and arrays, two per expression; the
     // walkers below recurse as deep, so that limit is also what keeps their stack small.
-    let tree: Value = serde_json::from_str(&json).map_err(|_| {
-        SqlError(format!(
-            "the statement nests too deeply for citus-mcp to read: at most {MAX_CHAIN} operators \
-             in one chain (a + b + c ..., a || b || c ...), or about 16 subqueries one inside \
-             another; split the chain or the subqueries"
-        ))
+    let tree: Value = serde_json::from_str(&json).map_err(|e| {
+        SqlError(if e.to_string().starts_with("recursion limit exceeded") {
+            format!(
+                "the statement nests too deeply for citus-mcp to read: at most {MAX_CHAIN} \
+                 operators in one chain (a + b + c ..., a || b || c ...), or about 16 subqueries \
+                 one inside another; split the chain or the subqueries"
+            )
+        } else {
+            format!("the parser's tree could not be read: {e}")
+        })
     })?;
     let statements = match tree {
         Value::Object(mut m) => match m.remove("stmts") {
