@@ -147,6 +147,10 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_operator WHERE oprname = '###') THEN
     CREATE OPERATOR public.### (FUNCTION = public.citus_mcp_lock2, LEFTARG = int, RIGHTARG = int);
   END IF;
+  -- A prefix operator: its parse tree has no left operand at all.
+  IF NOT EXISTS (SELECT FROM pg_operator WHERE oprname = '#@#') THEN
+    CREATE OPERATOR public.#@# (FUNCTION = public.citus_mcp_lock, RIGHTARG = int);
+  END IF;
   IF to_regtype('public.citus_mcp_dom') IS NULL THEN
     CREATE DOMAIN public.citus_mcp_dom AS int CHECK (public.citus_mcp_lock(VALUE));
   END IF;
@@ -309,6 +313,8 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // The same effect through an operator, a cast to a domain, views, a policy.
         ("SELECT 1 ### 2", Refused),
         ("SELECT 1 OPERATOR(public.###) 2", Refused),
+        ("SELECT #@# 3", Refused),
+        ("SELECT OPERATOR(public.#@#) 3", Refused),
         ("SELECT 7::public.citus_mcp_dom", Refused),
         ("SELECT CAST(8 AS public.citus_mcp_dom)", Refused),
         ("SELECT * FROM public.citus_mcp_lock_view", Refused),
@@ -341,6 +347,7 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         ("SELECT public.citus_mcp_mislabelled(77)", Harmless),
         // A foreign table, named or read through its partitioned parents.
         ("SELECT * FROM public.citus_mcp_fpart", Refused),
+        ("SELECT * FROM ONLY public.citus_mcp_fpart", Refused),
         ("SELECT count(*) FROM public.citus_mcp_parent", Refused),
         (
             "SELECT * FROM public.citus_mcp_canary c JOIN public.citus_mcp_part0 p USING (x)",
