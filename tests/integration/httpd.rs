@@ -1344,6 +1344,9 @@ fn call_limit(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("slow.yaml"), slow_tool("slow", marker, 4)).unwrap();
     let config = alice_and_bob(dir.path(), "max_calls_per_caller: 2");
+    let wait_for = |want: u64, what: &str| {
+        ctx.wait_running(marker, |n| n == want, Duration::from_secs(10), what);
+    };
     let tools = dir.path().to_str().unwrap();
     let s = HttpServer::start(
         ctx,
@@ -1361,12 +1364,7 @@ fn call_limit(ctx: &Ctx) {
     let error_code =
         |a: &Answer| a.response()["result"]["structuredContent"]["error"]["code"].clone();
     let first = [call(ALICE, 1), call(ALICE, 2)];
-    ctx.wait_running(
-        marker,
-        |n| n == 2,
-        Duration::from_secs(10),
-        "alice's two calls never ran",
-    );
+    wait_for(2, "alice's two calls never ran");
     let third = ctx.rt.block_on(call(ALICE, 3)).unwrap();
     assert_eq!(error_code(&third), "TOO_MANY_CALLS", "{}", third.text);
     assert!(
@@ -1376,12 +1374,7 @@ fn call_limit(ctx: &Ctx) {
     );
     assert_eq!(ctx.running(marker), 2, "the refused call ran nothing");
     let bobs = call(BOB, 4);
-    ctx.wait_running(
-        marker,
-        |n| n == 3,
-        Duration::from_secs(10),
-        "bob's call never ran",
-    );
+    wait_for(3, "bob's call never ran");
     for c in first {
         let r = ctx.rt.block_on(c).unwrap();
         r.assert_ok();
@@ -1393,12 +1386,7 @@ fn call_limit(ctx: &Ctx) {
 
     // Another way to run a query: a resource read counts as a call too.
     let two = [call(ALICE, 6), call(ALICE, 7)];
-    ctx.wait_running(
-        marker,
-        |n| n == 2,
-        Duration::from_secs(10),
-        "alice's calls never ran",
-    );
+    wait_for(2, "alice's calls never ran");
     let read = ctx.rt.block_on(async {
         let auth = format!("Bearer {ALICE}");
         let session = s.initialize(&[("authorization", &auth)]).await;
@@ -1424,12 +1412,7 @@ fn call_limit(ctx: &Ctx) {
     for c in two {
         c.abort();
     }
-    ctx.wait_running(
-        marker,
-        |n| n == 0,
-        Duration::from_secs(10),
-        "the vanished calls still run",
-    );
+    wait_for(0, "the vanished calls still run");
     let after = ctx.rt.block_on(call(ALICE, 9)).unwrap();
     after.assert_ok();
 }
