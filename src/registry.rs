@@ -30,26 +30,27 @@ pub fn builtin_prompts() -> Vec<SourceFile> {
 /// any file.
 static BUILTIN_DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin.deflate"));
 
-/// Every built-in file as (`tools.d/name.yaml`, JSON text), sorted, inflated once per process.
-fn builtin_files() -> &'static [(&'static str, &'static str)] {
-    static FILES: std::sync::OnceLock<Vec<(&str, &str)>> = std::sync::OnceLock::new();
+/// Every built-in file as (`tools.d/name.yaml`, JSON text), sorted, inflated once per
+/// process. Each text is its own allocation, which every `SourceFile` of it shares: the
+/// inflated buffer is let go.
+fn builtin_files() -> &'static [(String, Arc<str>)] {
+    static FILES: std::sync::OnceLock<Vec<(String, Arc<str>)>> = std::sync::OnceLock::new();
     FILES.get_or_init(|| {
         // build.rs made these bytes, and a test reads them: a failure here is a broken build.
         let bytes = miniz_oxide::inflate::decompress_to_vec(BUILTIN_DEFLATED)
             .expect("build.rs deflated the built-in files");
-        let text: &'static str = String::from_utf8(bytes)
-            .expect("the built-in files are UTF-8")
-            .leak();
+        let text = std::str::from_utf8(&bytes).expect("the built-in files are UTF-8");
         let mut parts = text.split('\0');
-        std::iter::from_fn(|| Some((parts.next()?, parts.next()?))).collect()
+        std::iter::from_fn(|| Some((parts.next()?.to_string(), Arc::from(parts.next()?))))
+            .collect()
     })
 }
 
 /// The JSON of a built-in file, if `file` is one, unchanged.
 fn builtin_json(file: &SourceFile) -> Option<&'static str> {
     let path = file.origin.strip_prefix(BUILTIN)?;
-    let (_, json) = builtin_files().iter().find(|(p, _)| *p == path)?;
-    (*json == &*file.text).then_some(*json)
+    let (_, json) = builtin_files().iter().find(|(p, _)| p == path)?;
+    (Arc::ptr_eq(json, &file.text) || **json == *file.text).then_some(&**json)
 }
 
 /// How embedded files' origins begin.
@@ -61,7 +62,7 @@ fn embedded(folder: &str) -> Vec<SourceFile> {
         .filter(|(path, _)| path.starts_with(folder))
         .map(|(path, json)| SourceFile {
             origin: format!("{BUILTIN}{path}"),
-            text: (*json).into(),
+            text: json.clone(),
         })
         .collect()
 }
