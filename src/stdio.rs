@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode, JsonRpcMessage, RequestId,
-    ServerJsonRpcMessage,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode, JsonRpcMessage,
+    JsonRpcRequest, RequestId, ServerJsonRpcMessage,
 };
 use rmcp::transport::Transport;
 use serde_json::{Value, json};
@@ -404,30 +404,28 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Verdict::Ignore;
     }
-    match serde_json::from_slice::<ClientJsonRpcMessage>(line) {
-        Ok(JsonRpcMessage::Request(mut req)) => {
-            if let ClientRequest::CustomRequest(custom) = &req.request
-                && let Some(problem) = params_problem(&custom.method, custom.params.clone())
-            {
-                return Verdict::Reply(error_line(
-                    Some(&req.id),
-                    ErrorCode::INVALID_PARAMS,
-                    format!("invalid params for {}: {problem}", custom.method),
-                ));
-            }
-            let Some(ours) = lock(in_flight).start(&req.id) else {
-                return Verdict::Reply(error_line(
-                    Some(&req.id),
-                    ErrorCode::INVALID_REQUEST,
-                    format!(
-                        "request id {} is already used by a request in progress; this request was not run (use a new id)",
-                        req.id
-                    ),
-                ));
-            };
-            req.id = ours;
-            Verdict::Forward(JsonRpcMessage::Request(req))
+    let v = match serde_json::from_slice::<Value>(line) {
+        Ok(v) => v,
+        // Not JSON at all, or nested deeper than serde_json reads: no id can be known.
+        Err(e) => {
+            return Verdict::Reply(error_line(
+                None,
+                ErrorCode::PARSE_ERROR,
+                format!("parse error: {e}"),
+            ));
         }
+    };
+    let v = match known_request(v) {
+        Ok((id, Ok(request))) => return start_request(JsonRpcRequest::new(id, request), in_flight),
+        Ok((id, Err(problem))) => {
+            return Verdict::Reply(error_line(Some(&id), ErrorCode::INVALID_PARAMS, problem));
+        }
+        Err(v) => v,
+    };
+    // The rest (notifications, responses, methods rmcp does not know, and what is not
+    // JSON-RPC) is rmcp's reading to decide.
+    match serde_json::from_slice::<ClientJsonRpcMessage>(line) {
+        Ok(JsonRpcMessage::Request(req)) => start_request(req, in_flight),
         Ok(JsonRpcMessage::Notification(mut n)) => {
             // A cancel names the client's id; rmcp knows the request by its own. One that
             // names no request in progress (answered already, or never sent) has nothing
@@ -443,87 +441,86 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
             Verdict::Forward(JsonRpcMessage::Notification(n))
         }
         Ok(message) => Verdict::Forward(message),
-        Err(e) => match serde_json::from_slice::<Value>(line) {
-            // Not JSON at all, or nested deeper than serde_json reads: no id can be known.
-            Err(e) => Verdict::Reply(error_line(
-                None,
-                ErrorCode::PARSE_ERROR,
-                format!("parse error: {e}"),
-            )),
-            Ok(v) => {
-                let id = v.get("id").and_then(request_id);
-                if id.is_none() && v.get("method").is_some_and(Value::is_string) {
-                    tracing::debug!(
-                        "ignoring an unreadable notification: {}",
-                        echo::cap(&e.to_string())
-                    );
-                    return Verdict::Ignore;
-                }
-                let method = v.get("method").and_then(Value::as_str);
-                if let (Some(id), Some(method), Some("2.0")) =
-                    (&id, method, v.get("jsonrpc").and_then(Value::as_str))
-                    && let Some(problem) = params_problem(method, v.get("params").cloned())
-                {
-                    return Verdict::Reply(error_line(
-                        Some(id),
-                        ErrorCode::INVALID_PARAMS,
-                        format!("invalid params for {method}: {problem}"),
-                    ));
-                }
-                let what = if v.is_array() {
-                    "batches are not supported; send one message per line".to_string()
-                } else {
-                    format!("not a JSON-RPC 2.0 message: {e}")
-                };
-                Verdict::Reply(error_line(id.as_ref(), ErrorCode::INVALID_REQUEST, what))
+        Err(e) => {
+            let id = v.get("id").and_then(request_id);
+            if id.is_none() && v.get("method").is_some_and(Value::is_string) {
+                tracing::debug!(
+                    "ignoring an unreadable notification: {}",
+                    echo::cap(&e.to_string())
+                );
+                return Verdict::Ignore;
             }
-        },
+            let what = if v.is_array() {
+                "batches are not supported; send one message per line".to_string()
+            } else {
+                format!("not a JSON-RPC 2.0 message: {e}")
+            };
+            Verdict::Reply(error_line(id.as_ref(), ErrorCode::INVALID_REQUEST, what))
+        }
     }
 }
 
-/// A JSON-RPC id, if `v` is one (a string or an integer).
-fn request_id(v: &Value) -> Option<RequestId> {
-    serde_json::from_value(v.clone()).ok()
-}
-
-/// One error reply, as a line. Written by hand rather than through rmcp's types so
-/// that an unknown id is sent as `"id": null`, as JSON-RPC 2.0 requires.
-fn error_line(id: Option<&RequestId>, code: ErrorCode, message: String) -> String {
-    let message = echo::cap(&message);
-    let mut line = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": code.0, "message": message},
-    })
-    .to_string();
-    line.push('\n');
-    line
-}
-
-/// Why `params` do not fit `method`, if it is a method rmcp knows. rmcp reads a known
-/// method whose params do not fit as a custom request, which it then answers as an
-/// unknown method (-32601); this tells the client what is actually wrong.
-#[allow(deprecated)] // logging and resources/subscribe are deprecated, but legacy clients still send them
-fn params_problem(method: &str, params: Option<Value>) -> Option<String> {
-    use rmcp::model::*;
-    let body = match params {
-        Some(p) => json!({"method": method, "params": p}),
-        None => json!({"method": method}),
+/// Hands a request to rmcp under an id of rmcp's own, unless the client's id is taken.
+fn start_request(mut req: JsonRpcRequest<ClientRequest>, in_flight: &InFlight) -> Verdict {
+    let Some(ours) = lock(in_flight).start(&req.id) else {
+        return Verdict::Reply(error_line(
+            Some(&req.id),
+            ErrorCode::INVALID_REQUEST,
+            format!(
+                "request id {} is already used by a request in progress; this request was not run (use a new id)",
+                req.id
+            ),
+        ));
     };
-    macro_rules! check {
+    req.id = ours;
+    Verdict::Forward(JsonRpcMessage::Request(req))
+}
+
+/// A JSON-RPC 2.0 request for a method rmcp knows, read into that method's own type: its
+/// id, and the request or why its params do not fit the method. `Err` gives back any
+/// other message, untouched.
+///
+/// rmcp's reading of a message (serde's `untagged`) buffers it and tries its twenty-odd
+/// request types one by one, building an error message for each miss: reading a
+/// `tools/call` that way cost more than the rest of the line's way to the engine (issue
+/// #8). And a known method whose params do not fit it would come out as a custom request,
+/// which rmcp answers as an unknown method (-32601); here the client learns what is
+/// actually wrong (-32602).
+#[allow(deprecated)] // logging and resources/subscribe are deprecated, but legacy clients still send them
+fn known_request(v: Value) -> Result<(RequestId, Result<ClientRequest, String>), Value> {
+    use rmcp::model::*;
+    let Value::Object(mut m) = v else {
+        return Err(v);
+    };
+    let id = m.get("id").and_then(request_id);
+    let method = m.get("method").and_then(Value::as_str);
+    let (Some(id), Some(method), Some("2.0")) =
+        (id, method, m.get("jsonrpc").and_then(Value::as_str))
+    else {
+        return Err(Value::Object(m));
+    };
+    macro_rules! read {
         ($($method:ty => $request:ty),* $(,)?) => {
             $(
                 if method == <$method as ConstString>::VALUE {
+                    m.remove("jsonrpc");
+                    m.remove("id");
                     // serde would say "expected struct WithMeta", which helps nobody.
-                    if body.get("params").is_some_and(|p| !p.is_object()) {
-                        return Some("params must be a JSON object".into());
-                    }
-                    return serde_json::from_value::<$request>(body).err().map(|e| e.to_string());
+                    let not_object = m.get("params").is_some_and(|p| !p.is_object());
+                    let read = serde_json::from_value::<$request>(Value::Object(m));
+                    return Ok((id, read.map(ClientRequest::from).map_err(|e| {
+                        let problem = if not_object {
+                            "params must be a JSON object".to_string()
+                        } else {
+                            e.to_string()
+                        };
+                        format!("invalid params for {}: {problem}", <$method as ConstString>::VALUE)
+                    })));
                 }
             )*
         };
     }
-    check! {
+    read! {
         PingRequestMethod => PingRequest,
         InitializeResultMethod => InitializeRequest,
         DiscoverRequestMethod => DiscoverRequest,
@@ -546,7 +543,26 @@ fn params_problem(method: &str, params: Option<Value>) -> Option<String> {
         GetSkillRequestMethod => GetSkillRequest,
         ReadResourceDirectoryRequestMethod => ReadResourceDirectoryRequest,
     }
-    None
+    Err(Value::Object(m))
+}
+
+/// A JSON-RPC id, if `v` is one (a string or an integer).
+fn request_id(v: &Value) -> Option<RequestId> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// One error reply, as a line. Written by hand rather than through rmcp's types so
+/// that an unknown id is sent as `"id": null`, as JSON-RPC 2.0 requires.
+fn error_line(id: Option<&RequestId>, code: ErrorCode, message: String) -> String {
+    let message = echo::cap(&message);
+    let mut line = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code.0, "message": message},
+    })
+    .to_string();
+    line.push('\n');
+    line
 }
 
 #[cfg(test)]
@@ -693,6 +709,88 @@ mod tests {
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#;
         assert!(matches!(classify(cancel, &in_flight), Verdict::Forward(_)));
         assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
+    }
+
+    /// Requests for methods rmcp knows are read into their types here: each must come out
+    /// as rmcp's own reading makes it (params, `_meta` and all), and a spelling that is
+    /// not quite such a request must still reach rmcp's reading.
+    #[test]
+    fn known_methods_read_as_rmcp_reads_them() {
+        let same = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"x":1}}}"#,
+            r#"{"jsonrpc":"2.0","id":"a","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"2"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,{"b":null}]},"_meta":{"progressToken":"p"}}}"#,
+            r#"{"jsonrpc":"2.0","id":-3,"method":"tools/call","params":{"name":"t"},"extra":true}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"citus://x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/templates/list"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"k":"v"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+        ];
+        for line in same {
+            let theirs = match serde_json::from_str::<ClientJsonRpcMessage>(line) {
+                Ok(JsonRpcMessage::Request(r)) => r,
+                other => panic!("{line}: rmcp reads {other:?}"),
+            };
+            let ours = match known_request(serde_json::from_str(line).unwrap()) {
+                Ok((id, Ok(request))) => JsonRpcRequest::new(id, request),
+                Ok((_, Err(e))) => panic!("{line}: {e}"),
+                Err(_) => panic!("{line}: not read here"),
+            };
+            assert_eq!(ours.request.method(), theirs.request.method(), "{line}");
+            assert_eq!(
+                serde_json::to_value(&ours).unwrap(),
+                serde_json::to_value(&theirs).unwrap(),
+                "{line}"
+            );
+        }
+        // Not requests for a known method: rmcp's reading decides.
+        for line in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"no/such"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+        ] {
+            assert!(
+                known_request(serde_json::from_str(line).unwrap()).is_err(),
+                "{line}"
+            );
+        }
+        // A known method whose params do not fit it: the client is told why.
+        for (line, says) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}"#,
+                "must be a JSON object",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+                "params",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":5}}"#,
+                "invalid type",
+            ),
+        ] {
+            match known_request(serde_json::from_str(line).unwrap()) {
+                Ok((id, Err(e))) => {
+                    assert_eq!(id, RequestId::Number(1));
+                    assert!(
+                        e.contains(says) && e.contains("invalid params for"),
+                        "{line}: {e}"
+                    );
+                }
+                _ => panic!("{line}: read as fitting"),
+            }
+        }
     }
 
     /// rmcp's id of a forwarded request.
