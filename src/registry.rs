@@ -41,8 +41,7 @@ fn builtin_files() -> &'static [(String, Arc<str>)] {
             .expect("build.rs deflated the built-in files");
         let text = std::str::from_utf8(&bytes).expect("the built-in files are UTF-8");
         let mut parts = text.split('\0');
-        std::iter::from_fn(|| Some((parts.next()?.to_string(), Arc::from(parts.next()?))))
-            .collect()
+        std::iter::from_fn(|| Some((parts.next()?.to_string(), Arc::from(parts.next()?)))).collect()
     })
 }
 

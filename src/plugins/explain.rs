@@ -6,9 +6,11 @@
 //! that EXPLAIN takes. ANALYZE runs the statement, so it takes only a query that writes
 //! nothing by its syntax and whose every reachable function — called, or behind an
 //! operator, a cast, a view, a domain or a row-level-security policy — the live catalog
-//! calls non-volatile (or the tool file lists as harmless). The catalog query lives in
-//! the tool file (`reach`); this file only decides. Whatever passes still runs in a READ
-//! ONLY transaction that is rolled back, on a connection closed afterwards.
+//! calls non-volatile (or the tool file lists as harmless). A plain EXPLAIN of a write
+//! passes the same check, its tables' column defaults and domains included: Citus
+//! computes an INSERT's values on the coordinator even to plan it. The catalog query lives
+//! in the tool file (`reach`); this file only decides. Whatever passes still runs in a
+//! READ ONLY transaction that is rolled back, on a connection closed afterwards.
 
 use serde_json::{Map, Value, json};
 
@@ -46,23 +48,24 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     );
 
     let (statement, parsed) = check(text)?;
-    let refusal = if analyze {
-        match write_refusal(&parsed) {
+    let mode = if analyze { Run::Analyze } else { Run::Plan };
+    let refusal = match mode {
+        Run::Analyze => match write_refusal(&parsed) {
             Some(e) => Some(e),
-            None => match refuse_unsafe_reach(&call, &parsed).await {
-                Ok(()) => None,
-                Err(e) if e.code == ErrorCode::InvalidArgument => Some(e),
-                Err(e) => return Err(e),
-            },
-        }
-    } else {
-        None
+            None => reach_refusal(&call, &parsed, mode).await?,
+        },
+        // Even unmeasured, a write's values are computed: Citus computes an INSERT's
+        // values (and the defaults of the columns it leaves out) on the coordinator to
+        // route its rows, before EXPLAIN prints a plan. What they call must be as
+        // harmless as what ANALYZE may run.
+        Run::Plan if parsed.writes().is_some() => reach_refusal(&call, &parsed, mode).await?,
+        Run::Plan => None,
     };
     // A statement the rules refuse runs only with a person's approval of this exact call.
     let approved = match refusal {
         None => false,
         Some(refused) => {
-            approve(&call, refused).await?;
+            approve(&call, refused, mode).await?;
             true
         }
     };
@@ -136,21 +139,47 @@ fn invalid(message: String, hint: &str) -> ToolError {
     ToolError::new(ErrorCode::InvalidArgument, message).hint(hint)
 }
 
-const PLAIN_HINT: &str = "call again with analyze: false to see the plan without running it";
+/// What the database does with the statement: plan it, or run it to measure it.
+#[derive(Clone, Copy)]
+enum Run {
+    Plan,
+    Analyze,
+}
+
+impl Run {
+    /// What would run the refused name, for a refusal's message.
+    fn what(self) -> &'static str {
+        match self {
+            Run::Analyze => "EXPLAIN ANALYZE",
+            Run::Plan => "planning this write (Citus computes its values on the coordinator)",
+        }
+    }
+
+    /// How to do without what was refused.
+    fn instead(self) -> &'static str {
+        match self {
+            Run::Analyze => "call again with analyze: false to see the plan without running it",
+            Run::Plan => {
+                "write the values into the statement as literals, or explain its SELECT part"
+            }
+        }
+    }
+}
 
 /// Lets a statement the read-only rules refused run, when the call carries a token a
 /// person approved for exactly it (admin mode); otherwise returns the refusal.
-async fn approve(call: &PluginCall<'_>, refused: ToolError) -> Result<(), ToolError> {
+async fn approve(call: &PluginCall<'_>, refused: ToolError, run: Run) -> Result<(), ToolError> {
     let token = call.args.get("approval_token").and_then(Value::as_str);
     let approvals = call.engine.approvals();
     match (token, approvals) {
         (None, None) => Err(refused),
-        (None, Some(_)) => Err(refused.hint(
-            "call again with analyze: false to see the plan without running it; or ask a person to \
+        (None, Some(_)) => Err(refused.hint(format!(
+            "{}; or ask a person to \
              approve this exact call (citus_request_approval_token with action citus_explain_query \
              and these arguments, or `citus-mcp approve citus_explain_query --args ...`) and pass \
              the token as approval_token: it then runs in a transaction that is rolled back",
-        )),
+            run.instead()
+        ))),
         (Some(_), None) => Err(ToolError::new(
             ErrorCode::ExecuteDisabled,
             format!(
@@ -158,7 +187,10 @@ async fn approve(call: &PluginCall<'_>, refused: ToolError) -> Result<(), ToolEr
                 refused.message
             ),
         )
-        .hint("approval tokens are checked in admin mode only; call with analyze: false")),
+        .hint(format!(
+            "approval tokens are checked in admin mode only; {}",
+            run.instead()
+        ))),
         (Some(_), Some(gate)) => gate
             .verify(&call.tool.spec.name, call.args, call.caller)
             .await
@@ -171,9 +203,23 @@ fn write_refusal(parsed: &Parsed) -> Option<ToolError> {
     parsed.writes().map(|word| {
         invalid(
             format!("EXPLAIN ANALYZE runs the statement, and this one writes or locks ({word})"),
-            PLAIN_HINT,
+            Run::Analyze.instead(),
         )
     })
+}
+
+/// The refusal [`refuse_unsafe_reach`] finds, if any; other errors (the catalog query
+/// failed) end the call.
+async fn reach_refusal(
+    call: &PluginCall<'_>,
+    parsed: &Parsed,
+    run: Run,
+) -> Result<Option<ToolError>, ToolError> {
+    match refuse_unsafe_reach(call, parsed, run).await {
+        Ok(()) => Ok(None),
+        Err(e) if e.code == ErrorCode::InvalidArgument => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The statement to explain and its parse, or why it is refused.
@@ -219,7 +265,14 @@ fn check(text: &str) -> Result<(&str, Parsed), ToolError> {
 /// Asks the catalog about everything the statement reaches, following views, policies
 /// and domains into what they reach; refuses at the first name that could change
 /// anything when run.
-async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(), ToolError> {
+async fn refuse_unsafe_reach(
+    call: &PluginCall<'_>,
+    parsed: &Parsed,
+    run: Run,
+) -> Result<(), ToolError> {
+    let (what, instead) = (run.what(), run.instead());
+    // A statement that writes has its columns' defaults computed: ask about them too.
+    let defaults = parsed.writes().is_some();
     let mut seen = Reach::default();
     let mut todo = parsed.reach();
     for round in 0..MAX_DEPTH {
@@ -228,7 +281,9 @@ async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(
         if todo.is_empty() && round > 0 {
             return Ok(());
         }
-        let rows = call.query("reach", reach_vars(&todo, round == 0)).await?;
+        let rows = call
+            .query("reach", reach_vars(&todo, round == 0, defaults))
+            .await?;
         seen.extend(std::mem::take(&mut todo));
         for row in rows.rows {
             let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
@@ -236,18 +291,17 @@ async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(
             if verdict == "refuse" {
                 return Err(invalid(
                     format!(
-                        "EXPLAIN ANALYZE would run {kind} `{name}` ({detail}), which may change the cluster"
+                        "{what} would run {kind} `{name}` ({detail}), which may change the cluster"
                     ),
-                    PLAIN_HINT,
+                    instead,
                 ));
             }
-            let inner = sql::parse(detail).map_err(|e| {
-                invalid(format!("cannot read the {kind} `{name}`: {e}"), PLAIN_HINT)
-            })?;
+            let inner = sql::parse(detail)
+                .map_err(|e| invalid(format!("cannot read the {kind} `{name}`: {e}"), instead))?;
             if let Some(word) = inner.writes() {
                 return Err(invalid(
-                    format!("EXPLAIN ANALYZE would reach {kind} `{name}`, which writes ({word})"),
-                    PLAIN_HINT,
+                    format!("{what} would reach {kind} `{name}`, which writes ({word})"),
+                    instead,
                 ));
             }
             todo.extend(inner.reach());
@@ -255,15 +309,17 @@ async fn refuse_unsafe_reach(call: &PluginCall<'_>, parsed: &Parsed) -> Result<(
     }
     Err(invalid(
         format!("the statement reaches views or policies nested deeper than {MAX_DEPTH} levels"),
-        PLAIN_HINT,
+        instead,
     ))
 }
 
-/// The `reach` query's variables: each kind of name as two aligned arrays, and whether to
-/// ask about what the whole database runs unasked (the first round only).
-fn reach_vars(r: &Reach, database_wide: bool) -> Value {
+/// The `reach` query's variables: each kind of name as two aligned arrays, whether to
+/// ask about what the whole database runs unasked (the first round only), and whether
+/// about the defaults and domains of the relations' columns (a statement that writes).
+fn reach_vars(r: &Reach, database_wide: bool, defaults: bool) -> Value {
     let mut vars = Map::new();
     vars.insert("database_wide".into(), Value::Bool(database_wide));
+    vars.insert("defaults".into(), Value::Bool(defaults));
     for (kind, names) in [
         ("function", &r.functions),
         ("operator", &r.operators),

@@ -185,6 +185,25 @@ CREATE TABLE IF NOT EXISTS public.citus_mcp_rls (x int);
 ALTER TABLE public.citus_mcp_rls ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS citus_mcp_lock_policy ON public.citus_mcp_rls;
 CREATE POLICY citus_mcp_lock_policy ON public.citus_mcp_rls USING (public.citus_mcp_lock(x));
+-- Values a write computes without naming them: a column's default, a domain's default.
+-- What they run outlasts the call's connection (statistics reset).
+CREATE OR REPLACE FUNCTION public.citus_mcp_reset() RETURNS boolean LANGUAGE sql VOLATILE
+  AS 'SELECT pg_catalog.pg_stat_reset() IS NULL';
+CREATE TABLE IF NOT EXISTS public.citus_mcp_resets (x int, reset boolean DEFAULT public.citus_mcp_reset());
+DO $$ BEGIN
+  IF to_regtype('public.citus_mcp_reset_dom') IS NULL THEN
+    CREATE DOMAIN public.citus_mcp_reset_dom AS boolean DEFAULT public.citus_mcp_reset();
+  END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS public.citus_mcp_dom_resets (x int, reset public.citus_mcp_reset_dom);
+";
+
+/// On Citus, the tables whose defaults act are distributed: Citus computes an INSERT's
+/// values, defaults included, on the coordinator to route its rows, even for a plain
+/// EXPLAIN.
+const DISTRIBUTE: &str = "
+SELECT create_distributed_table(t, 'x') FROM unnest(ARRAY['public.citus_mcp_resets', 'public.citus_mcp_dom_resets']) t
+ WHERE NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = t::regclass);
 ";
 
 /// Everything an attack might change, as one line of text.
@@ -207,6 +226,9 @@ impl Canary {
         static SETUP_DONE: std::sync::Once = std::sync::Once::new();
         SETUP_DONE.call_once(|| {
             ctx.db().psql(SETUP).unwrap();
+            if !ctx.is_fixture() {
+                ctx.db().psql(DISTRIBUTE).unwrap();
+            }
         });
         let bystander = ctx.rt.block_on(async {
             let (client, conn) = tokio_postgres::connect(&ctx.dsn(), tokio_postgres::NoTls)
@@ -245,8 +267,10 @@ impl Canary {
 /// What a hostile statement must get.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Want {
-    /// Refused before the database ran it (INVALID_ARGUMENT).
+    /// Refused before the database ran it (INVALID_ARGUMENT), with ANALYZE.
     Refused,
+    /// Refused even without ANALYZE: planning it computes values that act.
+    RefusedPlain,
     /// Anything: a plan, or an error from the database; the state check decides.
     Harmless,
 }
@@ -258,6 +282,9 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     use Want::*;
     let terminate = format!("SELECT pg_terminate_backend({pid})");
     let cancel = format!("SELECT pg_cancel_backend({pid})");
+    let plain_terminate = format!(
+        "INSERT INTO public.customers (customer_id, name) VALUES (1, (pg_terminate_backend({pid}) IS NULL)::text)"
+    );
     // Citus's worker_partial_agg runs the aggregate whose oid it is given, through a
     // volatile transition function of its own (the fixture has no such function: there
     // the database refuses the call).
@@ -353,6 +380,38 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             "SELECT * FROM public.citus_mcp_canary c JOIN public.citus_mcp_part0 p USING (x)",
             Refused,
         ),
+        // A write's values are computed even to plan it (Citus routes an INSERT's rows by
+        // them, on the coordinator): the functions in them, and in the defaults and domains
+        // of the columns it leaves out, must be as harmless as what ANALYZE may run.
+        (plain_terminate.as_str(), RefusedPlain),
+        (
+            "INSERT INTO public.citus_mcp_canary (x) VALUES (public.citus_mcp_lock(47)::int)",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_canary VALUES (1), ((2 OPERATOR(public.###) 3)::int)",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_resets (x) VALUES (1)",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_dom_resets (x) VALUES (1)",
+            RefusedPlain,
+        ),
+        (
+            "WITH i AS (INSERT INTO public.citus_mcp_resets (x) VALUES (1) RETURNING x) SELECT * FROM i",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_canary SELECT 1 FROM public.citus_mcp_resets WHERE public.citus_mcp_lock(48)",
+            RefusedPlain,
+        ),
+        (
+            "UPDATE public.citus_mcp_resets SET reset = DEFAULT",
+            RefusedPlain,
+        ),
         // Writes by syntax, and text that tries to be two statements.
         ("DELETE FROM public.citus_mcp_canary", Refused),
         (
@@ -424,7 +483,7 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
                 "citus_explain_query",
                 json!({"sql": sql, "analyze": analyze}),
             );
-            if analyze && *want == Refused {
+            if (analyze && *want == Refused) || *want == RefusedPlain {
                 let err = r.expect_err(&what);
                 assert_eq!(
                     err.code,
@@ -435,6 +494,22 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             }
             canary.assert_unchanged(ctx, &what);
         }
+    }
+    // Writes without such values are still planned.
+    for sql in [
+        "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
+        "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
+        "DELETE FROM public.citus_mcp_canary WHERE x = 1",
+    ] {
+        let out = call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": sql, "analyze": false}),
+        )
+        .unwrap_or_else(|err| panic!("{sql}: {}", err.text()));
+        assert!(out.structured["plan"].is_object(), "{sql}: {}", out.text);
+        canary.assert_unchanged(ctx, sql);
     }
     // Reads still run and measure.
     let out = call(
