@@ -550,6 +550,75 @@ fn node_name(conninfo: &str) -> Value {
 mod tests {
     use super::*;
 
+    /// Every function of Citus 13.2 that its label calls non-volatile was read for what it
+    /// does: the reach check trusts that label. Pure ones are named here; those whose label
+    /// understates them are in the tool file's `lying` list. A Citus that adds one fails
+    /// this test until someone reads it.
+    #[test]
+    fn every_non_volatile_citus_function_was_read() {
+        const PURE: &[&str] = &[
+            // Cluster clock type: I/O, comparisons, the logical part; a comparison of two.
+            "cluster_clock_cmp",
+            "cluster_clock_eq",
+            "cluster_clock_ge",
+            "cluster_clock_gt",
+            "cluster_clock_in",
+            "cluster_clock_le",
+            "cluster_clock_logical",
+            "cluster_clock_lt",
+            "cluster_clock_ne",
+            "cluster_clock_out",
+            "cluster_clock_recv",
+            "cluster_clock_send",
+            "citus_is_clock_after",
+            // Lookups in the metadata or of the version.
+            "citus_coordinator_nodeid",
+            "citus_nodeid_for_gpid",
+            "citus_nodename_for_nodeid",
+            "citus_nodeport_for_nodeid",
+            "citus_pid_for_gpid",
+            "citus_table_is_visible",
+            "citus_text_send_as_jsonb",
+            "citus_version",
+            "shard_name",
+            // Aggregates: what runs are their support functions, which the check reads.
+            "any_value",
+            "any_value_agg",
+            "array_cat_agg",
+            "coord_combine_agg",
+            "json_cat_agg",
+            "jsonb_cat_agg",
+            "worker_partial_agg",
+        ];
+        let tsv = include_str!("../../tests/fixtures/citus/catalog-functions.tsv");
+        let tool = crate::registry::builtin_tools()
+            .into_iter()
+            .find(|f| f.stem() == "citus_explain_query")
+            .expect("the explain tool file");
+        let mut lying = Vec::new();
+        for line in tsv.lines().skip(1) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (schema, name, volatility, extension) = (f[0], f[1], f[4], f[8]);
+            if extension != "citus" || volatility == "volatile" || PURE.contains(&name) {
+                continue;
+            }
+            lying.push(name);
+            assert!(
+                tool.text.contains(&format!("('{schema}', '{name}')")),
+                "{schema}.{name} is {volatility} but not known to be pure: read what it does, \
+                 then name it in PURE or in the tool file's `lying` list"
+            );
+        }
+        assert_eq!(
+            lying,
+            [
+                "adjust_local_clock_to_remote",
+                "citus_internal_adjust_local_clock_to_remote",
+                "master_run_on_worker"
+            ]
+        );
+    }
+
     #[test]
     fn refuses_what_it_must() {
         let analyze =

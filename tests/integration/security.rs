@@ -273,6 +273,12 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     use Want::*;
     let terminate = format!("SELECT pg_terminate_backend({pid})");
     let cancel = format!("SELECT pg_cancel_backend({pid})");
+    let run_on_coordinator = format!(
+        "SELECT * FROM master_run_on_worker(\
+           (SELECT array_agg(nodename) FROM pg_dist_node WHERE groupid = 0), \
+           (SELECT array_agg(nodeport) FROM pg_dist_node WHERE groupid = 0), \
+           ARRAY['SELECT pg_terminate_backend({pid})'], false)"
+    );
     let plain_terminate = format!(
         "INSERT INTO public.customers (customer_id, name) VALUES (1, (pg_terminate_backend({pid}) IS NULL)::text)"
     );
@@ -324,6 +330,14 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         ),
         (
             "SELECT * FROM run_command_on_all_nodes('SELECT pg_advisory_lock(5)')",
+            Refused,
+        ),
+        // Labelled STABLE, yet Citus's master_run_on_worker runs any command on the nodes
+        // it names, over connections of its own (here: the coordinator, against the
+        // bystander); adjusting the cluster clock to a remote one moves this node's clock.
+        (run_on_coordinator.as_str(), Refused),
+        (
+            "SELECT citus_internal_adjust_local_clock_to_remote('(1,0)'::cluster_clock)",
             Refused,
         ),
         // STABLE in the catalog; it only assigns an id to a transaction that is rolled back.
