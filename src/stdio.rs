@@ -425,7 +425,12 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
     // The rest (notifications, responses, methods rmcp does not know, and what is not
     // JSON-RPC) is rmcp's reading to decide.
     match serde_json::from_slice::<ClientJsonRpcMessage>(line) {
-        Ok(JsonRpcMessage::Request(req)) => start_request(req, in_flight),
+        Ok(JsonRpcMessage::Request(req)) => match &req.request {
+            ClientRequest::CustomRequest(c) if rmcp_knows(&c.method) => {
+                unfit_params(&req.id, &c.method, c.params.as_ref())
+            }
+            _ => start_request(req, in_flight),
+        },
         Ok(JsonRpcMessage::Notification(mut n)) => {
             // A cancel names the client's id; rmcp knows the request by its own. One that
             // names no request in progress (answered already, or never sent) has nothing
@@ -449,6 +454,13 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
                     echo::cap(&e.to_string())
                 );
                 return Verdict::Ignore;
+            }
+            let method = v.get("method").and_then(Value::as_str);
+            if let (Some(id), Some(method), Some("2.0")) =
+                (&id, method, v.get("jsonrpc").and_then(Value::as_str))
+                && rmcp_knows(method)
+            {
+                return unfit_params(id, method, v.get("params"));
             }
             let what = if v.is_array() {
                 "batches are not supported; send one message per line".to_string()
@@ -476,74 +488,91 @@ fn start_request(mut req: JsonRpcRequest<ClientRequest>, in_flight: &InFlight) -
     Verdict::Forward(JsonRpcMessage::Request(req))
 }
 
-/// A JSON-RPC 2.0 request for a method rmcp knows, read into that method's own type: its
-/// id, and the request or why its params do not fit the method. `Err` gives back any
-/// other message, untouched.
+/// A JSON-RPC 2.0 `tools/call` request, read into its own type: its id, and the request or
+/// why its params do not fit. `Err` gives back any other message, untouched, for rmcp's
+/// reading.
 ///
 /// rmcp's reading of a message (serde's `untagged`) buffers it and tries its twenty-odd
-/// request types one by one, building an error message for each miss: reading a
-/// `tools/call` that way cost more than the rest of the line's way to the engine (issue
-/// #8). And a known method whose params do not fit it would come out as a custom request,
-/// which rmcp answers as an unknown method (-32601); here the client learns what is
-/// actually wrong (-32602).
-#[allow(deprecated)] // logging and resources/subscribe are deprecated, but legacy clients still send them
+/// request types one by one, building an error message for each miss: a `tools/call`, the
+/// one request a session sends over and over, went through 14 of them (issue #8). Its
+/// params are also the ones a model writes, so a misfit is told precisely (-32602).
 fn known_request(v: Value) -> Result<(RequestId, Result<ClientRequest, String>), Value> {
-    use rmcp::model::*;
+    use rmcp::model::{CallToolRequest, CallToolRequestMethod, ConstString};
     let Value::Object(mut m) = v else {
         return Err(v);
     };
     let id = m.get("id").and_then(request_id);
     let method = m.get("method").and_then(Value::as_str);
-    let (Some(id), Some(method), Some("2.0")) =
-        (id, method, m.get("jsonrpc").and_then(Value::as_str))
-    else {
+    let version = m.get("jsonrpc").and_then(Value::as_str);
+    let (Some(id), Some(CallToolRequestMethod::VALUE), Some("2.0")) = (id, method, version) else {
         return Err(Value::Object(m));
     };
-    macro_rules! read {
-        ($($method:ty => $request:ty),* $(,)?) => {
-            $(
-                if method == <$method as ConstString>::VALUE {
-                    m.remove("jsonrpc");
-                    m.remove("id");
-                    // serde would say "expected struct WithMeta", which helps nobody.
-                    let not_object = m.get("params").is_some_and(|p| !p.is_object());
-                    let read = serde_json::from_value::<$request>(Value::Object(m));
-                    return Ok((id, read.map(ClientRequest::from).map_err(|e| {
-                        let problem = if not_object {
-                            "params must be a JSON object".to_string()
-                        } else {
-                            e.to_string()
-                        };
-                        format!("invalid params for {}: {problem}", <$method as ConstString>::VALUE)
-                    })));
-                }
-            )*
-        };
+    m.remove("jsonrpc");
+    m.remove("id");
+    let not_object = m.get("params").is_some_and(|p| !p.is_object());
+    let read = serde_json::from_value::<CallToolRequest>(Value::Object(m));
+    Ok((
+        id,
+        read.map(ClientRequest::from).map_err(|e| {
+            // serde would say "expected struct WithMeta", which helps nobody.
+            let problem = if not_object {
+                "params must be a JSON object".to_string()
+            } else {
+                e.to_string()
+            };
+            format!(
+                "invalid params for {}: {problem}",
+                CallToolRequestMethod::VALUE
+            )
+        }),
+    ))
+}
+
+/// The -32602 answer to a request for a method rmcp knows whose params do not fit it.
+fn unfit_params(id: &RequestId, method: &str, params: Option<&Value>) -> Verdict {
+    let why = if params.is_some_and(|p| !p.is_object()) {
+        "params must be a JSON object"
+    } else {
+        "they do not fit the method (the MCP schema says what it takes)"
+    };
+    Verdict::Reply(error_line(
+        Some(id),
+        ErrorCode::INVALID_PARAMS,
+        format!("invalid params for {method}: {why}"),
+    ))
+}
+
+/// Whether rmcp knows `method` as a request: one it read as a custom request then had
+/// params that do not fit it, which rmcp would answer as an unknown method (-32601).
+#[allow(deprecated)] // logging and resources/subscribe are deprecated, but legacy clients still send them
+fn rmcp_knows(method: &str) -> bool {
+    use rmcp::model::*;
+    macro_rules! any_of {
+        ($($method:ty),* $(,)?) => { $(method == <$method as ConstString>::VALUE)||* };
     }
-    read! {
-        PingRequestMethod => PingRequest,
-        InitializeResultMethod => InitializeRequest,
-        DiscoverRequestMethod => DiscoverRequest,
-        CompleteRequestMethod => CompleteRequest,
-        SetLevelRequestMethod => SetLevelRequest,
-        GetPromptRequestMethod => GetPromptRequest,
-        ListPromptsRequestMethod => ListPromptsRequest,
-        ListResourcesRequestMethod => ListResourcesRequest,
-        ListResourceTemplatesRequestMethod => ListResourceTemplatesRequest,
-        ReadResourceRequestMethod => ReadResourceRequest,
-        SubscriptionsListenRequestMethod => SubscriptionsListenRequest,
-        SubscribeRequestMethod => SubscribeRequest,
-        UnsubscribeRequestMethod => UnsubscribeRequest,
-        CallToolRequestMethod => CallToolRequest,
-        ListToolsRequestMethod => ListToolsRequest,
-        GetTaskMethod => GetTaskRequest,
-        UpdateTaskMethod => UpdateTaskRequest,
-        CancelTaskMethod => CancelTaskRequest,
-        ListSkillsRequestMethod => ListSkillsRequest,
-        GetSkillRequestMethod => GetSkillRequest,
-        ReadResourceDirectoryRequestMethod => ReadResourceDirectoryRequest,
-    }
-    Err(Value::Object(m))
+    any_of!(
+        PingRequestMethod,
+        InitializeResultMethod,
+        DiscoverRequestMethod,
+        CompleteRequestMethod,
+        SetLevelRequestMethod,
+        GetPromptRequestMethod,
+        ListPromptsRequestMethod,
+        ListResourcesRequestMethod,
+        ListResourceTemplatesRequestMethod,
+        ReadResourceRequestMethod,
+        SubscriptionsListenRequestMethod,
+        SubscribeRequestMethod,
+        UnsubscribeRequestMethod,
+        CallToolRequestMethod,
+        ListToolsRequestMethod,
+        GetTaskMethod,
+        UpdateTaskMethod,
+        CancelTaskMethod,
+        ListSkillsRequestMethod,
+        GetSkillRequestMethod,
+        ReadResourceDirectoryRequestMethod,
+    )
 }
 
 /// A JSON-RPC id, if `v` is one (a string or an integer).
@@ -711,27 +740,17 @@ mod tests {
         assert!(matches!(classify(call, &in_flight), Verdict::Forward(_)));
     }
 
-    /// Requests for methods rmcp knows are read into their types here: each must come out
-    /// as rmcp's own reading makes it (params, `_meta` and all), and a spelling that is
-    /// not quite such a request must still reach rmcp's reading.
+    /// A `tools/call` is read into its type here: it must come out as rmcp's own reading
+    /// makes it (params, `_meta` and all); every other message, and a spelling that is
+    /// not quite such a request, is left to rmcp's reading; a known method whose params
+    /// do not fit gets -32602 either way.
     #[test]
-    fn known_methods_read_as_rmcp_reads_them() {
-        let same = [
-            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"x":1}}}"#,
-            r#"{"jsonrpc":"2.0","id":"a","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"2"}}"#,
+    fn tool_calls_read_as_rmcp_reads_them() {
+        for line in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,{"b":null}]},"_meta":{"progressToken":"p"}}}"#,
             r#"{"jsonrpc":"2.0","id":-3,"method":"tools/call","params":{"name":"t"},"extra":true}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"citus://x"}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"resources/templates/list"}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"k":"v"}}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#,
-        ];
-        for line in same {
+            r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","arguments":{},"_meta":{"k":[1]}}}"#,
+        ] {
             let theirs = match serde_json::from_str::<ClientJsonRpcMessage>(line) {
                 Ok(JsonRpcMessage::Request(r)) => r,
                 other => panic!("{line}: rmcp reads {other:?}"),
@@ -741,55 +760,66 @@ mod tests {
                 Ok((_, Err(e))) => panic!("{line}: {e}"),
                 Err(_) => panic!("{line}: not read here"),
             };
-            assert_eq!(ours.request.method(), theirs.request.method(), "{line}");
+            assert!(matches!(ours.request, ClientRequest::CallToolRequest(_)));
             assert_eq!(
                 serde_json::to_value(&ours).unwrap(),
                 serde_json::to_value(&theirs).unwrap(),
                 "{line}"
             );
         }
-        // Not requests for a known method: rmcp's reading decides.
+        // Not a tools/call request: rmcp's reading decides.
         for line in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"no/such"}"#,
-            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
-            r#"{"id":1,"method":"ping"}"#,
-            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
-            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call"}]"#,
         ] {
             assert!(
                 known_request(serde_json::from_str(line).unwrap()).is_err(),
                 "{line}"
             );
         }
-        // A known method whose params do not fit it: the client is told why.
+        // A known method whose params do not fit it: the client is told (-32602), with
+        // serde's reason for a tools/call.
+        let in_flight = InFlight::default();
         for (line, says) in [
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}"#,
                 "must be a JSON object",
             ),
             (
-                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+                r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{}}}"#,
+                "missing field `name`",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":3,"method":"tools/call"}"#,
                 "params",
             ),
             (
-                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":5}}"#,
-                "invalid type",
+                r#"{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":5}}"#,
+                "do not fit",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":5,"method":"prompts/get","params":"p"}"#,
+                "must be a JSON object",
             ),
         ] {
-            match known_request(serde_json::from_str(line).unwrap()) {
-                Ok((id, Err(e))) => {
-                    assert_eq!(id, RequestId::Number(1));
-                    assert!(
-                        e.contains(says) && e.contains("invalid params for"),
-                        "{line}: {e}"
-                    );
-                }
-                _ => panic!("{line}: read as fitting"),
-            }
+            let Verdict::Reply(reply) = classify(line.as_bytes(), &in_flight) else {
+                panic!("{line}: forwarded");
+            };
+            let reply: Value = serde_json::from_str(&reply).unwrap();
+            assert_eq!(reply["error"]["code"], -32602, "{line}: {reply}");
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(says) && message.contains("invalid params for"),
+                "{line}: {message}"
+            );
         }
     }
 
