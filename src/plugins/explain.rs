@@ -552,8 +552,8 @@ mod tests {
 
     /// Every function of Citus 13.2 that its label calls non-volatile was read for what it
     /// does: the reach check trusts that label. Pure ones are named here; those whose label
-    /// understates them are in the tool file's `lying` list. A Citus that adds one fails
-    /// this test until someone reads it.
+    /// understates them are in the tool file's `refused_fn` list. A Citus that adds one
+    /// fails this test until someone reads it.
     #[test]
     fn every_non_volatile_citus_function_was_read() {
         const PURE: &[&str] = &[
@@ -604,9 +604,9 @@ mod tests {
             }
             lying.push(name);
             assert!(
-                tool.text.contains(&format!("('{schema}', '{name}')")),
+                tool.text.contains(&format!("('{schema}', '{name}', ")),
                 "{schema}.{name} is {volatility} but not known to be pure: read what it does, \
-                 then name it in PURE or in the tool file's `lying` list"
+                 then name it in PURE or in the tool file's `refused_fn` list"
             );
         }
         assert_eq!(

@@ -198,6 +198,11 @@ DO $$ BEGIN
   END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS public.citus_mcp_dom_resets (x int, reset public.citus_mcp_reset_dom);
+-- A view that ends the bystander session when read: named, the check expands it; read
+-- through a function that takes a table's name (table_to_xml), nothing in the text shows it.
+CREATE OR REPLACE VIEW public.citus_mcp_kill_view AS
+  SELECT pg_catalog.pg_terminate_backend(pid) AS killed FROM pg_catalog.pg_stat_activity
+   WHERE application_name = 'citus_mcp_bystander';
 ";
 
 /// Everything an attack might change, as one line of text.
@@ -226,6 +231,10 @@ impl Canary {
                 .await
                 .expect("bystander connects");
             tokio::spawn(conn);
+            client
+                .batch_execute("SET application_name = 'citus_mcp_bystander'")
+                .await
+                .expect("bystander names itself");
             client
         });
         Canary {
@@ -356,6 +365,19 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             Refused,
         ),
         ("SELECT * FROM public.citus_mcp_rls", Refused),
+        ("SELECT * FROM public.citus_mcp_kill_view", Refused),
+        // Functions that read the tables they are given by name, past every check of
+        // views, policies and foreign tables: nothing in the text names what they read.
+        (
+            "SELECT table_to_xml('public.citus_mcp_kill_view', true, false, '')",
+            Refused,
+        ),
+        (
+            "SELECT table_to_xml_and_xmlschema('public.citus_mcp_kill_view'::regclass, true, false, '')",
+            Refused,
+        ),
+        ("SELECT schema_to_xml('public', true, false, '')", Refused),
+        ("SELECT database_to_xml(true, false, '')", Refused),
         ("SELECT public.citus_mcp_lock(9)", Refused),
         // Aggregates: pg_proc says immutable; the transition or final function locks.
         (
