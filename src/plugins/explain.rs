@@ -8,7 +8,9 @@
 //! operator, a cast, a view, a domain or a row-level-security policy — the live catalog
 //! calls non-volatile (or the tool file lists as harmless). A plain EXPLAIN of a write
 //! passes the same check, its tables' column defaults and domains included: Citus
-//! computes an INSERT's values on the coordinator even to plan it. The catalog query lives
+//! computes an INSERT's values on the coordinator even to plan it. Any other plain EXPLAIN
+//! is checked for the functions that act whatever their label says (planning evaluates
+//! stable functions on constants). The catalog query lives
 //! in the tool file (`reach`); this file only decides. Whatever passes still runs in a
 //! READ ONLY transaction that is rolled back, on a connection closed afterwards.
 
@@ -48,18 +50,17 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     );
 
     let (statement, parsed) = check(text)?;
-    let mode = if analyze { Run::Analyze } else { Run::Plan };
+    let mode = match (analyze, parsed.writes().is_some()) {
+        (true, _) => Run::Analyze,
+        (false, true) => Run::PlanWrite,
+        (false, false) => Run::Plan,
+    };
     let refusal = match mode {
         Run::Analyze => match write_refusal(&parsed) {
             Some(e) => Some(e),
             None => reach_refusal(&call, &parsed, mode).await?,
         },
-        // Even unmeasured, a write's values are computed: Citus computes an INSERT's
-        // values (and the defaults of the columns it leaves out) on the coordinator to
-        // route its rows, before EXPLAIN prints a plan. What they call must be as
-        // harmless as what ANALYZE may run.
-        Run::Plan if parsed.writes().is_some() => reach_refusal(&call, &parsed, mode).await?,
-        Run::Plan => None,
+        _ => reach_refusal(&call, &parsed, mode).await?,
     };
     // A statement the rules refuse runs only with a person's approval of this exact call.
     let approved = match refusal {
@@ -139,10 +140,17 @@ fn invalid(message: String, hint: &str) -> ToolError {
     ToolError::new(ErrorCode::InvalidArgument, message).hint(hint)
 }
 
-/// What the database does with the statement: plan it, or run it to measure it.
-#[derive(Clone, Copy)]
+/// What the database does with the statement, and so what of it runs.
+#[derive(Clone, Copy, PartialEq)]
 enum Run {
+    /// Plans a query: PostgreSQL evaluates immutable and stable functions on constants (to
+    /// fold and to estimate), never a volatile one. Only functions on the tool file's
+    /// `refused_fn` list, which act whatever their label says, are refused.
     Plan,
+    /// Plans a write: Citus computes an INSERT's values, and the defaults of the columns
+    /// it leaves out, on the coordinator to route its rows. Checked as ANALYZE is.
+    PlanWrite,
+    /// Runs it to measure it.
     Analyze,
 }
 
@@ -151,7 +159,8 @@ impl Run {
     fn what(self) -> &'static str {
         match self {
             Run::Analyze => "EXPLAIN ANALYZE",
-            Run::Plan => "planning this write (Citus computes its values on the coordinator)",
+            Run::PlanWrite => "planning this write (Citus computes its values on the coordinator)",
+            Run::Plan => "planning it (PostgreSQL evaluates stable functions on constants)",
         }
     }
 
@@ -159,9 +168,10 @@ impl Run {
     fn instead(self) -> &'static str {
         match self {
             Run::Analyze => "call again with analyze: false to see the plan without running it",
-            Run::Plan => {
+            Run::PlanWrite => {
                 "write the values into the statement as literals, or explain its SELECT part"
             }
+            Run::Plan => "leave the function out, or write its value into the statement",
         }
     }
 }
@@ -272,7 +282,7 @@ async fn refuse_unsafe_reach(
 ) -> Result<(), ToolError> {
     let (what, instead) = (run.what(), run.instead());
     // A statement that writes has its columns' defaults computed: ask about them too.
-    let defaults = parsed.writes().is_some();
+    let (defaults, plan_only) = (parsed.writes().is_some(), run == Run::Plan);
     let mut seen = Reach::default();
     let mut todo = parsed.reach();
     for round in 0..MAX_DEPTH {
@@ -282,7 +292,7 @@ async fn refuse_unsafe_reach(
             return Ok(());
         }
         let rows = call
-            .query("reach", reach_vars(&todo, round == 0, defaults))
+            .query("reach", reach_vars(&todo, round == 0, defaults, plan_only))
             .await?;
         seen.extend(std::mem::take(&mut todo));
         for row in rows.rows {
@@ -314,12 +324,14 @@ async fn refuse_unsafe_reach(
 }
 
 /// The `reach` query's variables: each kind of name as two aligned arrays, whether to
-/// ask about what the whole database runs unasked (the first round only), and whether
-/// about the defaults and domains of the relations' columns (a statement that writes).
-fn reach_vars(r: &Reach, database_wide: bool, defaults: bool) -> Value {
+/// ask about what the whole database runs unasked (the first round only), whether about
+/// the defaults and domains of the relations' columns (a statement that writes), and
+/// whether only about what acts when planned.
+fn reach_vars(r: &Reach, database_wide: bool, defaults: bool, plan_only: bool) -> Value {
     let mut vars = Map::new();
     vars.insert("database_wide".into(), Value::Bool(database_wide));
     vars.insert("defaults".into(), Value::Bool(defaults));
+    vars.insert("plan_only".into(), Value::Bool(plan_only));
     for (kind, names) in [
         ("function", &r.functions),
         ("operator", &r.operators),

@@ -370,14 +370,26 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // views, policies and foreign tables: nothing in the text names what they read.
         (
             "SELECT table_to_xml('public.citus_mcp_kill_view', true, false, '')",
-            Refused,
+            RefusedPlain,
         ),
         (
             "SELECT table_to_xml_and_xmlschema('public.citus_mcp_kill_view'::regclass, true, false, '')",
-            Refused,
+            RefusedPlain,
         ),
-        ("SELECT schema_to_xml('public', true, false, '')", Refused),
-        ("SELECT database_to_xml(true, false, '')", Refused),
+        (
+            "SELECT schema_to_xml('public', true, false, '')",
+            RefusedPlain,
+        ),
+        ("SELECT database_to_xml(true, false, '')", RefusedPlain),
+        // Planning alone runs a stable function on constants, to estimate a comparison.
+        (
+            "SELECT * FROM public.citus_mcp_canary WHERE x::text = table_to_xml('public.citus_mcp_kill_view', true, false, '')::text",
+            RefusedPlain,
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_canary WHERE x::text = citus_internal_adjust_local_clock_to_remote('(1,0)'::cluster_clock)::text",
+            RefusedPlain,
+        ),
         ("SELECT public.citus_mcp_lock(9)", Refused),
         // Aggregates: pg_proc says immutable; the transition or final function locks.
         (
@@ -522,8 +534,12 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             canary.assert_unchanged(ctx, &what);
         }
     }
-    // Writes without such values are still planned.
+    // Writes without such values, and queries whose volatile functions only run when the
+    // query does, are still planned.
     for sql in [
+        "SELECT pg_advisory_lock(1)",
+        "SELECT * FROM public.citus_mcp_canary WHERE x = nextval('public.citus_mcp_canary_seq')",
+        "SELECT * FROM public.citus_mcp_lock_view",
         "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
         "DELETE FROM public.citus_mcp_canary WHERE x = 1",
