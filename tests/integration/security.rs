@@ -203,6 +203,12 @@ CREATE TABLE IF NOT EXISTS public.citus_mcp_dom_resets (x int, reset public.citu
 CREATE OR REPLACE VIEW public.citus_mcp_kill_view AS
   SELECT pg_catalog.pg_terminate_backend(pid) AS killed FROM pg_catalog.pg_stat_activity
    WHERE application_name = 'citus_mcp_bystander';
+-- The same read behind a view of its own, where planning a query on it estimates it.
+CREATE OR REPLACE VIEW public.citus_mcp_xml_view AS
+  SELECT x FROM public.citus_mcp_canary
+   WHERE x::text = pg_catalog.table_to_xml('public.citus_mcp_kill_view', true, false, '')::text;
+-- A write through a view lands on the table whose default acts.
+CREATE OR REPLACE VIEW public.citus_mcp_resets_view AS SELECT x FROM public.citus_mcp_resets;
 ";
 
 /// Everything an attack might change, as one line of text.
@@ -381,7 +387,21 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             RefusedPlain,
         ),
         ("SELECT database_to_xml(true, false, '')", RefusedPlain),
-        // Planning alone runs a stable function on constants, to estimate a comparison.
+        (
+            r#"SELECT pg_catalog."table_to_xml"('public.citus_mcp_kill_view', true, false, '')"#,
+            RefusedPlain,
+        ),
+        (
+            r#"SELECT U&"\0074able_to_xml"('public.citus_mcp_kill_view', true, false, '')"#,
+            RefusedPlain,
+        ),
+        // Planning alone runs a stable function on constants, to estimate a comparison,
+        // written in the statement or in a view it reads.
+        ("SELECT * FROM public.citus_mcp_xml_view", RefusedPlain),
+        (
+            "SELECT count(*) FROM public.citus_mcp_canary c JOIN public.citus_mcp_xml_view v USING (x)",
+            RefusedPlain,
+        ),
         (
             "SELECT * FROM public.citus_mcp_canary WHERE x::text = table_to_xml('public.citus_mcp_kill_view', true, false, '')::text",
             RefusedPlain,
@@ -433,6 +453,18 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         ),
         (
             "INSERT INTO public.citus_mcp_resets (x) VALUES (1)",
+            RefusedPlain,
+        ),
+        (
+            r#"INSERT INTO public."citus_mcp_resets" (x) VALUES (1)"#,
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_resets_view (x) VALUES (1)",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO public.citus_mcp_canary (x) SELECT 1 FROM (VALUES (1)) v WHERE public.citus_mcp_reset()",
             RefusedPlain,
         ),
         (
