@@ -237,6 +237,8 @@ pub struct Reach {
     pub operators: BTreeSet<QualName>,
     /// Types named in casts and type names (their input and cast functions run).
     pub types: BTreeSet<QualName>,
+    /// Types named as arrays (`t[]`): also in `types`, since each element is read as a `t`.
+    pub array_types: BTreeSet<QualName>,
     /// Relations read (views, tables...), CTE names excluded.
     pub relations: BTreeSet<QualName>,
 }
@@ -246,6 +248,7 @@ impl Reach {
         self.functions.is_empty()
             && self.operators.is_empty()
             && self.types.is_empty()
+            && self.array_types.is_empty()
             && self.relations.is_empty()
     }
 
@@ -257,6 +260,7 @@ impl Reach {
             functions: diff(&self.functions, &seen.functions),
             operators: diff(&self.operators, &seen.operators),
             types: diff(&self.types, &seen.types),
+            array_types: diff(&self.array_types, &seen.array_types),
             relations: diff(&self.relations, &seen.relations),
         }
     }
@@ -266,6 +270,7 @@ impl Reach {
         self.functions.extend(other.functions);
         self.operators.extend(other.operators);
         self.types.extend(other.types);
+        self.array_types.extend(other.array_types);
         self.relations.extend(other.relations);
     }
 }
@@ -321,6 +326,9 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
             // TypeName (the only node with `names`): `x::t`, CAST(x AS t), typed
             // literals, column definition lists.
             if let Some(t) = m.get("names").and_then(qualified) {
+                if m.get("arrayBounds").is_some_and(|b| !b.is_null()) {
+                    r.array_types.insert(t.clone());
+                }
                 r.types.insert(t);
             }
             // RangeVar (the only node of a raw parse tree with `relname`).
@@ -532,7 +540,8 @@ mod tests {
     fn reaches_functions_operators_types_and_relations() {
         let r = parse(
             "WITH c AS (SELECT 1 a) SELECT pg_catalog.lower(x.b), x.a OPERATOR(pg_catalog.+) 1, '1'::int4, \
-             (x).f, y.g FROM public.v x JOIN c y USING (a) WHERE x.b ~~ 'a%' ORDER BY 1 USING <",
+             (x).f, y.g, '{}'::s.d[], CAST(NULL AS s.e ARRAY) \
+             FROM public.v x JOIN c y USING (a) WHERE x.b ~~ 'a%' ORDER BY 1 USING <",
         )
         .unwrap()
         .reach();
@@ -544,6 +553,12 @@ mod tests {
         assert!(r.operators.contains(&bare("~~")));
         assert!(r.operators.contains(&bare("<")));
         assert!(r.types.contains(&bare("int4")), "{r:?}");
+        assert!(!r.array_types.contains(&bare("int4")), "{r:?}");
+        // An array's elements are read as its element type.
+        for t in [q("s", "d"), q("s", "e")] {
+            assert!(r.types.contains(&t), "{r:?}");
+            assert!(r.array_types.contains(&t), "{r:?}");
+        }
         assert!(r.relations.contains(&q("public", "v")));
         assert!(!r.relations.contains(&bare("c")), "a CTE is not a relation");
         let r = parse("SELECT * FROM t TABLESAMPLE system (1), generate_series(1, 2) g")

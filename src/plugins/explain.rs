@@ -275,59 +275,115 @@ fn check(text: &str) -> Result<(&str, Parsed), ToolError> {
 /// Asks the catalog about everything the statement reaches, following views, policies
 /// and domains into what they reach; refuses at the first name that could change
 /// anything when run.
+///
+/// Names come in two classes: those the statement reaches, checked as `run` says, and
+/// those a domain's CHECK reaches, which run whenever a value is checked against the
+/// domain: a literal of an array, row or range over it is checked as the statement is
+/// parsed, so even planning runs them. Those are always checked as ANALYZE would be.
 async fn refuse_unsafe_reach(
     call: &PluginCall<'_>,
     parsed: &Parsed,
     run: Run,
 ) -> Result<(), ToolError> {
-    let (what, instead) = (run.what(), run.instead());
     // Planning a write computes its columns' defaults: ask about them too. (ANALYZE reaches
     // this only for a statement that does not write.)
-    let (defaults, plan_only) = (run == Run::PlanWrite, run == Run::Plan);
-    let mut seen = Reach::default();
-    let mut todo = parsed.reach();
+    let defaults = run == Run::PlanWrite;
+    let mut seen = [Reach::default(), Reach::default()];
+    let mut todo = [parsed.reach(), Reach::default()];
+    // The domains whose CHECKs the second class holds, for a refusal's message.
+    let mut domains: Vec<String> = Vec::new();
     for round in 0..MAX_DEPTH {
-        todo = todo.minus(&seen);
+        todo[0] = todo[0].minus(&seen[0]).minus(&seen[1]);
+        todo[1] = todo[1].minus(&seen[1]);
         // The first round asks even with no names: the database-wide rules still apply.
-        if todo.is_empty() && round > 0 {
+        if round > 0 && todo.iter().all(Reach::is_empty) {
             return Ok(());
         }
-        let rows = call
-            .query("reach", reach_vars(&todo, round == 0, defaults, plan_only))
-            .await?;
-        seen.extend(std::mem::take(&mut todo));
-        for row in rows.rows {
-            let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
-            let (verdict, kind, name, detail) = (field(0), field(1), field(2), field(3));
-            if verdict == "refuse" {
-                return Err(invalid(
-                    format!(
-                        "{what} would run {kind} `{name}` ({detail}), which may change the cluster"
-                    ),
-                    instead,
-                ));
+        let mut next = [Reach::default(), Reach::default()];
+        for class in [0, 1] {
+            let first = round == 0 && class == 0;
+            if todo[class].is_empty() && !first {
+                continue;
             }
-            let inner = sql::parse(detail)
-                .map_err(|e| invalid(format!("cannot read the {kind} `{name}`: {e}"), instead))?;
-            if let Some(word) = inner.writes() {
-                return Err(invalid(
-                    format!("{what} would reach {kind} `{name}`, which writes ({word})"),
-                    instead,
-                ));
+            let plan_only = run == Run::Plan && class == 0;
+            let rows = call
+                .query(
+                    "reach",
+                    reach_vars(&todo[class], first, defaults, plan_only),
+                )
+                .await?;
+            seen[class].extend(std::mem::take(&mut todo[class]));
+            let what = if class == 1 && run == Run::Plan {
+                format!(
+                    "reading a literal over domain {} (PostgreSQL checks each element, column or bound as it reads the statement, even to plan it)",
+                    named(&domains)
+                )
+            } else {
+                run.what().to_string()
+            };
+            let instead = if class == 1 && run == Run::Plan {
+                "explain the statement without that literal"
+            } else {
+                run.instead()
+            };
+            for row in rows.rows {
+                let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
+                let (verdict, kind, name, detail) = (field(0), field(1), field(2), field(3));
+                if verdict == "refuse" {
+                    return Err(invalid(
+                        format!(
+                            "{what} would run {kind} `{name}` ({detail}), which may change the cluster"
+                        ),
+                        instead,
+                    ));
+                }
+                let inner = sql::parse(detail).map_err(|e| {
+                    invalid(format!("cannot read the {kind} `{name}`: {e}"), instead)
+                })?;
+                if let Some(word) = inner.writes() {
+                    return Err(invalid(
+                        format!("{what} would reach {kind} `{name}`, which writes ({word})"),
+                        instead,
+                    ));
+                }
+                let to = if kind == "domain" {
+                    if !domains.iter().any(|d| d == name) {
+                        domains.push(name.to_string());
+                    }
+                    1
+                } else {
+                    class
+                };
+                next[to].extend(inner.reach());
             }
-            todo.extend(inner.reach());
         }
+        todo = next;
     }
     Err(invalid(
         format!("the statement reaches views or policies nested deeper than {MAX_DEPTH} levels"),
-        instead,
+        run.instead(),
     ))
 }
 
-/// The `reach` query's variables: each kind of name as two aligned arrays, whether to
-/// ask about what the whole database runs unasked (the first round only), whether about
-/// the defaults and domains of the relations' columns (a statement that writes), and
-/// whether only about what acts when planned.
+/// Up to three names in backquotes, and how many more.
+fn named(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(3)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(" (or one of {} more)", names.len() - 3));
+    }
+    s
+}
+
+/// The `reach` query's variables: each kind of name as aligned arrays (schemas, names and,
+/// for types, whether named as an array), whether to ask about what the whole database
+/// runs unasked (the first round only), whether about the defaults and domains of the
+/// relations' columns (a statement that writes), and whether only about what acts when
+/// planned.
 fn reach_vars(r: &Reach, database_wide: bool, defaults: bool, plan_only: bool) -> Value {
     let mut vars = Map::new();
     vars.insert("database_wide".into(), Value::Bool(database_wide));
@@ -336,7 +392,6 @@ fn reach_vars(r: &Reach, database_wide: bool, defaults: bool, plan_only: bool) -
     for (kind, names) in [
         ("function", &r.functions),
         ("operator", &r.operators),
-        ("type", &r.types),
         ("relation", &r.relations),
     ] {
         let (schemas, names): (Vec<&str>, Vec<&str>) =
@@ -344,6 +399,18 @@ fn reach_vars(r: &Reach, database_wide: bool, defaults: bool, plan_only: bool) -
         vars.insert(format!("{kind}_schemas"), json!(schemas));
         vars.insert(format!("{kind}_names"), json!(names));
     }
+    // Types, then the same names as arrays (`t[]`).
+    let types = r.types.iter().map(|t| (t, false));
+    let arrays = r.array_types.iter().map(|t| (t, true));
+    let (mut schemas, mut names, mut arrayed) = (Vec::new(), Vec::new(), Vec::new());
+    for ((s, n), a) in types.chain(arrays) {
+        schemas.push(s.as_str());
+        names.push(n.as_str());
+        arrayed.push(a);
+    }
+    vars.insert("type_schemas".into(), json!(schemas));
+    vars.insert("type_names".into(), json!(names));
+    vars.insert("type_arrays".into(), json!(arrayed));
     Value::Object(vars)
 }
 

@@ -198,6 +198,17 @@ DO $$ BEGIN
   END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS public.citus_mcp_dom_resets (x int, reset public.citus_mcp_reset_dom);
+-- A domain whose CHECK acts, inside an array, a row, a range and another domain: a literal
+-- of any of them is checked as PostgreSQL reads the statement, even to plan it.
+DO $$ BEGIN
+  IF to_regtype('public.citus_mcp_checked') IS NULL THEN
+    CREATE DOMAIN public.citus_mcp_checked AS int CHECK (public.citus_mcp_reset());
+    CREATE DOMAIN public.citus_mcp_checked2 AS public.citus_mcp_checked CHECK (VALUE > 0);
+    CREATE TYPE public.citus_mcp_checked_range AS RANGE (SUBTYPE = public.citus_mcp_checked);
+  END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_rows (c public.citus_mcp_checked);
+CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_arrays (a public.citus_mcp_checked[], x int);
 -- A view that ends the bystander session when read: named, the check expands it; read
 -- through a function that takes a table's name (table_to_xml), nothing in the text shows it.
 CREATE OR REPLACE VIEW public.citus_mcp_kill_view AS
@@ -362,6 +373,37 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         ("SELECT 1 OPERATOR(public.###) 2", Refused),
         ("SELECT #@# 3", Refused),
         ("SELECT OPERATOR(public.#@#) 3", Refused),
+        // A domain's CHECK runs wherever a value meets it: cast (when run), or read from a
+        // literal inside an array, a row or a range (as the statement is parsed).
+        ("SELECT 7::public.citus_mcp_checked", Refused),
+        ("SELECT 7::public.citus_mcp_checked2", Refused),
+        ("SELECT ROW(7)::public.citus_mcp_checked_rows", Refused),
+        ("SELECT '{7}'::public.citus_mcp_checked[]", RefusedPlain),
+        ("SELECT '{7}'::public.\"citus_mcp_checked\"[]", RefusedPlain),
+        (
+            "SELECT CAST('{7}' AS public.citus_mcp_checked ARRAY)",
+            RefusedPlain,
+        ),
+        ("SELECT '{7}'::public._citus_mcp_checked", RefusedPlain),
+        ("SELECT '{7}'::public.citus_mcp_checked2[]", RefusedPlain),
+        ("SELECT '(7)'::public.citus_mcp_checked_rows", RefusedPlain),
+        (
+            "SELECT '[1,7)'::public.citus_mcp_checked_range",
+            RefusedPlain,
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_checked_arrays WHERE a = '{7}'",
+            RefusedPlain,
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_checked_arrays WHERE a @> '{7}'",
+            RefusedPlain,
+        ),
+        // Planning estimates a stable function on constants; the row it builds is checked.
+        (
+            "SELECT x FROM public.citus_mcp_canary WHERE x = (json_populate_record(NULL::public.citus_mcp_checked_rows, '{\"c\": 7}')).c",
+            RefusedPlain,
+        ),
         ("SELECT 7::public.citus_mcp_dom", Refused),
         ("SELECT CAST(8 AS public.citus_mcp_dom)", Refused),
         ("SELECT * FROM public.citus_mcp_lock_view", Refused),
@@ -572,6 +614,10 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         "SELECT pg_advisory_lock(1)",
         "SELECT * FROM public.citus_mcp_canary WHERE x = nextval('public.citus_mcp_canary_seq')",
         "SELECT * FROM public.citus_mcp_lock_view",
+        // A value cast to a domain is checked only when the statement runs, and reading a
+        // table whose column is of that domain checks nothing.
+        "SELECT 7::public.citus_mcp_checked",
+        "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
         "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
         "DELETE FROM public.citus_mcp_canary WHERE x = 1",
@@ -644,6 +690,8 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
     };
     let plain = "SELECT count(*) FROM public.pairs";
     analyze(plain).expect("nothing volatile runs unasked yet");
+    // (what is named, DDL that makes it, DDL that undoes it, a statement that runs it, and
+    // whether planning alone runs it).
     let hazards = [
         (
             "cast `pair to text`",
@@ -651,6 +699,7 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             "DROP CAST (public.pair AS text)",
             // lower(text) takes the pair through the cast, which no name in the text shows.
             "SELECT lower(p) FROM public.pairs",
+            false,
         ),
         (
             "operator class function `num_hash(num)`",
@@ -658,23 +707,31 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
                OPERATOR 1 public.= , FUNCTION 1 public.num_hash(public.num)",
             "DROP OPERATOR CLASS public.num_ops USING hash",
             "SELECT DISTINCT n FROM public.nums",
+            false,
         ),
         (
             "type `num`",
             "ALTER FUNCTION public.num_in(cstring) VOLATILE",
             "ALTER FUNCTION public.num_in(cstring) IMMUTABLE",
             "SELECT count(*) FROM public.nums WHERE n = '1'",
+            // The literal '1' is read by num_in as the statement is parsed.
+            true,
         ),
     ];
-    for (what, create, drop, sql) in hazards {
+    for (what, create, drop, sql, when_planned) in hazards {
         psql(create);
         for sql in [sql, plain] {
             let err = analyze(sql).expect_err(sql);
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
             assert!(err.message.contains(what), "{sql}: {}", err.text());
-            // Without ANALYZE nothing runs: the plan still comes.
-            call(ctx, &e, "citus_explain_query", json!({ "sql": sql }))
-                .unwrap_or_else(|e| panic!("{sql}: {}", e.text()));
+            let planned = call(ctx, &e, "citus_explain_query", json!({ "sql": sql }));
+            if when_planned {
+                let err = planned.expect_err(sql);
+                assert!(err.message.contains(what), "{sql}: {}", err.text());
+            } else {
+                // Without ANALYZE nothing runs: the plan still comes.
+                planned.unwrap_or_else(|e| panic!("{sql}: {}", e.text()));
+            }
         }
         psql(drop);
         analyze(plain).unwrap_or_else(|e| panic!("after {drop}: {}", e.text()));
