@@ -207,6 +207,13 @@ DO $$ BEGIN
     CREATE TYPE public.citus_mcp_checked_range AS RANGE (SUBTYPE = public.citus_mcp_checked);
   END IF;
 END $$;
+-- A function whose argument default acts, called without it; a table whose INSERT rule
+-- adds a write of a value that acts.
+CREATE OR REPLACE FUNCTION public.citus_mcp_defaulted(a boolean DEFAULT public.citus_mcp_reset(), b int DEFAULT 1)
+  RETURNS int LANGUAGE plpgsql STABLE AS 'BEGIN RETURN b; END';
+CREATE TABLE IF NOT EXISTS public.citus_mcp_ruled (x int);
+CREATE OR REPLACE RULE citus_mcp_rule AS ON INSERT TO public.citus_mcp_ruled
+  DO ALSO INSERT INTO public.citus_mcp_canary (x) VALUES (public.citus_mcp_reset()::int);
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_rows (c public.citus_mcp_checked);
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_arrays (a public.citus_mcp_checked[], x int);
 -- A view that ends the bystander session when read: named, the check expands it; read
@@ -402,6 +409,19 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // Planning estimates a stable function on constants; the row it builds is checked.
         (
             "SELECT x FROM public.citus_mcp_canary WHERE x = (json_populate_record(NULL::public.citus_mcp_checked_rows, '{\"c\": 7}')).c",
+            RefusedPlain,
+        ),
+        // An argument left out runs its default.
+        ("SELECT public.citus_mcp_defaulted()", Refused),
+        ("SELECT * FROM public.citus_mcp_defaulted(b => 2)", Refused),
+        ("SELECT \"public\".\"citus_mcp_defaulted\"(b := 3)", Refused),
+        // A write's rule adds its action to the plan.
+        (
+            "INSERT INTO public.citus_mcp_ruled VALUES (1)",
+            RefusedPlain,
+        ),
+        (
+            "INSERT INTO \"public\".citus_mcp_ruled SELECT 2",
             RefusedPlain,
         ),
         ("SELECT 7::public.citus_mcp_dom", Refused),
@@ -617,6 +637,7 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // A value cast to a domain is checked only when the statement runs, and reading a
         // table whose column is of that domain checks nothing.
         "SELECT 7::public.citus_mcp_checked",
+        "SELECT public.citus_mcp_defaulted()",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
         "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
