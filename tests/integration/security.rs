@@ -214,6 +214,20 @@ CREATE OR REPLACE FUNCTION public.citus_mcp_defaulted(a boolean DEFAULT public.c
 CREATE TABLE IF NOT EXISTS public.citus_mcp_ruled (x int);
 CREATE OR REPLACE RULE citus_mcp_rule AS ON INSERT TO public.citus_mcp_ruled
   DO ALSO INSERT INTO public.citus_mcp_canary (x) VALUES (public.citus_mcp_reset()::int);
+-- An operator with selectivity estimators: planning runs its function on the column's
+-- most common values (a SQL function would be inlined instead of run).
+CREATE OR REPLACE FUNCTION public.citus_mcp_reset_eq(int, int) RETURNS boolean LANGUAGE plpgsql VOLATILE
+  AS 'BEGIN PERFORM pg_catalog.pg_stat_reset(); RETURN $1 = $2; END';
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_operator WHERE oprname = '#=#') THEN
+    CREATE OPERATOR public.#=# (FUNCTION = public.citus_mcp_reset_eq, LEFTARG = int, RIGHTARG = int,
+                                RESTRICT = eqsel, JOIN = eqjoinsel);
+  END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS public.citus_mcp_counted (x int);
+TRUNCATE public.citus_mcp_counted;
+INSERT INTO public.citus_mcp_counted SELECT g % 3 FROM generate_series(1, 300) g;
+ANALYZE public.citus_mcp_counted;
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_rows (c public.citus_mcp_checked);
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_arrays (a public.citus_mcp_checked[], x int);
 -- A view that ends the bystander session when read: named, the check expands it; read
@@ -409,6 +423,19 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // Planning estimates a stable function on constants; the row it builds is checked.
         (
             "SELECT x FROM public.citus_mcp_canary WHERE x = (json_populate_record(NULL::public.citus_mcp_checked_rows, '{\"c\": 7}')).c",
+            RefusedPlain,
+        ),
+        // Planning estimates a comparison by running the operator on the column's values.
+        (
+            "SELECT * FROM public.citus_mcp_counted WHERE x #=# 1",
+            RefusedPlain,
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_counted WHERE x OPERATOR(public.#=#) 1",
+            RefusedPlain,
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_counted a JOIN public.citus_mcp_counted b ON a.x #=# b.x",
             RefusedPlain,
         ),
         // An argument left out runs its default.
@@ -638,6 +665,8 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // table whose column is of that domain checks nothing.
         "SELECT 7::public.citus_mcp_checked",
         "SELECT public.citus_mcp_defaulted()",
+        // No estimator: planning guesses, and runs nothing.
+        "SELECT x FROM public.citus_mcp_counted WHERE x ### 1",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
         "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
