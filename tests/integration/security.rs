@@ -741,7 +741,7 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
     let plain = "SELECT count(*) FROM public.pairs";
     analyze(plain).expect("nothing volatile runs unasked yet");
     // (what is named, DDL that makes it, DDL that undoes it, a statement that runs it, and
-    // whether planning alone runs it).
+    // whether a plain EXPLAIN is refused: of that statement, of any statement).
     let hazards = [
         (
             "cast `pair to text`",
@@ -749,7 +749,7 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             "DROP CAST (public.pair AS text)",
             // lower(text) takes the pair through the cast, which no name in the text shows.
             "SELECT lower(p) FROM public.pairs",
-            false,
+            (false, false),
         ),
         (
             "operator class function `num_hash(num)`",
@@ -757,7 +757,7 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
                OPERATOR 1 public.= , FUNCTION 1 public.num_hash(public.num)",
             "DROP OPERATOR CLASS public.num_ops USING hash",
             "SELECT DISTINCT n FROM public.nums",
-            false,
+            (false, false),
         ),
         (
             "type `num`",
@@ -765,16 +765,42 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             "ALTER FUNCTION public.num_in(cstring) IMMUTABLE",
             "SELECT count(*) FROM public.nums WHERE n = '1'",
             // The literal '1' is read by num_in as the statement is parsed.
-            true,
+            (true, true),
+        ),
+        (
+            "parted_cmp(integer,integer)",
+            // Creating the partitions runs the function: the statistics are reset before the
+            // state is read below.
+            "CREATE OPERATOR CLASS public.parted_ops FOR TYPE int USING btree AS
+               OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,
+               FUNCTION 1 public.parted_cmp(int, int);
+             CREATE TABLE public.parted (n int) PARTITION BY RANGE (n public.parted_ops);
+             CREATE TABLE public.parted_low PARTITION OF public.parted FOR VALUES FROM (0) TO (10);
+             CREATE TABLE public.parted_high PARTITION OF public.parted FOR VALUES FROM (10) TO (20);",
+            "DROP TABLE public.parted; DROP OPERATOR CLASS public.parted_ops USING btree",
+            // Planning prunes the partitions by comparing 5 with their bounds.
+            "SELECT * FROM public.parted WHERE n < 5",
+            (true, false),
         ),
     ];
-    for (what, create, drop, sql, when_planned) in hazards {
+    psql(
+        "CREATE FUNCTION public.parted_cmp(int, int) RETURNS int LANGUAGE plpgsql VOLATILE
+           AS 'BEGIN PERFORM pg_catalog.pg_stat_reset(); RETURN pg_catalog.btint4cmp($1, $2); END'",
+    );
+    let stats_reset = || {
+        psql(
+            "SELECT coalesce(stats_reset::text, 'never') FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    for (what, create, drop, sql, refused_planned) in hazards {
         psql(create);
-        for sql in [sql, plain] {
+        let before = stats_reset();
+        for (sql, when_planned) in [(sql, refused_planned.0), (plain, refused_planned.1)] {
             let err = analyze(sql).expect_err(sql);
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
             assert!(err.message.contains(what), "{sql}: {}", err.text());
             let planned = call(ctx, &e, "citus_explain_query", json!({ "sql": sql }));
+            assert_eq!(stats_reset(), before, "{sql} reset the statistics");
             if when_planned {
                 let err = planned.expect_err(sql);
                 assert!(err.message.contains(what), "{sql}: {}", err.text());
