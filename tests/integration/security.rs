@@ -782,6 +782,22 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             "SELECT * FROM public.parted WHERE n < 5",
             (true, false),
         ),
+        (
+            "cast `mood to json`",
+            "CREATE TYPE public.mood AS ENUM ('happy', 'sad');
+             CREATE FUNCTION public.mood_json(public.mood) RETURNS json LANGUAGE plpgsql VOLATILE
+               AS 'BEGIN PERFORM pg_catalog.pg_stat_reset(); RETURN pg_catalog.to_json($1::text); END';
+             CREATE CAST (public.mood AS json) WITH FUNCTION public.mood_json(public.mood);
+             CREATE TABLE public.moods (m public.mood);
+             INSERT INTO public.moods VALUES ('happy'), ('sad');
+             ANALYZE public.moods;",
+            "DROP TABLE public.moods; DROP CAST (public.mood AS json);
+             DROP FUNCTION public.mood_json(public.mood); DROP TYPE public.mood",
+            // to_json is stable: planning estimates the comparison by running it on the
+            // constant, and to_json turns a mood into JSON through the cast.
+            "SELECT * FROM public.moods WHERE m::text = to_json('sad'::public.mood)::text",
+            (true, false),
+        ),
     ];
     psql(
         "CREATE FUNCTION public.parted_cmp(int, int) RETURNS int LANGUAGE plpgsql VOLATILE
@@ -799,6 +815,11 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             let err = analyze(sql).expect_err(sql);
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
             assert!(err.message.contains(what), "{sql}: {}", err.text());
+            assert_eq!(
+                stats_reset(),
+                before,
+                "{sql} (analyze) reset the statistics"
+            );
             let planned = call(ctx, &e, "citus_explain_query", json!({ "sql": sql }));
             assert_eq!(stats_reset(), before, "{sql} reset the statistics");
             if when_planned {
