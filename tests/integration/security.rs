@@ -760,6 +760,29 @@ fn unasked_functions_refuse_analyze(ctx: &Ctx) {
             (false, false),
         ),
         (
+            "operator class operator `#==#(num,num)`",
+            "CREATE FUNCTION public.num_cmp(public.num, public.num) RETURNS int4 LANGUAGE internal IMMUTABLE STRICT AS 'btint4cmp';
+             CREATE FUNCTION public.num_lt(public.num, public.num) RETURNS boolean LANGUAGE internal IMMUTABLE STRICT AS 'int4lt';
+             CREATE FUNCTION public.num_gt(public.num, public.num) RETURNS boolean LANGUAGE internal IMMUTABLE STRICT AS 'int4gt';
+             CREATE FUNCTION public.num_same(public.num, public.num) RETURNS boolean LANGUAGE plpgsql VOLATILE
+               AS 'BEGIN PERFORM pg_catalog.pg_stat_reset(); RETURN $1::text = $2::text; END';
+             CREATE OPERATOR public.< (LEFTARG = public.num, RIGHTARG = public.num, FUNCTION = public.num_lt);
+             CREATE OPERATOR public.> (LEFTARG = public.num, RIGHTARG = public.num, FUNCTION = public.num_gt);
+             CREATE OPERATOR public.#==# (LEFTARG = public.num, RIGHTARG = public.num, FUNCTION = public.num_same);
+             CREATE OPERATOR CLASS public.num_btree DEFAULT FOR TYPE public.num USING btree AS
+               OPERATOR 1 public.<, OPERATOR 3 public.#==#, OPERATOR 5 public.>,
+               FUNCTION 1 public.num_cmp(public.num, public.num);",
+            "DROP OPERATOR CLASS public.num_btree USING btree;
+             DROP OPERATOR public.#==# (public.num, public.num); DROP OPERATOR public.< (public.num, public.num);
+             DROP OPERATOR public.> (public.num, public.num); DROP FUNCTION public.num_same(public.num, public.num);
+             DROP FUNCTION public.num_lt(public.num, public.num); DROP FUNCTION public.num_gt(public.num, public.num);
+             DROP FUNCTION public.num_cmp(public.num, public.num)",
+            // DISTINCT sorts with the class's comparison and drops duplicates with its
+            // equality, named #==#: nothing in the text names it.
+            "SELECT DISTINCT n FROM public.nums",
+            (false, false),
+        ),
+        (
             "type `num`",
             "ALTER FUNCTION public.num_in(cstring) VOLATILE",
             "ALTER FUNCTION public.num_in(cstring) IMMUTABLE",
