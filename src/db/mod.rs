@@ -382,6 +382,24 @@ impl Db {
         })
     }
 
+    /// An idle pooled connection to hold while a call whose connection is closed
+    /// afterwards takes its own, so that the pool opens a new one for that call instead of
+    /// spending one whose statements are prepared and whose backend's catalog caches are
+    /// warm (planning the explain check's catalog query cold costs more than connecting).
+    /// Only when one is idle and the pool has room for another; never waits.
+    async fn keep_warm(&self) -> Option<deadpool_postgres::Object> {
+        let status = self.pool.status();
+        if status.available == 0 || status.size >= status.max_size {
+            return None;
+        }
+        let now = deadpool_postgres::Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(Duration::ZERO),
+            recycle: None,
+        };
+        self.pool.timeout_get(&now).await.ok()
+    }
+
     /// Server and Citus versions; cached for a minute. Bounded by the pool's ceiling.
     pub async fn facts(&self) -> Result<ServerFacts, DbError> {
         self.facts_within(self.config.timeout_ceiling).await
@@ -530,7 +548,12 @@ impl Db {
         after: AfterCall,
         read_only: bool,
     ) -> Result<Vec<Rows>, DbError> {
+        let warm = match after {
+            AfterCall::Discard => self.keep_warm().await,
+            AfterCall::Reuse => None,
+        };
         let client = self.client().await?;
+        drop(warm);
         let mut guard = CallGuard::new(self, client);
         let client = guard.client.as_mut().expect("set above");
         let result = race(

@@ -62,6 +62,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "security::caller_sql_spares_the_warm_pooled_connection",
+            caller_sql_spares_the_warm_connection,
+        ),
+        trial(
+            ctx,
             "security::rows_past_the_cap_stop_on_the_server",
             rows_past_the_cap_stop_on_the_server,
         ),
@@ -1255,6 +1260,42 @@ fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
         after.as_i64().unwrap() <= 16,
         "{after} statements prepared on the pooled connection"
     );
+}
+
+const BACKEND_PID: &str = r#"
+name: backend_pid
+description: The backend this call ran on.
+safety: read_only
+queries:
+  - name: pid
+    shape: value
+    sql: SELECT pg_catalog.pg_backend_pid()
+examples:
+  - args: {}
+"#;
+
+/// A caller statement's connection is closed afterwards; when the pool has room it is a
+/// new one, and the idle connection the other tools (and the explain check's catalog
+/// query) use stays, its statements prepared and its backend's caches warm.
+fn caller_sql_spares_the_warm_connection(ctx: &Ctx) {
+    let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-warm", 2, Duration::from_secs(10));
+    let e = engine_on(db, &[("backend_pid", BACKEND_PID)], Settings::default());
+    let pid = || call(ctx, &e, "backend_pid", json!({})).unwrap().structured["pid"].clone();
+    let warm = pid();
+    for analyze in [false, true, false] {
+        call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": "SELECT count(*) FROM pg_catalog.pg_class", "analyze": analyze}),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.text()));
+        assert_eq!(
+            pid(),
+            warm,
+            "the warm connection was spent (analyze: {analyze})"
+        );
+    }
 }
 
 /// The call reads `max_rows + 1` rows and no more: a statement that would go on sending
