@@ -124,6 +124,28 @@ impl Parsed {
         self.statements.iter().any(any_param)
     }
 
+    /// Whether a string literal of the statements could be read as an array, a row or a
+    /// range: the input functions of those read only text with a `{`, `(` or `[` in it.
+    /// Such a literal is read as the statement is parsed, by the input function of
+    /// whatever type it meets there.
+    pub fn has_container_literal(&self) -> bool {
+        fn any(v: &Value) -> bool {
+            match v {
+                Value::Object(m) => {
+                    let literal = m
+                        .get("A_Const")
+                        .and_then(|c| c.pointer("/sval/sval"))
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.contains(['{', '(', '[']));
+                    literal || m.values().any(any)
+                }
+                Value::Array(items) => items.iter().any(any),
+                _ => false,
+            }
+        }
+        self.statements.iter().any(any)
+    }
+
     /// The names of the first statement's result columns, as a SELECT (its first branch,
     /// for UNION and the like) names them: the alias, else a column reference's last part.
     /// A column named by neither (an expression) is `?column?`, as PostgreSQL names it.
@@ -600,6 +622,30 @@ mod tests {
             parse("CALL s.p()").unwrap().reach().functions,
             [q("s", "p")].into()
         );
+    }
+
+    #[test]
+    fn sees_literals_an_array_row_or_range_could_be_read_from() {
+        let has = |sql: &str| parse(sql).unwrap().has_container_literal();
+        for sql in [
+            "SELECT '{7}'::d[]",
+            "SELECT * FROM t WHERE a @> ' {7}'",
+            "SELECT '(x)'::t",
+            "SELECT E'\\x5b1,2)'::r",
+            "SELECT $q$[1:1]={7}$q$",
+            "SELECT f(g('(1)'))",
+            "SELECT 1 FROM t WHERE x IN (SELECT '[1,2)')",
+        ] {
+            assert!(has(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM t WHERE c = 'paid' AND n = 7",
+            "SELECT ARRAY[1, 2], ROW(1, 'a'), (1)",
+            "SELECT \"{weird}\" FROM t",
+            "SELECT 1 -- '{7}'",
+        ] {
+            assert!(!has(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -306,12 +306,11 @@ async fn refuse_unsafe_reach(
                 continue;
             }
             let plan_only = run == Run::Plan && class == 0;
-            let rows = call
-                .query(
-                    "reach",
-                    reach_vars(&todo[class], first, defaults, plan_only),
-                )
-                .await?;
+            let mut vars = reach_vars(&todo[class], first, defaults, plan_only);
+            // Only the statement's own literals are read now: views, policies and defaults
+            // were read when they were made.
+            vars["container_literals"] = Value::Bool(first && parsed.has_container_literal());
+            let rows = call.query("reach", vars).await?;
             seen[class].extend(std::mem::take(&mut todo[class]));
             let what = if class == 1 && run == Run::Plan {
                 format!(

@@ -235,6 +235,10 @@ INSERT INTO public.citus_mcp_counted SELECT g % 3 FROM generate_series(1, 300) g
 ANALYZE public.citus_mcp_counted;
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_rows (c public.citus_mcp_checked);
 CREATE TABLE IF NOT EXISTS public.citus_mcp_checked_arrays (a public.citus_mcp_checked[], x int);
+CREATE OR REPLACE FUNCTION public.citus_mcp_takes_checked(public.citus_mcp_checked) RETURNS int
+  LANGUAGE plpgsql STABLE AS 'BEGIN RETURN $1; END';
+CREATE OR REPLACE FUNCTION public.citus_mcp_gives_checked() RETURNS public.citus_mcp_checked[]
+  LANGUAGE plpgsql STABLE AS 'BEGIN RETURN NULL; END';
 -- A view that ends the bystander session when read: named, the check expands it; read
 -- through a function that takes a table's name (table_to_xml), nothing in the text shows it.
 CREATE OR REPLACE VIEW public.citus_mcp_kill_view AS
@@ -425,6 +429,17 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             "SELECT * FROM public.citus_mcp_checked_arrays WHERE a @> '{7}'",
             RefusedPlain,
         ),
+        // A literal meets the array of a column's domain, or what a function returns.
+        (
+            "SELECT array_agg(c) @> '{7}' FROM public.citus_mcp_checked_rows",
+            RefusedPlain,
+        ),
+        (
+            "SELECT public.citus_mcp_gives_checked() @> '{7}'",
+            RefusedPlain,
+        ),
+        // An argument is cast to the parameter's domain when the call runs.
+        ("SELECT public.citus_mcp_takes_checked(7)", Refused),
         // Planning estimates a stable function on constants; the row it builds is checked.
         (
             "SELECT x FROM public.citus_mcp_canary WHERE x = (json_populate_record(NULL::public.citus_mcp_checked_rows, '{\"c\": 7}')).c",
@@ -673,6 +688,9 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // No estimator: planning guesses, and runs nothing.
         "SELECT x FROM public.citus_mcp_counted WHERE x ### 1",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
+        "SELECT * FROM public.citus_mcp_checked_rows WHERE c::text = 'seven'",
+        "SELECT array_agg(c) FROM public.citus_mcp_checked_rows",
+        "SELECT public.citus_mcp_takes_checked(7)",
         "INSERT INTO public.citus_mcp_canary (x) VALUES (4)",
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
         "DELETE FROM public.citus_mcp_canary WHERE x = 1",
