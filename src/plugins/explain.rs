@@ -305,25 +305,27 @@ async fn refuse_unsafe_reach(
             if todo[class].is_empty() && !first {
                 continue;
             }
-            let plan_only = run == Run::Plan && class == 0;
-            let mut vars = reach_vars(&todo[class], first, defaults, plan_only);
-            // Only the statement's own literals are read now: views, policies and defaults
-            // were read when they were made.
-            vars["container_literals"] = Value::Bool(first && parsed.has_container_literal());
-            let rows = call.query("reach", vars).await?;
+            let ask = Ask {
+                database_wide: first,
+                defaults,
+                plan_only: run == Run::Plan && class == 0,
+                // Only the statement's own literals are read now: views, policies and
+                // defaults were read when they were made.
+                container_literals: first && parsed.has_container_literal(),
+            };
+            let rows = call.query("reach", reach_vars(&todo[class], ask)).await?;
             seen[class].extend(std::mem::take(&mut todo[class]));
-            let what = if class == 1 && run == Run::Plan {
-                format!(
-                    "reading a literal over domain {} (PostgreSQL checks each element, column or bound as it reads the statement, even to plan it)",
-                    named(&domains)
+            // Planning reaches a domain's CHECK only through a literal.
+            let (what, instead) = if class == 1 && run == Run::Plan {
+                (
+                    format!(
+                        "reading a literal over domain {} (PostgreSQL checks each element, column or bound as it reads the statement, even to plan it)",
+                        named(&domains)
+                    ),
+                    "explain the statement without that literal",
                 )
             } else {
-                run.what().to_string()
-            };
-            let instead = if class == 1 && run == Run::Plan {
-                "explain the statement without that literal"
-            } else {
-                run.instead()
+                (run.what().to_string(), run.instead())
             };
             for row in rows.rows {
                 let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
@@ -380,16 +382,30 @@ fn named(names: &[String]) -> String {
     s
 }
 
+/// What a `reach` query asks about besides the names.
+#[derive(Clone, Copy)]
+struct Ask {
+    /// What the whole database runs unasked (the first round only).
+    database_wide: bool,
+    /// The defaults, domains and rules of the relations' columns (a statement that writes).
+    defaults: bool,
+    /// Only what acts when the statement is planned.
+    plan_only: bool,
+    /// The statement has a literal an array, row or range could be read from.
+    container_literals: bool,
+}
+
 /// The `reach` query's variables: each kind of name as aligned arrays (schemas, names and,
-/// for types, whether named as an array), whether to ask about what the whole database
-/// runs unasked (the first round only), whether about the defaults and domains of the
-/// relations' columns (a statement that writes), and whether only about what acts when
-/// planned.
-fn reach_vars(r: &Reach, database_wide: bool, defaults: bool, plan_only: bool) -> Value {
+/// for types, whether named as an array), and what `ask` says.
+fn reach_vars(r: &Reach, ask: Ask) -> Value {
     let mut vars = Map::new();
-    vars.insert("database_wide".into(), Value::Bool(database_wide));
-    vars.insert("defaults".into(), Value::Bool(defaults));
-    vars.insert("plan_only".into(), Value::Bool(plan_only));
+    vars.insert("database_wide".into(), Value::Bool(ask.database_wide));
+    vars.insert("defaults".into(), Value::Bool(ask.defaults));
+    vars.insert("plan_only".into(), Value::Bool(ask.plan_only));
+    vars.insert(
+        "container_literals".into(),
+        Value::Bool(ask.container_literals),
+    );
     for (kind, names) in [
         ("function", &r.functions),
         ("operator", &r.operators),
