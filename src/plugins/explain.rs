@@ -9,8 +9,10 @@
 //! calls non-volatile (or the tool file lists as harmless). A plain EXPLAIN of a write
 //! passes the same check, its tables' column defaults and domains included: Citus
 //! computes an INSERT's values on the coordinator even to plan it. Any other plain EXPLAIN
-//! is checked for the functions that act whatever their label says (planning evaluates
-//! stable functions on constants). The catalog query lives
+//! is checked for what planning runs: the functions that act whatever their label says
+//! (it evaluates stable functions on constants), operators whose estimator runs them on a
+//! column's statistics, partition keys' operator classes (pruning), input functions and the
+//! CHECKs of domains inside an array, row or range literal. The catalog query lives
 //! in the tool file (`reach`); this file only decides. Whatever passes still runs in a
 //! READ ONLY transaction that is rolled back, on a connection closed afterwards.
 
