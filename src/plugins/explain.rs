@@ -292,8 +292,10 @@ async fn refuse_unsafe_reach(
     let defaults = run == Run::PlanWrite;
     let mut seen = [Reach::default(), Reach::default()];
     let mut todo = [parsed.reach(), Reach::default()];
-    // The domains whose CHECKs the second class holds, for a refusal's message.
+    // The domains whose CHECKs the second class holds, and what each class's names of
+    // this round were read from (views, defaults, rules...), for a refusal's message.
     let mut domains: Vec<String> = Vec::new();
+    let mut via: [Vec<String>; 2] = Default::default();
     for round in 0..MAX_DEPTH {
         todo[0] = todo[0].minus(&seen[0]).minus(&seen[1]);
         todo[1] = todo[1].minus(&seen[1]);
@@ -302,6 +304,7 @@ async fn refuse_unsafe_reach(
             return Ok(());
         }
         let mut next = [Reach::default(), Reach::default()];
+        let mut next_via: [Vec<String>; 2] = Default::default();
         for class in [0, 1] {
             let first = round == 0 && class == 0;
             if todo[class].is_empty() && !first {
@@ -322,7 +325,7 @@ async fn refuse_unsafe_reach(
                 (
                     format!(
                         "reading a literal over domain {} (PostgreSQL checks each element, column or bound as it reads the statement, even to plan it)",
-                        named(&domains)
+                        listed(&domains)
                     ),
                     "explain the statement without that literal",
                 )
@@ -333,9 +336,13 @@ async fn refuse_unsafe_reach(
                 let field = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
                 let (verdict, kind, name, detail) = (field(0), field(1), field(2), field(3));
                 if verdict == "refuse" {
+                    let through = match via[class].as_slice() {
+                        [] => String::new(),
+                        v => format!(" (reached through {})", listed(v)),
+                    };
                     return Err(invalid(
                         format!(
-                            "{what} would run {kind} `{name}` ({detail}), which may change the cluster"
+                            "{what} would run {kind} `{name}` ({detail}){through}, which may change the cluster"
                         ),
                         instead,
                     ));
@@ -352,17 +359,20 @@ async fn refuse_unsafe_reach(
                     ));
                 }
                 let to = if kind == "domain" {
-                    if !domains.iter().any(|d| d == name) {
-                        domains.push(name.to_string());
+                    let domain = format!("`{name}`");
+                    if !domains.contains(&domain) {
+                        domains.push(domain);
                     }
                     1
                 } else {
                     class
                 };
+                next_via[to].push(format!("{kind} `{name}`"));
                 next[to].extend(inner.reach());
             }
         }
         todo = next;
+        via = next_via;
     }
     Err(invalid(
         format!("the statement reaches views or policies nested deeper than {MAX_DEPTH} levels"),
@@ -370,16 +380,11 @@ async fn refuse_unsafe_reach(
     ))
 }
 
-/// Up to three names in backquotes, and how many more.
-fn named(names: &[String]) -> String {
-    let mut s = names
-        .iter()
-        .take(3)
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > 3 {
-        s.push_str(&format!(" (or one of {} more)", names.len() - 3));
+/// Up to three items, and how many more.
+fn listed(items: &[String]) -> String {
+    let mut s = items.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > 3 {
+        s.push_str(&format!(" or one of {} more", items.len() - 3));
     }
     s
 }

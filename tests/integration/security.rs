@@ -675,6 +675,33 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             canary.assert_unchanged(ctx, &what);
         }
     }
+    // A refusal says what led to the function it names.
+    for (sql, analyze, through) in [
+        (
+            "INSERT INTO public.citus_mcp_ruled VALUES (1)",
+            false,
+            "reached through rule `citus_mcp_ruled rule citus_mcp_rule`",
+        ),
+        (
+            "SELECT * FROM public.citus_mcp_nested_view",
+            true,
+            "reached through view `citus_mcp_lock_view`",
+        ),
+        (
+            "SELECT public.citus_mcp_defaulted()",
+            true,
+            "reached through argument defaults `citus_mcp_defaulted(boolean,integer)`",
+        ),
+    ] {
+        let err = call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": sql, "analyze": analyze}),
+        )
+        .expect_err(sql);
+        assert!(err.message.contains(through), "{sql}: {}", err.text());
+    }
     // Writes without such values, and queries whose volatile functions only run when the
     // query does, are still planned.
     for sql in [
