@@ -5,9 +5,10 @@
 //! PostgreSQL's own grammar (`sql`) before the database sees it: exactly one statement
 //! that EXPLAIN takes. ANALYZE runs the statement, so it takes only a query that writes
 //! nothing by its syntax and whose every reachable function — called, or behind an
-//! operator, a cast, a view, a domain or a row-level-security policy — the live catalog
-//! calls non-volatile (or the tool file lists as harmless). A plain EXPLAIN of a write
-//! passes the same check, its tables' column defaults and domains included: Citus
+//! operator, a cast, a view, a domain, a row-level-security policy, an argument's default
+//! or a SQL function's body — the live catalog calls non-volatile (or the tool file lists
+//! as harmless). A plain EXPLAIN of a write passes the same check, its tables' column
+//! defaults, domains and rules included: Citus
 //! computes an INSERT's values on the coordinator even to plan it. Any other plain EXPLAIN
 //! is checked for what planning runs: the functions that act whatever their label says
 //! (it evaluates stable functions on constants), operators whose estimator runs them on a
@@ -350,9 +351,12 @@ async fn refuse_unsafe_reach(
                 let inner = sql::parse(detail).map_err(|e| {
                     invalid(format!("cannot read the {kind} `{name}`: {e}"), instead)
                 })?;
-                // A rule's actions write (they join a write's plan); any other text that
-                // writes would run a write where the statement only reads.
-                if let Some(word) = inner.writes().filter(|_| kind != "rule") {
+                // A rule's actions write (they join a write's plan), and a function's body
+                // may (a volatile function, refused where it would run; a body given as
+                // `BEGIN ATOMIC` is read as the CREATE FUNCTION around it). Any other text
+                // that writes would run a write where the statement only reads.
+                let may_write = matches!(kind, "rule" | "function body");
+                if let Some(word) = inner.writes().filter(|_| !may_write) {
                     return Err(invalid(
                         format!("{what} would reach {kind} `{name}`, which writes ({word})"),
                         instead,

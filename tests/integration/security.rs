@@ -217,6 +217,14 @@ END $$;
 CREATE OR REPLACE FUNCTION public.citus_mcp_defaulted(a boolean DEFAULT public.citus_mcp_reset(), b int DEFAULT 1)
   RETURNS int LANGUAGE plpgsql STABLE AS 'BEGIN RETURN b; END';
 CREATE TABLE IF NOT EXISTS public.citus_mcp_ruled (x int);
+-- SQL functions labelled stable whose bodies act: run, or inlined and estimated to plan.
+CREATE OR REPLACE FUNCTION public.citus_mcp_lying_sql() RETURNS boolean LANGUAGE sql STABLE
+  AS 'SELECT public.citus_mcp_reset()';
+CREATE OR REPLACE FUNCTION public.citus_mcp_lying_atomic() RETURNS boolean LANGUAGE sql STABLE
+  BEGIN ATOMIC SELECT public.citus_mcp_reset(); END;
+-- A volatile SQL function that writes: planned, never run, without ANALYZE.
+CREATE OR REPLACE FUNCTION public.citus_mcp_sql_wipe() RETURNS bigint LANGUAGE sql VOLATILE
+  AS 'DELETE FROM public.citus_mcp_canary WHERE x < 0; SELECT 0::bigint';
 CREATE OR REPLACE RULE citus_mcp_rule AS ON INSERT TO public.citus_mcp_ruled
   DO ALSO INSERT INTO public.citus_mcp_canary (x) VALUES (public.citus_mcp_reset()::int);
 -- An operator with selectivity estimators: planning runs its function on the column's
@@ -250,6 +258,9 @@ CREATE OR REPLACE VIEW public.citus_mcp_xml_view AS
    WHERE x::text = pg_catalog.table_to_xml('public.citus_mcp_kill_view', true, false, '')::text;
 -- A write through a view lands on the table whose default acts.
 CREATE OR REPLACE VIEW public.citus_mcp_resets_view AS SELECT x FROM public.citus_mcp_resets;
+-- The view that ends a session, read by a SQL function labelled stable.
+CREATE OR REPLACE FUNCTION public.citus_mcp_lying_xml() RETURNS text LANGUAGE sql STABLE
+  AS $$ SELECT pg_catalog.table_to_xml('public.citus_mcp_kill_view', true, false, '')::text $$;
 ";
 
 /// Everything an attack might change, as one line of text.
@@ -458,6 +469,14 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             "SELECT * FROM public.citus_mcp_counted a JOIN public.citus_mcp_counted b ON a.x #=# b.x",
             RefusedPlain,
         ),
+        // A SQL function's body runs whatever its label says.
+        ("SELECT public.citus_mcp_lying_sql()", Refused),
+        ("SELECT * FROM public.citus_mcp_lying_atomic()", Refused),
+        (
+            "SELECT x FROM public.citus_mcp_canary WHERE x::text = public.citus_mcp_lying_xml()",
+            RefusedPlain,
+        ),
+        ("SELECT public.citus_mcp_sql_wipe()", Refused),
         // An argument left out runs its default.
         ("SELECT public.citus_mcp_defaulted()", Refused),
         ("SELECT * FROM public.citus_mcp_defaulted(b => 2)", Refused),
@@ -712,6 +731,8 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         // table whose column is of that domain checks nothing.
         "SELECT 7::public.citus_mcp_checked",
         "SELECT public.citus_mcp_defaulted()",
+        "SELECT public.citus_mcp_lying_sql()",
+        "SELECT public.citus_mcp_sql_wipe()",
         // No estimator: planning guesses, and runs nothing.
         "SELECT x FROM public.citus_mcp_counted WHERE x ### 1",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
