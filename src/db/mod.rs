@@ -385,7 +385,7 @@ impl Db {
     /// An idle pooled connection to hold while a call whose connection is closed
     /// afterwards takes its own, so that the pool opens a new one for that call instead of
     /// spending one whose statements are prepared and whose backend's catalog caches are
-    /// warm (planning the explain check's catalog query cold costs more than connecting).
+    /// warm (planning a large catalog query on a new backend costs more than connecting).
     /// Only when one is idle and the pool has room for another; never waits.
     async fn keep_warm(&self) -> Option<deadpool_postgres::Object> {
         let status = self.pool.status();
