@@ -337,6 +337,14 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     let canary = Canary::new(ctx);
     let pid = canary.bystander_pid(ctx);
     let e = engine(ctx, &[], Settings::default(), "citus-mcp-security");
+    let explain = |sql: &str, analyze: bool| {
+        call(
+            ctx,
+            &e,
+            "citus_explain_query",
+            json!({"sql": sql, "analyze": analyze}),
+        )
+    };
     use Want::*;
     let terminate = format!("SELECT pg_terminate_backend({pid})");
     let cancel = format!("SELECT pg_cancel_backend({pid})");
@@ -676,12 +684,7 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     for (sql, want) in &corpus {
         for analyze in [true, false] {
             let what = format!("{sql:?} (analyze: {analyze})");
-            let r = call(
-                ctx,
-                &e,
-                "citus_explain_query",
-                json!({"sql": sql, "analyze": analyze}),
-            );
+            let r = explain(sql, analyze);
             if (analyze && *want == Refused) || *want == RefusedPlain {
                 let err = r.expect_err(&what);
                 assert_eq!(
@@ -712,13 +715,7 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             "reached through argument defaults `citus_mcp_defaulted(boolean,integer)`",
         ),
     ] {
-        let err = call(
-            ctx,
-            &e,
-            "citus_explain_query",
-            json!({"sql": sql, "analyze": analyze}),
-        )
-        .expect_err(sql);
+        let err = explain(sql, analyze).expect_err(sql);
         assert!(err.message.contains(through), "{sql}: {}", err.text());
     }
     // Writes without such values, and queries whose volatile functions only run when the
@@ -727,14 +724,15 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         "SELECT pg_advisory_lock(1)",
         "SELECT * FROM public.citus_mcp_canary WHERE x = nextval('public.citus_mcp_canary_seq')",
         "SELECT * FROM public.citus_mcp_lock_view",
-        // A value cast to a domain is checked only when the statement runs, and reading a
-        // table whose column is of that domain checks nothing.
-        "SELECT 7::public.citus_mcp_checked",
+        // Defaults and bodies that act run only when the call does.
         "SELECT public.citus_mcp_defaulted()",
         "SELECT public.citus_mcp_lying_sql()",
         "SELECT public.citus_mcp_sql_wipe()",
         // No estimator: planning guesses, and runs nothing.
         "SELECT x FROM public.citus_mcp_counted WHERE x ### 1",
+        // A value cast to a domain is checked only when the statement runs, and reading a
+        // table whose column is of that domain checks nothing.
+        "SELECT 7::public.citus_mcp_checked",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c = 7",
         "SELECT * FROM public.citus_mcp_checked_rows WHERE c::text = 'seven'",
         "SELECT array_agg(c) FROM public.citus_mcp_checked_rows",
@@ -743,24 +741,12 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
         "INSERT INTO public.customers (customer_id, name) VALUES (1, 'x')",
         "DELETE FROM public.citus_mcp_canary WHERE x = 1",
     ] {
-        let out = call(
-            ctx,
-            &e,
-            "citus_explain_query",
-            json!({"sql": sql, "analyze": false}),
-        )
-        .unwrap_or_else(|err| panic!("{sql}: {}", err.text()));
+        let out = explain(sql, false).unwrap_or_else(|err| panic!("{sql}: {}", err.text()));
         assert!(out.structured["plan"].is_object(), "{sql}: {}", out.text);
         canary.assert_unchanged(ctx, sql);
     }
     // Reads still run and measure.
-    let out = call(
-        ctx,
-        &e,
-        "citus_explain_query",
-        json!({"sql": "SELECT count(*) FROM public.citus_mcp_canary", "analyze": true}),
-    )
-    .unwrap();
+    let out = explain("SELECT count(*) FROM public.citus_mcp_canary", true).unwrap();
     assert!(
         out.structured["execution_time_ms"].is_number(),
         "{}",
