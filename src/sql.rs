@@ -131,10 +131,12 @@ impl Parsed {
     pub fn has_container_literal(&self) -> bool {
         fn any(v: &Value) -> bool {
             match v {
+                // An A_Const's string, wherever the constant sits (a name's `String` node
+                // holds its `sval` as text, not as an object).
                 Value::Object(m) => {
                     let literal = m
-                        .get("A_Const")
-                        .and_then(|c| c.pointer("/sval/sval"))
+                        .get("sval")
+                        .and_then(|v| v.get("sval"))
                         .and_then(Value::as_str)
                         .is_some_and(|s| s.contains(['{', '(', '[']));
                     literal || m.values().any(any)
