@@ -147,8 +147,11 @@ fn invalid(message: String, hint: &str) -> ToolError {
 #[derive(Clone, Copy, PartialEq)]
 enum Run {
     /// Plans a query: PostgreSQL evaluates immutable and stable functions on constants (to
-    /// fold and to estimate), never a volatile one. Only functions on the tool file's
-    /// `refused_fn` list, which act whatever their label says, are refused.
+    /// fold and to estimate), runs operators on a column's statistics to estimate them,
+    /// prunes partitions and reads literals; it runs no volatile function of the statement
+    /// itself. What it does run is refused when it acts: the tool file's `refused_fn`,
+    /// estimators' volatile operators, partition keys' operator classes, input functions
+    /// and domain CHECKs (see `reach`).
     Plan,
     /// Plans a write: Citus computes an INSERT's values, and the defaults of the columns
     /// it leaves out, on the coordinator to route its rows. Checked as ANALYZE is.
@@ -163,7 +166,9 @@ impl Run {
         match self {
             Run::Analyze => "EXPLAIN ANALYZE",
             Run::PlanWrite => "planning this write (Citus computes its values on the coordinator)",
-            Run::Plan => "planning it (PostgreSQL evaluates stable functions on constants)",
+            Run::Plan => {
+                "planning it (PostgreSQL evaluates stable functions on constants and estimates comparisons with the operators' own functions)"
+            }
         }
     }
 
@@ -379,7 +384,9 @@ async fn refuse_unsafe_reach(
         via = next_via;
     }
     Err(invalid(
-        format!("the statement reaches views or policies nested deeper than {MAX_DEPTH} levels"),
+        format!(
+            "the statement reaches views, policies, rules, defaults or function bodies nested deeper than {MAX_DEPTH} levels"
+        ),
         run.instead(),
     ))
 }

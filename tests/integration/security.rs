@@ -258,6 +258,13 @@ CREATE OR REPLACE VIEW public.citus_mcp_xml_view AS
    WHERE x::text = pg_catalog.table_to_xml('public.citus_mcp_kill_view', true, false, '')::text;
 -- A write through a view lands on the table whose default acts.
 CREATE OR REPLACE VIEW public.citus_mcp_resets_view AS SELECT x FROM public.citus_mcp_resets;
+-- Views nested ten deep (the check follows eight levels) and four deep.
+DO $$ BEGIN
+  CREATE OR REPLACE VIEW public.citus_mcp_deep_0 AS SELECT 1 AS x;
+  FOR i IN 1..10 LOOP
+    EXECUTE format('CREATE OR REPLACE VIEW public.citus_mcp_deep_%s AS SELECT x FROM public.citus_mcp_deep_%s', i, i - 1);
+  END LOOP;
+END $$;
 -- The view that ends a session, read by a SQL function labelled stable.
 CREATE OR REPLACE FUNCTION public.citus_mcp_lying_xml() RETURNS text LANGUAGE sql STABLE
   AS $$ SELECT pg_catalog.table_to_xml('public.citus_mcp_kill_view', true, false, '')::text $$;
@@ -717,6 +724,14 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
     ] {
         let err = explain(sql, analyze).expect_err(sql);
         assert!(err.message.contains(through), "{sql}: {}", err.text());
+    }
+    // What the check cannot follow to its end is refused, not let through.
+    for analyze in [false, true] {
+        let err = explain("SELECT * FROM public.citus_mcp_deep_10", analyze).expect_err("deep");
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.text());
+        assert!(err.message.contains("nested deeper than"), "{}", err.text());
+        explain("SELECT * FROM public.citus_mcp_deep_4", analyze)
+            .unwrap_or_else(|e| panic!("four views deep: {}", e.text()));
     }
     // Writes without such values, and queries whose volatile functions only run when the
     // query does, are still planned.
