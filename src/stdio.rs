@@ -415,7 +415,7 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
             ));
         }
     };
-    let v = match known_request(v) {
+    let v = match tool_call_request(v) {
         Ok((id, Ok(request))) => return start_request(JsonRpcRequest::new(id, request), in_flight),
         Ok((id, Err(problem))) => {
             return Verdict::Reply(error_line(Some(&id), ErrorCode::INVALID_PARAMS, problem));
@@ -496,7 +496,7 @@ fn start_request(mut req: JsonRpcRequest<ClientRequest>, in_flight: &InFlight) -
 /// request types one by one, building an error message for each miss: a `tools/call`, the
 /// one request a session sends over and over, went through 14 of them (issue #8). Its
 /// params are also the ones a model writes, so a misfit is told precisely (-32602).
-fn known_request(v: Value) -> Result<(RequestId, Result<ClientRequest, String>), Value> {
+fn tool_call_request(v: Value) -> Result<(RequestId, Result<ClientRequest, String>), Value> {
     use rmcp::model::{CallToolRequest, CallToolRequestMethod, ConstString};
     let Value::Object(mut m) = v else {
         return Err(v);
@@ -755,7 +755,7 @@ mod tests {
                 Ok(JsonRpcMessage::Request(r)) => r,
                 other => panic!("{line}: rmcp reads {other:?}"),
             };
-            let ours = match known_request(serde_json::from_str(line).unwrap()) {
+            let ours = match tool_call_request(serde_json::from_str(line).unwrap()) {
                 Ok((id, Ok(request))) => JsonRpcRequest::new(id, request),
                 Ok((_, Err(e))) => panic!("{line}: {e}"),
                 Err(_) => panic!("{line}: not read here"),
@@ -781,7 +781,7 @@ mod tests {
             r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call"}]"#,
         ] {
             assert!(
-                known_request(serde_json::from_str(line).unwrap()).is_err(),
+                tool_call_request(serde_json::from_str(line).unwrap()).is_err(),
                 "{line}"
             );
         }
