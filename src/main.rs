@@ -733,6 +733,7 @@ async fn serve(
     let (read, write) = rmcp::transport::stdio_pipes();
     let (transport, pumps) = citus_mcp::stdio::start(read, write);
     let service = Server::new(engine.clone(), changes)
+        .with_outbox(transport.outbox())
         .serve(transport)
         .await
         .context("MCP initialization failed")?;

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::engine::Structured;
 use tokio::sync::Notify;
 
 /// Upper bounds of the latency histogram, in seconds: from a cached answer to a
@@ -99,7 +101,7 @@ pub struct CallRecord<'a> {
     pub outcome: &'a str,
     pub elapsed: Duration,
     /// The structured result (`None` for a failed call).
-    pub result: Option<&'a Value>,
+    pub result: Option<&'a Structured>,
 }
 
 impl Metrics {
@@ -310,35 +312,18 @@ pub struct PoolGauge {
 }
 
 /// Rows (the lengths of the result's lists), bytes of JSON, and node error codes.
-fn measure(v: &Value) -> (u64, u64, Vec<String>) {
-    let Value::Object(obj) = v else {
-        return (0, 0, vec![]);
-    };
-    let rows = obj
+fn measure(result: &Structured) -> (u64, u64, Vec<String>) {
+    let codes = result
+        .node_errors()
         .iter()
-        .filter(|(k, _)| k.as_str() != "node_errors")
-        .map(|(_, v)| match v {
-            Value::Array(a) => a.len() as u64,
-            Value::Object(_) => 1,
-            _ => 0,
+        .map(|e| {
+            e.get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("UNKNOWN")
+                .to_string()
         })
-        .sum();
-    let bytes = crate::engine::json_len(v) as u64;
-    let codes = obj
-        .get("node_errors")
-        .and_then(Value::as_array)
-        .map(|errs| {
-            errs.iter()
-                .map(|e| {
-                    e.get("code")
-                        .and_then(Value::as_str)
-                        .unwrap_or("UNKNOWN")
-                        .to_string()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (rows, bytes, codes)
+        .collect();
+    (result.rows(), crate::engine::json_len(result) as u64, codes)
 }
 
 /// `cluster="NAME",` before a series' other labels; nothing without clusters.
@@ -371,7 +356,7 @@ mod tests {
             tool: "list_nodes",
             outcome: "ok",
             elapsed: Duration::from_millis(30),
-            result: Some(&result),
+            result: Some(&Structured::Value(result.clone())),
         });
         m.record_refusal("unauthenticated");
         let page = m.render(
@@ -426,7 +411,7 @@ mod tests {
                     tool: "list_nodes",
                     outcome: "ok",
                     elapsed: Duration::from_millis(3),
-                    result: Some(&result),
+                    result: Some(&Structured::Value(result.clone())),
                 });
             }
         }

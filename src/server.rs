@@ -1,13 +1,12 @@
 //! The MCP face of the engine: an rmcp `ServerHandler` over the shared registry.
 //!
 //! It converts engine types to MCP types and back, and forwards `list_changed`
-//! notifications. It never sees SQL: tool calls go to [`Engine::call`].
+//! notifications. It never sees SQL: tool calls go to [`Engine::answer`].
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); we still advertise nothing else from it.
 
-use std::sync::Arc;
-
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
     BooleanSchema, ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction,
@@ -19,7 +18,7 @@ use rmcp::model::{
     GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
     PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
-    Resource, ResourceContents, ResourceTemplate, Role as McpRole, ServerCapabilities,
+    RequestId, Resource, ResourceContents, ResourceTemplate, Role as McpRole, ServerCapabilities,
     ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
@@ -30,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compile::CompiledTool;
 use crate::echo;
-use crate::engine::{Caller, CallerFuture, CompletionRef, Engine, ErrorCode, ToolError};
+use crate::engine::{
+    Caller, CallerFuture, CompletionRef, Engine, ErrorCode, Structured, ToolError,
+};
 use crate::manual;
 use crate::metrics::{self, CallRecord, Metrics};
 use crate::spec::{Role, Safety};
@@ -44,6 +45,33 @@ pub enum Change {
     Tools,
     Prompts,
     Resources,
+}
+
+/// Structured results of tool calls that the transport serializes itself, by the id rmcp
+/// answers the call under: a SQL tool's rows go to stdout as JSON without first becoming
+/// a JSON value (one map per row, every column name copied), which rmcp's
+/// `CallToolResult` would need. The server leaves `structuredContent` out of the result
+/// it gives rmcp and puts it here; the transport takes it back when it writes that
+/// answer (or drops it, when the client cancelled the call).
+#[derive(Clone, Default)]
+pub struct Outbox(Arc<Mutex<HashMap<RequestId, Structured>>>);
+
+impl Outbox {
+    pub(crate) fn put(&self, id: RequestId, structured: Structured) {
+        self.lock().insert(id, structured);
+    }
+
+    /// The structured result of the call rmcp answers as `id`, if it waits here.
+    pub fn take(&self, id: &RequestId) -> Option<Structured> {
+        self.lock().remove(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Structured>> {
+        // A map of finished results stays consistent whoever panicked.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The authenticated name of an HTTP caller: the transport puts it in the request's
@@ -270,6 +298,8 @@ pub struct Server {
     metrics: Option<Arc<Metrics>>,
     /// What each HTTP caller may hold at once (nothing over stdio).
     limit: Option<Arc<CallerLimits>>,
+    /// Where SQL tools' structured results go when the transport writes them itself.
+    outbox: Option<Outbox>,
 }
 
 impl Server {
@@ -279,7 +309,15 @@ impl Server {
             changes,
             metrics: None,
             limit: None,
+            outbox: None,
         }
+    }
+
+    /// Hands SQL tools' structured results to the transport through `outbox`, which it
+    /// serializes from their rows (the stdio transport; see [`Outbox`]).
+    pub fn with_outbox(mut self, outbox: Outbox) -> Server {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Limits what each HTTP caller holds at once: calls running, listen streams.
@@ -542,7 +580,7 @@ impl ServerHandler for Server {
         let result = match self.enter(&ctx) {
             Ok(_place) => self
                 .engine
-                .call_as(&req.name, args, &ctx.ct, &caller)
+                .answer(&req.name, args, &ctx.ct, &caller)
                 .await
                 .map_err(ToolError::capped),
             Err(e) => Err(e),
@@ -564,7 +602,10 @@ impl ServerHandler for Server {
         match result {
             Ok(out) => {
                 let mut r = CallToolResult::success(vec![ContentBlock::text(out.text)]);
-                r.structured_content = Some(out.structured);
+                match (out.structured, &self.outbox) {
+                    (rows @ Structured::Rows { .. }, Some(outbox)) => outbox.put(ctx.id, rows),
+                    (structured, _) => r.structured_content = Some(structured.into_value()),
+                }
                 Ok(r.into())
             }
             Err(e) if e.code == ErrorCode::UnknownTool => {
@@ -724,7 +765,7 @@ impl ServerHandler for Server {
                 None,
             )),
             Some(Ok(out)) => {
-                let text = out.structured.to_string();
+                let text = serde_json::to_string(&out.structured).unwrap_or_default();
                 let contents = ResourceContents::text(text, req.uri.clone())
                     .with_mime_type("application/json");
                 Ok(ReadResourceResult::new(vec![contents]).into())

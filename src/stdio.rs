@@ -12,7 +12,9 @@
 //!
 //! Both rmcp's messages and those answers go through one writer task, a line at a
 //! time, so lines never interleave. It deliberately does not interpret anything
-//! rmcp handles correctly: it knows message shapes, not MCP semantics.
+//! rmcp handles correctly: it knows message shapes, not MCP semantics. The one thing
+//! it adds to rmcp's answers is a SQL tool's `structuredContent`, which the server
+//! leaves in an [`Outbox`] for it to serialize from the rows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode, JsonRpcMessage,
-    JsonRpcRequest, RequestId, ServerJsonRpcMessage,
+    CallToolResult, ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode,
+    JsonRpcMessage, JsonRpcRequest, JsonRpcResponse, RequestId, ServerJsonRpcMessage, ServerResult,
 };
 use rmcp::transport::Transport;
 use serde_json::{Value, json};
@@ -30,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::echo;
+use crate::engine::Structured;
+use crate::server::Outbox;
 
 /// The longest line read, as rmcp's own limit: a longer one is answered with -32600
 /// and skipped, rather than buffered until memory runs out.
@@ -118,6 +122,7 @@ where
         messages: from_reader,
         out: Some(out),
         in_flight,
+        outbox: Outbox::default(),
     };
     (transport, Pumps { reader, writer })
 }
@@ -149,6 +154,24 @@ pub struct LineTransport {
     /// None once closed.
     out: Option<Out>,
     in_flight: InFlight,
+    outbox: Outbox,
+}
+
+impl LineTransport {
+    /// Where the server leaves the structured results this transport writes.
+    pub fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+}
+
+/// A tool call's result with the `structuredContent` the server left in the outbox:
+/// rmcp's `CallToolResult` as rmcp writes it, and that key after its own.
+#[derive(serde::Serialize)]
+struct WithStructured<'a> {
+    #[serde(flatten)]
+    result: &'a CallToolResult,
+    #[serde(rename = "structuredContent")]
+    structured: &'a Structured,
 }
 
 impl Transport<RoleServer> for LineTransport {
@@ -159,6 +182,11 @@ impl Transport<RoleServer> for LineTransport {
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let mut item = item;
+        // Taken whether or not the answer goes out: a cancelled call's stays nowhere.
+        let structured = match &item {
+            JsonRpcMessage::Response(r) => self.outbox.take(&r.id),
+            _ => None,
+        };
         let id = match &mut item {
             JsonRpcMessage::Response(r) => Some(&mut r.id),
             JsonRpcMessage::Error(e) => e.id.as_mut(),
@@ -178,12 +206,27 @@ impl Transport<RoleServer> for LineTransport {
         // not a new one on every answer. Queued now, not when the future runs, so lines
         // leave in the order rmcp sent them.
         let mut bytes = out.buffer();
-        let result = match serde_json::to_writer(&mut bytes, &item) {
+        let written = match (&item, &structured) {
+            (JsonRpcMessage::Response(r), Some(structured)) => match &r.result {
+                ServerResult::CallToolResult(result) => {
+                    let answer = JsonRpcResponse {
+                        jsonrpc: r.jsonrpc,
+                        id: r.id.clone(),
+                        result: WithStructured { result, structured },
+                    };
+                    serde_json::to_writer(&mut bytes, &answer)
+                }
+                // Only a tool call's result is left in the outbox.
+                _ => serde_json::to_writer(&mut bytes, &item),
+            },
+            _ => serde_json::to_writer(&mut bytes, &item),
+        };
+        let result = match written {
             Ok(()) => {
                 bytes.push(b'\n');
                 // Freed after the write only when this line goes out next: behind other
                 // lines it would wait with them, and many answers' values would pile up.
-                let spent = out.idle().then_some(item);
+                let spent = out.idle().then_some((item, structured));
                 if out.send(Line { bytes, spent }) {
                     Ok(())
                 } else {
@@ -276,8 +319,11 @@ struct Line {
     /// The answer the line was made of, freed once the line is on its way: freeing a
     /// large result (its rows are many small allocations) takes as long as writing it,
     /// and the client need not wait for it.
-    spent: Option<ServerJsonRpcMessage>,
+    spent: Option<Spent>,
 }
+
+/// An answer and the structured result written with it.
+type Spent = (ServerJsonRpcMessage, Option<Structured>);
 
 impl From<String> for Line {
     fn from(text: String) -> Line {
@@ -624,7 +670,8 @@ mod tests {
             let (changes, _) = tokio::sync::broadcast::channel(4);
             tokio::spawn(async move {
                 use rmcp::ServiceExt as _;
-                if let Ok(service) = Server::new(engine, changes).serve(transport).await {
+                let server = Server::new(engine, changes).with_outbox(transport.outbox());
+                if let Ok(service) = server.serve(transport).await {
                     let _ = service.waiting().await;
                 }
                 let _ = pumps.finish().await;
@@ -946,6 +993,87 @@ mod tests {
             classify(stray.as_bytes(), &in_flight),
             Verdict::Ignore
         ));
+    }
+
+    /// A SQL tool's rows left in the outbox are written into the answer's result as the
+    /// JSON value rmcp would have written; a cancelled call's are dropped unwritten.
+    #[tokio::test]
+    async fn structured_results_from_the_outbox_are_written_as_rmcp_would() {
+        use crate::db::{Column, Rows};
+        use crate::engine::shape::{Page, Part};
+        use crate::spec::Shape;
+
+        let (read, _keep) = tokio::io::duplex(64);
+        let (mut transport, _pumps) = start(read, tokio::io::sink());
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        transport.out = Some(Out {
+            tx,
+            shared: Arc::default(),
+        });
+        let in_flight = transport.in_flight.clone();
+        let outbox = transport.outbox();
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_name: "text".into(),
+        };
+        let rows = Structured::Rows {
+            parts: vec![Part {
+                name: "rows".into(),
+                shape: Shape::Many,
+                rows: Rows {
+                    columns: vec![column("g"), column("quote\"d")],
+                    rows: vec![vec![json!(1), json!("a\n\"b")], vec![json!(2), Value::Null]],
+                    more: true,
+                },
+            }],
+            page: Page {
+                truncated: true,
+                next_offset: Some(2),
+                ..Page::default()
+            },
+        };
+        let call = |id: u32| {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"t"}}}}"#
+            );
+            forwarded_id(classify(line.as_bytes(), &in_flight))
+        };
+        let answer = |id| {
+            let result = CallToolResult::success(vec![rmcp::model::ContentBlock::text("rows")]);
+            ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id)
+        };
+
+        let id = call(3);
+        outbox.put(id.clone(), rows.clone());
+        transport.send(answer(id.clone())).await.unwrap();
+        let line = lines.try_recv().unwrap();
+        assert!(outbox.take(&id).is_none(), "left in the outbox");
+        let mut result = CallToolResult::success(vec![rmcp::model::ContentBlock::text("rows")]);
+        result.structured_content = Some(rows.clone().into_value());
+        let expected = ServerJsonRpcMessage::response(
+            ServerResult::CallToolResult(result),
+            RequestId::Number(3),
+        );
+        let (got, expected): (Value, Value) = (
+            serde_json::from_slice(&line.bytes).unwrap(),
+            serde_json::to_value(&expected).unwrap(),
+        );
+        assert_eq!(got, expected);
+        assert_eq!(
+            got["result"]["structuredContent"]["rows"][0]["quote\"d"],
+            "a\n\"b"
+        );
+        assert_eq!(line.bytes.last(), Some(&b'\n'));
+
+        // Cancelled: nothing is written, and nothing stays behind.
+        let id = call(4);
+        outbox.put(id.clone(), rows);
+        let cancel =
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
+        assert!(matches!(classify(cancel, &in_flight), Verdict::Forward(_)));
+        transport.send(answer(id.clone())).await.unwrap();
+        assert!(lines.try_recv().is_err(), "a cancelled call was answered");
+        assert!(outbox.take(&id).is_none(), "a cancelled call's rows stayed");
     }
 
     #[tokio::test]

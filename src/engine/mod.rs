@@ -24,7 +24,7 @@ pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
 pub use plugin::{NodeRows, Plugin, PluginCall, PluginFuture, Plugins};
-pub use shape::{ToolOutput, json_len};
+pub use shape::{Answer, Structured, ToolOutput, json_len};
 
 use crate::compile::CompiledTool;
 use crate::db::fanout::{FanOutMode, NodeResult, NodeSet};
@@ -102,7 +102,7 @@ pub struct Engine {
     registry: RwLock<Arc<Registry>>,
     db: Option<Db>,
     pub settings: Settings,
-    cache: Mutex<HashMap<String, (Instant, ToolOutput)>>,
+    cache: Mutex<HashMap<String, (Instant, Answer)>>,
     plugins: Plugins,
     approvals: Option<Arc<dyn Approvals>>,
     /// How many snapshots `swap` has put in, for the reload counter of `/metrics`.
@@ -250,6 +250,19 @@ impl Engine {
         cancel: &CancellationToken,
         caller: &dyn Caller,
     ) -> Result<ToolOutput, ToolError> {
+        let answer = self.answer(name, args, cancel, caller).await?;
+        Ok(answer.into_output())
+    }
+
+    /// [`Engine::call_as`] for a transport that serializes the structured result itself:
+    /// a SQL tool's rows are not built into a JSON value.
+    pub async fn answer(
+        &self,
+        name: &str,
+        args: Value,
+        cancel: &CancellationToken,
+        caller: &dyn Caller,
+    ) -> Result<Answer, ToolError> {
         let registry = self.registry();
         let tool = registry.tools.get(name).cloned().ok_or_else(|| {
             ToolError::new(ErrorCode::UnknownTool, format!("unknown tool `{name}`"))
@@ -381,7 +394,7 @@ impl Engine {
                 out.text.push_str(&format!("\nhow to get more: {hint}"));
                 out.structured[shape::HOW_TO_GET_MORE] = Value::from(hint);
             }
-            return Ok(out);
+            return Ok(out.into());
         }
         // An approved execute SQL tool runs its statements on the read-write path (each
         // in autocommit, see `flush`); every other tool reads inside READ ONLY.
@@ -422,12 +435,10 @@ impl Engine {
         &self,
         uri: &str,
         cancel: &CancellationToken,
-    ) -> Option<Result<ToolOutput, ToolError>> {
+    ) -> Option<Result<Answer, ToolError>> {
         let (tool, args) = self.resource_call(uri)?;
-        Some(
-            self.call(&tool.spec.name, Value::Object(args), cancel)
-                .await,
-        )
+        let args = Value::Object(args);
+        Some(self.answer(&tool.spec.name, args, cancel, &NoCaller).await)
     }
 
     /// The tool that serves a resource URI (for a grant to judge before it runs), or
@@ -491,7 +502,7 @@ impl Engine {
         db: &Db,
         cancel: &CancellationToken,
         write: bool,
-    ) -> Result<ToolOutput, ToolError> {
+    ) -> Result<Answer, ToolError> {
         let CallLimits {
             max_rows,
             max_bytes,
@@ -632,7 +643,7 @@ impl Engine {
                 max_bytes,
             ));
         }
-        Ok(shape::finish(parts, &result_page))
+        Ok(shape::finish(parts, result_page))
     }
 
     /// Runs the batched coordinator statements in one transaction and shapes them.

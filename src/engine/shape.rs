@@ -2,8 +2,9 @@
 //! text rendering of the same data.
 //!
 //! A result is walked three times at most: its rows' JSON bytes counted against the byte
-//! budget (nothing built), moved into the JSON value rmcp serializes, and written as text
-//! straight into one buffer.
+//! budget (nothing built), written as text straight into one buffer, and serialized as
+//! JSON from where the rows lie ([`Structured`]); a JSON value is built of them only for
+//! a transport that needs one.
 
 use std::fmt::Write as _;
 
@@ -20,6 +21,102 @@ pub struct ToolOutput {
     pub structured: Value,
     /// The compact rendering for the model.
     pub text: String,
+}
+
+/// A successful tool call as the engine hands it to a transport: its structured result
+/// not yet built ([`Answer::into_output`] builds it).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub structured: Structured,
+    /// The compact rendering for the model.
+    pub text: String,
+}
+
+/// A call's structured result (always a JSON object): a value, as plugins make it, or a
+/// SQL tool's rows and page, which become JSON as they are serialized. Building one
+/// object per row, with its own copy of every column name, to serialize it once and free
+/// it, was a third of the CPU of a 1,000-row call (issue #8).
+#[derive(Debug, Clone)]
+pub enum Structured {
+    Value(Value),
+    Rows { parts: Vec<Part>, page: Page },
+}
+
+impl Structured {
+    /// The result as a JSON value, its rows' values moved into it.
+    pub fn into_value(self) -> Value {
+        match self {
+            Structured::Value(v) => v,
+            Structured::Rows { parts, page } => structured(parts, &page),
+        }
+    }
+
+    /// The rows the result holds: a list's length, one for an object; what metrics
+    /// count.
+    pub fn rows(&self) -> u64 {
+        fn of(v: &Value) -> u64 {
+            match v {
+                Value::Array(a) => a.len() as u64,
+                Value::Object(_) => 1,
+                _ => 0,
+            }
+        }
+        match self {
+            Structured::Value(Value::Object(obj)) => obj
+                .iter()
+                .filter(|(k, _)| k.as_str() != "node_errors")
+                .map(|(_, v)| of(v))
+                .sum(),
+            Structured::Value(_) => 0,
+            Structured::Rows { parts, .. } => parts
+                .iter()
+                .map(|p| match p.shape {
+                    Shape::Many => p.rows.rows.len() as u64,
+                    Shape::One => u64::from(!p.rows.rows.is_empty()),
+                    Shape::Value => p.rows.rows.first().and_then(|r| r.first()).map_or(0, of),
+                })
+                .sum(),
+        }
+    }
+
+    /// The nodes that failed (`{nodeid, node, code, message}`).
+    pub fn node_errors(&self) -> &[Value] {
+        match self {
+            Structured::Value(v) => v
+                .get("node_errors")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice),
+            Structured::Rows { page, .. } => &page.node_errors,
+        }
+    }
+}
+
+impl Serialize for Structured {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Structured::Value(v) => v.serialize(s),
+            Structured::Rows { parts, page } => View(parts, page).serialize(s),
+        }
+    }
+}
+
+impl Answer {
+    /// The answer with its structured result built as a JSON value.
+    pub fn into_output(self) -> ToolOutput {
+        ToolOutput {
+            structured: self.structured.into_value(),
+            text: self.text,
+        }
+    }
+}
+
+impl From<ToolOutput> for Answer {
+    fn from(out: ToolOutput) -> Answer {
+        Answer {
+            structured: Structured::Value(out.structured),
+            text: out.text,
+        }
+    }
 }
 
 /// One query's rows, shaped.
@@ -392,13 +489,11 @@ fn json_str_len(s: &str) -> usize {
             .sum::<usize>()
 }
 
-/// The client's result: the text first (it reads the parts), then the JSON, which takes
-/// the parts' values.
-pub fn finish(parts: Vec<Part>, page: &Page) -> ToolOutput {
-    let text = text(&parts, page);
-    ToolOutput {
-        structured: structured(parts, page),
-        text,
+/// The client's result: the text, written now, and the parts, kept for the JSON.
+pub fn finish(parts: Vec<Part>, page: Page) -> Answer {
+    Answer {
+        text: text(&parts, &page),
+        structured: Structured::Rows { parts, page },
     }
 }
 
@@ -596,11 +691,12 @@ mod tests {
         let cut = fit(&mut parts, max);
         finish(
             parts,
-            &Page {
+            Page {
                 truncated: page.truncated || cut,
                 ..page
             },
         )
+        .into_output()
     }
 
     #[test]
@@ -630,8 +726,23 @@ mod tests {
                 count.name = "count".into();
                 let parts = vec![part(shape, n), count];
                 let measured = json_len(&View(&parts, &page));
-                let sent = serde_json::to_vec(&finish(parts, &page).structured).unwrap();
+                let answer = finish(parts, page.clone());
+                let sent = serde_json::to_vec(&answer.structured).unwrap();
                 assert_eq!(measured, sent.len(), "{shape:?} with {n} rows");
+                // Written from the rows, it is the JSON the built value writes.
+                let built = serde_json::to_vec(&answer.clone().into_output().structured);
+                assert_eq!(sent, built.unwrap(), "{shape:?} with {n} rows");
+                let counted = answer.structured.rows();
+                let value = Structured::Value(answer.into_output().structured);
+                assert_eq!(counted, value.rows(), "{shape:?} with {n} rows");
+                assert_eq!(
+                    Structured::Rows {
+                        parts: vec![],
+                        page: page.clone()
+                    }
+                    .node_errors(),
+                    value.node_errors()
+                );
             }
         }
     }
