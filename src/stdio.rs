@@ -207,18 +207,21 @@ impl Transport<RoleServer> for LineTransport {
         // leave in the order rmcp sent them.
         let mut bytes = out.buffer();
         let written = match (&item, &structured) {
-            (JsonRpcMessage::Response(r), Some(structured)) => match &r.result {
-                ServerResult::CallToolResult(result) => {
-                    let answer = JsonRpcResponse {
-                        jsonrpc: r.jsonrpc,
-                        id: r.id.clone(),
-                        result: WithStructured { result, structured },
-                    };
-                    serde_json::to_writer(&mut bytes, &answer)
-                }
-                // Only a tool call's result is left in the outbox.
-                _ => serde_json::to_writer(&mut bytes, &item),
-            },
+            (
+                JsonRpcMessage::Response(JsonRpcResponse {
+                    jsonrpc,
+                    id,
+                    result: ServerResult::CallToolResult(result),
+                }),
+                Some(structured),
+            ) => {
+                let answer = JsonRpcResponse {
+                    jsonrpc: *jsonrpc,
+                    id: id.clone(),
+                    result: WithStructured { result, structured },
+                };
+                serde_json::to_writer(&mut bytes, &answer)
+            }
             _ => serde_json::to_writer(&mut bytes, &item),
         };
         let result = match written {
