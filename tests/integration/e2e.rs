@@ -30,6 +30,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         trial(ctx, "e2e::unknown_tool_is_a_protocol_error", unknown_tool),
         trial(
             ctx,
+            "e2e::stdio_writes_the_result_the_engine_builds",
+            stdio_writes_what_the_engine_builds,
+        ),
+        trial(
+            ctx,
             "e2e::every_request_line_gets_one_answer",
             every_line_answered,
         ),
@@ -250,6 +255,84 @@ fn every_tool_answers_its_examples(ctx: &Ctx) {
                 assert!(text.contains(code.as_str()), "{text}");
             }
         }
+    }
+    assert!(c.garbage.is_empty(), "{:?}", c.garbage);
+}
+
+/// Rows with what JSON must escape, every shape in one result, cut to fit.
+const ODD_ROWS_TOOL: &str = r#"
+name: odd_rows
+description: Rows whose text JSON must escape, in every shape.
+safety: read_only
+input_schema: {type: object, properties: {n: {type: integer}}}
+queries:
+  - name: rows
+    sql: |
+      SELECT g, repeat(E'q"b\\s\tt\nn\r\u0001 é ✓ 🐘 ', g % 4) AS text, NULL::int AS nothing,
+             (g * 1.5)::numeric AS num, 9007199254740993::int8 + g AS big,
+             jsonb_build_object('k', g, 'a', ARRAY[g, NULL]) AS doc, ARRAY['x', 'y"z'] AS arr,
+             g AS "quoted ""name"""
+      FROM generate_series(1, {{ n }}) g
+  - name: first
+    shape: one
+    sql: SELECT E'tab\there' AS t, 2::int2 AS small
+  - name: total
+    shape: value
+    sql: SELECT {{ n }}::int8 * 2
+examples:
+  - args: {n: 3}
+"#;
+
+/// Over stdio a SQL tool's structured result is serialized from its rows (the server's
+/// `Outbox`); it must be the JSON the engine's built value is, cut or not, and the text
+/// the same.
+fn stdio_writes_what_the_engine_builds(ctx: &Ctx) {
+    use citus_mcp::compile::SourceFile;
+    use citus_mcp::engine::{Engine, Settings};
+    use citus_mcp::registry::{Registry, Sources};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("odd_rows.yaml"), ODD_ROWS_TOOL).unwrap();
+    let env = [
+        ("CITUS_MCP_ENABLE_CACHING", "false"),
+        ("CITUS_MCP_MAX_TEXT_BYTES", "4000"),
+    ];
+    let mut c = client(ctx, &["--tools-dirs", dir.path().to_str().unwrap()], &env);
+    let registry = Registry::build(
+        &Sources {
+            tools: vec![vec![SourceFile {
+                origin: "odd_rows.yaml".into(),
+                text: ODD_ROWS_TOOL.into(),
+            }]],
+            ..Default::default()
+        },
+        None,
+        &[],
+        citus_mcp::plugins::NAMES,
+    );
+    let settings = Settings {
+        enable_caching: false,
+        max_bytes: 4000,
+        ..Settings::default()
+    };
+    let engine = Engine::new(registry, Some(ctx.pool(&ctx.dsn())), settings);
+    for n in [0, 1, 7, 200] {
+        let args = json!({"n": n});
+        let sent = c.call("odd_rows", args.clone());
+        let built = ctx
+            .rt
+            .block_on(engine.call("odd_rows", args, &Default::default()))
+            .unwrap();
+        assert_eq!(sent["isError"], false, "{sent}");
+        assert_eq!(sent["structuredContent"], built.structured, "n = {n}");
+        assert_eq!(sent["content"][0]["text"], built.text, "n = {n}");
+        let cut = n == 200;
+        assert_eq!(sent["structuredContent"]["truncated"], cut, "n = {n}");
+        assert_eq!(
+            sent["structuredContent"]["how_to_get_more"].is_string(),
+            cut,
+            "{sent}"
+        );
     }
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
 }
