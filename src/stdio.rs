@@ -940,18 +940,42 @@ mod tests {
         );
     }
 
+    /// A transport whose lines go to a queue the test reads instead of to the writer.
+    struct Captured {
+        transport: LineTransport,
+        lines: mpsc::UnboundedReceiver<Line>,
+        _stdin: tokio::io::DuplexStream,
+        _pumps: Pumps,
+    }
+
+    impl Captured {
+        fn start() -> Captured {
+            let (read, stdin) = tokio::io::duplex(64);
+            let (mut transport, pumps) = start(read, tokio::io::sink());
+            let (tx, lines) = mpsc::unbounded_channel();
+            transport.out = Some(Out {
+                tx,
+                shared: Arc::default(),
+            });
+            Captured {
+                transport,
+                lines,
+                _stdin: stdin,
+                _pumps: pumps,
+            }
+        }
+    }
+
     /// A client that cancels a request and at once reuses its id gets the new request's
     /// answer under that id, never the cancelled one's (rmcp, keyed by id, sent the old
     /// answer in the new one's place and lost the new one).
     #[tokio::test]
     async fn a_cancelled_requests_late_answer_never_takes_its_ids_next_request() {
-        let (read, _keep) = tokio::io::duplex(64);
-        let (mut transport, _pumps) = start(read, tokio::io::sink());
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        transport.out = Some(Out {
-            tx,
-            shared: Arc::default(),
-        });
+        let Captured {
+            mut transport,
+            mut lines,
+            ..
+        } = Captured::start();
         let in_flight = transport.in_flight.clone();
         let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
         let old = forwarded_id(classify(call, &in_flight));
@@ -1006,13 +1030,11 @@ mod tests {
         use crate::engine::shape::{Page, Part};
         use crate::spec::Shape;
 
-        let (read, _keep) = tokio::io::duplex(64);
-        let (mut transport, _pumps) = start(read, tokio::io::sink());
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        transport.out = Some(Out {
-            tx,
-            shared: Arc::default(),
-        });
+        let Captured {
+            mut transport,
+            mut lines,
+            ..
+        } = Captured::start();
         let in_flight = transport.in_flight.clone();
         let outbox = transport.outbox();
         let column = |name: &str| Column {
