@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::engine::Structured;
-use tokio::sync::Notify;
 
 /// Upper bounds of the latency histogram, in seconds: from a cached answer to a
 /// statement near the default 30 s timeout.
