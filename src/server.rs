@@ -5,8 +5,8 @@
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); we still advertise nothing else from it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rmcp::model::{
     BooleanSchema, ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction,
@@ -18,7 +18,7 @@ use rmcp::model::{
     GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
     PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
-    RequestId, Resource, ResourceContents, ResourceTemplate, Role as McpRole, ServerCapabilities,
+    Resource, ResourceContents, ResourceTemplate, Role as McpRole, ServerCapabilities,
     ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
@@ -35,6 +35,7 @@ use crate::engine::{
 use crate::manual;
 use crate::metrics::{self, CallRecord, Metrics};
 use crate::spec::{Role, Safety};
+use crate::stdio::Outbox;
 
 /// How long after a session's `initialized` jsonschema's shared parts are built.
 const WARM_UP_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -45,33 +46,6 @@ pub enum Change {
     Tools,
     Prompts,
     Resources,
-}
-
-/// Structured results of tool calls that the transport serializes itself, by the id rmcp
-/// answers the call under: a SQL tool's rows go to stdout as JSON without first becoming
-/// a JSON value (one map per row, every column name copied), which rmcp's
-/// `CallToolResult` would need. The server leaves `structuredContent` out of the result
-/// it gives rmcp and puts it here; the transport takes it back when it writes that
-/// answer (or drops it, when the client cancelled the call).
-#[derive(Clone, Default)]
-pub struct Outbox(Arc<Mutex<HashMap<RequestId, Structured>>>);
-
-impl Outbox {
-    pub(crate) fn put(&self, id: RequestId, structured: Structured) {
-        self.lock().insert(id, structured);
-    }
-
-    /// The structured result of the call rmcp answers as `id`, if it waits here.
-    pub fn take(&self, id: &RequestId) -> Option<Structured> {
-        self.lock().remove(id)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Structured>> {
-        // A map of finished results stays consistent whoever panicked.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// The authenticated name of an HTTP caller: the transport puts it in the request's
@@ -313,8 +287,8 @@ impl Server {
         }
     }
 
-    /// Hands SQL tools' structured results to the transport through `outbox`, which it
-    /// serializes from their rows (the stdio transport; see [`Outbox`]).
+    /// Hands SQL tools' structured results to the stdio transport through `outbox`, which
+    /// serializes them from their rows (see [`Outbox`]).
     pub fn with_outbox(mut self, outbox: Outbox) -> Server {
         self.outbox = Some(outbox);
         self

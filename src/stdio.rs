@@ -33,7 +33,6 @@ use tokio::task::JoinHandle;
 
 use crate::echo;
 use crate::engine::Structured;
-use crate::server::Outbox;
 
 /// The longest line read, as rmcp's own limit: a longer one is answered with -32600
 /// and skipped, rather than buffered until memory runs out.
@@ -63,6 +62,10 @@ struct Ids {
     running: HashMap<RequestId, RequestId>,
     /// rmcp's id → client id
     clients: HashMap<RequestId, RequestId>,
+    /// rmcp's id → the structured result the server left for its answer ([`Outbox`]).
+    /// Kept with the ids: rmcp never sends the answer of a request the client cancelled,
+    /// so the cancel is where a result left for it goes.
+    structured: HashMap<RequestId, Structured>,
 }
 
 impl Ids {
@@ -78,19 +81,46 @@ impl Ids {
         Some(ours)
     }
 
-    /// Forgets a cancelled request: its id is free for the client at once, and a late
-    /// answer to it goes nowhere. rmcp's id for it, if it was running.
-    fn cancel(&mut self, client: &RequestId) -> Option<RequestId> {
+    /// Forgets a cancelled request: its id is free for the client at once, a late answer
+    /// to it goes nowhere, and a result left for that answer is given back, to be dropped.
+    /// rmcp's id for it, if it was running.
+    fn cancel(&mut self, client: &RequestId) -> Option<(RequestId, Option<Structured>)> {
         let ours = self.running.remove(client)?;
         self.clients.remove(&ours);
-        Some(ours)
+        let left = self.structured.remove(&ours);
+        Some((ours, left))
     }
 
-    /// The client's id for an answer, which frees it; `None` for a cancelled request.
-    fn finish(&mut self, ours: &RequestId) -> Option<RequestId> {
+    /// The client's id for an answer, which frees it, and the result left for the answer;
+    /// `None` for a cancelled request.
+    fn finish(&mut self, ours: &RequestId) -> Option<(RequestId, Option<Structured>)> {
         let client = self.clients.remove(ours)?;
         self.running.remove(&client);
-        Some(client)
+        Some((client, self.structured.remove(ours)))
+    }
+}
+
+/// Where the server leaves a SQL tool's structured result for the stdio transport to
+/// serialize from its rows, under the id rmcp answers the call by: rmcp's
+/// `CallToolResult` holds `structuredContent` as a JSON value, and building one (a map per
+/// row, every column name copied) to serialize it once and free it was a third of a
+/// 1,000-row call's CPU (issue #8). The transport takes the result back when it writes
+/// that answer; a cancel drops it (rmcp sends no answer then), and a result for a request
+/// no longer running is not kept.
+#[derive(Clone)]
+pub struct Outbox(InFlight);
+
+impl Outbox {
+    /// Leaves `structured` for the answer rmcp will send as `id`.
+    pub fn put(&self, id: RequestId, structured: Structured) {
+        let mut ids = lock(&self.0);
+        if ids.clients.contains_key(&id) {
+            ids.structured.insert(id, structured);
+        } else {
+            // Cancelled meanwhile: dropped here, after the lock.
+            drop(ids);
+            drop(structured);
+        }
     }
 }
 
@@ -122,7 +152,6 @@ where
         messages: from_reader,
         out: Some(out),
         in_flight,
-        outbox: Outbox::default(),
     };
     (transport, Pumps { reader, writer })
 }
@@ -154,13 +183,12 @@ pub struct LineTransport {
     /// None once closed.
     out: Option<Out>,
     in_flight: InFlight,
-    outbox: Outbox,
 }
 
 impl LineTransport {
     /// Where the server leaves the structured results this transport writes.
     pub fn outbox(&self) -> Outbox {
-        self.outbox.clone()
+        Outbox(self.in_flight.clone())
     }
 }
 
@@ -182,19 +210,19 @@ impl Transport<RoleServer> for LineTransport {
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let mut item = item;
-        // Taken whether or not the answer goes out: a cancelled call's stays nowhere.
-        let structured = match &item {
-            JsonRpcMessage::Response(r) => self.outbox.take(&r.id),
-            _ => None,
-        };
         let id = match &mut item {
             JsonRpcMessage::Response(r) => Some(&mut r.id),
             JsonRpcMessage::Error(e) => e.id.as_mut(),
             _ => None,
         };
+        let mut structured = None;
         if let Some(id) = id {
-            match lock(&self.in_flight).finish(id) {
-                Some(client) => *id = client,
+            let finished = lock(&self.in_flight).finish(id);
+            match finished {
+                Some((client, left)) => {
+                    *id = client;
+                    structured = left;
+                }
                 // The client cancelled it: MCP sends no answer then.
                 None => return std::future::ready(Ok(())),
             }
@@ -487,8 +515,10 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
             if let ClientNotification::CancelledNotification(c) = &mut n.notification
                 && let Some(id) = &mut c.params.request_id
             {
-                match lock(in_flight).cancel(id) {
-                    Some(ours) => *id = ours,
+                let cancelled = lock(in_flight).cancel(id);
+                match cancelled {
+                    // A result left for its answer is dropped here, after the lock.
+                    Some((ours, _left)) => *id = ours,
                     None => return Verdict::Ignore,
                 }
             }
@@ -1023,7 +1053,8 @@ mod tests {
     }
 
     /// A SQL tool's rows left in the outbox are written into the answer's result as the
-    /// JSON value rmcp would have written; a cancelled call's are dropped unwritten.
+    /// JSON value rmcp would have written; a cancelled call's are dropped, whether the
+    /// cancel comes before or after they were left.
     #[tokio::test]
     async fn structured_results_from_the_outbox_are_written_as_rmcp_would() {
         use crate::db::{Column, Rows};
@@ -1072,7 +1103,8 @@ mod tests {
         outbox.put(id.clone(), rows.clone());
         transport.send(answer(id.clone())).await.unwrap();
         let line = lines.try_recv().unwrap();
-        assert!(outbox.take(&id).is_none(), "left in the outbox");
+        let left = || lock(&in_flight).structured.len();
+        assert_eq!(left(), 0, "left in the outbox");
         let mut result = CallToolResult::success(vec![rmcp::model::ContentBlock::text("rows")]);
         result.structured_content = Some(rows.clone().into_value());
         let expected = ServerJsonRpcMessage::response(
@@ -1090,15 +1122,29 @@ mod tests {
         );
         assert_eq!(line.bytes.last(), Some(&b'\n'));
 
-        // Cancelled: nothing is written, and nothing stays behind.
+        // Cancelled after its result was left: rmcp sends no answer, and the cancel
+        // drops the result. Cancelled before: the result is not kept.
+        let cancel = |id: u32| {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id}}}}}"#
+            );
+            assert!(matches!(
+                classify(line.as_bytes(), &in_flight),
+                Verdict::Forward(_)
+            ));
+        };
         let id = call(4);
-        outbox.put(id.clone(), rows);
-        let cancel =
-            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
-        assert!(matches!(classify(cancel, &in_flight), Verdict::Forward(_)));
-        transport.send(answer(id.clone())).await.unwrap();
+        outbox.put(id.clone(), rows.clone());
+        assert_eq!(left(), 1);
+        cancel(4);
+        assert_eq!(left(), 0, "a cancelled call's rows stayed");
+        let id5 = call(5);
+        cancel(5);
+        outbox.put(id5, rows);
+        assert_eq!(left(), 0, "rows were kept for a cancelled call");
+        // Should rmcp answer a cancelled call after all, nothing goes out.
+        transport.send(answer(id)).await.unwrap();
         assert!(lines.try_recv().is_err(), "a cancelled call was answered");
-        assert!(outbox.take(&id).is_none(), "a cancelled call's rows stayed");
     }
 
     #[tokio::test]

@@ -491,10 +491,40 @@ fn json_str_len(s: &str) -> usize {
 
 /// The client's result: the text, written now, and the parts, kept for the JSON.
 pub fn finish(parts: Vec<Part>, page: Page) -> Answer {
-    Answer {
-        text: text(&parts, &page),
-        structured: Structured::Rows { parts, page },
-    }
+    let text = text(&parts, &page);
+    // A key written twice (two columns of one name, a query named like one of the
+    // result's own keys or like another) is one key in a built value, the later value
+    // winning: such a result is built, so that every transport writes the same JSON.
+    let once = parts
+        .iter()
+        .enumerate()
+        .all(|(i, p)| writes_each_key_once(p) && parts[..i].iter().all(|q| q.name != p.name));
+    let structured = if once {
+        Structured::Rows { parts, page }
+    } else {
+        Structured::Value(structured(parts, &page))
+    };
+    Answer { structured, text }
+}
+
+/// The keys of a result besides its queries'.
+const RESULT_KEYS: [&str; 5] = [
+    "truncated",
+    "next_offset",
+    "next_cursor",
+    HOW_TO_GET_MORE,
+    "node_errors",
+];
+
+/// Whether [`View`] writes `part` as the built value has it: no key of its twice.
+fn writes_each_key_once(part: &Part) -> bool {
+    let columns = &part.rows.columns;
+    !RESULT_KEYS.contains(&part.name.as_str())
+        && (part.shape == Shape::Value
+            || columns
+                .iter()
+                .enumerate()
+                .all(|(i, c)| columns[..i].iter().all(|d| d.name != c.name)))
 }
 
 fn structured(parts: Vec<Part>, page: &Page) -> Value {
@@ -745,6 +775,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Keys the rows would write twice (two columns of one name, a query named like one
+    /// of the result's keys) are written once, as the built value has them.
+    #[test]
+    fn a_key_is_written_once() {
+        let mut twice = part(Shape::Many, 2);
+        twice.rows.columns[1].name = "id".into();
+        let mut named_like_a_key = part(Shape::One, 1);
+        named_like_a_key.name = "truncated".into();
+        let page = Page {
+            next_offset: Some(2),
+            ..Page::default()
+        };
+        let again = part(Shape::Value, 1);
+        for parts in [
+            vec![twice],
+            vec![part(Shape::Many, 1), named_like_a_key],
+            vec![part(Shape::Many, 1), again],
+        ] {
+            let answer = finish(parts, page.clone());
+            assert!(matches!(answer.structured, Structured::Value(_)));
+            let sent = serde_json::to_vec(&answer.structured).unwrap();
+            let built = serde_json::to_vec(&answer.into_output().structured).unwrap();
+            assert_eq!(sent, built);
+        }
+        let mut count = part(Shape::Value, 1);
+        count.name = "count".into();
+        let answer = finish(vec![part(Shape::Many, 2), count], page);
+        assert!(matches!(answer.structured, Structured::Rows { .. }));
     }
 
     /// The counted sizes are serde_json's own, byte for byte.
