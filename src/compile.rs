@@ -460,6 +460,16 @@ fn check_queries(ck: &mut Findings, spec: &ToolSpec, mut templates: Option<&mut 
                 format!("two queries are named `{}`", q.name),
             );
         }
+        if crate::engine::shape::RESULT_KEYS.contains(&q.name.as_str()) {
+            ck.add(
+                Code::E004,
+                &[&format!("/queries/{i}/name")],
+                format!(
+                    "query `{}` is named like a key every result has, which would replace its rows; name it otherwise",
+                    q.name
+                ),
+            );
+        }
         let Some(templates) = templates.as_deref_mut() else {
             check_on_empty(ck, i, q);
             continue;
@@ -1016,6 +1026,14 @@ examples:
             .iter()
             .map(|d| d.code.as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_query_named_like_a_key_of_every_result_is_e004() {
+        for key in crate::engine::shape::RESULT_KEYS {
+            let named = TOOL.replace("  - name: rows", &format!("  - name: {key}"));
+            assert_eq!(codes(&named), vec!["E004"], "{key}");
+        }
     }
 
     #[test]

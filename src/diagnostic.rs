@@ -55,6 +55,8 @@ pub enum Code {
     W002,
     /// `lint --db`: a result column has a type the engine cannot turn into JSON.
     W003,
+    /// `lint --db`: a query returns two columns of one name; the result keeps one.
+    W004,
 }
 
 impl Code {
@@ -79,6 +81,7 @@ impl Code {
             Code::W001 => "W001",
             Code::W002 => "W002",
             Code::W003 => "W003",
+            Code::W004 => "W004",
         }
     }
 

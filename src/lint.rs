@@ -82,6 +82,10 @@ pub const CODES: &[(Code, &str)] = &[
         Code::W003,
         "lint --db: a result column has a type the engine cannot turn into JSON; cast it to ::text",
     ),
+    (
+        Code::W004,
+        "lint --db: a query returns two columns of one name; its rows keep the later one's value",
+    ),
 ];
 
 /// The files named on the command line (files or folders); none means the built-ins.
@@ -177,6 +181,15 @@ pub async fn run(files: &[SourceFile], db: Option<&Db>) -> Vec<Diagnostic> {
                                     .at(crate::spec::locate(&file.text, &format!("/queries/{qi}/redact")).or(at))
                                     .help("name the column as the SQL returns it (its alias)"),
                             );
+                        }
+                        for (i, (c, _)) in columns.iter().enumerate() {
+                            if columns[..i].iter().any(|(d, _)| d.name == c.name) {
+                                out.push(
+                                    Diagnostic::new(Code::W004, &file.origin, format!("query `{query}` returns two columns named `{}`: each row keeps only the later one's value", c.name))
+                                        .at(at)
+                                        .help("give each column its own name with AS"),
+                                );
+                            }
                         }
                         for (c, _) in columns.into_iter().filter(|(_, decodable)| !decodable) {
                             out.push(

@@ -507,8 +507,8 @@ pub fn finish(parts: Vec<Part>, page: Page) -> Answer {
     Answer { structured, text }
 }
 
-/// The keys of a result besides its queries'.
-const RESULT_KEYS: [&str; 5] = [
+/// The keys of a result besides its queries' (a query may not take one of these names).
+pub const RESULT_KEYS: [&str; 5] = [
     "truncated",
     "next_offset",
     "next_cursor",
