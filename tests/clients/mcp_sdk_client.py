@@ -3,9 +3,12 @@ tests/integration/clients.rs against `citus-mcp serve --http`.
 
     python3 mcp_sdk_client.py URL MODE TOOLS_DIR TOOL_FILE
 
-MODE is the SDK's `mode`: `legacy` (initialize handshake, a 2025 session) or `2026-07-28`
-(no handshake, no session). The client lists the tools, calls `ping`, idles past the server's
-read timeout and calls `list_nodes`, then,
+URL is the server's, or `stdio:BINARY` to start citus-mcp over stdio (with `--tools-dirs
+TOOLS_DIR`, the rest of its settings from the environment). MODE is the SDK's `mode`:
+`legacy` (initialize handshake, a 2025 session) or `2026-07-28` (no handshake, no session).
+The client lists the tools, calls `ping`, idles past the server's read timeout and calls
+`list_nodes`, and `rows_schema` when the server lists it (a tool whose `output_schema` the
+SDK checks its structured content against), then,
 when TOOLS_DIR is not `-`, copies TOOL_FILE (a tool named as its file) into TOOLS_DIR, waits
 for `notifications/tools/list_changed` (the GET stream of a legacy session, or
 `subscriptions/listen` on 2026-07-28), lists again and calls the new tool. It prints one JSON
@@ -15,11 +18,13 @@ and a non-zero exit.
 
 import asyncio
 import json
+import os
 import pathlib
 import sys
 
 import mcp
 import mcp_types as types
+from mcp.client.stdio import StdioServerParameters
 
 WAIT_SECONDS = 20
 # Between two calls the client idles longer than the read timeout the test gives the server
@@ -43,7 +48,14 @@ async def main(url, mode, tools_dir, tool_file):
             changed.set()
 
     report = {"sdk": mcp.__name__, "mode": mode}
-    async with mcp.Client(url, mode=mode, message_handler=on_message) as client:
+    server = url
+    if url.startswith("stdio:"):
+        server = StdioServerParameters(
+            command=url.removeprefix("stdio:"),
+            args=["--tools-dirs", tools_dir],
+            env=dict(os.environ),
+        )
+    async with mcp.Client(server, mode=mode, message_handler=on_message) as client:
         report["protocol"] = client.protocol_version
         report["server"] = client.server_info.name if client.server_info else None
         tools = await client.list_tools()
@@ -52,6 +64,16 @@ async def main(url, mode, tools_dir, tool_file):
         await asyncio.sleep(IDLE_SECONDS)
         nodes = structured(await client.call_tool("list_nodes", {}))
         report["nodes"] = len(nodes["nodes"])
+        if "rows_schema" in report["tools"]:
+            result = await client.call_tool("rows_schema", {"n": 5000})
+            rows = structured(result)
+            report["rows_schema"] = {
+                "rows": len(rows["rows"]),
+                "first": rows["rows"][0],
+                "truncated": rows["truncated"],
+                "how_to_get_more": rows.get("how_to_get_more"),
+                "text": result.content[0].text.splitlines()[0],
+            }
         if tools_dir != "-":
             source = pathlib.Path(tool_file)
             target = pathlib.Path(tools_dir) / source.name

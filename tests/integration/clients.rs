@@ -1,5 +1,6 @@
-//! Real clients and several clusters over Streamable HTTP (issue #9): the MCP Python SDK's
-//! client in both session models, and two clusters served side by side by one process.
+//! Real clients and several clusters (issue #9): the MCP Python SDK's client over Streamable
+//! HTTP in both session models and over stdio, and two clusters served side by side by one
+//! process.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -19,6 +20,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             ctx,
             "clients::python_sdk_lists_calls_and_hears_list_changed_in_both_models",
             python_sdk,
+        ),
+        trial(
+            ctx,
+            "clients::python_sdk_over_stdio_checks_rows_against_their_output_schema",
+            python_sdk_stdio,
         ),
         trial(
             ctx,
@@ -68,12 +74,25 @@ fn greeting_tool(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 
 /// Runs tests/clients/mcp_sdk_client.py; its report.
 fn sdk_client(python: &str, url: &str, mode: &str, tools_dir: &str, tool: &str) -> Value {
+    sdk_client_with(python, url, mode, tools_dir, tool, &[])
+}
+
+/// [`sdk_client`] with `env` set for the script (and a server it starts over stdio).
+fn sdk_client_with(
+    python: &str,
+    url: &str,
+    mode: &str,
+    tools_dir: &str,
+    tool: &str,
+    env: &[(&str, &str)],
+) -> Value {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/mcp_sdk_client.py"
     );
     let mut child = std::process::Command::new(python)
         .args([script, url, mode, tools_dir, tool])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,6 +173,84 @@ fn python_sdk(ctx: &Ctx) {
         }
         assert!(!s.log().contains("panicked"), "{}", s.log());
     }
+}
+
+/// Rows with an `output_schema`, many more than the default budget keeps.
+const ROWS_SCHEMA_TOOL: &str = r#"
+name: rows_schema
+description: Generated rows, with an output schema the client checks.
+safety: read_only
+input_schema: {type: object, properties: {n: {type: integer}}, required: [n]}
+output_schema:
+  type: object
+  required: [rows, truncated]
+  additionalProperties: false
+  properties:
+    rows:
+      type: array
+      items:
+        type: object
+        required: [g, label, nothing]
+        additionalProperties: false
+        properties:
+          g: {type: integer}
+          label: {type: string}
+          nothing: {type: "null"}
+    truncated: {type: boolean}
+    how_to_get_more: {type: string}
+queries:
+  - name: rows
+    sql: SELECT g, E'r\t"' || g AS label, NULL::int AS nothing FROM generate_series(1, {{ n }}) g
+examples:
+  - args: {n: 3}
+"#;
+
+/// The MCP Python SDK over stdio (the transport that writes a SQL tool's rows itself):
+/// the SDK checks structured content against the tool's `output_schema` and reads the rest.
+fn python_sdk_stdio(ctx: &Ctx) {
+    let python = python();
+    let work = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::write(tools.path().join("rows_schema.yaml"), ROWS_SCHEMA_TOOL).unwrap();
+    let file = greeting_tool(work.path(), "added_stdio");
+    let server = format!("stdio:{}", env!("CARGO_BIN_EXE_citus-mcp"));
+    let dsn = ctx.dsn();
+    let env = [
+        ("CITUS_MCP_COORDINATOR_DSN", dsn.as_str()),
+        ("CITUS_MCP_ENABLE_CACHING", "false"),
+        ("HOME", "/nonexistent"),
+        ("XDG_CONFIG_HOME", "/nonexistent"),
+    ];
+    let tools_s = tools.path().to_str().unwrap();
+    let r = sdk_client_with(
+        &python,
+        &server,
+        "legacy",
+        tools_s,
+        file.to_str().unwrap(),
+        &env,
+    );
+    assert_eq!(r["ping"]["message"], "from the python sdk", "{r}");
+    assert!(r["nodes"].as_u64().unwrap() >= 1, "{r}");
+    let rows = &r["rows_schema"];
+    assert_eq!(
+        rows["first"],
+        json!({"g": 1, "label": "r\t\"1", "nothing": null}),
+        "{r}"
+    );
+    assert_eq!(rows["truncated"], true, "{r}");
+    let kept = rows["rows"].as_u64().unwrap();
+    assert!(kept > 100 && kept < 5000, "{r}");
+    assert!(
+        rows["how_to_get_more"].as_str().unwrap().contains("n"),
+        "{r}"
+    );
+    assert!(
+        rows["text"].as_str().unwrap().starts_with("## rows ("),
+        "{r}"
+    );
+    assert_eq!(r["list_changed"], true, "{r}");
+    assert_eq!(r["added"]["greeting"], "hello", "{r}");
 }
 
 const MAIN_SECRET: &str = "main-cluster-approval-secret-never-print";
