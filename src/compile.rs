@@ -750,6 +750,20 @@ fn check_rendered(ck: &mut Findings, spec: &ToolSpec, query: &str, r: &Rendered)
                 .into(),
         );
     }
+    // Where the statement itself names its columns (an alias, a column reference); `lint
+    // --db` also sees the names PostgreSQL gives the rest.
+    let names = parsed.output_names();
+    let twice = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| *n != "?column?" && names[..*i].contains(n));
+    if let Some((_, name)) = twice {
+        let message = format!(
+            "query `{query}` returns two columns named `{name}`: each row keeps only the later one's value"
+        );
+        let d = ck.add(Code::W004, &[&sql_at], message);
+        d.help = Some("give each column its own name with AS".into());
+    }
 }
 
 fn dedup(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
@@ -1026,6 +1040,24 @@ examples:
             .iter()
             .map(|d| d.code.as_str())
             .collect()
+    }
+
+    #[test]
+    fn two_columns_of_one_name_are_w004() {
+        let sql = "SELECT * FROM t WHERE name = {{ table }} LIMIT {{ limit }}";
+        for twice in [
+            "SELECT a.id, b.id FROM a, b WHERE a.name = {{ table }} LIMIT {{ limit }}",
+            "SELECT 1 AS n, name AS n FROM t WHERE name = {{ table }} LIMIT {{ limit }}",
+        ] {
+            assert_eq!(codes(&TOOL.replace(sql, twice)), vec!["W004"], "{twice}");
+        }
+        // Names the statement does not give (stars, expressions) are left to `lint --db`.
+        for once in [
+            "SELECT a.*, b.* FROM a, b WHERE a.name = {{ table }} LIMIT {{ limit }}",
+            "SELECT 1 + 1, 2 + 2, a.id AS x, b.id AS y FROM a, b WHERE a.name = {{ table }} LIMIT {{ limit }}",
+        ] {
+            assert!(codes(&TOOL.replace(sql, once)).is_empty(), "{once}");
+        }
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub enum Code {
     W002,
     /// `lint --db`: a result column has a type the engine cannot turn into JSON.
     W003,
-    /// `lint --db`: a query returns two columns of one name; the result keeps one.
+    /// A query returns two columns of one name (statically where the SQL names them,
+    /// and with `lint --db`); the result keeps one.
     W004,
 }
 

@@ -84,7 +84,7 @@ pub const CODES: &[(Code, &str)] = &[
     ),
     (
         Code::W004,
-        "lint --db: a query returns two columns of one name; its rows keep the later one's value",
+        "a query returns two columns of one name; its rows keep the later one's value",
     ),
 ];
 
