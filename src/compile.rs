@@ -753,18 +753,30 @@ fn check_rendered(ck: &mut Findings, spec: &ToolSpec, query: &str, r: &Rendered)
     // Where the statement itself names its columns (an alias, a column reference); `lint
     // --db` also sees the names PostgreSQL gives the rest.
     let names = parsed.output_names();
-    let twice = names
+    let known = names
         .iter()
-        .enumerate()
-        .find(|(i, n)| *n != "?column?" && names[..*i].contains(n));
-    if let Some((_, name)) = twice {
-        let message = format!(
-            "query `{query}` returns two columns named `{name}`: each row keeps only the later one's value"
-        );
-        let d = ck.add(Code::W004, &[&sql_at], message);
-        d.help = Some("give each column its own name with AS".into());
+        .map(String::as_str)
+        .filter(|n| *n != "?column?");
+    if let Some(name) = named_twice(known) {
+        let d = ck.add(Code::W004, &[&sql_at], named_twice_message(query, name));
+        d.help = Some(NAMED_TWICE_HELP.into());
     }
 }
+
+/// The first result column name that comes twice (W004): a row's object keeps one of them.
+pub(crate) fn named_twice<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = BTreeSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// W004's message, from the SQL or from the prepared statement.
+pub(crate) fn named_twice_message(query: &str, name: &str) -> String {
+    format!(
+        "query `{query}` returns two columns named `{name}`: each row keeps only the later one's value"
+    )
+}
+
+pub(crate) const NAMED_TWICE_HELP: &str = "give each column its own name with AS";
 
 fn dedup(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut seen = BTreeSet::new();

@@ -182,14 +182,13 @@ pub async fn run(files: &[SourceFile], db: Option<&Db>) -> Vec<Diagnostic> {
                                     .help("name the column as the SQL returns it (its alias)"),
                             );
                         }
-                        for (i, (c, _)) in columns.iter().enumerate() {
-                            if columns[..i].iter().any(|(d, _)| d.name == c.name) {
-                                out.push(
-                                    Diagnostic::new(Code::W004, &file.origin, format!("query `{query}` returns two columns named `{}`: each row keeps only the later one's value", c.name))
-                                        .at(at)
-                                        .help("give each column its own name with AS"),
-                                );
-                            }
+                        // Every name PostgreSQL gave, `?column?` included: two such are one key.
+                        if let Some(name) = compile::named_twice(columns.iter().map(|(c, _)| c.name.as_str())) {
+                            out.push(
+                                Diagnostic::new(Code::W004, &file.origin, compile::named_twice_message(&query, name))
+                                    .at(at)
+                                    .help(compile::NAMED_TWICE_HELP),
+                            );
                         }
                         for (c, _) in columns.into_iter().filter(|(_, decodable)| !decodable) {
                             out.push(
