@@ -81,13 +81,15 @@ impl Db {
         // READ ONLY transaction, so the command makes its own transaction read-only
         // before the query is evaluated: the CASE runs the set_config calls first and
         // the query (an initplan, run when first needed) only then. Anything after it
-        // in the same text would run in that same read-only transaction. Each node
+        // in the same text would run in that same read-only transaction, with JIT off
+        // as on the coordinator (`jit_for`). Each node
         // answers with its rows as one JSON array, the row cap applied there. Citus
         // cancels the nodes' statements when this call's own statement times out.
         let ms = timeout.as_millis().max(1);
         let command = format!(
             "SELECT CASE WHEN pg_catalog.set_config('transaction_read_only', 'on', true) \
-             || pg_catalog.set_config('lock_timeout', '{ms}', true) IS NOT NULL \
+             || pg_catalog.set_config('lock_timeout', '{ms}', true) \
+             || pg_catalog.set_config('jit', 'off', true) IS NOT NULL \
              THEN (SELECT coalesce(pg_catalog.json_agg(q), '[]'::json)::text \
              FROM (SELECT * FROM ({}\n) q0 LIMIT {}) q) END",
             st.sql,

@@ -84,7 +84,7 @@ impl Db {
                 .map_err(sql_error)?;
             let ms = timeout_ms.to_string();
             let idle = (u128::from(timeout_ms) + IDLE_GRACE_MS).to_string();
-            tx.execute(CALL_SETTINGS, &[&ms, &idle])
+            tx.execute(CALL_SETTINGS, &[&ms, &idle, &Some("off")])
                 .await
                 .map_err(sql_error)?;
             if create {

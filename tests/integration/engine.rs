@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use citus_mcp::compile::SourceFile;
+use citus_mcp::db::fanout::{FanOutMode, NodeSet};
 use citus_mcp::engine::{Engine, ErrorCode, Settings, ToolError, ToolOutput};
 use citus_mcp::registry::{Registry, Sources, builtin_tools};
 use libtest_mimic::Trial;
@@ -54,6 +55,16 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             ctx,
             "engine::statement_timeout_is_a_timeout_error",
             statement_timeout_is_a_timeout_error,
+        ),
+        trial(
+            ctx,
+            "engine::tool_statements_run_without_jit_a_callers_with_the_servers",
+            tool_statements_run_without_jit_a_callers_with_the_servers,
+        ),
+        trial(
+            ctx,
+            "engine::a_page_with_more_to_come_keeps_its_connection",
+            a_page_with_more_to_come_keeps_its_connection,
         ),
         trial(
             ctx,
@@ -411,6 +422,132 @@ fn statement_timeout_is_a_timeout_error(ctx: &Ctx) {
     assert!(started.elapsed() < Duration::from_secs(4));
     // The pool still works afterwards.
     assert!(call(ctx, &e, "sleeper", json!({"s": 0})).is_ok());
+}
+
+/// A tool file's statements run with JIT off (LLVM compiled a catalog query of
+/// citus_lock_inspector for most of a second); a call with a caller's statement keeps the
+/// server's own `jit`, so EXPLAIN shows the plan their application gets. Neither leaks
+/// into the next call on the same connection.
+fn tool_statements_run_without_jit_a_callers_with_the_servers(ctx: &Ctx) {
+    use citus_mcp::db::Statement;
+    // One connection, so every call below shares a session.
+    let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-jit", 1, Duration::from_secs(10));
+    let run = |statements: &[Statement]| {
+        ctx.rt
+            .block_on(db.read_only(
+                statements,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            ))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.rows[0][0].clone())
+            .collect::<Vec<_>>()
+    };
+    let jit = || Statement::new("SELECT pg_catalog.current_setting('jit') AS jit", vec![], 1);
+    let servers = || {
+        Statement::new(
+            "SELECT pg_catalog.current_setting('jit') = s.reset_val AS servers \
+               FROM pg_catalog.pg_settings s WHERE s.name = 'jit'",
+            vec![],
+            1,
+        )
+    };
+    assert_eq!(run(&[jit()]), vec![json!("off")]);
+    assert_eq!(run(&[servers().once()]), vec![json!(true)]);
+    // A call that runs a caller's statement runs all of its statements the server's way.
+    assert_eq!(
+        run(&[servers(), servers().once()]),
+        vec![json!(true), json!(true)]
+    );
+    assert_eq!(run(&[jit()]), vec![json!("off")]);
+    // The session itself was never changed: only the calls' transactions were.
+    assert_eq!(run(&[servers().once()]), vec![json!(true)]);
+    // A fan-out's statement runs in sessions of its own on every node, without JIT too.
+    for mode in [FanOutMode::Coordinator, FanOutMode::Direct] {
+        let nodes = ctx
+            .rt
+            .block_on(db.fan_out(
+                NodeSet::AllNodes,
+                mode,
+                &jit(),
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            ))
+            .unwrap();
+        assert!(!nodes.is_empty());
+        for n in nodes {
+            let rows = n
+                .result
+                .unwrap_or_else(|e| panic!("{mode:?} {}: {e}", n.node.name()));
+            assert_eq!(
+                rows.rows,
+                vec![vec![json!("off")]],
+                "{mode:?} {}",
+                n.node.name()
+            );
+        }
+    }
+}
+
+const BACKEND: &str = r#"
+name: backend
+description: The backend a call runs on.
+safety: read_only
+queries:
+  - name: pid
+    shape: value
+    sql: SELECT pg_catalog.pg_backend_pid()
+examples:
+  - args: {}
+"#;
+
+/// A page query asks for one row more than the page (`LIMIT size + 1`), so a page with
+/// more to come reads past its cap; the statement has ended there, and the connection
+/// (its backend's caches, its prepared statements, on Citus its connections to the
+/// workers) goes back to the pool instead of being closed: closing it cost the next call
+/// ~45 ms on the sample cluster. A statement still sending rows is not waited for (see
+/// security::rows_past_the_cap_stop_on_the_server); its connection is replaced.
+fn a_page_with_more_to_come_keeps_its_connection(ctx: &Ctx) {
+    let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-page", 1, Duration::from_secs(10));
+    let e = engine_on(db, &[BACKEND], no_cache());
+    let pid = || call(ctx, &e, "backend", json!({})).unwrap().structured["pid"].clone();
+    let warm = pid();
+    let mut offset = 0;
+    loop {
+        let page = call(ctx, &e, "list_shards", json!({"limit": 2, "offset": offset}))
+            .unwrap_or_else(|e| panic!("{}", e.text()));
+        assert_eq!(pid(), warm, "the page at offset {offset} spent the connection");
+        match page.structured["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert!(offset >= 2, "the walk had more than one page");
+
+    // The same at the db layer, a few rows over the cap with nothing after them...
+    let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-page", 1, Duration::from_secs(10));
+    let run = |sql: &str, cap: usize| {
+        let st = citus_mcp::db::Statement::new(sql, vec![], cap);
+        ctx.rt
+            .block_on(db.read_only(&[st], Duration::from_secs(30), &CancellationToken::new()))
+            .unwrap()
+            .pop()
+            .unwrap()
+    };
+    let backend = || run("SELECT pg_catalog.pg_backend_pid()", 1).rows[0][0].clone();
+    let warm = backend();
+    let over = run("SELECT i FROM pg_catalog.generate_series(1, 5) AS i", 2);
+    assert_eq!(over.rows, vec![vec![json!(1)], vec![json!(2)]]);
+    assert!(over.more);
+    assert_eq!(backend(), warm);
+    // ...and one that would still be sending rows: cut, and its connection replaced.
+    let endless = run(
+        "SELECT pg_catalog.generate_series(1, 100000000) AS i",
+        2,
+    );
+    assert!(endless.more);
+    assert_ne!(backend(), warm);
 }
 
 fn cancelling_a_call_cancels_the_query_on_the_server(ctx: &Ctx) {
