@@ -15,7 +15,9 @@
 //! 5. `citus-mcp lint` time for 1 to 1,000 small tool files and copies of a built-in one;
 //! 6. bytes of `structuredContent` and of the text rendering per result row;
 //! 7. time per call and per row for results of 10 to 10,000 rows;
-//! 8. the backend's and citus-mcp's memory over 10,000 distinct EXPLAINs.
+//! 8. the backend's and citus-mcp's memory over 10,000 distinct EXPLAINs;
+//! 9. tools/call over Streamable HTTP beside stdio (http.rs);
+//! 10. every built-in tool's examples over stdio, first call and the calls after (tools.rs).
 //!
 //! Run: `cargo bench --bench engine` (about a minute on 2 cores, after the build).
 //! Names select sections: `cargo bench --bench engine -- overhead lint`. Results and how to
@@ -28,6 +30,7 @@ mod peer;
 mod pg;
 
 mod explains;
+mod tools;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -71,7 +74,7 @@ fn main() -> Result<()> {
         header: machine(&bench, db.kind())?,
         sections: vec![],
     };
-    let sections: [(&str, SectionFn); 12] = [
+    let sections: [(&str, SectionFn); 13] = [
         ("floor", floor::floors),
         ("peer", peer::side_by_side),
         ("overhead", overhead),
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         ("rows", rows_growth),
         ("explains", explains::explains),
         ("http", http::http),
+        ("tools", tools::tools),
     ];
     for (name, run) in sections {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {

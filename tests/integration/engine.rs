@@ -515,9 +515,18 @@ fn a_page_with_more_to_come_keeps_its_connection(ctx: &Ctx) {
     let warm = pid();
     let mut offset = 0;
     loop {
-        let page = call(ctx, &e, "list_shards", json!({"limit": 2, "offset": offset}))
-            .unwrap_or_else(|e| panic!("{}", e.text()));
-        assert_eq!(pid(), warm, "the page at offset {offset} spent the connection");
+        let page = call(
+            ctx,
+            &e,
+            "list_shards",
+            json!({"limit": 2, "offset": offset}),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.text()));
+        assert_eq!(
+            pid(),
+            warm,
+            "the page at offset {offset} spent the connection"
+        );
         match page.structured["next_offset"].as_u64() {
             Some(next) => offset = next,
             None => break,
@@ -542,10 +551,7 @@ fn a_page_with_more_to_come_keeps_its_connection(ctx: &Ctx) {
     assert!(over.more);
     assert_eq!(backend(), warm);
     // ...and one that would still be sending rows: cut, and its connection replaced.
-    let endless = run(
-        "SELECT pg_catalog.generate_series(1, 100000000) AS i",
-        2,
-    );
+    let endless = run("SELECT pg_catalog.generate_series(1, 100000000) AS i", 2);
     assert!(endless.more);
     assert_ne!(backend(), warm);
 }
