@@ -763,17 +763,22 @@ async fn pipelined(
     })
 }
 
+/// At most this many rows past the last statement's cap are read to see whether it ended.
+const READ_ON_ROWS: usize = 1_000;
+
 /// Reads `stream` on through the rows that have already arrived, without waiting for
-/// more: true when the statement's end was among them.
+/// more and through [`READ_ON_ROWS`] at most (on a multi-threaded runtime the connection's
+/// task keeps delivering while this reads): true when the statement's end was among them.
 fn ended_already(mut stream: std::pin::Pin<&mut tokio_postgres::RowStream>) -> bool {
     use futures_util::{FutureExt as _, TryStreamExt as _};
-    loop {
+    for _ in 0..=READ_ON_ROWS {
         match stream.try_next().now_or_never() {
             Some(Ok(Some(_))) => continue,
             Some(Ok(None)) => return true,
             Some(Err(_)) | None => return false,
         }
     }
+    false
 }
 
 /// A pooled connection while a call uses it. Dropped before [`CallGuard::finish`]
