@@ -219,3 +219,16 @@ fn main() {
     }
     conclusion.exit();
 }
+
+/// A tool that answers the backend its call ran on: a connection kept or replaced shows.
+pub const BACKEND_PID: &str = r#"
+name: backend_pid
+description: The backend this call ran on.
+safety: read_only
+queries:
+  - name: pid
+    shape: value
+    sql: SELECT pg_catalog.pg_backend_pid()
+examples:
+  - args: {}
+"#;

@@ -1329,24 +1329,16 @@ fn distinct_statements_leave_no_prepared_state(ctx: &Ctx) {
     );
 }
 
-const BACKEND_PID: &str = r#"
-name: backend_pid
-description: The backend this call ran on.
-safety: read_only
-queries:
-  - name: pid
-    shape: value
-    sql: SELECT pg_catalog.pg_backend_pid()
-examples:
-  - args: {}
-"#;
-
 /// A caller statement's connection is closed afterwards; when the pool has room it is a
 /// new one, and the idle connection the other tools (and the explain check's catalog
 /// query) use stays, its statements prepared and its backend's caches warm.
 fn caller_sql_spares_the_warm_connection(ctx: &Ctx) {
     let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-warm", 2, Duration::from_secs(10));
-    let e = engine_on(db, &[("backend_pid", BACKEND_PID)], Settings::default());
+    let e = engine_on(
+        db,
+        &[("backend_pid", crate::BACKEND_PID)],
+        Settings::default(),
+    );
     let pid = || call(ctx, &e, "backend_pid", json!({})).unwrap().structured["pid"].clone();
     let warm = pid();
     for analyze in [false, true, false] {
