@@ -47,7 +47,7 @@ impl Structured {
     pub fn into_value(self) -> Value {
         match self {
             Structured::Value(v) => v,
-            Structured::Rows { parts, page } => structured(parts, &page),
+            Structured::Rows { parts, page } => structured(parts, page),
         }
     }
 
@@ -64,7 +64,7 @@ impl Structured {
         match self {
             Structured::Value(Value::Object(obj)) => obj
                 .iter()
-                .filter(|(k, _)| k.as_str() != "node_errors")
+                .filter(|(k, _)| k.as_str() != NODE_ERRORS)
                 .map(|(_, v)| of(v))
                 .sum(),
             Structured::Value(_) => 0,
@@ -83,7 +83,7 @@ impl Structured {
     pub fn node_errors(&self) -> &[Value] {
         match self {
             Structured::Value(v) => v
-                .get("node_errors")
+                .get(NODE_ERRORS)
                 .and_then(Value::as_array)
                 .map_or(&[], Vec::as_slice),
             Structured::Rows { page, .. } => &page.node_errors,
@@ -236,18 +236,18 @@ impl Serialize for View<'_> {
         for p in parts {
             m.serialize_entry(&p.name, &PartView(p))?;
         }
-        m.serialize_entry("truncated", &truncated(parts, page))?;
+        m.serialize_entry(TRUNCATED, &truncated(parts, page))?;
         if let Some(o) = page.next_offset {
-            m.serialize_entry("next_offset", &o)?;
+            m.serialize_entry(NEXT_OFFSET, &o)?;
         }
         if let Some(c) = &page.next_cursor {
-            m.serialize_entry("next_cursor", c)?;
+            m.serialize_entry(NEXT_CURSOR, c)?;
         }
         if let Some(h) = &page.how_to_get_more {
             m.serialize_entry(HOW_TO_GET_MORE, h)?;
         }
         if !page.node_errors.is_empty() {
-            m.serialize_entry("node_errors", &page.node_errors)?;
+            m.serialize_entry(NODE_ERRORS, &page.node_errors)?;
         }
         m.end()
     }
@@ -289,6 +289,10 @@ pub struct Page {
 
 /// The key of a cut result that says how to get the rest, in every tool's result.
 pub const HOW_TO_GET_MORE: &str = "how_to_get_more";
+const TRUNCATED: &str = "truncated";
+const NEXT_OFFSET: &str = "next_offset";
+const NEXT_CURSOR: &str = "next_cursor";
+const NODE_ERRORS: &str = "node_errors";
 
 /// What a cut result tells the model, in the tool's own arguments (issue #8: a result cut
 /// to fit the context is only useful if the model knows how to get the rest). `args` are
@@ -502,18 +506,18 @@ pub fn finish(parts: Vec<Part>, page: Page) -> Answer {
     let structured = if once {
         Structured::Rows { parts, page }
     } else {
-        Structured::Value(structured(parts, &page))
+        Structured::Value(structured(parts, page))
     };
     Answer { structured, text }
 }
 
 /// The keys of a result besides its queries' (a query may not take one of these names).
 pub const RESULT_KEYS: [&str; 5] = [
-    "truncated",
-    "next_offset",
-    "next_cursor",
+    TRUNCATED,
+    NEXT_OFFSET,
+    NEXT_CURSOR,
     HOW_TO_GET_MORE,
-    "node_errors",
+    NODE_ERRORS,
 ];
 
 /// Whether [`View`] writes `part` as the built value has it: no key of its twice.
@@ -527,25 +531,25 @@ fn writes_each_key_once(part: &Part) -> bool {
                 .all(|(i, c)| columns[..i].iter().all(|d| d.name != c.name)))
 }
 
-fn structured(parts: Vec<Part>, page: &Page) -> Value {
-    let truncated = truncated(&parts, page);
+fn structured(parts: Vec<Part>, page: Page) -> Value {
+    let truncated = truncated(&parts, &page);
     let mut obj = Map::with_capacity(parts.len() + 2);
     for p in parts {
         let name = p.name.clone();
         obj.insert(name, p.into_value());
     }
-    obj.insert("truncated".into(), Value::Bool(truncated));
+    obj.insert(TRUNCATED.into(), Value::Bool(truncated));
     if let Some(o) = page.next_offset {
-        obj.insert("next_offset".into(), Value::from(o));
+        obj.insert(NEXT_OFFSET.into(), Value::from(o));
     }
-    if let Some(c) = &page.next_cursor {
-        obj.insert("next_cursor".into(), Value::from(c.clone()));
+    if let Some(c) = page.next_cursor {
+        obj.insert(NEXT_CURSOR.into(), Value::from(c));
     }
-    if let Some(h) = &page.how_to_get_more {
-        obj.insert(HOW_TO_GET_MORE.into(), Value::from(h.clone()));
+    if let Some(h) = page.how_to_get_more {
+        obj.insert(HOW_TO_GET_MORE.into(), Value::from(h));
     }
     if !page.node_errors.is_empty() {
-        obj.insert("node_errors".into(), Value::Array(page.node_errors.clone()));
+        obj.insert(NODE_ERRORS.into(), Value::Array(page.node_errors));
     }
     Value::Object(obj)
 }
