@@ -524,10 +524,20 @@ fn a_statement_that_ended_past_its_cap_keeps_its_connection(ctx: &Ctx) {
     assert_eq!(over.rows, vec![vec![json!(1)], vec![json!(2)]]);
     assert!(over.more);
     assert_eq!(backend(), warm);
+    // ...one that fails past the cap: its rows up to the cap are the answer, and the
+    // connection, whose statement did not end well, is replaced...
+    let failing = run(
+        "SELECT 10 / (i - 4) AS q FROM pg_catalog.generate_series(1, 5) AS i",
+        2,
+    );
+    assert_eq!(failing.rows, vec![vec![json!(-3)], vec![json!(-5)]]);
+    assert!(failing.more);
+    let replaced = backend();
+    assert_ne!(replaced, warm);
     // ...and one that would still be sending rows: cut, and its connection replaced.
     let endless = run("SELECT pg_catalog.generate_series(1, 100000000) AS i", 2);
     assert!(endless.more);
-    assert_ne!(backend(), warm);
+    assert_ne!(backend(), replaced);
 }
 
 fn cancelling_a_call_cancels_the_query_on_the_server(ctx: &Ctx) {
