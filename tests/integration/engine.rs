@@ -489,10 +489,21 @@ fn tool_statements_run_without_jit_a_callers_with_the_servers(ctx: &Ctx) {
             ))
             .unwrap();
         assert!(!nodes.is_empty());
+        let mut answered = 0;
         for n in nodes {
-            let rows = n
-                .result
-                .unwrap_or_else(|e| panic!("{mode:?} {}: {e}", n.node.name()));
+            let rows = match n.result {
+                Ok(rows) => rows,
+                // On the fixture, Direct mode dials the sample cluster's own addresses, where
+                // this machine may run anything or nothing; a real cluster must answer on
+                // every node.
+                Err(citus_mcp::db::DbError::Connect { .. })
+                    if ctx.is_fixture() && mode == FanOutMode::Direct =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("{mode:?} {}: {e}", n.node.name()),
+            };
+            answered += 1;
             assert_eq!(
                 rows.rows,
                 vec![vec![json!("off")]],
@@ -500,6 +511,8 @@ fn tool_statements_run_without_jit_a_callers_with_the_servers(ctx: &Ctx) {
                 n.node.name()
             );
         }
+        // The coordinator answers in every mode, from the call's own pool.
+        assert!(answered > 0, "{mode:?}: no node answered");
     }
 }
 
