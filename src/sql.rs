@@ -181,15 +181,17 @@ impl Parsed {
     }
 
     /// Every name the statements can reach that the catalog must judge.
+    ///
+    /// A relation named like one of the statement's CTEs stays in: a CTE hides a relation
+    /// only in its own scope (and a non-recursive one only from the CTEs after it), so
+    /// the same name elsewhere in the text may be the catalog's. Asking about a relation
+    /// the statement does not read costs nothing; missing one it reads would let its view,
+    /// policy or default run unchecked.
     pub fn reach(&self) -> Reach {
         let mut r = Reach::default();
-        let mut ctes = BTreeSet::new();
         for st in &self.statements {
-            collect(st, &mut r, &mut ctes);
+            collect(st, &mut r);
         }
-        // A name that is a CTE of the statement is not a relation of the catalog.
-        r.relations
-            .retain(|(schema, name)| !schema.is_empty() || !ctes.contains(name.as_str()));
         r
     }
 }
@@ -259,11 +261,12 @@ pub struct Reach {
     pub functions: BTreeSet<QualName>,
     /// Operators used, plus the comparisons sorting, grouping and joins use implicitly.
     pub operators: BTreeSet<QualName>,
-    /// Types named in casts and type names (their input and cast functions run).
+    /// Types named in casts and type names (their input and cast functions run), and the
+    /// names of calls that may be casts: `t(x)` and `x.t` cast x to t when t is a type.
     pub types: BTreeSet<QualName>,
     /// Types named as arrays (`t[]`): also in `types`, since each element is read as a `t`.
     pub array_types: BTreeSet<QualName>,
-    /// Relations read (views, tables...), CTE names excluded.
+    /// Relations read (views, tables...), and names a CTE may also have.
     pub relations: BTreeSet<QualName>,
 }
 
@@ -323,10 +326,16 @@ fn bare(name: &str) -> QualName {
     (String::new(), name.to_string())
 }
 
-fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
+fn collect(v: &Value, r: &mut Reach) {
     match v {
         Value::Object(m) => {
             if let Some(name) = m.get("funcname").and_then(qualified) {
+                // PostgreSQL reads `t(x)`, one argument, as a cast to t when no function
+                // t fits and t is a type: a domain's (or, for `_t('{..}')`, its
+                // elements') CHECK runs then.
+                if m.get("args").and_then(Value::as_array).map(Vec::len) == Some(1) {
+                    r.types.insert(name.clone());
+                }
                 r.functions.insert(name);
             }
             // A_Expr (infix or prefix): an operator by name; BETWEEN and friends use
@@ -366,26 +375,24 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
                     r.relations.insert((schema.to_string(), rel.to_string()));
                 }
             }
-            if let Some(n) = m
-                .get("CommonTableExpr")
-                .and_then(|c| c.get("ctename"))
-                .and_then(Value::as_str)
-            {
-                ctes.insert(n.to_string());
-            }
-            // `x.f` may call f(x): every field after the first is a possible function.
-            if let Some(fields) = m.get("ColumnRef").and_then(|c| c.get("fields")) {
-                for f in fields.as_array().into_iter().flatten().skip(1) {
-                    if let Some(s) = f.pointer("/String/sval").and_then(Value::as_str) {
-                        r.functions.insert(bare(s));
-                    }
-                }
-            }
-            if let Some(ind) = m.get("A_Indirection").and_then(|c| c.get("indirection")) {
-                for f in ind.as_array().into_iter().flatten() {
-                    if let Some(s) = f.pointer("/String/sval").and_then(Value::as_str) {
-                        r.functions.insert(bare(s));
-                    }
+            // `x.f` may call f(x), or cast x to the type f: every field after the first
+            // is a possible function and type.
+            let fields = m
+                .get("ColumnRef")
+                .and_then(|c| c.get("fields"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flat_map(|f| f.iter().skip(1));
+            let indirection = m
+                .get("A_Indirection")
+                .and_then(|c| c.get("indirection"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for f in fields.chain(indirection) {
+                if let Some(s) = f.pointer("/String/sval").and_then(Value::as_str) {
+                    r.functions.insert(bare(s));
+                    r.types.insert(bare(s));
                 }
             }
             if let Some(f) = m
@@ -400,10 +407,10 @@ fn collect(v: &Value, r: &mut Reach, ctes: &mut BTreeSet<String>) {
                     .extend(IMPLICIT_OPERATORS.iter().map(|s| bare(s)));
             }
             for child in m.values() {
-                collect(child, r, ctes);
+                collect(child, r);
             }
         }
-        Value::Array(items) => items.iter().for_each(|i| collect(i, r, ctes)),
+        Value::Array(items) => items.iter().for_each(|i| collect(i, r)),
         _ => {}
     }
 }
@@ -584,13 +591,33 @@ mod tests {
             assert!(r.array_types.contains(&t), "{r:?}");
         }
         assert!(r.relations.contains(&q("public", "v")));
-        assert!(!r.relations.contains(&bare("c")), "a CTE is not a relation");
+        // `f(x)` and `x.f` may be casts to a type f.
+        assert!(r.types.contains(&q("pg_catalog", "lower")), "{r:?}");
+        assert!(
+            r.types.contains(&bare("f")) && r.types.contains(&bare("g")),
+            "{r:?}"
+        );
         let r = parse("SELECT * FROM t TABLESAMPLE system (1), generate_series(1, 2) g")
             .unwrap()
             .reach();
         assert!(r.functions.contains(&bare("system")));
         assert!(r.functions.contains(&bare("generate_series")));
         assert!(r.relations.contains(&bare("t")));
+    }
+
+    /// A CTE hides a relation of its name only in its own scope: the same name elsewhere
+    /// in the text may be the catalog's relation, so it is always asked about.
+    #[test]
+    fn reaches_relations_a_cte_shares_a_name_with() {
+        for sql in [
+            "WITH v AS (SELECT 1) SELECT * FROM v",
+            "SELECT * FROM (WITH v AS (SELECT 1) SELECT * FROM v) a, v b",
+            "WITH a AS (SELECT * FROM v), v AS (SELECT 1) SELECT * FROM a",
+            "WITH v AS (SELECT 1) INSERT INTO v (x) VALUES (1)",
+        ] {
+            let r = parse(sql).unwrap().reach();
+            assert!(r.relations.contains(&bare("v")), "{sql}: {r:?}");
+        }
     }
 
     /// The tree leaves out fields at their default (no `inh` for ONLY, no `lexpr` for a

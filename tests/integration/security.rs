@@ -554,6 +554,28 @@ fn hostile_sql_changes_nothing(ctx: &Ctx) {
             RefusedPlain,
         ),
         ("SELECT public.citus_mcp_lock(9)", Refused),
+        // A CTE hides a relation of its name only in its own scope: the view read beside
+        // it, or by a CTE before it, still runs; a write's target is never a CTE.
+        (
+            "SELECT * FROM (WITH citus_mcp_kill_view AS (SELECT 1) SELECT * FROM citus_mcp_kill_view) a, citus_mcp_kill_view b",
+            Refused,
+        ),
+        (
+            "WITH a AS (SELECT * FROM citus_mcp_kill_view), citus_mcp_kill_view AS (SELECT 1) SELECT * FROM a",
+            Refused,
+        ),
+        (
+            "WITH citus_mcp_resets AS (SELECT 1) INSERT INTO citus_mcp_resets (x) VALUES (1)",
+            RefusedPlain,
+        ),
+        // A call of a type's name with one argument is a cast to it: `d(x)`, `x.d`,
+        // `_d('{x}')` (the array type, whose elements are read as the statement is parsed).
+        ("SELECT public.citus_mcp_checked(7)", Refused),
+        ("SELECT citus_mcp_checked(7)", Refused),
+        ("SELECT (7).citus_mcp_checked", Refused),
+        ("SELECT public._citus_mcp_checked('{7}')", RefusedPlain),
+        ("SELECT _citus_mcp_checked('{7}')", RefusedPlain),
+        ("SELECT \"_citus_mcp_checked\"('{7}')", RefusedPlain),
         // Aggregates: pg_proc says immutable; the transition or final function locks.
         (
             "SELECT public.citus_mcp_lock_agg(x) FROM public.citus_mcp_canary",
