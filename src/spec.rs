@@ -202,6 +202,9 @@ pub struct Expect {
     /// At least this many rows per `many` query.
     #[serde(default)]
     pub min_rows: BTreeMap<String, u64>,
+    /// At most this many rows per `many` query (0: the query answers nothing here).
+    #[serde(default)]
+    pub max_rows: BTreeMap<String, u64>,
     /// The call fails with this error code.
     pub error: Option<String>,
 }

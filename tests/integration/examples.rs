@@ -42,45 +42,92 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
             let name = tool.spec.name.clone();
             let ex = ex.clone();
             let title = ex.title.clone().unwrap_or_default();
-            out.push(Trial::test(format!("examples::{name}::{i} {title}"), move || {
-                let engine = Engine::new(
-                    Registry::build(&Sources { tools: vec![builtin_tools()], prompts: vec![], ..Default::default() }, None, &[], citus_mcp::plugins::NAMES),
-                    // Read-only tools run as the least-privilege role of README's recipe.
-                    Some(ctx.reader_pool()),
-                    Settings { enable_caching: false, ..Settings::default() },
-                )
-                .with_plugins(citus_mcp::plugins::all());
-                let result = ctx.rt.block_on(engine.call(&name, ex.args.clone(), &CancellationToken::new()));
-                match (&ex.expect.error, result) {
-                    (Some(code), Err(e)) if e.code.as_str() == code => Ok(()),
-                    (Some(code), Err(e)) => Err(format!("expected error {code}, got {}", e.text()).into()),
-                    (Some(code), Ok(out)) => Err(format!("expected error {code}, got a result: {}", out.text).into()),
-                    (None, Err(e)) => Err(format!("args {} failed: {}", ex.args, e.text()).into()),
-                    (None, Ok(out)) => {
-                        let obj = out.structured.as_object().ok_or("structured content is not an object")?;
-                        if !obj.contains_key("truncated") && tool_is_sql(&name) {
-                            return Err("result has no `truncated` flag".into());
+            out.push(Trial::test(
+                format!("examples::{name}::{i} {title}"),
+                move || {
+                    let engine = Engine::new(
+                        Registry::build(
+                            &Sources {
+                                tools: vec![builtin_tools()],
+                                prompts: vec![],
+                                ..Default::default()
+                            },
+                            None,
+                            &[],
+                            citus_mcp::plugins::NAMES,
+                        ),
+                        // Read-only tools run as the least-privilege role of README's recipe.
+                        Some(ctx.reader_pool()),
+                        Settings {
+                            enable_caching: false,
+                            ..Settings::default()
+                        },
+                    )
+                    .with_plugins(citus_mcp::plugins::all());
+                    let result = ctx.rt.block_on(engine.call(
+                        &name,
+                        ex.args.clone(),
+                        &CancellationToken::new(),
+                    ));
+                    match (&ex.expect.error, result) {
+                        (Some(code), Err(e)) if e.code.as_str() == code => Ok(()),
+                        (Some(code), Err(e)) => {
+                            Err(format!("expected error {code}, got {}", e.text()).into())
                         }
-                        for (query, min) in &ex.expect.min_rows {
-                            let n = match obj.get(query) {
-                                Some(Value::Array(rows)) => rows.len() as u64,
-                                Some(Value::Null) | None => 0,
-                                Some(_) => 1,
-                            };
-                            if n < *min {
-                                return Err(format!("query `{query}` returned {n} rows, expected at least {min}\n{}", out.text).into());
+                        (Some(code), Ok(out)) => {
+                            Err(format!("expected error {code}, got a result: {}", out.text).into())
+                        }
+                        (None, Err(e)) => {
+                            Err(format!("args {} failed: {}", ex.args, e.text()).into())
+                        }
+                        (None, Ok(out)) => {
+                            let obj = out
+                                .structured
+                                .as_object()
+                                .ok_or("structured content is not an object")?;
+                            if !obj.contains_key("truncated") && tool_is_sql(&name) {
+                                return Err("result has no `truncated` flag".into());
                             }
+                            rows_as_expected(&ex.expect, &out.structured)
+                                .map_err(|e| format!("{e}\n{}", out.text))?;
+                            if out.text.is_empty() {
+                                return Err("empty text rendering".into());
+                            }
+                            Ok(())
                         }
-                        if out.text.is_empty() {
-                            return Err("empty text rendering".into());
-                        }
-                        Ok(())
                     }
-                }
-            }));
+                },
+            ));
         }
     }
     out
+}
+
+/// An example's `min_rows` and `max_rows` against its result: a `one` query's object counts
+/// as one row, a missing or null one as none.
+fn rows_as_expected(expect: &citus_mcp::spec::Expect, result: &Value) -> Result<(), String> {
+    let rows = |query: &str| match result.get(query) {
+        Some(Value::Array(rows)) => rows.len() as u64,
+        Some(Value::Null) | None => 0,
+        Some(_) => 1,
+    };
+    for (query, min) in &expect.min_rows {
+        let n = rows(query);
+        if n < *min {
+            return Err(format!(
+                "query `{query}` returned {n} rows, expected at least {min}"
+            ));
+        }
+    }
+    for (query, max) in &expect.max_rows {
+        let n = rows(query);
+        if n > *max {
+            return Err(format!(
+                "query `{query}` returned {n} rows, expected at most {max}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn tool_is_sql(name: &str) -> bool {
@@ -142,12 +189,8 @@ pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
                 .rt
                 .block_on(engine.call(&name, ex.args.clone(), &CancellationToken::new()))
                 .map_err(|e| format!("{}: {}", ex.args, e.text()))?;
-            for (query, min) in &ex.expect.min_rows {
-                let n = out.structured[query].as_array().map_or(0, Vec::len) as u64;
-                if n < *min {
-                    return Err(format!("{query}: {n} rows, expected {min}").into());
-                }
-            }
+            rows_as_expected(&ex.expect, &out.structured)
+                .map_err(|e| format!("{}: {e}", ex.args))?;
         }
         Ok(())
     })
