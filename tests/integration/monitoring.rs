@@ -546,6 +546,41 @@ fn heatmap_lists_the_empty_worker_for_every_grouping(ctx: &Ctx) {
         );
         assert!(hot.iter().all(|s| port_of(text(s, "node")) != "9703"));
     }
+    // A node's ratio is to the average of the nodes meant to hold shards: the coordinator,
+    // which holds only reference copies and should not hold shards, is not one of them.
+    let out = ok(ctx, &e, "citus_shard_heatmap", json!({}));
+    let groups = rows(&out, "groups");
+    let meant: Vec<&Value> = groups
+        .iter()
+        .filter(|g| g["should_have_shards"] == true)
+        .collect();
+    let avg = meant
+        .iter()
+        .map(|g| g["bytes"].as_f64().unwrap())
+        .sum::<f64>()
+        / meant.len() as f64;
+    let hottest = &groups[0];
+    let want = hottest["bytes"].as_f64().unwrap() / avg;
+    assert!(
+        (hottest["ratio_to_avg"].as_f64().unwrap() - want).abs() < 0.01,
+        "{want:.2}: {hottest}"
+    );
+    // What the numbers call for: 9703 is empty while workers hold many shard groups.
+    let steps = rows(&out, "next_steps");
+    assert!(
+        steps.iter().any(|s| s["step"] == "rebalance"
+            && port_of(text(s, "why").split(' ').next().unwrap()) == "9703"),
+        "{out}"
+    );
+    // One schema table: one shard on one node, which neither a rebalance nor a tenant
+    // isolation (hash-distributed tables only) can change.
+    let out = ok(
+        ctx,
+        &e,
+        "citus_shard_heatmap",
+        json!({"table": "tenant_acme.tasks"}),
+    );
+    assert_eq!(rows(&out, "next_steps").len(), 0, "{out}");
     // The events table: the hot tenant's shard carries a large share of its table.
     let out = ok(
         ctx,
@@ -661,6 +696,23 @@ fn skew_report_sees_the_sample_skew(ctx: &Ctx) {
     assert_eq!(out["summary"]["skew_level"], "high", "{out}");
     assert!(
         text(&out["summary"], "recommendation").contains("isolate_tenant_to_new_shard"),
+        "{out}"
+    );
+    // One schema table: its single shard sits on one node, and no move can change that.
+    let out = ok(
+        ctx,
+        &e,
+        "citus_shard_skew_report",
+        json!({"table": "tenant_acme.tasks", "include_top_shards": false}),
+    );
+    let recommendation = text(&out["summary"], "recommendation");
+    assert!(
+        recommendation.contains("cannot even it out")
+            && !recommendation.contains("rebalance_workflow"),
+        "{out}"
+    );
+    assert_eq!(
+        out["summary"]["next_tool"], "citus_shard_skew_report",
         "{out}"
     );
 }
