@@ -325,7 +325,7 @@ pub fn mcp_tool(t: &CompiledTool) -> Tool {
     let annotations = ToolAnnotations::new()
         .read_only(spec.safety != Safety::Execute)
         .destructive(spec.safety == Safety::Execute)
-        .idempotent(spec.safety != Safety::Execute)
+        .idempotent(spec.idempotent.unwrap_or(spec.safety != Safety::Execute))
         .open_world(false);
     let mut description = spec.description.trim().to_string();
     if spec.details.is_some() {

@@ -302,6 +302,9 @@ pub struct ToolSpec {
     #[serde(default)]
     pub limits: Limits,
     pub cache_ttl_s: Option<u64>,
+    /// MCP's `idempotentHint`: whether calling again with the same arguments has no
+    /// further effect. By default, true for read_only and plan tools.
+    pub idempotent: Option<bool>,
     #[serde(default)]
     pub target: Target,
     #[serde(default)]

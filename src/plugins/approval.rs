@@ -29,7 +29,8 @@ impl Plugin for RequestToken {
                 )
                 .hint("approval tokens are issued in admin mode")
             })?;
-            // The input schema requires both; validation ran before this call.
+            // The input schema requires the action and defaults the arguments to {};
+            // validation ran before this call.
             let action = call
                 .args
                 .get("action")

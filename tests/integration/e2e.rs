@@ -203,6 +203,9 @@ fn initialize_and_list_tools(ctx: &Ctx) {
     let mut c = client(ctx, &[], &[]);
     let r = c.request("tools/list", json!({}));
     let tools = r["result"]["tools"].as_array().unwrap();
+    for t in tools {
+        assert_eq!(t["annotations"]["idempotentHint"], true, "{}", t["name"]);
+    }
     for name in INSPECTION_TOOLS {
         let t = tools
             .iter()
@@ -892,11 +895,16 @@ fn admin_client(ctx: &Ctx, dir: &std::path::Path, caps: Value) -> (McpClient, Ad
 }
 
 /// Calls citus_request_approval_token and answers the elicitation it sends with
-/// `answer`; returns the tool's result and the elicitation's params.
+/// `answer`; returns the tool's result and the elicitation's params. Null `args` leaves
+/// `arguments` out, as the seed's interface (`action`, `ttl_seconds`) did.
 fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value) {
+    let mut request = json!({"action": "dangerous"});
+    if !args.is_null() {
+        request["arguments"] = args;
+    }
     let id = c.send_request(
         "tools/call",
-        json!({"name": "citus_request_approval_token", "arguments": {"action": "dangerous", "arguments": args}}),
+        json!({"name": "citus_request_approval_token", "arguments": request}),
     );
     let ask = c
         .wait_server_request("elicitation/create", Duration::from_secs(10))
@@ -911,7 +919,16 @@ fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value
 fn approval_accepted(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {}}));
-    assert!(tool_names(&mut c).contains(&"citus_request_approval_token".to_string()));
+    let r = c.request("tools/list", json!({}));
+    let listed = r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "citus_request_approval_token")
+        .unwrap_or_else(|| panic!("{r}"));
+    // Asking again asks the person again and issues another token.
+    assert_eq!(listed["annotations"]["idempotentHint"], false, "{listed}");
+    assert_eq!(listed["annotations"]["readOnlyHint"], true, "{listed}");
 
     let r = c.call("dangerous", json!({}));
     assert_eq!(
@@ -921,9 +938,10 @@ fn approval_accepted(ctx: &Ctx) {
     let text = r["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("citus_request_approval_token"), "{text}");
 
+    // A token for the call without arguments, asked for by the action alone.
     let (r, ask) = request_token(
         &mut c,
-        json!({}),
+        Value::Null,
         json!({"action": "accept", "content": {"approve": true}}),
     );
     assert_eq!(ask["mode"], "form", "{ask}");
