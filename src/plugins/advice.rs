@@ -254,6 +254,20 @@ pub fn replica_identity_gap(r: &Record) -> Option<&'static str> {
     }
 }
 
+/// Whether the table is columnar. Columnar writes reach the WAL as whole-page images,
+/// which logical decoding does not read: a shard moved by logical replication (what Citus
+/// does in modes auto and force_logical whenever the replica identity allows) would miss
+/// the rows written while it moves. A replica identity cannot fix that; block_writes can.
+pub fn is_columnar(r: &Record) -> bool {
+    text(r, "access_method") == "columnar"
+}
+
+/// Why a columnar table cannot move online, as a check or finding says it.
+pub const COLUMNAR_GAP: &str = "columnar writes are not logically decoded, so rows written while a shard moves by logical replication would not reach the new copy";
+
+/// How to move a columnar table's shards safely.
+pub const COLUMNAR_FIX: &str = "move or rebalance it with shard_transfer_mode 'block_writes' (writes wait until each move ends); a primary key or replica identity would let Citus move it by logical replication, not make that safe";
+
 /// Findings worst first (then by rule, keeping each rule's own order).
 pub fn sort(findings: &mut [Finding]) {
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.rule.cmp(b.rule)));

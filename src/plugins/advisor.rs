@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use super::advice::{
-    Facts, Finding, Read, Record, Severity, findings_text, flag, int, num, pretty_bytes,
-    replica_identity_gap, sort, summary, text, val,
+    COLUMNAR_FIX, COLUMNAR_GAP, Facts, Finding, Read, Record, Severity, findings_text, flag, int,
+    is_columnar, num, pretty_bytes, replica_identity_gap, sort, summary, text, val,
 };
 use crate::engine::{Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
@@ -490,10 +490,18 @@ fn tables_without_replica_identity(
     let copies_pending = nodes
         .iter()
         .any(|n| flag(n, "is_active") && int(n, "missing_reference_shards") > 0);
+    // A columnar table cannot move online whatever its replica identity (is_columnar).
     let blocked: Vec<(&Record, &str)> = tables
         .iter()
         .filter(|t| text(t, "table_type") != "local")
-        .filter_map(|t| replica_identity_gap(t).map(|why| (t, why)))
+        .filter_map(|t| {
+            let why = if is_columnar(t) {
+                Some(COLUMNAR_GAP)
+            } else {
+                replica_identity_gap(t)
+            };
+            why.map(|why| (t, why))
+        })
         .collect();
     let mut out: Vec<Finding> = blocked
         .iter()
@@ -510,7 +518,12 @@ fn tables_without_replica_identity(
             } else {
                 format!("shards of {} cannot move online: {why}", text(t, "table_name"))
             };
-            Finding::new(severity, "no_replica_identity", title)
+            let (rule, recommendation) = if is_columnar(t) {
+                ("columnar_moves_block_writes", COLUMNAR_FIX)
+            } else {
+                ("no_replica_identity", "add a primary key, or set REPLICA IDENTITY USING INDEX (a unique index on NOT NULL columns) or FULL; until then moves need shard_transfer_mode 'block_writes' (writes wait during the move)")
+            };
+            Finding::new(severity, rule, title)
                 .evidence(json!({
                     "table": val(t, "table_name"), "table_type": val(t, "table_type"),
                     "replica_identity": val(t, "replica_identity"),
@@ -518,7 +531,7 @@ fn tables_without_replica_identity(
                     "access_method": val(t, "access_method"),
                     "colocation_id": val(t, "colocation_id"), "bytes": val(t, "bytes"),
                 }))
-                .recommend("add a primary key, or set REPLICA IDENTITY USING INDEX (a unique index on NOT NULL columns) or FULL; until then moves need shard_transfer_mode 'block_writes' (writes wait during the move)")
+                .recommend(recommendation)
                 .next("citus_validate_rebalance_prereqs", json!({"table": val(t, "table_name")}))
         })
         .collect();

@@ -6,7 +6,10 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::advice::{Facts, Read, Record, flag, int, replica_identity_gap, text, val};
+use super::advice::{
+    COLUMNAR_FIX, COLUMNAR_GAP, Facts, Read, Record, flag, int, is_columnar, replica_identity_gap,
+    text, val,
+};
 use crate::engine::{ErrorCode, Plugin, PluginCall, PluginFuture, ToolError, ToolOutput};
 
 /// The `rebalance_prereqs` plugin.
@@ -220,12 +223,22 @@ fn check_table_type(t: &Record) -> Check {
 
 /// Every table of the group needs a replica identity for logical replication; reference
 /// tables too when a node lacks their copy, because Citus copies them first, in the same
-/// mode. A partitioned parent holds no rows and qualifies by itself.
+/// mode. A partitioned parent holds no rows and qualifies by itself. A columnar table
+/// cannot move online whatever its replica identity ([`is_columnar`]).
 fn check_replica_identity(members: &[Record], missing_refs: bool) -> Vec<Check> {
     members
         .iter()
         .filter(|m| text(m, "member") == "colocated" || missing_refs)
         .map(|m| {
+            if is_columnar(m) {
+                let mut c = Check::new(
+                    "columnar_writes",
+                    Status::Fail,
+                    json!({"access_method": "columnar", "member": val(m, "member"), "problem": COLUMNAR_GAP}),
+                );
+                c.table = Some(text(m, "table_name").to_string());
+                return c.fix(COLUMNAR_FIX);
+            }
             let gap = replica_identity_gap(m);
             let mut c = Check::new(
                 "replica_identity",
@@ -481,6 +494,28 @@ mod tests {
         let c = check_replica_identity(&members, true);
         assert_eq!(c.len(), 4);
         assert_eq!(c[3].status, Status::Fail);
+    }
+
+    /// A columnar table fails whatever its replica identity, and its fix is block_writes,
+    /// never a replica identity (which would let Citus move it by logical replication).
+    #[test]
+    fn a_columnar_table_cannot_move_online_even_with_a_primary_key() {
+        for has_pk in [false, true] {
+            let members = recs(json!([
+                {"table_name": "public.archive", "member": "colocated", "relkind": "r", "replica_identity": "d",
+                 "has_primary_key": has_pk, "access_method": "columnar",
+                 "fix_full": "ALTER TABLE public.archive REPLICA IDENTITY FULL;"},
+            ]));
+            let c = check_replica_identity(&members, false);
+            assert_eq!(c[0].check, "columnar_writes");
+            assert_eq!(c[0].status, Status::Fail);
+            assert!(c[0].blocking);
+            let fix = c[0].fix.as_deref().unwrap();
+            assert!(
+                fix.contains("block_writes") && !fix.contains("ALTER TABLE"),
+                "{fix}"
+            );
+        }
     }
 
     #[test]

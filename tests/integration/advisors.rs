@@ -155,14 +155,23 @@ fn advisor_finds_the_sample_cluster_problems(ctx: &Ctx) {
     let hot = one(v, "hot_shard", "public.events");
     assert!(hot["evidence"]["shard_bytes"].as_f64().unwrap() > 30.0 * 1024.0 * 1024.0);
 
-    // Schema: the columnar metrics_archive has no primary key; the others have one.
-    let ri = one(v, "no_replica_identity", "public.metrics_archive");
-    assert_eq!(ri["evidence"]["replica_identity"], "d");
+    // Schema: the columnar metrics_archive cannot move online whatever its replica
+    // identity (it has none); the others have a primary key.
+    let ri = one(v, "columnar_moves_block_writes", "public.metrics_archive");
+    assert_eq!(ri["evidence"]["access_method"], "columnar");
     assert_eq!(ri["evidence"]["has_primary_key"], false);
+    assert!(
+        ri["recommendation"]
+            .as_str()
+            .unwrap()
+            .contains("block_writes"),
+        "{ri}"
+    );
     assert_eq!(
         ri["next_tool"]["arguments"],
         json!({"table": "public.metrics_archive"})
     );
+    assert!(find(v, "no_replica_identity", "public.metrics_archive").is_empty());
     assert!(find(v, "no_replica_identity", "public.orders").is_empty());
 
     // Ops: 9703 has no copy of the reference table.
@@ -219,7 +228,9 @@ fn advisor_finds_the_sample_cluster_problems(ctx: &Ctx) {
         .map(|f| f["rule"].as_str().unwrap())
         .collect();
     assert!(
-        rules.iter().all(|r| *r == "no_replica_identity"),
+        rules
+            .iter()
+            .all(|r| ["no_replica_identity", "columnar_moves_block_writes"].contains(r)),
         "{rules:?}"
     );
     let out = call(
@@ -500,7 +511,8 @@ fn prereqs_of_the_sample_tables(ctx: &Ctx) {
         out.text
     );
 
-    // The columnar table without a primary key: the fix is FULL (it has no unique index).
+    // The columnar table: logical replication would not carry its writes, so the fix is
+    // block_writes, never a replica identity (which would let Citus move it logically).
     let out = call(
         ctx,
         &e,
@@ -509,16 +521,14 @@ fn prereqs_of_the_sample_tables(ctx: &Ctx) {
     );
     let c = check(
         &out.structured,
-        "replica_identity",
+        "columnar_writes",
         Some("public.metrics_archive"),
     );
     assert_eq!(c["status"], "fail");
     assert_eq!(c["evidence"]["access_method"], "columnar");
+    let fix = c["fix"].as_str().unwrap();
     assert!(
-        c["fix"]
-            .as_str()
-            .unwrap()
-            .starts_with("ALTER TABLE public.metrics_archive REPLICA IDENTITY FULL;"),
+        fix.contains("block_writes") && !fix.contains("ALTER TABLE"),
         "{c}"
     );
     assert_eq!(out.structured["can_move_online"], false);

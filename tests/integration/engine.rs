@@ -790,6 +790,26 @@ fn sizes_come_from_shards_and_empty_nodes_are_listed(ctx: &Ctx) {
         t["table"]["total_bytes"].as_u64().unwrap() > 10_000_000,
         "{t}"
     );
+    // Whether its shards can move online is judged over the tables that move with them:
+    // customers and orders have primary keys; the columnar archive never moves online.
+    let online = |table: &str| {
+        call(ctx, &e, "citus_table_inspector", json!({"table": table}))
+            .unwrap()
+            .structured["table"]
+            .clone()
+    };
+    let orders = online("orders");
+    assert_eq!(orders["online_move_ready"], true, "{orders}");
+    assert_eq!(orders["online_move_blockers"], json!([]), "{orders}");
+    let archive = online("metrics_archive");
+    assert_eq!(archive["online_move_ready"], false, "{archive}");
+    assert!(
+        archive["online_move_blockers"][0]
+            .as_str()
+            .unwrap()
+            .contains("columnar"),
+        "{archive}"
+    );
 }
 
 const TLS_PROBE: &str = r#"

@@ -213,6 +213,18 @@ fn replica_identity_rule_follows_citus() {
     let f = tables_without_replica_identity(&tables, &nodes, 2);
     assert_eq!(f.len(), 3);
     assert_eq!(f[2].evidence["tables_without_replica_identity"], 4);
+    // A columnar table cannot move online even with a primary key: its writes are not
+    // logically decoded, so the advice is block_writes, never a replica identity.
+    let mut columnar = t("public.archive", "r", "d", true, Value::Null, "distributed");
+    columnar["access_method"] = json!("columnar");
+    let f = tables_without_replica_identity(&recs(json!([columnar])), &nodes, 10);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].rule, "columnar_moves_block_writes");
+    let fix = &f[0].recommendation;
+    assert!(
+        fix.contains("block_writes") && !fix.contains("REPLICA IDENTITY FULL"),
+        "{fix}"
+    );
 }
 
 #[test]
