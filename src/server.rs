@@ -320,13 +320,25 @@ impl Server {
 
 /// A tool as MCP lists it: schemas from YAML, annotations from the safety class. A tool
 /// with `details` says where its manual is, so the short description can stay short.
+///
+/// MCP reads `destructiveHint` and `idempotentHint` only when `readOnlyHint` is false, so a
+/// read-only tool's entry leaves them out (every listing costs the model's context). A
+/// read_only or plan tool with `idempotent: false` acts outside the database (the approval
+/// tool issues a token): neither read-only nor idempotent, never destructive.
 pub fn mcp_tool(t: &CompiledTool) -> Tool {
     let spec = &t.spec;
-    let annotations = ToolAnnotations::new()
-        .read_only(spec.safety != Safety::Execute)
-        .destructive(spec.safety == Safety::Execute)
-        .idempotent(spec.idempotent.unwrap_or(spec.safety != Safety::Execute))
-        .open_world(false);
+    let annotations = match (spec.safety, spec.idempotent) {
+        (Safety::Execute, _) => ToolAnnotations::new()
+            .read_only(false)
+            .destructive(true)
+            .idempotent(spec.idempotent.unwrap_or(false)),
+        (_, Some(false)) => ToolAnnotations::new()
+            .read_only(false)
+            .destructive(false)
+            .idempotent(false),
+        _ => ToolAnnotations::new().read_only(true),
+    }
+    .open_world(false);
     let mut description = spec.description.trim().to_string();
     if spec.details.is_some() {
         description.push_str(&format!(" Manual: {}", manual::uri(&spec.name)));

@@ -302,8 +302,9 @@ pub struct ToolSpec {
     #[serde(default)]
     pub limits: Limits,
     pub cache_ttl_s: Option<u64>,
-    /// MCP's `idempotentHint`: whether calling again with the same arguments has no
-    /// further effect. By default, true for read_only and plan tools.
+    /// MCP's `idempotentHint`. `false` on a read_only or plan tool says that its calls act
+    /// outside the database (the approval tool issues a token): it is then listed as
+    /// neither read-only nor idempotent. Execute tools are not idempotent unless they say so.
     pub idempotent: Option<bool>,
     #[serde(default)]
     pub target: Target,

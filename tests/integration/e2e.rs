@@ -204,7 +204,13 @@ fn initialize_and_list_tools(ctx: &Ctx) {
     let r = c.request("tools/list", json!({}));
     let tools = r["result"]["tools"].as_array().unwrap();
     for t in tools {
-        assert_eq!(t["annotations"]["idempotentHint"], true, "{}", t["name"]);
+        // MCP reads these only when readOnlyHint is false: a read-only tool leaves them out.
+        let a = &t["annotations"];
+        assert_eq!(a["readOnlyHint"], true, "{}", t["name"]);
+        assert!(
+            a.get("idempotentHint").is_none() && a.get("destructiveHint").is_none(),
+            "{t}"
+        );
     }
     for name in INSPECTION_TOOLS {
         let t = tools
@@ -217,7 +223,6 @@ fn initialize_and_list_tools(ctx: &Ctx) {
             "{name} needs a real description"
         );
         assert_eq!(t["annotations"]["readOnlyHint"], true, "{name}");
-        assert_eq!(t["annotations"]["destructiveHint"], false, "{name}");
     }
     assert!(
         c.garbage.is_empty(),
@@ -926,9 +931,10 @@ fn approval_accepted(ctx: &Ctx) {
         .iter()
         .find(|t| t["name"] == "citus_request_approval_token")
         .unwrap_or_else(|| panic!("{r}"));
-    // Asking again asks the person again and issues another token.
+    // It issues a token each time: not read-only, not idempotent, not destructive.
     assert_eq!(listed["annotations"]["idempotentHint"], false, "{listed}");
-    assert_eq!(listed["annotations"]["readOnlyHint"], true, "{listed}");
+    assert_eq!(listed["annotations"]["readOnlyHint"], false, "{listed}");
+    assert_eq!(listed["annotations"]["destructiveHint"], false, "{listed}");
 
     let r = c.call("dangerous", json!({}));
     assert_eq!(
