@@ -177,6 +177,18 @@ fn client(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> McpClient {
     McpClient::start(args, &all)
 }
 
+/// A tool's entry in `tools/list`.
+fn listed_tool(c: &mut McpClient, name: &str) -> Value {
+    let r = c.request("tools/list", json!({}));
+    r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not listed: {r}"))
+        .clone()
+}
+
 fn tool_names(c: &mut McpClient) -> Vec<String> {
     let r = c.request("tools/list", json!({}));
     r["result"]["tools"]
@@ -822,14 +834,7 @@ fn execute_tools_hidden(ctx: &Ctx) {
         "admin mode alone does not offer execute tools"
     );
     let mut admin = client(ctx, &state.args(d, true), &state.env());
-    let r = admin.request("tools/list", json!({}));
-    let t = r["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "dangerous")
-        .expect("listed in admin mode")
-        .clone();
+    let t = listed_tool(&mut admin, "dangerous");
     assert_eq!(t["annotations"]["destructiveHint"], true);
     assert_eq!(t["annotations"]["readOnlyHint"], false);
 }
@@ -924,13 +929,7 @@ fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value
 fn approval_accepted(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {}}));
-    let r = c.request("tools/list", json!({}));
-    let listed = r["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "citus_request_approval_token")
-        .unwrap_or_else(|| panic!("{r}"));
+    let listed = listed_tool(&mut c, "citus_request_approval_token");
     // It issues a token each time: not read-only, not idempotent, not destructive.
     assert_eq!(listed["annotations"]["idempotentHint"], false, "{listed}");
     assert_eq!(listed["annotations"]["readOnlyHint"], false, "{listed}");
