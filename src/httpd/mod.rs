@@ -591,9 +591,9 @@ impl App {
         }
     }
 
-    /// A caller that opens a session beyond `http.max_sessions_per_caller` loses its oldest
-    /// (sessions.rs). The caller is the token's holder; without tokens, everyone is one
-    /// caller.
+    /// A caller that opens a session beyond `http.max_sessions_per_caller` loses its oldest,
+    /// and a request naming a session another caller opened finds none (sessions.rs). The
+    /// caller is the token's holder; without tokens, everyone is one caller.
     async fn limit_sessions(&self, req: http::Request<Full<Bytes>>, service: Mcp) -> Response {
         let opens = req.method() == Method::POST && !req.headers().contains_key("mcp-session-id");
         let path = req.uri().path().to_string();
@@ -602,6 +602,16 @@ impl App {
             .get::<CallerName>()
             .map(|c| c.0.clone())
             .unwrap_or_default();
+        // Another caller's session is answered as an unknown one (rmcp's own 404).
+        if let Some(id) = req.headers().get("mcp-session-id")
+            && !self
+                .shared
+                .sessions
+                .owns(&path, &caller, id.to_str().unwrap_or_default())
+        {
+            tracing::debug!(caller = %caller, "refused: a session this caller did not open");
+            return text(StatusCode::NOT_FOUND, "Not Found: Session not found");
+        }
         let response = match hyper_util::service::TowerToHyperService::new(service)
             .call(req)
             .await

@@ -10,6 +10,10 @@
 //!
 //! Closing also takes the session out of rmcp's table, which keeps a session that timed out
 //! until it is closed.
+//!
+//! A session belongs to the caller that opened it: a request that names another caller's
+//! session (its id leaked through a proxy's log, say) is answered as if the session did not
+//! exist, so no token reads, feeds or deletes a session it did not open.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -49,6 +53,14 @@ impl Sessions {
         let m = Arc::new(LocalSessionManager::default());
         self.managers.push((path.to_string(), m.clone()));
         m
+    }
+
+    /// Whether `caller` opened session `id` at `path` and may use it. Every live session is
+    /// in its opener's list: only sessions already deleted or closed leave it.
+    pub fn owns(&self, path: &str, caller: &str, id: &str) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&(path.to_string(), caller.to_string()))
+            .is_some_and(|mine| mine.ids.iter().any(|s| s.as_ref() == id))
     }
 
     /// Records that `caller` opened session `id` at `path`, and closes that caller's oldest

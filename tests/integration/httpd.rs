@@ -706,10 +706,22 @@ fn tokens(ctx: &Ctx) {
             "{}",
             r.text
         );
-        // Alice may; nobody without execute may call the execute tool.
+        // Alice may, in a session of her own (bob's is not hers to use); nobody without
+        // execute may call the execute tool.
         let r = s
             .call(
                 &session,
+                &[("authorization", &alice)],
+                4,
+                "list_nodes",
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{}", r.text);
+        let hers = s.initialize(&[("authorization", &alice)]).await;
+        let r = s
+            .call(
+                &hers,
                 &[("authorization", &alice)],
                 4,
                 "list_nodes",
@@ -1238,7 +1250,8 @@ fn alice_and_bob(dir: &std::path::Path, setting: &str) -> std::path::PathBuf {
 
 /// `http.max_sessions_per_caller`: a caller that opens one session more loses its own oldest
 /// (404 from then on, as after a DELETE); another caller's sessions, and a caller's sessions
-/// within the limit, stay. A deleted session does not count.
+/// within the limit, stay. A deleted session does not count. Another caller's session id
+/// finds no session.
 fn session_limit(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
     let config = alice_and_bob(dir.path(), "max_sessions_per_caller: 3");
@@ -1290,7 +1303,32 @@ fn session_limit(ctx: &Ctx) {
             assert_eq!(ping(alice, id.clone()).await, 200);
         }
         assert_eq!(ping(alice, alices[5].clone()).await, 404);
-        assert_eq!(ping(bob, bobs).await, 200, "bob's session");
+        assert_eq!(ping(bob, bobs.clone()).await, 200, "bob's session");
+
+        // A session belongs to its opener: bob, holding alice's session id, can neither
+        // call in it, nor listen to it, nor delete it; it finds no such session.
+        assert_eq!(ping(bob, newest.clone()).await, 404);
+        let theirs = [
+            bob[0],
+            ("mcp-session-id", newest.as_str()),
+            ("mcp-protocol-version", "2025-06-18"),
+        ];
+        let listen = [
+            theirs[0],
+            theirs[1],
+            theirs[2],
+            ("accept", "text/event-stream"),
+        ];
+        let get = s.send("GET", s.mcp_path(), &listen, vec![]).await;
+        assert_eq!(get.status, 404, "{}", get.text);
+        let delete = s.send("DELETE", s.mcp_path(), &theirs, vec![]).await;
+        assert_eq!(delete.status, 404, "{}", delete.text);
+        assert_eq!(
+            ping(alice, newest.clone()).await,
+            200,
+            "alice's session stays"
+        );
+        assert_eq!(ping(alice, bobs).await, 404, "nor alice bob's");
     });
     let log = s.log();
     assert_eq!(
