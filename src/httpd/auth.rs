@@ -122,6 +122,13 @@ impl Tokens {
             if t.name.is_empty() {
                 return Err(HttpError::Tokens("a token has an empty name".into()));
             }
+            if t.name.starts_with(super::oauth::OAUTH_CALLER) {
+                return Err(HttpError::Tokens(format!(
+                    "token `{}`: a name starting with `{}` is an OAuth caller's",
+                    t.name,
+                    super::oauth::OAUTH_CALLER
+                )));
+            }
             if t.classes.is_empty() && t.tools.is_empty() {
                 return Err(HttpError::Tokens(format!(
                     "token `{}` may call nothing: give it classes or tools",
@@ -420,6 +427,9 @@ mod tests {
         assert!(e.to_string().contains("64 lowercase hex"), "{e}");
         let e = Tokens::load(&[config("n", "x", vec![])], None).unwrap_err();
         assert!(e.to_string().contains("may call nothing"), "{e}");
+        // OAuth callers are named `oauth:...`: a token may not take such a name.
+        let e = Tokens::load(&[config("oauth:ro", "x", vec![Safety::ReadOnly])], None).unwrap_err();
+        assert!(e.to_string().contains("OAuth caller"), "{e}");
     }
 
     #[test]

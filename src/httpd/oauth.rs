@@ -333,11 +333,17 @@ impl OAuth {
             }
         }
         Ok(Holder {
-            name: name.to_string(),
+            name: format!("{OAUTH_CALLER}{name}"),
             grant,
         })
     }
 }
+
+/// What an OAuth caller's name starts with: an identity provider names its users, the
+/// configuration names the bearer tokens, and the two must never meet (a user whose `sub`
+/// is a token's name would otherwise share that token's sessions, call limit and audit
+/// name). A token's name may not start with it.
+pub const OAUTH_CALLER: &str = "oauth:";
 
 /// The scopes of a token: `scope` (RFC 9068, space-separated) or `scp` (a list, or a
 /// string, as some issuers send).
@@ -491,7 +497,10 @@ mod tests {
         )
         .unwrap();
         let h = o.holder(&claims).unwrap();
-        assert_eq!(h.name, "alice");
+        assert_eq!(
+            h.name, "oauth:alice",
+            "an OAuth caller is never a token's holder"
+        );
         assert_eq!(h.grant.classes, vec![Safety::ReadOnly, Safety::Plan]);
         assert_eq!(o.scopes_allowing("x", Safety::Execute), vec!["execute"]);
         let none: Map<String, Value> =

@@ -352,7 +352,7 @@ fn valid_tokens(ctx: &Ctx) {
         assert_eq!(r.response()["id"], 2);
         assert!(
             r.text
-                .contains("`alice@example.com` may not call `list_nodes`"),
+                .contains("`oauth:alice@example.com` may not call `list_nodes`"),
             "{}",
             r.text
         );
@@ -404,7 +404,7 @@ fn valid_tokens(ctx: &Ctx) {
         assert_eq!(r.response()["result"]["isError"], false, "{}", r.text);
         let log = std::fs::read_to_string(&audit).unwrap();
         let issued: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
-        assert_eq!(issued["caller"], "carol", "{log}");
+        assert_eq!(issued["caller"], "oauth:carol", "{log}");
 
         // A token none of whose scopes is configured may do nothing, and is told which
         // scopes exist.
@@ -437,8 +437,8 @@ fn valid_tokens(ctx: &Ctx) {
             .await;
         assert_eq!(r.status, 403, "{}", r.text);
     });
-    let log = s.log_with("caller=alice@example.com");
-    assert!(log.contains("caller=alice@example.com"), "{log}");
+    let log = s.log_with("caller=oauth:alice@example.com");
+    assert!(log.contains("caller=oauth:alice@example.com"), "{log}");
     for secret in [pinger.as_str(), &reader, &planner, &nothing, CI] {
         assert!(!log.contains(secret), "a token reached the log:\n{log}");
     }
