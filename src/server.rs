@@ -58,6 +58,11 @@ pub struct CallerName(pub String);
 #[derive(Debug, Clone)]
 pub struct CallerGrant(pub Arc<crate::httpd::auth::Grant>);
 
+/// Whether the caller may call `t` (over HTTP, what its token grants; no grant: anything).
+fn granted(grant: Option<&crate::httpd::auth::Grant>, t: &CompiledTool) -> bool {
+    grant.is_none_or(|g| g.allows(&t.spec.name, t.spec.safety))
+}
+
 /// The caller's grant, when the HTTP transport authenticated one for this request.
 fn caller_grant(ctx: &RequestContext<RoleServer>) -> Option<Arc<crate::httpd::auth::Grant>> {
     ctx.extensions
@@ -406,11 +411,7 @@ impl Server {
         self.engine
             .visible_tools()
             .into_iter()
-            .filter(|t| {
-                grant
-                    .as_ref()
-                    .is_none_or(|g| g.allows(&t.spec.name, t.spec.safety))
-            })
+            .filter(|t| granted(grant.as_deref(), t))
             .flat_map(|t| {
                 let specs: Vec<_> = t
                     .spec
@@ -463,13 +464,20 @@ impl Server {
     }
 
     /// A served tool's manual as a markdown resource; tools this server does not serve
-    /// (another mode, a toolset not selected) have none, as they have no tools/list entry.
-    fn read_manual(&self, name: &str, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
+    /// (another mode, a toolset not selected) or the caller's token does not grant have
+    /// none, as they have no tools/list entry.
+    fn read_manual(
+        &self,
+        name: &str,
+        uri: &str,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
         let registry = self.engine.registry();
+        let grant = caller_grant(ctx);
         let tool = registry
             .tools
             .get(name)
-            .filter(|t| self.engine.visible(t))
+            .filter(|t| self.engine.visible(t) && granted(grant.as_deref(), t))
             .ok_or_else(|| {
                 ErrorData::resource_not_found(
                     echo::cap(&format!(
@@ -531,11 +539,7 @@ impl ServerHandler for Server {
             self.engine
                 .visible_tools()
                 .iter()
-                .filter(|t| {
-                    grant
-                        .as_ref()
-                        .is_none_or(|g| g.allows(&t.spec.name, t.spec.safety))
-                })
+                .filter(|t| granted(grant.as_deref(), t))
                 .map(|t| mcp_tool(t))
                 .collect(),
         ))
@@ -735,7 +739,7 @@ impl ServerHandler for Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         if let Some(name) = manual::tool_of(&req.uri) {
-            return self.read_manual(name, &req.uri);
+            return self.read_manual(name, &req.uri, &ctx);
         }
         let _place = self.enter(&ctx).map_err(|e| {
             ErrorData::internal_error(e.text(), Some(serde_json::json!({"error": e})))
@@ -774,10 +778,12 @@ impl ServerHandler for Server {
         if let Reference::Resource(r) = &req.r#ref
             && r.uri == manual::URI_TEMPLATE
         {
+            let grant = caller_grant(&ctx);
             let values: Vec<String> = self
                 .engine
                 .visible_tools()
                 .iter()
+                .filter(|t| granted(grant.as_deref(), t))
                 .map(|t| t.spec.name.clone())
                 .filter(|n| n.starts_with(&req.argument.value))
                 .collect();

@@ -739,6 +739,38 @@ fn tokens(ctx: &Ctx) {
             .await;
         assert_eq!(r.status, 403, "{}", r.text);
 
+        // A tool's manual is read, and its name completed, only where the token may call it.
+        let in_session = |token: &str, session: &str, body: Value| {
+            let ep = s.ep.clone();
+            let (token, session) = (token.to_string(), session.to_string());
+            async move {
+                let h = [
+                    ("authorization", token.as_str()),
+                    ("mcp-session-id", session.as_str()),
+                    ("mcp-protocol-version", "2025-06-18"),
+                ];
+                ep.post(&h, &body).await
+            }
+        };
+        let manual = |uri: &str| json!({"jsonrpc": "2.0", "id": 8, "method": "resources/read", "params": {"uri": uri}});
+        let r = in_session(&bob, &session, manual("citus://tools/list_nodes")).await;
+        assert!(r.response()["error"].is_object(), "{}", r.text);
+        let r = in_session(&bob, &session, manual("citus://tools/ping")).await;
+        assert!(r.response()["result"]["contents"].is_array(), "{}", r.text);
+        let r = in_session(
+            &alice,
+            &hers,
+            json!({"jsonrpc": "2.0", "id": 9, "method": "completion/complete", "params": {
+                "ref": {"type": "ref/resource", "uri": "citus://tools/{name}"},
+                "argument": {"name": "name", "value": ""}}}),
+        )
+        .await;
+        let names = r.response()["result"]["completion"]["values"].to_string();
+        assert!(
+            names.contains("\"list_nodes\"") && !names.contains("\"dangerous\""),
+            "{names}"
+        );
+
         // Bob's name reaches the approval audit log through Caller::identity.
         let r = s
             .call(
