@@ -341,11 +341,22 @@ fn init_logging(level: &str, format: LogFormat) {
     // `RUST_LOG` takes `target=level` directives and a bare default level, e.g.
     // `citus_mcp=debug,tokio_postgres=info,warn`; one it cannot read is ignored.
     // The configuration's level is one of the five (its schema says so).
-    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+    let mut filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|directives| directives.parse().ok())
         .or_else(|| format!("citus_mcp={level},rmcp=warn,warn").parse().ok())
         .unwrap_or_default();
+    // rmcp's debug and trace lines carry whole messages (approval tokens, results), and
+    // tokio-postgres's the values bound to statements: whatever RUST_LOG says, neither
+    // logs below info.
+    for target in ["rmcp", "tokio_postgres"] {
+        use tracing::Level;
+        let level = [Level::INFO, Level::WARN, Level::ERROR]
+            .into_iter()
+            .find(|l| filter.would_enable(target, l))
+            .map_or(tracing_subscriber::filter::LevelFilter::OFF, Into::into);
+        filter = filter.with_target(target, level);
+    }
     // stdout belongs to the MCP protocol: logs go to stderr only.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -895,11 +895,22 @@ impl Admin {
 
 /// An admin server with the `dangerous` execute tool, whose client declares `caps`.
 fn admin_client(ctx: &Ctx, dir: &std::path::Path, caps: Value) -> (McpClient, Admin) {
+    admin_client_with(ctx, dir, caps, &[])
+}
+
+/// [`admin_client`] with more environment.
+fn admin_client_with(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    caps: Value,
+    more: &[(&str, &str)],
+) -> (McpClient, Admin) {
     std::fs::write(dir.join("dangerous.yaml"), EXEC_TOOL).unwrap();
     let state = Admin::new(dir);
     let dsn = ctx.dsn();
     let mut env: Vec<(&str, &str)> = state.env();
     env.push(("CITUS_MCP_COORDINATOR_DSN", &dsn));
+    env.extend_from_slice(more);
     let c = McpClient::start_with(&state.args(dir.to_str().unwrap(), true), &env, caps);
     (c, state)
 }
@@ -928,7 +939,13 @@ fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value
 
 fn approval_accepted(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut c, state) = admin_client(ctx, dir.path(), json!({"elicitation": {}}));
+    // Everything logged, every crate: still no token or secret in the log.
+    let (mut c, state) = admin_client_with(
+        ctx,
+        dir.path(),
+        json!({"elicitation": {}}),
+        &[("RUST_LOG", "trace")],
+    );
     let listed = listed_tool(&mut c, "citus_request_approval_token");
     // It issues a token each time: not read-only, not idempotent, not destructive.
     assert_eq!(listed["annotations"]["idempotentHint"], false, "{listed}");
