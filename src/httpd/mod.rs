@@ -183,6 +183,9 @@ struct Shared {
     read_timeout: Duration,
     /// Each caller's sessions at each endpoint (`http.max_sessions_per_caller`).
     sessions: sessions::Sessions,
+    /// The `Host` and `Origin` checks of the MCP endpoints (rmcp's), for `/metrics` and
+    /// `/readyz`.
+    site: Site,
 }
 
 /// Everything checked before binding: a configuration that cannot be served safely
@@ -236,7 +239,9 @@ impl Prepared {
         })
     }
 
-    fn rmcp_config(&self, cancel: CancellationToken) -> StreamableHttpServerConfig {
+    /// The `Host` values accepted: `http.allowed_hosts`, or loopback names and the listen
+    /// address.
+    fn allowed_hosts(&self) -> Vec<String> {
         let mut hosts = self.config.allowed_hosts.clone();
         if hosts.is_empty() {
             hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
@@ -245,14 +250,21 @@ impl Prepared {
                 hosts.push(self.addr.ip().to_string());
             }
         }
-        let origins = self
-            .config
+        hosts
+    }
+
+    /// The browser origins accepted: `http.allowed_origins`, or loopback ones.
+    fn allowed_origins(&self) -> Vec<String> {
+        self.config
             .allowed_origins
             .clone()
-            .unwrap_or_else(|| LOOPBACK_ORIGINS.map(String::from).to_vec());
+            .unwrap_or_else(|| LOOPBACK_ORIGINS.map(String::from).to_vec())
+    }
+
+    fn rmcp_config(&self, cancel: CancellationToken) -> StreamableHttpServerConfig {
         StreamableHttpServerConfig::default()
-            .with_allowed_hosts(hosts)
-            .with_allowed_origins(origins)
+            .with_allowed_hosts(self.allowed_hosts())
+            .with_allowed_origins(self.allowed_origins())
             // An empty list means "no browser origin", not "no check".
             .enforce_origin_validation()
             .with_max_request_body_bytes(self.config.max_body_bytes)
@@ -311,6 +323,7 @@ pub async fn serve(
              headers are accepted; list the names clients use in http.allowed_hosts"
         );
     }
+    let site = Site::new(&prepared.allowed_hosts(), &prepared.allowed_origins());
     let responses = Arc::new(Running::default());
     let tokens = Arc::new(prepared.tokens);
     let oauth = prepared.oauth.map(Arc::new);
@@ -328,6 +341,7 @@ pub async fn serve(
         max_headers: prepared.config.max_header_bytes,
         read_timeout,
         sessions: open_sessions,
+        site,
     });
     // A tokens file that cannot be watched still serves the tokens it holds now.
     let _tokens_watch = match tokens.watch() {
@@ -489,6 +503,12 @@ impl App {
                 let service = service.clone();
                 self.protected(req, Protected::Mcp(service)).await
             }
+            // What a page says about the server is not for a browser that reached it
+            // through a rebinding DNS name: the MCP endpoints' Host and Origin checks.
+            ("/metrics" | "/readyz", _) if get && !s.site.allows(req.headers()) => text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: Host or Origin header is not allowed\n",
+            ),
             ("/metrics", _) if get => self.protected(req, Protected::Metrics).await,
             ("/healthz", _) if get => text(StatusCode::OK, "ok\n"),
             ("/readyz", _) if get => readyz(s).await,
@@ -628,6 +648,93 @@ impl App {
             self.shared.sessions.opened(&path, &caller, id).await;
         }
         response
+    }
+}
+
+/// The `Host` and `Origin` values a request may carry, matched as rmcp matches them for the
+/// MCP endpoints: a host without a port allows any port, an origin's port may be `*`, and a
+/// request without `Origin` (not a browser's) passes that check.
+struct Site {
+    hosts: Vec<(String, Option<u16>)>,
+    origins: Vec<Origin>,
+}
+
+/// An origin's scheme, host and port (`None`: any port, as `:*` says).
+#[derive(PartialEq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// `scheme://host[:port]`, `:*` for any port; `null` and anything else is no origin.
+    fn parse(text: &str) -> Option<Origin> {
+        let (scheme, rest) = text.trim().split_once("://")?;
+        let (authority, any_port) = match rest.strip_suffix(":*") {
+            Some(a) => (a, true),
+            None => (rest.trim_end_matches('/'), false),
+        };
+        let authority = http::uri::Authority::try_from(authority).ok()?;
+        Some(Origin {
+            scheme: scheme.to_ascii_lowercase(),
+            host: bare_host(authority.host()),
+            port: if any_port {
+                None
+            } else {
+                Some(authority.port_u16().unwrap_or(match scheme {
+                    "https" => 443,
+                    _ => 80,
+                }))
+            },
+        })
+    }
+
+    fn allows(&self, o: &Origin) -> bool {
+        self.scheme == o.scheme
+            && self.host == o.host
+            && self.port.is_none_or(|p| o.port == Some(p))
+    }
+}
+
+fn bare_host(host: &str) -> String {
+    host.trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
+impl Site {
+    fn new(hosts: &[String], origins: &[String]) -> Site {
+        Site {
+            hosts: hosts
+                .iter()
+                .map(|h| match http::uri::Authority::try_from(h.trim()) {
+                    Ok(a) => (bare_host(a.host()), a.port_u16()),
+                    Err(_) => (bare_host(h), None),
+                })
+                .collect(),
+            origins: origins.iter().filter_map(|o| Origin::parse(o)).collect(),
+        }
+    }
+
+    fn allows(&self, headers: &http::HeaderMap) -> bool {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| http::uri::Authority::try_from(h).ok());
+        let Some(host) = host else { return false };
+        let (name, port) = (bare_host(host.host()), host.port_u16());
+        let host_ok = self
+            .hosts
+            .iter()
+            .any(|(h, p)| *h == name && p.is_none_or(|p| port == Some(p)));
+        let origin_ok = match headers.get(header::ORIGIN) {
+            None => true,
+            Some(o) => o
+                .to_str()
+                .ok()
+                .and_then(Origin::parse)
+                .is_some_and(|o| self.origins.iter().any(|a| a.allows(&o))),
+        };
+        host_ok && origin_ok
     }
 }
 
@@ -982,6 +1089,60 @@ fn metrics_page(s: &Shared) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn site_matches_hosts_and_origins_as_the_mcp_endpoints_do() {
+        let site = Site::new(
+            &[
+                "localhost".into(),
+                "::1".into(),
+                "mcp.example.com:8443".into(),
+            ],
+            &LOOPBACK_ORIGINS.map(String::from),
+        );
+        let allows = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            site.allows(&h)
+        };
+        assert!(
+            allows(&[("host", "localhost:8080")]),
+            "any port of a bare name"
+        );
+        assert!(allows(&[("host", "LOCALHOST")]));
+        assert!(allows(&[("host", "[::1]:9")]));
+        assert!(allows(&[("host", "mcp.example.com:8443")]));
+        assert!(
+            !allows(&[("host", "mcp.example.com:8444")]),
+            "the named port only"
+        );
+        assert!(!allows(&[("host", "localhost.evil.example")]));
+        assert!(!allows(&[]), "no Host");
+        assert!(allows(&[
+            ("host", "localhost"),
+            ("origin", "http://localhost:6274")
+        ]));
+        assert!(allows(&[
+            ("host", "localhost"),
+            ("origin", "https://[::1]:1")
+        ]));
+        for origin in [
+            "http://evil.example",
+            "null",
+            "http://localhost.evil.example:80",
+            "file://",
+        ] {
+            assert!(
+                !allows(&[("host", "localhost"), ("origin", origin)]),
+                "{origin}"
+            );
+        }
+    }
 
     #[test]
     fn listen_addresses_parse_and_non_loopback_needs_tokens() {

@@ -905,6 +905,21 @@ fn refusals(ctx: &Ctx) {
         let host = format!("rebound.example:{}", s.port);
         let r = s.call_2026(&[("host", &host)], 1, "ping", json!({})).await;
         assert_eq!(r.status, 403, "a foreign Host: {}", r.text);
+        // The pages that tell about the server check the same (this one has no tokens).
+        for page in ["/metrics", "/readyz"] {
+            let r = s.send("GET", page, &[("host", &host)], vec![]).await;
+            assert_eq!(r.status, 403, "{page}, a foreign Host: {}", r.text);
+            let r = s
+                .send("GET", page, &[("origin", "http://evil.example")], vec![])
+                .await;
+            assert_eq!(r.status, 403, "{page}, a foreign Origin: {}", r.text);
+            let r = s
+                .send("GET", page, &[("origin", "http://localhost:6274")], vec![])
+                .await;
+            assert_ne!(r.status, 403, "{page}, a loopback Origin: {}", r.text);
+        }
+        let r = s.send("GET", "/metrics", &[], vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
         let r = s
             .call_2026(&[], 1, "ping", json!({"message": "x".repeat(5000)}))
             .await;
