@@ -496,7 +496,8 @@ impl App {
         let metadata = path == METADATA_PATH
             || path
                 .strip_prefix(METADATA_PATH)
-                .is_some_and(|rest| self.endpoints.iter().any(|(p, _)| p == rest));
+                .is_some_and(|rest| self.endpoints.iter().any(|(p, _)| p == rest))
+            || s.oauth.as_ref().is_some_and(|o| path == o.metadata_path);
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         match (path, mcp) {
             (_, Some((_, service))) => {

@@ -161,8 +161,11 @@ pub struct OAuth {
     identity_claim: String,
     leeway: u64,
     scopes: BTreeMap<String, Grant>,
-    /// Where clients find the metadata document (RFC 9728 §3.1).
+    /// Where clients find the metadata document (RFC 9728 §3.1), which every 401 names.
     pub metadata_url: String,
+    /// That URL's path: served whatever the endpoints are (with `clusters`, the resource's
+    /// own path, e.g. `/mcp`, is a prefix of every `/mcp/{cluster}` rather than one of them).
+    pub metadata_path: String,
     pub jwks: Jwks,
 }
 
@@ -257,6 +260,10 @@ impl OAuth {
             identity_claim: c.identity_claim.clone(),
             leeway: c.leeway_seconds,
             scopes,
+            metadata_path: metadata_url
+                .parse::<http::Uri>()
+                .map(|u| u.path().to_string())
+                .unwrap_or_default(),
             metadata_url,
             jwks,
         })

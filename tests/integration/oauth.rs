@@ -530,11 +530,22 @@ fn with_clusters(ctx: &Ctx) {
             let id = 10 * i as u64;
             let r = ep.call_2026(&[], id, "ping", json!({})).await;
             assert_eq!(r.status, 401, "{path}: {}", r.text);
+            // The document the challenge names is served, and its resource is a prefix of
+            // this endpoint's URL (what clients check before asking for a token).
+            let challenge = r.header("www-authenticate").unwrap().to_string();
+            let named = challenge
+                .split("resource_metadata=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("{path}: {challenge}"));
+            let named_path = named.strip_prefix("https://mcp.test").unwrap();
+            let r = s.send("GET", named_path, &[], vec![]).await;
+            assert_eq!(r.status, 200, "{named}: {}", r.text);
+            let doc: Value = serde_json::from_str(&r.text).unwrap();
+            let resource = doc["resource"].as_str().unwrap();
             assert!(
-                r.header("www-authenticate")
-                    .unwrap()
-                    .contains("resource_metadata="),
-                "{path}"
+                format!("https://mcp.test{path}").starts_with(resource),
+                "{resource} for {path}"
             );
             let doc = format!("/.well-known/oauth-protected-resource{path}");
             let r = s.send("GET", &doc, &[], vec![]).await;
