@@ -90,6 +90,10 @@ enum TokenCommand {
         /// Comma-separated safety classes it may call: read_only, plan, execute.
         #[arg(long, default_value = "read_only,plan")]
         classes: String,
+        /// Comma-separated clusters (names under `clusters`) where it holds; every one when
+        /// left out.
+        #[arg(long)]
+        clusters: Option<String>,
     },
     /// Prints the SHA-256 of a token read from stdin, for http.tokens.
     Hash,
@@ -556,7 +560,11 @@ fn approve(
 fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     use citus_mcp::httpd::auth;
     match command {
-        TokenCommand::New { name, classes } => {
+        TokenCommand::New {
+            name,
+            classes,
+            clusters,
+        } => {
             let classes: Vec<&str> = classes.split(',').map(str::trim).collect();
             if let Some(bad) = classes
                 .iter()
@@ -564,11 +572,22 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("--classes: `{bad}` is not read_only, plan or execute");
             }
+            let clusters: Vec<&str> = clusters
+                .iter()
+                .flat_map(|c| c.split(','))
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
             let token = auth::new_token()?;
             print_out(&token);
+            let only = if clusters.is_empty() {
+                String::new()
+            } else {
+                format!("\n    clusters: [{}]", clusters.join(", "))
+            };
             eprintln!(
                 "citus-mcp: add this to http.tokens (or to the list in http.tokens_file):\n  \
-                 - name: {name}\n    sha256: {}\n    classes: [{}]",
+                 - name: {name}\n    sha256: {}\n    classes: [{}]{only}",
                 auth::hash_hex(&token),
                 classes.join(", ")
             );

@@ -33,16 +33,27 @@ pub struct TokenConfig {
     /// Tools it may call besides those of its classes.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// The clusters (names under `clusters`) where it grants that; empty: every endpoint.
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
-/// What a token may call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a token may call, and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grant {
     pub classes: Vec<Safety>,
     pub tools: Vec<String>,
+    /// The clusters it holds at; empty: every endpoint (and `/metrics`, which shows all).
+    pub clusters: Vec<String>,
 }
 
 impl Grant {
+    /// Whether it holds at the endpoint of `cluster` (`None`: a server of one unnamed
+    /// cluster, or `/metrics`, where only a grant without clusters holds).
+    pub fn holds_at(&self, cluster: Option<&str>) -> bool {
+        self.clusters.is_empty() || cluster.is_some_and(|c| self.clusters.iter().any(|n| n == c))
+    }
+
     /// Whether a tool of this name and class may be called.
     pub fn allows(&self, tool: &str, safety: Safety) -> bool {
         self.classes.contains(&safety) || self.tools.iter().any(|t| t == tool)
@@ -68,11 +79,24 @@ impl Grant {
     }
 }
 
-/// A token that matched: its name and grant.
+/// A token that matched: its name and grants (a bearer token's one, or an OAuth token's
+/// scopes'), each for the clusters it names.
 #[derive(Debug, Clone)]
 pub struct Holder {
     pub name: String,
-    pub grant: Grant,
+    pub grants: Vec<Grant>,
+}
+
+impl Holder {
+    /// What it may call at the endpoint of `cluster`: the union of its grants that hold
+    /// there (see [`Grant::holds_at`]).
+    pub fn grant_at(&self, cluster: Option<&str>) -> Grant {
+        let mut out = Grant::default();
+        for g in self.grants.iter().filter(|g| g.holds_at(cluster)) {
+            out.extend(g);
+        }
+        out
+    }
 }
 
 struct Token {
@@ -151,10 +175,11 @@ impl Tokens {
                 digest,
                 holder: Holder {
                     name: t.name,
-                    grant: Grant {
+                    grants: vec![Grant {
                         classes: t.classes,
                         tools: t.tools,
-                    },
+                        clusters: t.clusters,
+                    }],
                 },
             });
         }
@@ -171,7 +196,7 @@ impl Tokens {
             && self.0.iter().zip(&other.0).all(|(a, b)| {
                 a.digest == b.digest
                     && a.holder.name == b.holder.name
-                    && a.holder.grant == b.holder.grant
+                    && a.holder.grants == b.holder.grants
             })
     }
 
@@ -386,6 +411,7 @@ mod tests {
             sha256: hash_hex(token),
             classes,
             tools: vec![],
+            clusters: vec![],
         }
     }
 
@@ -410,6 +436,7 @@ mod tests {
         let g = Grant {
             classes: vec![Safety::ReadOnly],
             tools: vec!["citus_rebalance_plan".into()],
+            ..Grant::default()
         };
         assert!(g.allows("list_nodes", Safety::ReadOnly));
         assert!(g.allows("citus_rebalance_plan", Safety::Plan));
@@ -487,14 +514,49 @@ mod tests {
         let mut g = Grant {
             classes: vec![Safety::ReadOnly],
             tools: vec!["a".into()],
+            ..Grant::default()
         };
         g.extend(&Grant {
             classes: vec![Safety::ReadOnly, Safety::Plan],
             tools: vec!["a".into(), "b".into()],
+            ..Grant::default()
         });
         assert_eq!(g.classes, vec![Safety::ReadOnly, Safety::Plan]);
         assert_eq!(g.tools, vec!["a", "b"]);
         assert!(!g.is_empty());
+    }
+
+    /// A grant for some clusters holds only at their endpoints; `/metrics`, which shows
+    /// every cluster, and a server of one unnamed cluster take only grants for all.
+    #[test]
+    fn a_holders_grant_is_the_union_of_those_holding_at_the_endpoint() {
+        let h = Holder {
+            name: "ci".into(),
+            grants: vec![
+                Grant {
+                    classes: vec![Safety::ReadOnly],
+                    clusters: vec!["staging".into(), "dev".into()],
+                    ..Grant::default()
+                },
+                Grant {
+                    tools: vec!["ping".into()],
+                    ..Grant::default()
+                },
+            ],
+        };
+        let staging = h.grant_at(Some("staging"));
+        assert!(staging.allows("list_nodes", Safety::ReadOnly));
+        assert!(staging.allows("ping", Safety::ReadOnly));
+        let prod = h.grant_at(Some("prod"));
+        assert!(!prod.allows("list_nodes", Safety::ReadOnly));
+        assert!(prod.allows("ping", Safety::ReadOnly));
+        assert!(!h.grant_at(None).allows("list_nodes", Safety::ReadOnly));
+        let only_staging = Holder {
+            grants: h.grants[..1].to_vec(),
+            ..h
+        };
+        assert!(only_staging.grant_at(Some("prod")).is_empty());
+        assert!(only_staging.grant_at(None).is_empty());
     }
 
     #[test]

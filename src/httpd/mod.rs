@@ -566,6 +566,14 @@ impl App {
     async fn authorized(&self, req: http::Request<Incoming>, route: Protected) -> Response {
         let s = &self.shared;
         let (mut parts, body) = req.into_parts();
+        // The endpoint's cluster, where a grant may or may not hold; `/metrics` shows every
+        // cluster, so only a grant for all of them holds there.
+        let cluster = match &route {
+            Protected::Mcp(_) => s
+                .engine_at(parts.uri.path())
+                .and_then(|e| e.settings.cluster.clone()),
+            Protected::Metrics => None,
+        };
         let holder = if s.authenticated {
             let holder = match auth::bearer(&parts.headers) {
                 None => return s.unauthorized(None),
@@ -574,13 +582,15 @@ impl App {
                     Err(reason) => return s.unauthorized(Some(reason)),
                 },
             };
-            if holder.grant.is_empty() {
-                // Only an OAuth token can grant nothing: none of its scopes is configured.
-                tracing::info!(caller = %holder.name, "refused: the token's scopes grant nothing");
+            let grant = holder.grant_at(cluster.as_deref());
+            if grant.is_empty() {
+                // An OAuth token none of whose scopes is configured, or a grant for other
+                // clusters only.
+                tracing::info!(caller = %holder.name, "refused: the token grants nothing here");
                 s.metrics.record_refusal("forbidden");
-                return s.forbidden(Value::Null, &holder.name, None);
+                return s.forbidden(Value::Null, &holder.name, None, cluster.as_deref());
             }
-            Some(holder)
+            Some((holder.name, grant))
         } else {
             None
         };
@@ -588,20 +598,25 @@ impl App {
             Ok(b) => b,
             Err(refusal) => return refusal,
         };
-        if let Some(holder) = holder {
+        if let Some((name, grant)) = holder {
             // The grant depends on the tool, which only the body names (2025 clients send
             // no Mcp-Name header).
             if parts.method == Method::POST
                 && let Some(engine) = s.engine_at(parts.uri.path())
-                && let Some(r) = refused(engine, &holder.grant, &bytes)
+                && let Some(r) = refused(engine, &grant, &bytes)
             {
-                tracing::warn!(caller = %holder.name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
+                tracing::warn!(caller = %name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
                 s.metrics.record_refusal("forbidden");
-                return s.forbidden(r.id, &holder.name, Some((&r.what, &r.tool, r.safety)));
+                return s.forbidden(
+                    r.id,
+                    &name,
+                    Some((&r.what, &r.tool, r.safety)),
+                    cluster.as_deref(),
+                );
             }
-            tracing::debug!(caller = %holder.name, method = %parts.method, "authenticated");
-            parts.extensions.insert(CallerGrant(Arc::new(holder.grant)));
-            parts.extensions.insert(CallerName(holder.name));
+            tracing::debug!(caller = %name, method = %parts.method, "authenticated");
+            parts.extensions.insert(CallerGrant(Arc::new(grant)));
+            parts.extensions.insert(CallerName(name));
         }
         match route {
             Protected::Metrics => metrics_page(s),
@@ -918,18 +933,25 @@ impl Shared {
     /// 403 for a call outside the grant: a JSON-RPC error for its id, and the scopes
     /// that would allow it when OAuth is configured. `what` is `None` for a token that
     /// grants nothing at all.
-    fn forbidden(&self, id: Value, holder: &str, what: Option<(&str, &str, Safety)>) -> Response {
+    fn forbidden(
+        &self,
+        id: Value,
+        holder: &str,
+        what: Option<(&str, &str, Safety)>,
+        cluster: Option<&str>,
+    ) -> Response {
         let message = match what {
             Some((what, _, _)) => {
                 format!("the token `{holder}` may not call `{}`", echo::cap(what))
             }
             None => format!(
-                "the token `{}` grants no tool: none of its scopes is configured",
+                "the token `{}` grants no tool here: none of its scopes is configured, or its \
+                 grants are for other clusters",
                 echo::cap(holder)
             ),
         };
         let scope = self.oauth.as_ref().map(|o| match what {
-            Some((_, tool, safety)) => o.scopes_allowing(tool, safety).join(" "),
+            Some((_, tool, safety)) => o.scopes_allowing(tool, safety, cluster).join(" "),
             None => o.scopes_supported().join(" "),
         });
         let mut r = json_response(
@@ -1179,6 +1201,7 @@ mod tests {
                 sha256: auth::hash_hex("t"),
                 classes: vec![Safety::ReadOnly],
                 tools: vec![],
+                clusters: vec![],
             }],
             ..open
         };

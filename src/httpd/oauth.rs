@@ -75,7 +75,7 @@ fn default_leeway() -> u64 {
     30
 }
 
-/// What one scope grants: the same two lists as a bearer token.
+/// What one scope grants: the same lists as a bearer token.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeGrant {
@@ -83,6 +83,9 @@ pub struct ScopeGrant {
     pub classes: Vec<Safety>,
     #[serde(default)]
     pub tools: Vec<String>,
+    /// The clusters where it grants that; empty: every endpoint.
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 /// The algorithms a token may be signed with: asymmetric ones only, so that nothing
@@ -217,7 +220,7 @@ impl OAuth {
                         class_name(s).to_string(),
                         Grant {
                             classes: vec![s],
-                            tools: vec![],
+                            ..Grant::default()
                         },
                     )
                 })
@@ -238,6 +241,7 @@ impl OAuth {
                     Grant {
                         classes: g.classes.clone(),
                         tools: g.tools.clone(),
+                        clusters: g.clusters.clone(),
                     },
                 );
             }
@@ -285,11 +289,12 @@ impl OAuth {
         self.scopes.keys().map(String::as_str).collect()
     }
 
-    /// The scopes whose grant allows this tool: what a client could ask for.
-    pub fn scopes_allowing(&self, tool: &str, safety: Safety) -> Vec<&str> {
+    /// The scopes whose grant allows this tool at the endpoint of `cluster`: what a client
+    /// could ask for.
+    pub fn scopes_allowing(&self, tool: &str, safety: Safety, cluster: Option<&str>) -> Vec<&str> {
         self.scopes
             .iter()
-            .filter(|(_, g)| g.allows(tool, safety))
+            .filter(|(_, g)| g.holds_at(cluster) && g.allows(tool, safety))
             .map(|(s, _)| s.as_str())
             .collect()
     }
@@ -330,18 +335,17 @@ impl OAuth {
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty() && n.len() <= 256 && !n.chars().any(char::is_control))
             .ok_or(Rejection::BadIdentity)?;
-        let mut grant = Grant {
-            classes: vec![],
-            tools: vec![],
-        };
+        let mut grants: Vec<Grant> = Vec::new();
         for scope in token_scopes(claims) {
-            if let Some(g) = self.scopes.get(scope) {
-                grant.extend(g);
+            if let Some(g) = self.scopes.get(scope)
+                && !grants.contains(g)
+            {
+                grants.push(g.clone());
             }
         }
         Ok(Holder {
             name: format!("{OAUTH_CALLER}{name}"),
-            grant,
+            grants,
         })
     }
 }
@@ -457,6 +461,44 @@ mod tests {
         }
     }
 
+    /// A scope for some clusters counts only at their endpoints; the others' hold there too.
+    #[test]
+    fn scopes_for_clusters_hold_at_those_clusters() {
+        let mut c = config();
+        c.scopes.insert(
+            "staging:write".into(),
+            ScopeGrant {
+                classes: vec![Safety::Plan],
+                clusters: vec!["staging".into()],
+                ..ScopeGrant::default()
+            },
+        );
+        c.scopes.insert(
+            "read".into(),
+            ScopeGrant {
+                classes: vec![Safety::ReadOnly],
+                ..ScopeGrant::default()
+            },
+        );
+        let o = OAuth::new(&c).unwrap();
+        let claims: Map<String, Value> =
+            serde_json::from_value(json!({"sub": "ci", "scope": "read staging:write"})).unwrap();
+        let h = o.holder(&claims).unwrap();
+        assert_eq!(
+            h.grant_at(Some("staging")).classes,
+            vec![Safety::ReadOnly, Safety::Plan]
+        );
+        assert_eq!(h.grant_at(Some("prod")).classes, vec![Safety::ReadOnly]);
+        assert_eq!(
+            o.scopes_allowing("citus_rebalance_plan", Safety::Plan, Some("prod")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            o.scopes_allowing("citus_rebalance_plan", Safety::Plan, Some("staging")),
+            vec!["staging:write"]
+        );
+    }
+
     fn b64(v: &Value) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     }
@@ -508,11 +550,17 @@ mod tests {
             h.name, "oauth:alice",
             "an OAuth caller is never a token's holder"
         );
-        assert_eq!(h.grant.classes, vec![Safety::ReadOnly, Safety::Plan]);
-        assert_eq!(o.scopes_allowing("x", Safety::Execute), vec!["execute"]);
+        assert_eq!(
+            h.grant_at(None).classes,
+            vec![Safety::ReadOnly, Safety::Plan]
+        );
+        assert_eq!(
+            o.scopes_allowing("x", Safety::Execute, None),
+            vec!["execute"]
+        );
         let none: Map<String, Value> =
             serde_json::from_value(json!({"sub": "bob", "scope": "openid"})).unwrap();
-        assert!(o.holder(&none).unwrap().grant.is_empty());
+        assert!(o.holder(&none).unwrap().grant_at(None).is_empty());
         let bad: Map<String, Value> =
             serde_json::from_value(json!({"sub": "line\nbreak"})).unwrap();
         assert_eq!(o.holder(&bad).unwrap_err(), Rejection::BadIdentity);

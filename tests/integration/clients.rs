@@ -38,7 +38,7 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
-            "clients::a_tokens_grant_holds_at_every_cluster_endpoint",
+            "clients::a_tokens_grant_holds_where_its_clusters_say",
             cluster_tokens,
         ),
     ]
@@ -605,13 +605,17 @@ fn choose_cluster(ctx: &Ctx) {
 }
 
 /// The token `ops` may call `ping` only; `/mcp/main` and `/mcp/second` both hold it to that.
+/// `second-ops` holds at `/mcp/second` only.
 fn cluster_tokens(ctx: &Ctx) {
     let token = "cluster-token-never-print";
+    let second_only = "second-only-token-never-print";
     let setup = two_cluster_config(ctx, "clusters_tokens");
     let mut text = std::fs::read_to_string(&setup.config).unwrap();
     text.push_str(&format!(
-        "http:\n  tokens:\n    - name: ops\n      sha256: {}\n      tools: [ping]\n",
-        citus_mcp::httpd::auth::hash_hex(token)
+        "http:\n  tokens:\n    - name: ops\n      sha256: {}\n      tools: [ping]\n\
+         \x20   - name: second-ops\n      sha256: {}\n      tools: [ping]\n      clusters: [second]\n",
+        citus_mcp::httpd::auth::hash_hex(token),
+        citus_mcp::httpd::auth::hash_hex(second_only)
     ));
     std::fs::write(&setup.config, text).unwrap();
     let s = HttpServer::launch(setup.command(), &[], &[]);
@@ -629,6 +633,26 @@ fn cluster_tokens(ctx: &Ctx) {
             let r = ep.call_2026(&auth, 3, "whoami", json!({})).await;
             assert_eq!(r.status, 403, "{name}: {}", r.text);
         }
+        // A token for one cluster holds at its endpoint only, and not at /metrics, which
+        // shows every cluster.
+        let bearer = format!("Bearer {second_only}");
+        let theirs = [("authorization", bearer.as_str())];
+        let r =
+            s.ep.at("/mcp/second")
+                .call_2026(&theirs, 4, "ping", json!({"message": "second"}))
+                .await;
+        assert_eq!(structured(&r)["message"], "second", "{}", r.text);
+        let r =
+            s.ep.at("/mcp/main")
+                .call_2026(&theirs, 5, "ping", json!({}))
+                .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert!(r.text.contains("other clusters"), "{}", r.text);
+        let r = s.send("GET", "/metrics", &theirs, vec![]).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        let r = s.send("GET", "/metrics", &auth, vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
     });
-    assert!(!s.log().contains(token), "{}", s.log());
+    let log = s.log();
+    assert!(!log.contains(token) && !log.contains(second_only), "{log}");
 }
