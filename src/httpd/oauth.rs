@@ -320,6 +320,14 @@ impl OAuth {
         let mut last = Rejection::BadSignature;
         for key in keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation) {
+                // A time claim that is not a number is not checked by the library: refuse it.
+                Ok(data)
+                    if ["exp", "nbf", "iat"]
+                        .iter()
+                        .any(|k| data.claims.get(*k).is_some_and(|v| !v.is_number())) =>
+                {
+                    return Err(Rejection::Malformed);
+                }
                 Ok(data) => return self.holder(&data.claims),
                 // Another key with the same id (or none) may still verify it.
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => {}
@@ -398,6 +406,11 @@ fn header(token: &str) -> Result<(Algorithm, Option<String>), Rejection> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(Rejection::Malformed),
     };
+    // `crit` names extensions the recipient must understand or reject the token for
+    // (RFC 7515 §4.1.11): this one understands none.
+    if header.contains_key("crit") {
+        return Err(Rejection::Malformed);
+    }
     Ok((alg, kid))
 }
 
@@ -536,6 +549,12 @@ mod tests {
         for bad in ["", "a.b", "a.b.c.d", "!!!.a.b", "e30.a.b"] {
             assert!(header(bad).is_err(), "{bad}");
         }
+        // An extension the token says must be understood: none is.
+        let t = format!(
+            "{}.{claims}.sig",
+            b64(&json!({"alg": "ES256", "kid": "k", "crit": ["exp"]}))
+        );
+        assert_eq!(header(&t).unwrap_err(), Rejection::Malformed);
     }
 
     #[test]

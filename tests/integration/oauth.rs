@@ -673,6 +673,11 @@ fn bad_tokens(ctx: &Ctx) {
             "not valid yet",
         ),
         (
+            "a time claim that is not a number",
+            good.sign(&claims("m", "citus:read", json!({"nbf": "tomorrow"}))),
+            "not a well-formed JWT",
+        ),
+        (
             "wrong audience",
             good.sign(&claims(
                 "m",
