@@ -127,14 +127,17 @@ impl Templates {
     }
 }
 
+/// Prints a value into SQL: an [`Ident`] as its quoted text, anything else as the next bind
+/// parameter `$n`. A string that minijinja calls safe (`| safe`, `| escape`, `| tojson`,
+/// a block `set`) is a value like any other: nothing but `ident` ever becomes SQL text.
 fn bind_formatter(
     out: &mut minijinja::Output,
     state: &mut State,
     value: &Value,
 ) -> Result<(), Error> {
-    if value.is_safe() {
-        // Only the `ident` filter produces safe strings.
-        return write!(out, "{value}")
+    if let Some(ident) = value.downcast_object_ref::<Ident>() {
+        return out
+            .write_str(&ident.0)
             .map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"));
     }
     let json = serde_json::to_value(value)
@@ -143,6 +146,17 @@ fn bind_formatter(
     binds.0.push(json);
     let n = binds.0.len();
     write!(out, "${n}").map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
+}
+
+/// What `ident` returns: a validated, double-quoted identifier, the one value the formatter
+/// prints as SQL text. A type of its own, so that no other filter can make one.
+#[derive(Debug)]
+struct Ident(String);
+
+impl minijinja::value::Object for Ident {
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// `{{ name | ident }}`: a validated, double-quoted identifier, optionally schema-qualified.
@@ -166,7 +180,7 @@ fn ident(value: String) -> Result<Value, Error> {
         }
         let _ = write!(quoted, "\"{part}\"");
     }
-    Ok(Value::from_safe_string(quoted))
+    Ok(Value::from_object(Ident(quoted)))
 }
 
 fn describe(e: Error) -> RenderError {
@@ -307,6 +321,40 @@ mod tests {
                 render("SELECT {{ c | ident }}", json!({"c": bad})).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    /// Filters that mark a string safe (`safe`, `escape`, `tojson`), a block `set` and
+    /// string concatenation with an identifier all leave a caller's value a bind: only
+    /// `ident` itself prints SQL text.
+    #[test]
+    fn nothing_but_ident_becomes_sql_text() {
+        let attack = "(SELECT rolpassword FROM pg_authid)";
+        for sql in [
+            "SELECT {{ x | safe }}",
+            "SELECT {{ x | escape }}",
+            "SELECT {{ x | e }}",
+            "SELECT {{ x | tojson }}",
+            "{% set y = x | safe %}SELECT {{ y }}",
+            "SELECT {{ (x | safe) ~ '' }}",
+            "SELECT {{ ('a' | ident) ~ x }}",
+            "SELECT {{ x | string | safe | lower }}",
+        ] {
+            match render(sql, json!({"x": attack})) {
+                Ok(r) => {
+                    assert!(!r.sql.contains("pg_authid"), "{sql}: {}", r.sql);
+                    assert!(r.sql.ends_with("$1"), "{sql}: {}", r.sql);
+                }
+                // A filter minijinja lacks here is an error, which is as good.
+                Err(e) => assert!(!e.to_string().contains("pg_authid"), "{sql}: {e}"),
+            }
+        }
+        let block = render(
+            "{% set y %}{{ x }}{% endset %}SELECT {{ y }}",
+            json!({"x": attack}),
+        );
+        if let Ok(r) = block {
+            assert!(!r.sql.contains("pg_authid"), "{}", r.sql);
         }
     }
 

@@ -252,7 +252,48 @@ fn hostile_strings_stay_data(ctx: &Ctx) {
         .unwrap()
         .structured;
     assert_eq!(before, after, "the catalog changed");
+
+    // A tool file that marks a caller's value safe (minijinja's `safe`, `escape`) still
+    // sends it as a bind: it comes back as the text it was, never run as SQL.
+    let e = engine(ctx, &ctx.dsn(), &[MARKED_SAFE], no_cache());
+    let attack = "(SELECT string_agg(rolname, ',') FROM pg_roles)";
+    for filter in ["safe", "escape"] {
+        let out = call(
+            ctx,
+            &e,
+            "marked_safe",
+            json!({"x": attack, "filter": filter}),
+        )
+        .unwrap_or_else(|err| panic!("{filter}: {}", err.text()));
+        // The text itself (`escape` HTML-escapes its quotes), not the roles it names.
+        let v = out.structured["r"][0]["v"].as_str().unwrap_or_default();
+        assert!(
+            v.starts_with("(SELECT string_agg(rolname"),
+            "{filter}: {}",
+            out.text
+        );
+    }
 }
+
+/// A tool whose template marks its argument safe, as an HTML template would.
+const MARKED_SAFE: &str = r#"
+name: marked_safe
+description: Echoes its argument through a filter that marks it safe.
+safety: read_only
+input_schema:
+  type: object
+  additionalProperties: false
+  required: [x, filter]
+  properties:
+    x: {type: string}
+    filter: {enum: [safe, escape]}
+queries:
+  - name: r
+    sql: |
+      {% if filter == 'safe' %}SELECT {{ x | safe }}::text AS v{% else %}SELECT {{ x | escape }}::text AS v{% endif %}
+examples:
+  - args: {x: "a", filter: safe}
+"#;
 
 const WRITER: &str = r#"
 name: sneaky
