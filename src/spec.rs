@@ -391,6 +391,15 @@ fn parse<T: serde::de::DeserializeOwned>(
     text: &str,
     meta: &jsonschema::Validator,
 ) -> Result<T, Vec<Diagnostic>> {
+    if bracket_depth(text) > MAX_NESTING {
+        return Err(vec![Diagnostic::new(
+            Code::E001,
+            file,
+            format!(
+                "the file nests `[` and `{{` deeper than {MAX_NESTING} levels, which no tool or prompt file needs"
+            ),
+        )]);
+    }
     let value: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => return Err(vec![yaml_error(file, &e)]),
@@ -404,7 +413,7 @@ fn parse<T: serde::de::DeserializeOwned>(
             } else {
                 format!("{pointer}: ")
             };
-            Diagnostic::new(Code::E002, file, format!("{at}{}", e.masked()))
+            Diagnostic::new(Code::E002, file, format!("{at}{}", schema_message(&e)))
                 .at(locate(text, &pointer))
         })
         .collect();
@@ -413,6 +422,63 @@ fn parse<T: serde::de::DeserializeOwned>(
     }
     // The YAML is parsed once: the typed value comes from the JSON value just checked.
     T::deserialize(value).map_err(|e| vec![Diagnostic::new(Code::E001, file, e.to_string())])
+}
+
+/// How deep a file may nest `[` and `{`. The YAML parser takes time quadratic in that depth
+/// before its own recursion limit stops it (a 200 KB file nested 100,000 deep took a minute
+/// of CPU at every start and reload), so a deeper file is refused before it is parsed. The
+/// built-in files nest at most a few levels, template tags included.
+const MAX_NESTING: usize = 64;
+
+/// The deepest nesting of `[` and `{` in `text`, inside quotes or not (an unbalanced
+/// bracket in a string only counts as one level more).
+fn bracket_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// A meta-schema error without the file's values (`masked`), and without keys that are not
+/// key names: a file that is not a tool file at all (a link to `/etc/shadow` in a tools
+/// folder, say) would otherwise have its lines echoed as "unexpected keys" to whoever reads
+/// the diagnostics, MCP clients included.
+fn schema_message(e: &jsonschema::ValidationError<'_>) -> String {
+    let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } = e.kind()
+    else {
+        return e.masked().to_string();
+    };
+    let is_key = |k: &&String| {
+        k.len() <= 64
+            && k.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let named: Vec<String> = unexpected
+        .iter()
+        .filter(is_key)
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let others = unexpected.len() - named.len();
+    let mut message = String::from("keys not allowed here:");
+    if !named.is_empty() {
+        message.push_str(&format!(" {}", named.join(", ")));
+    }
+    if others > 0 {
+        message.push_str(&format!(
+            "{} {others} that are not key names (not shown)",
+            if named.is_empty() { "" } else { " and" }
+        ));
+    }
+    message
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
@@ -544,6 +610,33 @@ fn find_item(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file nested deeper than any tool file needs is refused at once, before the YAML
+    /// parser spends time quadratic in its depth on it.
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!(
+            "name: x\ninput_schema: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = parse_tool("deep.yaml", &deep).unwrap_err();
+        assert!(err[0].to_string().contains("deeper than 64"), "{}", err[0]);
+        assert_eq!(bracket_depth("a: [{b: [1]}, '{{ x }}']"), 3);
+    }
+
+    /// Keys a tool file may not have are named when they look like keys; a file that is
+    /// no tool file (its lines read as keys) is not echoed.
+    #[test]
+    fn unexpected_keys_are_named_only_when_they_are_key_names() {
+        let text = "name: x\ndescription: y\nsafety: read_only\ndescriptoin: z\n\
+                    root:$6$salt$hash:20228:0:99999:7::\ndaemon:*:19000:0:99999:7::\n";
+        let err = parse_tool("t.yaml", text).unwrap_err();
+        let all: String = err.iter().map(ToString::to_string).collect();
+        assert!(all.contains("`descriptoin`"), "{all}");
+        assert!(all.contains("2 that are not key names"), "{all}");
+        assert!(!all.contains("root") && !all.contains("salt"), "{all}");
+    }
 
     const GOOD: &str = "name: demo\ndescription: d\nsafety: read_only\nqueries:\n  - name: a\n    sql: SELECT 1\n  - name: b\n    sql: SELECT 2\nexamples:\n  - args: {}\n";
 
