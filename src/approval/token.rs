@@ -176,7 +176,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Seals and opens tokens with one secret.
 pub struct Signer {
-    key: Vec<u8>,
+    /// SHA-256 of the secret. HMAC pads a key shorter than its block with zero bytes and
+    /// hashes a longer one, so two secrets that differ only by trailing NUL bytes (or a
+    /// long secret and its own hash) would be the same key, and a token sealed for one
+    /// cluster would open at another. Every key here is 32 bytes, one per secret.
+    key: [u8; 32],
     key_id: [u8; 4],
 }
 
@@ -189,15 +193,13 @@ impl Signer {
         if secret.len() < Self::MIN_SECRET_BYTES {
             return None;
         }
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+        let key: [u8; 32] = Sha256::digest(secret).into();
+        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
         mac.update(KEY_ID_LABEL);
         let full = mac.finalize().into_bytes();
         let mut key_id = [0u8; 4];
         key_id.copy_from_slice(&full[..4]);
-        Some(Signer {
-            key: secret.to_vec(),
-            key_id,
-        })
+        Some(Signer { key, key_id })
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -321,6 +323,28 @@ mod tests {
         let token = s.seal(&c);
         assert!(!token.contains('=') && !token.contains('+') && !token.contains('/'));
         assert_eq!(s.open(&token).unwrap(), c);
+    }
+
+    /// Secrets that HMAC alone would take for one key (trailing NUL bytes, a long secret
+    /// and its hash) seal tokens the other refuses.
+    #[test]
+    fn secrets_that_differ_open_each_others_tokens_never() {
+        let c = Claims {
+            tool: "t".into(),
+            digest: [7; 32],
+            expires: 1_900_000_000,
+            nonce: [9; NONCE_LEN],
+        };
+        let long = [b'x'; 100];
+        let long_hash: [u8; 32] = Sha256::digest(long).into();
+        for (a, b) in [
+            (&b"cluster-a-secret-0123456789"[..], &b"cluster-a-secret-0123456789\0"[..]),
+            (&long[..], &long_hash[..]),
+        ] {
+            let (a, b) = (Signer::new(a).unwrap(), Signer::new(b).unwrap());
+            assert!(b.open(&a.seal(&c)).is_err());
+            assert!(a.open(&b.seal(&c)).is_err());
+        }
     }
 
     #[test]
