@@ -51,6 +51,8 @@ pub struct ApprovalSettings {
     pub allow_self_issue: bool,
     /// How long a claim on the coordinator may take.
     pub ledger_timeout: Duration,
+    /// The cluster's name under `clusters`, which the person approving is told.
+    pub cluster: Option<String>,
 }
 
 impl ApprovalSettings {
@@ -98,6 +100,7 @@ impl ApprovalSettings {
             audit_path,
             allow_self_issue: config.allow_self_issue,
             ledger_timeout: Duration::from_millis(config.statement_timeout_ms.min(10_000).into()),
+            cluster: config.cluster.clone(),
         })
     }
 }
@@ -273,6 +276,8 @@ pub struct Gate {
     issuer: Issuer,
     ledger: Box<dyn Ledger>,
     allow_self_issue: bool,
+    /// Named to the person approving, when the server serves several.
+    cluster: Option<String>,
 }
 
 impl Gate {
@@ -293,7 +298,9 @@ impl Gate {
                 settings.ledger_timeout,
             )),
         };
-        Ok(Gate::new(issuer, ledger, settings.allow_self_issue))
+        let mut gate = Gate::new(issuer, ledger, settings.allow_self_issue);
+        gate.cluster = settings.cluster.clone();
+        Ok(gate)
     }
 
     pub fn new(issuer: Issuer, ledger: Box<dyn Ledger>, allow_self_issue: bool) -> Gate {
@@ -301,6 +308,7 @@ impl Gate {
             issuer,
             ledger,
             allow_self_issue,
+            cluster: None,
         }
     }
 
@@ -408,8 +416,13 @@ impl Gate {
             )
             .hint(cli_hint(tool, args)));
         }
+        // With several clusters, which one is what the person decides on.
+        let which = match &self.cluster {
+            Some(name) => format!("the cluster `{name}`"),
+            None => "the cluster".to_string(),
+        };
         let message = format!(
-            "An assistant asks to run `{tool}`, which changes the cluster, once with these arguments:\n{shown}\nApprove? The approval is valid for {ttl} seconds."
+            "An assistant asks to run `{tool}`, which changes {which}, once with these arguments:\n{shown}\nApprove? The approval is valid for {ttl} seconds."
         );
         let how = match caller.confirm(&message).await {
             Some(true) => "confirmed",

@@ -290,6 +290,42 @@ async fn a_replay_is_refused_after_a_restart() {
     assert_eq!(reason(&e), "reason: replayed");
 }
 
+/// A person who approves and keeps what they were asked.
+struct Asked(std::sync::Mutex<String>);
+
+impl Caller for Asked {
+    fn progress<'a>(&'a self, _: f64, _: Option<f64>, _: &'a str) -> CallerFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn confirm<'a>(&'a self, message: &'a str) -> CallerFuture<'a, Option<bool>> {
+        *self.0.lock().unwrap() = message.to_string();
+        Box::pin(async { Some(true) })
+    }
+
+    fn identity(&self) -> Option<String> {
+        None
+    }
+}
+
+/// With several clusters, the person is told which one the call changes.
+#[tokio::test]
+async fn the_person_is_told_which_cluster() {
+    let s = Setup::new();
+    let mut settings = s.settings(SECRET, 900, false);
+    settings.cluster = Some("production".into());
+    let gate = Gate::open(&settings, None, s.clock()).unwrap();
+    let asked = Asked(std::sync::Mutex::new(String::new()));
+    gate.request("split", &args(json!({"table": "orders"})), None, &asked)
+        .await
+        .unwrap();
+    let message = asked.0.lock().unwrap().clone();
+    assert!(
+        message.contains("changes the cluster `production`"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_token_is_issued_only_when_the_person_confirms() {
     let s = Setup::new();

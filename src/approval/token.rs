@@ -338,7 +338,10 @@ mod tests {
         let long = [b'x'; 100];
         let long_hash: [u8; 32] = Sha256::digest(long).into();
         for (a, b) in [
-            (&b"cluster-a-secret-0123456789"[..], &b"cluster-a-secret-0123456789\0"[..]),
+            (
+                &b"cluster-a-secret-0123456789"[..],
+                &b"cluster-a-secret-0123456789\0"[..],
+            ),
             (&long[..], &long_hash[..]),
         ] {
             let (a, b) = (Signer::new(a).unwrap(), Signer::new(b).unwrap());
