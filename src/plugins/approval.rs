@@ -42,7 +42,11 @@ impl Plugin for RequestToken {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            let ttl = call.args.get("ttl_seconds").and_then(Value::as_u64);
+            // The schema's integer takes 5.0 as well as 5.
+            let ttl = call
+                .args
+                .get("ttl_seconds")
+                .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
             crate::approval::check_action(call.engine, action, &arguments)?;
             let issued = approvals
                 .request(action, &arguments, ttl, call.caller)

@@ -915,13 +915,13 @@ fn admin_client_with(
     (c, state)
 }
 
-/// Calls citus_request_approval_token and answers the elicitation it sends with
-/// `answer`; returns the tool's result and the elicitation's params. Null `args` leaves
-/// `arguments` out, as the seed's interface (`action`, `ttl_seconds`) did.
-fn request_token(c: &mut McpClient, args: Value, answer: Value) -> (Value, Value) {
+/// Calls citus_request_approval_token for `dangerous` with the other fields of `more`
+/// (`arguments`, `ttl_seconds`), and answers the elicitation it sends with `answer`;
+/// returns the tool's result and the elicitation's params.
+fn request_token(c: &mut McpClient, more: Value, answer: Value) -> (Value, Value) {
     let mut request = json!({"action": "dangerous"});
-    if !args.is_null() {
-        request["arguments"] = args;
+    for (k, v) in more.as_object().into_iter().flatten() {
+        request[k] = v.clone();
     }
     let id = c.send_request(
         "tools/call",
@@ -960,12 +960,14 @@ fn approval_accepted(ctx: &Ctx) {
     let text = r["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("citus_request_approval_token"), "{text}");
 
-    // A token for the call without arguments, asked for by the action alone.
+    // A token for the call without arguments, asked for as the seed's interface did:
+    // the action and a TTL (an integer the client wrote as 60.0), no `arguments`.
     let (r, ask) = request_token(
         &mut c,
-        Value::Null,
+        json!({"ttl_seconds": 60.0}),
         json!({"action": "accept", "content": {"approve": true}}),
     );
+    assert_eq!(r["structuredContent"]["ttl_seconds"], 60, "{r}");
     assert_eq!(ask["mode"], "form", "{ask}");
     assert!(
         ask["message"].as_str().unwrap().contains("`dangerous`"),
@@ -1013,7 +1015,7 @@ fn approval_shows_everything(ctx: &Ctx) {
     let note = format!("{} \u{202e}tail-of-the-note", "x".repeat(300));
     let (r, ask) = request_token(
         &mut c,
-        json!({ "note": note }),
+        json!({"arguments": { "note": note }}),
         json!({"action": "decline"}),
     );
     assert_eq!(r["isError"], true, "{r}");
@@ -1056,7 +1058,7 @@ fn approval_declined(ctx: &Ctx) {
         json!({"action": "cancel"}),
         json!({"action": "accept", "content": {"approve": false}}),
     ] {
-        let (r, _) = request_token(&mut c, json!({}), answer.clone());
+        let (r, _) = request_token(&mut c, json!({"arguments": {}}), answer.clone());
         assert_eq!(r["isError"], true, "{answer}: {r}");
         assert_eq!(
             r["structuredContent"]["error"]["code"], "APPROVAL_REQUIRED",
