@@ -345,27 +345,28 @@ fn init_logging(level: &str, format: LogFormat) {
     // `RUST_LOG` takes `target=level` directives and a bare default level, e.g.
     // `citus_mcp=debug,tokio_postgres=info,warn`; one it cannot read is ignored.
     // The configuration's level is one of the five (its schema says so).
-    let mut filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|directives| directives.parse().ok())
         .or_else(|| format!("citus_mcp={level},rmcp=warn,warn").parse().ok())
         .unwrap_or_default();
     // rmcp's debug and trace lines carry whole messages (approval tokens, results), and
     // tokio-postgres's the values bound to statements: whatever RUST_LOG says, neither
-    // logs below info.
-    for target in ["rmcp", "tokio_postgres"] {
-        use tracing::Level;
-        let level = [Level::INFO, Level::WARN, Level::ERROR]
-            .into_iter()
-            .find(|l| filter.would_enable(target, l))
-            .map_or(tracing_subscriber::filter::LevelFilter::OFF, Into::into);
-        filter = filter.with_target(target, level);
-    }
+    // logs below info. A filter on each event, since a directive for a module of theirs
+    // (`rmcp::service=trace`) would outrank one for the crate.
+    let quiet = tracing_subscriber::filter::filter_fn(|meta| {
+        let chatty = ["rmcp", "tokio_postgres"].iter().any(|c| {
+            meta.target()
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
+        !chatty || *meta.level() <= tracing::Level::INFO
+    });
     // stdout belongs to the MCP protocol: logs go to stderr only.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
-    let subscriber = tracing_subscriber::registry().with(filter);
+    let subscriber = tracing_subscriber::registry().with(filter).with(quiet);
     match format {
         LogFormat::Text => subscriber.with(logs).init(),
         // One object per line: timestamp, level, target, the message and its fields.

@@ -939,12 +939,16 @@ fn request_token(c: &mut McpClient, more: Value, answer: Value) -> (Value, Value
 
 fn approval_accepted(ctx: &Ctx) {
     let dir = tempfile::tempdir().unwrap();
-    // Everything logged, every crate: still no token or secret in the log.
+    // Everything logged, every crate, and rmcp's and tokio-postgres's modules named
+    // (a module's directive outranks its crate's): still no token or secret in the log.
     let (mut c, state) = admin_client_with(
         ctx,
         dir.path(),
         json!({"elicitation": {}}),
-        &[("RUST_LOG", "trace")],
+        &[(
+            "RUST_LOG",
+            "trace,rmcp::service=trace,rmcp::handler=trace,tokio_postgres::query=trace",
+        )],
     );
     let listed = listed_tool(&mut c, "citus_request_approval_token");
     // It issues a token each time: not read-only, not idempotent, not destructive.
