@@ -566,14 +566,13 @@ impl App {
     async fn authorized(&self, req: http::Request<Incoming>, route: Protected) -> Response {
         let s = &self.shared;
         let (mut parts, body) = req.into_parts();
-        // The endpoint's cluster, where a grant may or may not hold; `/metrics` shows every
-        // cluster, so only a grant for all of them holds there.
-        let cluster = match &route {
-            Protected::Mcp(_) => s
-                .engine_at(parts.uri.path())
-                .and_then(|e| e.settings.cluster.clone()),
+        // The endpoint's engine and cluster, where a grant may or may not hold; `/metrics`
+        // shows every cluster, so only a grant for all of them holds there.
+        let engine = match &route {
+            Protected::Mcp(_) => s.engine_at(parts.uri.path()),
             Protected::Metrics => None,
         };
+        let cluster = engine.and_then(|e| e.settings.cluster.as_deref());
         let holder = if s.authenticated {
             let holder = match auth::bearer(&parts.headers) {
                 None => return s.unauthorized(None),
@@ -582,13 +581,13 @@ impl App {
                     Err(reason) => return s.unauthorized(Some(reason)),
                 },
             };
-            let grant = holder.grant_at(cluster.as_deref());
+            let grant = holder.grant_at(cluster);
             if grant.is_empty() {
                 // An OAuth token none of whose scopes is configured, or a grant for other
                 // clusters only.
                 tracing::info!(caller = %holder.name, "refused: the token grants nothing here");
                 s.metrics.record_refusal("forbidden");
-                return s.forbidden(Value::Null, &holder.name, None, cluster.as_deref());
+                return s.forbidden(Value::Null, &holder.name, None, cluster);
             }
             Some((holder.name, grant))
         } else {
@@ -602,17 +601,12 @@ impl App {
             // The grant depends on the tool, which only the body names (2025 clients send
             // no Mcp-Name header).
             if parts.method == Method::POST
-                && let Some(engine) = s.engine_at(parts.uri.path())
+                && let Some(engine) = engine
                 && let Some(r) = refused(engine, &grant, &bytes)
             {
                 tracing::warn!(caller = %name, tool = %echo::cap(&r.what), "refused: outside the token's grant");
                 s.metrics.record_refusal("forbidden");
-                return s.forbidden(
-                    r.id,
-                    &name,
-                    Some((&r.what, &r.tool, r.safety)),
-                    cluster.as_deref(),
-                );
+                return s.forbidden(r.id, &name, Some((&r.what, &r.tool, r.safety)), cluster);
             }
             tracing::debug!(caller = %name, method = %parts.method, "authenticated");
             parts.extensions.insert(CallerGrant(Arc::new(grant)));
@@ -676,7 +670,6 @@ struct Site {
 }
 
 /// An origin's scheme, host and port (`None`: any port, as `:*` says).
-#[derive(PartialEq)]
 struct Origin {
     scheme: String,
     host: String,
@@ -687,22 +680,17 @@ impl Origin {
     /// `scheme://host[:port]`, `:*` for any port; `null` and anything else is no origin.
     fn parse(text: &str) -> Option<Origin> {
         let (scheme, rest) = text.trim().split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
         let (authority, any_port) = match rest.strip_suffix(":*") {
             Some(a) => (a, true),
             None => (rest.trim_end_matches('/'), false),
         };
         let authority = http::uri::Authority::try_from(authority).ok()?;
+        let default_port = if scheme == "https" { 443 } else { 80 };
         Some(Origin {
-            scheme: scheme.to_ascii_lowercase(),
+            scheme,
             host: bare_host(authority.host()),
-            port: if any_port {
-                None
-            } else {
-                Some(authority.port_u16().unwrap_or(match scheme {
-                    "https" => 443,
-                    _ => 80,
-                }))
-            },
+            port: (!any_port).then(|| authority.port_u16().unwrap_or(default_port)),
         })
     }
 
@@ -1154,6 +1142,18 @@ mod tests {
             ("host", "localhost"),
             ("origin", "https://[::1]:1")
         ]));
+        // A named origin's default port follows its scheme, whatever its case.
+        let named = Site::new(&["localhost".into()], &["https://app.example".into()]);
+        let origin = |o: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("localhost"));
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            named.allows(&h)
+        };
+        assert!(origin("HTTPS://APP.example"));
+        assert!(origin("https://app.example:443"));
+        assert!(!origin("https://app.example:80"));
+        assert!(!origin("http://app.example"));
         for origin in [
             "http://evil.example",
             "null",
