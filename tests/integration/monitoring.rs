@@ -208,10 +208,15 @@ fn activity_shows_a_sleeping_session_and_filters_it(ctx: &Ctx) {
             .cloned()
     };
     let args = json!({"limit": 1000, "query_max_chars": 2000});
+    // Caught the instant its statement starts, the session has no wait event yet: wait
+    // for it to be in pg_sleep, as the assertions below expect.
     let found = wait_until(
         "the sleeping session in citus_activity",
         Duration::from_secs(15),
-        || sleeper_in(&ok(ctx, &e, "citus_activity", args.clone())),
+        || {
+            sleeper_in(&ok(ctx, &e, "citus_activity", args.clone()))
+                .filter(|s| s["wait_event"] == "PgSleep")
+        },
     );
     assert_eq!(text(&found, "state"), "active", "{found}");
     assert_eq!(text(&found, "wait_event"), "PgSleep", "{found}");
