@@ -35,6 +35,34 @@ impl SourceFile {
     }
 }
 
+/// What a plugin reads from the tool file that names it in `plugin:`: the queries its
+/// code runs, each the one way it runs it. The compiler holds a file to them, so a file
+/// that lacks one, or declares it for another place, is refused when it loads rather
+/// than failing a call; the engine holds the plugin to them on every call.
+#[derive(Debug)]
+pub struct PluginNeeds {
+    pub name: &'static str,
+    pub queries: &'static [(&'static str, Runs)],
+}
+
+/// How a plugin runs one of its queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// Read-only on the coordinator (`target: coordinator`).
+    Read,
+    /// On every node (`target: workers` or `all_nodes`).
+    FanOut,
+    /// Read-write on the coordinator, under an approval (`safety: execute` tools).
+    Execute,
+}
+
+impl Runs {
+    /// Whether a query declared with `target` can run this way.
+    fn fits(self, target: Target) -> bool {
+        (self == Runs::FanOut) == (target != Target::Coordinator)
+    }
+}
+
 /// A tool, validated and compiled, ready for the engine.
 ///
 /// What only a call needs (the argument validator and the SQL templates) is compiled
@@ -50,6 +78,8 @@ pub struct CompiledTool {
     /// The input schema as MCP wants it (a JSON object).
     pub input_schema: Arc<Map<String, Value>>,
     pub output_schema: Option<Arc<Map<String, Value>>>,
+    /// The queries the tool's plugin runs (none for a SQL tool).
+    pub plugin_queries: &'static [(&'static str, Runs)],
     runnable: OnceLock<Result<Runnable, String>>,
 }
 
@@ -273,7 +303,7 @@ pub enum Depth {
 /// Compiles a tool file; `None` when any error was found (warnings still compile).
 pub fn compile_tool(
     file: &SourceFile,
-    plugins: &[&str],
+    plugins: &'static [PluginNeeds],
 ) -> (Option<CompiledTool>, Vec<Diagnostic>) {
     compile_tool_to(file, plugins, Depth::Lint)
 }
@@ -281,7 +311,7 @@ pub fn compile_tool(
 /// [`compile_tool`] to the given depth.
 pub fn compile_tool_to(
     file: &SourceFile,
-    plugins: &[&str],
+    plugins: &'static [PluginNeeds],
     depth: Depth,
 ) -> (Option<CompiledTool>, Vec<Diagnostic>) {
     match spec::parse_tool(&file.origin, &file.text) {
@@ -295,14 +325,15 @@ pub fn compile_tool_to(
 pub fn compile_spec(
     file: &SourceFile,
     spec: ToolSpec,
-    plugins: &[&str],
+    plugins: &'static [PluginNeeds],
     depth: Depth,
 ) -> (Option<CompiledTool>, Vec<Diagnostic>) {
     let mut ck = Findings {
         file,
         out: Vec::new(),
     };
-    check_header(&mut ck, &spec, plugins);
+    check_header(&mut ck, &spec);
+    let plugin_queries = check_plugin(&mut ck, &spec, plugins);
     let mut runnable = None;
     match depth {
         Depth::Lint => {
@@ -344,6 +375,7 @@ pub fn compile_spec(
         source: file.text.clone(),
         input_schema,
         output_schema,
+        plugin_queries,
         runnable: match runnable {
             Some(r) => OnceLock::from(Ok(r)),
             None => OnceLock::new(),
@@ -375,8 +407,8 @@ impl Findings<'_> {
     }
 }
 
-/// The file name, examples and plugin.
-fn check_header(ck: &mut Findings, spec: &ToolSpec, plugins: &[&str]) {
+/// The file name and examples.
+fn check_header(ck: &mut Findings, spec: &ToolSpec) {
     let stem = ck.file.stem().to_string();
     if stem != spec.name {
         let d = ck.add(
@@ -395,12 +427,92 @@ fn check_header(ck: &mut Findings, spec: &ToolSpec, plugins: &[&str]) {
         d.help =
             Some("add `examples: [{args: {...}}]`; the generic test runs every example".into());
     }
-    if let Some(p) = &spec.plugin
-        && !plugins.contains(&p.as_str())
-    {
+}
+
+/// The plugin a file names exists, and the file declares the queries it runs, each
+/// where the plugin runs it; returns them for the engine.
+fn check_plugin(
+    ck: &mut Findings,
+    spec: &ToolSpec,
+    plugins: &'static [PluginNeeds],
+) -> &'static [(&'static str, Runs)] {
+    let Some(p) = &spec.plugin else {
+        return &[];
+    };
+    let Some(needs) = plugins.iter().find(|n| n.name == p) else {
         let d = ck.add(Code::E002, &["/plugin"], format!("unknown plugin `{p}`"));
-        d.help = Some(format!("known plugins: {}", plugins.join(", ")));
+        let known: Vec<&str> = plugins.iter().map(|n| n.name).collect();
+        d.help = Some(format!("known plugins: {}", known.join(", ")));
+        return &[];
+    };
+    let runs: Vec<&str> = needs.queries.iter().map(|(q, _)| *q).collect();
+    let runs_text = if runs.is_empty() {
+        "the plugin runs no query".to_string()
+    } else {
+        format!("the plugin runs: {}", runs.join(", "))
+    };
+    if let Some((name, _)) = needs.queries.iter().find(|(_, how)| *how == Runs::Execute)
+        && spec.safety != Safety::Execute
+    {
+        let d = ck.add(
+            Code::E016,
+            &["/safety", "/plugin"],
+            format!("plugin `{p}` changes the cluster (query `{name}`), but the tool is not `safety: execute`"),
+        );
+        d.help =
+            Some("declare `safety: execute`: the engine then asks for an approval token".into());
     }
+    for &(name, how) in needs.queries {
+        let Some(qi) = spec.queries.iter().position(|q| q.name == name) else {
+            let d = ck.add(
+                Code::E016,
+                &["/queries", "/plugin"],
+                format!("plugin `{p}` runs query `{name}`, which the file does not declare"),
+            );
+            d.help = Some(format!(
+                "add a query named `{name}`{}; {runs_text}",
+                if how == Runs::FanOut {
+                    " with `target: workers` or `all_nodes`"
+                } else {
+                    ""
+                },
+            ));
+            continue;
+        };
+        let target = spec.queries[qi].target.unwrap_or(spec.target);
+        if !how.fits(target) {
+            let at = format!("/queries/{qi}/target");
+            let d = ck.add(
+                Code::E016,
+                &[&at, &format!("/queries/{qi}")],
+                format!(
+                    "plugin `{p}` runs query `{name}` {}, but the file's target for it is {}",
+                    if how == Runs::FanOut {
+                        "on every node"
+                    } else {
+                        "on the coordinator"
+                    },
+                    target.as_str()
+                ),
+            );
+            d.help = Some(if how == Runs::FanOut {
+                "declare it `target: workers` or `target: all_nodes`".into()
+            } else {
+                "remove its `target:` (the coordinator is the default)".into()
+            });
+        }
+    }
+    for (qi, q) in spec.queries.iter().enumerate() {
+        if !runs.contains(&q.name.as_str()) {
+            let d = ck.add(
+                Code::W005,
+                &[&format!("/queries/{qi}/name")],
+                format!("plugin `{p}` never runs query `{}`", q.name),
+            );
+            d.help = Some(format!("remove it, or fix its name; {runs_text}"));
+        }
+    }
+    needs.queries
 }
 
 /// The input schema must itself be a valid JSON Schema (of type object, which the
@@ -1036,6 +1148,82 @@ queries:
 examples:
   - args: {table: x}
 "#;
+
+    /// A plugin tool is held to the queries its plugin runs: each declared, each where
+    /// the plugin runs it, and an execute-class tool where the plugin writes.
+    #[test]
+    fn a_plugin_tool_declares_what_its_plugin_runs() {
+        const NEEDS: &[PluginNeeds] = &[PluginNeeds {
+            name: "demo",
+            queries: &[
+                ("one", Runs::Read),
+                ("all", Runs::FanOut),
+                ("act", Runs::Execute),
+            ],
+        }];
+        let tool = |safety: &str, queries: &str| {
+            let text = format!(
+                "name: demo\ndescription: d\nsafety: {safety}\ninput_schema: {{type: object, properties: {{approval_token: {{type: string}}}}, required: [approval_token]}}\nplugin: demo\nqueries:\n{queries}examples:\n  - args: {{approval_token: x}}\n"
+            );
+            let (t, d) = compile_tool(&file("demo", &text), NEEDS);
+            let found: Vec<String> = d
+                .iter()
+                .map(|d| format!("{} {}", d.code.as_str(), d.message))
+                .collect();
+            (t, found)
+        };
+        let q = |name: &str, target: &str| {
+            format!("  - name: {name}\n    example: {{}}\n{target}    sql: SELECT 1 AS x\n")
+        };
+        let all = format!(
+            "{}{}{}",
+            q("one", ""),
+            q("all", "    target: workers\n"),
+            q("act", "")
+        );
+        let (t, found) = tool("execute", &all);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(t.unwrap().plugin_queries, NEEDS[0].queries);
+
+        let (t, found) = tool("execute", &format!("{}{}", q("one", ""), q("act", "")));
+        assert!(t.is_none());
+        assert_eq!(
+            found,
+            ["E016 plugin `demo` runs query `all`, which the file does not declare"]
+        );
+
+        let (t, found) = tool(
+            "execute",
+            &format!(
+                "{}{}{}",
+                q("one", "    target: all_nodes\n"),
+                q("all", ""),
+                q("act", "")
+            ),
+        );
+        assert!(t.is_none());
+        assert_eq!(
+            found,
+            [
+                "E016 plugin `demo` runs query `one` on the coordinator, but the file's target for it is all_nodes",
+                "E016 plugin `demo` runs query `all` on every node, but the file's target for it is coordinator",
+            ]
+        );
+
+        let (t, found) = tool("plan", &all);
+        assert!(t.is_none());
+        assert_eq!(
+            found,
+            [
+                "E016 plugin `demo` changes the cluster (query `act`), but the tool is not `safety: execute`"
+            ]
+        );
+
+        // A query the plugin never runs is only a warning: the tool still loads.
+        let (t, found) = tool("execute", &format!("{all}{}", q("spare", "")));
+        assert!(t.is_some());
+        assert_eq!(found, ["W005 plugin `demo` never runs query `spare`"]);
+    }
 
     #[test]
     fn a_good_tool_compiles_clean() {

@@ -49,6 +49,9 @@ pub enum Code {
     E014,
     /// `lint --db`: a query's `redact` names a column its statement does not return.
     E015,
+    /// A plugin tool's file lacks a query its plugin runs, declares it for another place,
+    /// or is not `safety: execute` while the plugin changes the cluster.
+    E016,
     /// The file name does not match the declared name.
     W001,
     /// The tool has no examples.
@@ -58,6 +61,8 @@ pub enum Code {
     /// A query returns two columns of one name (statically where the SQL names them,
     /// and with `lint --db`); the result keeps one.
     W004,
+    /// A plugin tool's file declares a query its plugin never runs.
+    W005,
 }
 
 impl Code {
@@ -79,10 +84,12 @@ impl Code {
             Code::E013 => "E013",
             Code::E014 => "E014",
             Code::E015 => "E015",
+            Code::E016 => "E016",
             Code::W001 => "W001",
             Code::W002 => "W002",
             Code::W003 => "W003",
             Code::W004 => "W004",
+            Code::W005 => "W005",
         }
     }
 

@@ -76,6 +76,10 @@ pub const CODES: &[(Code, &str)] = &[
         Code::E015,
         "lint --db: a query's `redact` names a column its statement does not return",
     ),
+    (
+        Code::E016,
+        "a plugin tool lacks a query its plugin runs, declares it for another place, or is not `safety: execute` where the plugin writes",
+    ),
     (Code::W001, "the file name does not match the declared name"),
     (Code::W002, "the tool has no examples"),
     (
@@ -85,6 +89,10 @@ pub const CODES: &[(Code, &str)] = &[
     (
         Code::W004,
         "a query returns two columns of one name; its rows keep the later one's value",
+    ),
+    (
+        Code::W005,
+        "a plugin tool declares a query its plugin never runs",
     ),
 ];
 
@@ -141,7 +149,7 @@ pub async fn run(files: &[SourceFile], db: Option<&Db>) -> Vec<Diagnostic> {
             }
             continue;
         }
-        let (tool, d) = compile::compile_tool(file, crate::plugins::NAMES);
+        let (tool, d) = compile::compile_tool(file, crate::plugins::NEEDS);
         out.extend(d);
         let Some(tool) = tool else { continue };
         if let Some(first) = names.insert(tool.spec.name.clone(), file.origin.clone()) {

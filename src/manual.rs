@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn every_builtin_manual_has_parameters_details_and_no_sql() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         for t in reg.tools.values() {
             let m = markdown(t);
             assert!(m.starts_with(&format!("# {}", t.spec.name)), "{m}");

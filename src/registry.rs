@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::compile::{self, CompiledPrompt, CompiledTool, SourceFile};
+use crate::compile::{self, CompiledPrompt, CompiledTool, PluginNeeds, SourceFile};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::spec;
 
@@ -209,7 +209,7 @@ impl Registry {
         sources: &Sources,
         previous: Option<&Registry>,
         disabled: &[String],
-        plugins: &[&str],
+        plugins: &'static [PluginNeeds],
     ) -> Registry {
         let mut reg = Registry {
             diagnostics: sources.problems.clone(),
@@ -435,12 +435,12 @@ mod tests {
         let written = builtin_yaml().remove(0).1;
         assert_eq!(written.len(), builtin_tools().len());
         for file in written.into_iter().chain(builtin_tools()) {
-            let (tool, diags) = compile::compile_tool(&file, crate::plugins::NAMES);
+            let (tool, diags) = compile::compile_tool(&file, crate::plugins::NEEDS);
             let findings: Vec<_> = diags.iter().map(ToString::to_string).collect();
             assert!(findings.is_empty(), "{}", findings.join("\n"));
             assert!(tool.is_some(), "{}", file.origin);
         }
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let findings: Vec<_> = reg.diagnostics.iter().map(ToString::to_string).collect();
         assert!(findings.is_empty(), "{}", findings.join("\n"));
         for t in reg.tools.values() {
@@ -470,7 +470,7 @@ mod tests {
             |c: &str| c == "query" || c == "statement" || c.ends_with("_statement");
         let mut seen = 0;
         for file in builtin_tools() {
-            let (Some(tool), _) = compile::compile_tool(&file, crate::plugins::NAMES) else {
+            let (Some(tool), _) = compile::compile_tool(&file, crate::plugins::NEEDS) else {
                 continue;
             };
             let mut rendered = Vec::new();
@@ -558,7 +558,7 @@ mod tests {
     /// `` `param: ...` `` after it on the same line must be a parameter of that tool.
     #[test]
     fn prompts_name_real_tools_and_parameters() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let tool_ref = regex_lite::Regex::new(r"`([a-z][a-z0-9_]*)`").unwrap();
         let param_ref = regex_lite::Regex::new(r"`([a-z_]+): ").unwrap();
         let mut checked = 0;
@@ -601,7 +601,7 @@ mod tests {
     /// README's tool table lists every built-in tool with exactly its parameters.
     #[test]
     fn readme_lists_every_tool_and_parameter() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let readme = include_str!("../README.md");
         let name_ref = regex_lite::Regex::new(r"^\| `([a-z_]+)` \| ([^|]*) \|").unwrap();
         let param_ref = regex_lite::Regex::new(r"`([a-z_]+)\??`").unwrap();
@@ -728,7 +728,7 @@ mod tests {
         sources
             .tools
             .push(vec![src("a/t.yaml", tool("t", "SELECT 1"))]);
-        let reg = Registry::build(&sources, None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&sources, None, &[], crate::plugins::NEEDS);
         assert!(reg.tools["t"].is_compiled());
         let inspector = &reg.tools["citus_table_inspector"];
         assert!(!inspector.is_compiled());
@@ -774,7 +774,7 @@ mod tests {
     /// an encoding error from the database.
     #[test]
     fn nul_characters_are_argument_errors() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let inspector = &reg.tools["citus_table_inspector"];
         let problems = inspector.argument_errors(&serde_json::json!({"table": "a\u{0}b"}));
         assert_eq!(
@@ -837,7 +837,7 @@ mod tests {
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.warnings.len(), 1);
         assert!(s.warnings[0].contains("tools_dirs: folder") && s.warnings[0].contains("later"));
-        let reg = Registry::build(&s, None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&s, None, &[], crate::plugins::NEEDS);
         assert_eq!(reg.errors().count(), 0);
         assert_eq!(reg.warnings, s.warnings);
     }

@@ -898,7 +898,7 @@ mod tests {
     /// Tidy: every built-in tool file, whoever adds it, fits the context budget.
     #[test]
     fn tools_list_fits_the_context_budget() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let sizes: Vec<(usize, &str)> = reg
             .tools
             .values()
@@ -933,7 +933,7 @@ mod tests {
 
     #[test]
     fn a_tool_with_details_points_to_its_manual() {
-        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let reg = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         for t in reg.tools.values() {
             let listed = mcp_tool(t);
             let points = listed

@@ -91,6 +91,17 @@ pub enum Target {
     AllNodes,
 }
 
+impl Target {
+    /// The name used in tool files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Coordinator => "coordinator",
+            Target::Workers => "workers",
+            Target::AllNodes => "all_nodes",
+        }
+    }
+}
+
 /// How a query's rows become part of the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -693,7 +693,7 @@ mod tests {
             let (client, server) = tokio::io::duplex(1 << 16);
             let (read, write) = tokio::io::split(server);
             let (transport, pumps) = start(read, write);
-            let registry = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+            let registry = Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
             let engine = Arc::new(
                 Engine::new(registry, None, Settings::default())
                     .with_plugins(crate::plugins::all()),

@@ -52,7 +52,7 @@ impl Reloader {
             &Sources::gather(tool_dirs, prompt_dirs),
             None,
             disabled,
-            crate::plugins::NAMES,
+            crate::plugins::NEEDS,
         );
         let warnings = toolsets.warnings(reg.tools.keys().map(String::as_str));
         reg.warnings.extend(warnings);
@@ -77,7 +77,7 @@ impl Reloader {
         let old = self.engine.registry();
         let mut sources = Sources::gather(&self.tool_dirs, &self.prompt_dirs);
         sources.warnings.extend(warnings.iter().cloned());
-        let mut new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NAMES);
+        let mut new = Registry::build(&sources, Some(&old), &self.disabled, crate::plugins::NEEDS);
         // Group members are checked against each snapshot: a tool file added later can
         // make a member real, and a removed one can make it name nothing.
         let toolsets = &self.engine.settings.toolsets;

@@ -1023,7 +1023,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_compiles_its_own_tool_and_no_other() {
         use crate::registry::{Registry, Sources};
-        let builtins = || Registry::build(&Sources::builtin(), None, &[], crate::plugins::NAMES);
+        let builtins = || Registry::build(&Sources::builtin(), None, &[], crate::plugins::NEEDS);
         let engine = Engine::new(builtins(), None, Settings::default());
         let compiled = |name: &str| engine.registry().tools[name].is_compiled();
         assert!(!compiled("list_nodes") && !compiled("list_shards"));
@@ -1039,7 +1039,7 @@ mod tests {
             &Sources::builtin(),
             Some(&engine.registry()),
             &[],
-            crate::plugins::NAMES,
+            crate::plugins::NEEDS,
         );
         engine.swap(reloaded);
         assert!(compiled("list_nodes"));
@@ -1047,6 +1047,71 @@ mod tests {
         // A snapshot built afresh starts uncompiled.
         engine.swap(builtins());
         assert!(!compiled("list_nodes"));
+    }
+
+    /// A plugin is held to the queries it declares, before anything is sent: one that
+    /// runs an undeclared query, or a declared one another way, fails with INTERNAL,
+    /// even where its tool file has a query of that name.
+    #[tokio::test]
+    async fn a_plugin_runs_only_the_queries_it_declares() {
+        use crate::compile::{PluginNeeds, Runs, SourceFile};
+        use serde_json::json;
+        use crate::registry::{Registry, Sources};
+        struct Wayward;
+        impl Plugin for Wayward {
+            fn name(&self) -> &'static str {
+                "wayward"
+            }
+            fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
+                Box::pin(async move {
+                    let which = call.args["run"].as_str().unwrap_or_default();
+                    match which {
+                        "fan_out" => call.fan_out("one", json!({})).await.map(|_| ()),
+                        _ => call.query(which, json!({})).await.map(|_| ()),
+                    }?;
+                    Ok(ToolOutput {
+                        structured: json!({}),
+                        text: String::new(),
+                    })
+                })
+            }
+        }
+        const NEEDS: &[PluginNeeds] = &[PluginNeeds {
+            name: "wayward",
+            queries: &[("one", Runs::Read)],
+        }];
+        let text = "name: wayward\ndescription: d\nsafety: read_only\ninput_schema: {type: object, properties: {run: {type: string}}}\nplugin: wayward\nqueries:\n  - name: one\n    example: {}\n    sql: SELECT 1 AS x\n  - name: spare\n    example: {}\n    sql: SELECT 2 AS x\nexamples:\n  - args: {}\n";
+        let sources = Sources {
+            tools: vec![vec![SourceFile {
+                origin: "t/wayward.yaml".into(),
+                text: text.into(),
+            }]],
+            ..Default::default()
+        };
+        let engine = Engine::new(
+            Registry::build(&sources, None, &[], NEEDS),
+            None,
+            Settings::default(),
+        )
+        .with_plugins(Plugins::new(vec![Arc::new(Wayward)]));
+        let cancel = CancellationToken::new();
+        for run in ["spare", "fan_out"] {
+            let e = engine
+                .call("wayward", json!({"run": run}), &cancel)
+                .await
+                .expect_err("an undeclared query");
+            assert_eq!(e.code, ErrorCode::Internal, "{run}: {e:?}");
+            assert!(
+                e.message.contains("which it does not declare"),
+                "{run}: {e:?}"
+            );
+        }
+        // The declared query gets as far as the (missing) database.
+        let e = engine
+            .call("wayward", json!({"run": "one"}), &cancel)
+            .await
+            .expect_err("no database is configured");
+        assert_eq!(e.code, ErrorCode::NotConfigured, "{e:?}");
     }
 
     fn facts(v: Option<&str>) -> ServerFacts {

@@ -16,7 +16,7 @@ use super::{
     Approved, CallLimits, Caller, Engine, ErrorCode, ToolError, ToolOutput, not_configured,
     render_error,
 };
-use crate::compile::CompiledTool;
+use crate::compile::{CompiledTool, Runs};
 use crate::db::fanout::NodeSet;
 use crate::db::{AfterCall, Db, Rows, Statement};
 use crate::spec::{Safety, Shape, Target};
@@ -62,10 +62,7 @@ impl PluginCall<'_> {
 
     /// Runs the tool file's query `name` read-only, its template rendered with `vars`.
     pub async fn query(&self, name: &str, vars: Value) -> Result<Rows, ToolError> {
-        if self.target(name) != Target::Coordinator {
-            return Err(self.wrong_target(name, "fan_out"));
-        }
-        let st = self.statement(name, &vars)?;
+        let st = self.statement(name, Runs::Read, &vars)?;
         let mut rows = self
             .db()?
             .read_only(&[st], self.limits.timeout, self.cancel)
@@ -89,10 +86,7 @@ impl PluginCall<'_> {
             )
             .hint("declare the tool `safety: execute`; the engine then requires an approval token"));
         }
-        if self.target(name) != Target::Coordinator {
-            return Err(self.wrong_target(name, "fan_out"));
-        }
-        let st = self.statement(name, &vars)?;
+        let st = self.statement(name, Runs::Execute, &vars)?;
         Ok(self
             .db()?
             .read_write(&st, self.limits.timeout, self.cancel)
@@ -121,12 +115,12 @@ impl PluginCall<'_> {
     /// every node, as a SQL tool would: one table whose rows lead with `nodeid` and
     /// `node`, and the nodes that failed as `node_errors` entries, never silently missing.
     pub async fn fan_out(&self, name: &str, vars: Value) -> Result<NodeRows, ToolError> {
+        let st = self.statement(name, Runs::FanOut, &vars)?;
+        // The compiler held the file to a fan-out target for this query.
         let set = match self.target(name) {
-            Target::Coordinator => return Err(self.wrong_target(name, "query")),
             Target::Workers => NodeSet::Workers,
-            Target::AllNodes => NodeSet::AllNodes,
+            _ => NodeSet::AllNodes,
         };
-        let st = self.statement(name, &vars)?;
         let results = self
             .db()?
             .fan_out(
@@ -159,17 +153,6 @@ impl PluginCall<'_> {
             .unwrap_or(spec.target)
     }
 
-    fn wrong_target(&self, name: &str, instead: &str) -> ToolError {
-        ToolError::new(
-            ErrorCode::Internal,
-            format!(
-                "query `{name}` of tool `{}` has another target: the plugin must run it with `{instead}`",
-                self.tool.spec.name
-            ),
-        )
-        .hint("the plugin and its tool file disagree about where the query runs")
-    }
-
     /// Runs a statement built from the caller's text that a person approved (the plugin
     /// checked the token): read-write, but rolled back, on a connection closed after.
     pub async fn approved_caller_statement(
@@ -185,20 +168,22 @@ impl PluginCall<'_> {
         Ok(rows.pop().expect("one statement, one result"))
     }
 
-    fn statement(&self, name: &str, vars: &Value) -> Result<Statement, ToolError> {
-        let q = self
-            .tool
-            .spec
-            .queries
-            .iter()
-            .find(|q| q.name == name)
-            .ok_or_else(|| {
-                ToolError::new(
-                    ErrorCode::Internal,
-                    format!("tool `{}` has no query `{name}`", self.tool.spec.name),
-                )
-                .hint("the plugin and its tool file disagree: run `citus-mcp lint` on the file")
-            })?;
+    /// Query `name` of the tool file, rendered with `vars`. The plugin must declare that
+    /// it runs the query this way ([`crate::compile::PluginNeeds`]): the compiler held
+    /// the file to that list, and this holds the plugin's code to it.
+    fn statement(&self, name: &str, how: Runs, vars: &Value) -> Result<Statement, ToolError> {
+        let declared = self.tool.plugin_queries.contains(&(name, how));
+        let q = self.tool.spec.queries.iter().find(|q| q.name == name);
+        let (true, Some(q)) = (declared, q) else {
+            return Err(ToolError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the plugin of tool `{}` runs query `{name}` ({how:?}), which it does not declare",
+                    self.tool.spec.name
+                ),
+            )
+            .hint("a bug in the plugin: add the query to its entry in plugins::NEEDS"));
+        };
         let r = self
             .tool
             .runnable()

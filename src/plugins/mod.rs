@@ -2,12 +2,15 @@
 //! input schema, examples) and their SQL live in YAML files with `plugin: <name>`.
 //!
 //! Each implements the engine's [`Plugin`] interface; [`all`] is the one list that
-//! `main` registers, and [`NAMES`] the names tool files may use.
+//! `main` registers, and [`NEEDS`] the names tool files may use with the queries each
+//! plugin runs.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use crate::compile::Runs::{Execute, FanOut, Read};
+use crate::compile::{PluginNeeds, Runs};
 use crate::engine::{
     Engine, Plugin, PluginCall, PluginFuture, Plugins, ToolError, ToolOutput, shape,
 };
@@ -20,18 +23,62 @@ mod operations;
 mod rebalance_prereqs;
 mod snapshot_source;
 
-/// Every plugin a tool file may name.
-pub const NAMES: &[&str] = &[
-    "ping",
-    "server_info",
-    "explain",
-    "approval",
-    "advisor",
-    "rebalance_prereqs",
-    "snapshot_source",
-    "rebalance_execute",
-    "move_shard_execute",
+/// Every plugin a tool file may name, and the queries its file must declare for it.
+pub const NEEDS: &[PluginNeeds] = &[
+    needs("ping", &[]),
+    needs("server_info", &[]),
+    needs("explain", &[("reach", Read)]),
+    needs("approval", &[]),
+    needs(
+        "advisor",
+        &[
+            ("nodes", Read),
+            ("tables", Read),
+            ("sessions", Read),
+            ("lock_waits", Read),
+            ("jobs", Read),
+            ("cleanup", Read),
+            ("prepared_xacts", FanOut),
+            ("settings", FanOut),
+            ("versions", FanOut),
+        ],
+    ),
+    needs(
+        "rebalance_prereqs",
+        &[
+            ("table", Read),
+            ("members", Read),
+            ("nodes", Read),
+            ("node_settings", FanOut),
+            ("jobs", Read),
+        ],
+    ),
+    needs(
+        "snapshot_source",
+        &[
+            ("workers", Read),
+            ("health", FanOut),
+            ("clones", Read),
+            ("split_plan", Read),
+            ("functions", Read),
+        ],
+    ),
+    needs("rebalance_execute", &[("start", Execute), ("job", Read)]),
+    needs(
+        "move_shard_execute",
+        &[
+            ("resolve", Read),
+            ("move_by_id", Execute),
+            ("move_by_name", Execute),
+            ("progress", Read),
+            ("placements", Read),
+        ],
+    ),
 ];
+
+const fn needs(name: &'static str, queries: &'static [(&'static str, Runs)]) -> PluginNeeds {
+    PluginNeeds { name, queries }
+}
 
 /// Every plugin, for [`Engine::with_plugins`].
 pub fn all() -> Plugins {
@@ -161,6 +208,7 @@ fn capabilities(engine: &Engine, facts: &crate::db::ServerFacts) -> Value {
 mod tests {
     #[test]
     fn names_match_the_registered_plugins() {
-        assert_eq!(super::all().names(), super::NAMES);
+        let names: Vec<&str> = super::NEEDS.iter().map(|n| n.name).collect();
+        assert_eq!(super::all().names(), names);
     }
 }

@@ -33,7 +33,7 @@ pub fn explains(b: &Bench) -> Result<Vec<Section>> {
             application_name: APP.into(),
             timeout_ceiling: Duration::from_secs(60),
         })?;
-        let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+        let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
         let engine =
             Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
         let (observer, conn) = tokio_postgres::connect(&b.dsn, tokio_postgres::NoTls).await?;

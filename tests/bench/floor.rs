@@ -374,7 +374,7 @@ fn startup_row(s: &mut Section, b: &Bench) -> Result<()> {
 /// (issue #8: a tool nobody calls is never compiled). What jsonschema builds once per
 /// process is built apart, as a session does once it is idle after `initialized`.
 fn first_use_row(s: &mut Section) -> Result<()> {
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     let t = Instant::now();
     citus_mcp::compile::warm_up();
     let shared = t.elapsed();
@@ -489,7 +489,7 @@ async fn round_trips_of(b: &Bench, tool: &str, text: &str) -> Result<f64> {
             origin: format!("bench/{tool}.yaml"),
             text: text.into(),
         }]);
-        let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NAMES);
+        let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NEEDS);
         let engine =
             Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
         call(&engine, &tool, &json!({})).await?;

@@ -139,7 +139,7 @@ impl Bench {
                 })
                 .collect(),
         );
-        let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NAMES);
+        let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NEEDS);
         let errors: Vec<String> = registry.errors().map(ToString::to_string).collect();
         if !errors.is_empty() {
             bail!("tool files do not compile:\n{}", errors.join("\n"));
@@ -325,7 +325,7 @@ fn round_trips(b: &Bench) -> Result<Vec<Section>> {
             ]);
             let db = pool()?;
             let registry =
-                Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+                Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
             let engine =
                 Engine::new(registry, Some(db), no_cache()).with_plugins(citus_mcp::plugins::all());
             for (tool, args, note) in [

@@ -23,7 +23,7 @@ pub fn tools(b: &Bench) -> Result<Vec<Section>> {
         "10. Every built-in tool's examples over stdio (caching off)",
         &["tool", "example", "first", "median", "p95", "notes"],
     );
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     let mut server = b.server(&[], &[("CITUS_MCP_ENABLE_CACHING", "false")])?;
     server.initialize()?;
     let (_, listed) = server.request("tools/list", json!({}))?;

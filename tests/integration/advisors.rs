@@ -51,7 +51,7 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 }
 
 fn engine(ctx: &Ctx) -> Engine {
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     Engine::new(
         registry,
         Some(ctx.pool_named(&ctx.dsn(), "citus-mcp-advisor-tests")),

@@ -48,7 +48,7 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 }
 
 fn engine(ctx: &Ctx, settings: Settings) -> Engine {
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     Engine::new(
         registry,
         Some(ctx.pool(&ctx.dsn())),
@@ -293,7 +293,7 @@ fn clone_node_is_not_inactive(ctx: &Ctx) {
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     let tool = registry.tools.get("citus_cluster_summary").unwrap().clone();
     let mut ctx_vars = tool.context(&serde_json::Map::new());

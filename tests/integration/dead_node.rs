@@ -191,7 +191,7 @@ fn every_tool_names_a_stopped_worker(ctx: &Ctx) {
     ));
     assert!(dead_tables.contains("orders"), "{dead_tables:?}");
 
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     let tools: Vec<(String, Value)> = registry
         .tools
         .values()
@@ -207,7 +207,7 @@ fn every_tool_names_a_stopped_worker(ctx: &Ctx) {
     let mut failures = Vec::new();
     for mode in [FanOutMode::Coordinator, FanOutMode::Direct] {
         let engine = Engine::new(
-            Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES),
+            Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS),
             Some(ctx.pool(&dsn)),
             Settings {
                 enable_caching: false,

@@ -252,7 +252,7 @@ fn every_tool_answers_its_examples(ctx: &Ctx) {
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     for tool in registry.tools.values() {
         for ex in &tool.spec.examples {
@@ -328,7 +328,7 @@ fn stdio_writes_what_the_engine_builds(ctx: &Ctx) {
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     let settings = Settings {
         enable_caching: false,

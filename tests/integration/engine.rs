@@ -142,7 +142,7 @@ fn engine_on(db: citus_mcp::db::Db, extra: &[&str], settings: Settings) -> Engin
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     let errors: Vec<String> = registry.errors().map(ToString::to_string).collect();
     assert!(

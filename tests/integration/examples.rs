@@ -26,7 +26,7 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     let mut out = Vec::new();
     for tool in registry.tools.values() {
@@ -54,7 +54,7 @@ fn tool_examples(ctx: &Arc<Ctx>) -> Vec<Trial> {
                             },
                             None,
                             &[],
-                            citus_mcp::plugins::NAMES,
+                            citus_mcp::plugins::NEEDS,
                         ),
                         // Read-only tools run as the least-privilege role of README's recipe.
                         Some(ctx.reader_pool()),
@@ -160,7 +160,7 @@ pub fn readme_example(ctx: &Arc<Ctx>) -> Trial {
             },
             None,
             &[],
-            citus_mcp::plugins::NAMES,
+            citus_mcp::plugins::NEEDS,
         );
         let problems: Vec<String> = registry
             .diagnostics

@@ -48,7 +48,7 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
 }
 
 fn engine(ctx: &Ctx, app: &str) -> Engine {
-    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES);
+    let registry = Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS);
     Engine::new(
         registry,
         Some(ctx.pool_named(&ctx.dsn(), app)),

@@ -83,7 +83,7 @@ impl Admin {
         let gate = Gate::open(&settings, None, read.clone()).unwrap();
         let issuer = Issuer::open(&settings, read).unwrap();
         let engine = Engine::new(
-            Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NAMES),
+            Registry::build(&Sources::builtin(), None, &[], citus_mcp::plugins::NEEDS),
             Some(ctx.pool_named(dsn, "citus-mcp-operations")),
             Settings {
                 admin: true,

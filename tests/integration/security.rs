@@ -103,7 +103,7 @@ fn engine_on(db: citus_mcp::db::Db, extra: &[(&str, &str)], settings: Settings) 
         },
         None,
         &[],
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     let errors: Vec<String> = registry.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
@@ -985,7 +985,7 @@ fn fan_out_writes_are_refused(ctx: &Ctx) {
             origin: "sneaky_fanout.yaml".into(),
             text: SNEAKY_FANOUT.into(),
         },
-        citus_mcp::plugins::NAMES,
+        citus_mcp::plugins::NEEDS,
     );
     assert!(tool.is_none(), "{diags:?}");
     let codes: std::collections::BTreeSet<&str> = diags.iter().map(|d| d.code.as_str()).collect();
@@ -1154,7 +1154,7 @@ fn role_warnings(ctx: &Ctx) {
                 },
                 None,
                 &[],
-                citus_mcp::plugins::NAMES,
+                citus_mcp::plugins::NEEDS,
             ),
             Some(db),
             Settings::default(),

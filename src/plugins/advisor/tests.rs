@@ -506,7 +506,7 @@ fn next_tools_are_built_in_tools() {
         &crate::registry::Sources::builtin(),
         None,
         &[],
-        crate::plugins::NAMES,
+        crate::plugins::NEEDS,
     );
     for name in NEXT_TOOLS {
         assert!(
