@@ -30,7 +30,7 @@ const HEAD_LEN: usize = 1 + 4 + 8 + NONCE_LEN + 32 + 1;
 const MAX_TOKEN_CHARS: usize = 512;
 
 /// The argument key that carries the token, never part of what it approves.
-pub const TOKEN_KEY: &str = "approval_token";
+pub use crate::engine::TOKEN_KEY;
 
 /// Why a token was refused. Each has a stable name for the audit log and the result.
 #[derive(Debug, Clone, PartialEq, Eq)]

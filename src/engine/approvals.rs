@@ -14,6 +14,9 @@ use serde_json::{Map, Value};
 
 use super::{Caller, ToolError};
 
+/// The argument that carries an approval token, never part of what it approves.
+pub const TOKEN_KEY: &str = "approval_token";
+
 /// A boxed future of the approval gate.
 pub type ApprovalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

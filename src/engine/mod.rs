@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-pub use approvals::{ApprovalFuture, Approvals, Approved, Issued};
+pub use approvals::{ApprovalFuture, Approvals, Approved, Issued, TOKEN_KEY};
 pub use caller::{Caller, CallerFuture, NoCaller};
 pub use complete::CompletionRef;
 pub use error::{ErrorCode, ToolError};
@@ -313,12 +313,17 @@ impl Engine {
             Value::Null => Value::Object(Map::new()),
             a => a,
         };
-        // The gate comes before any execute tool runs, SQL or plugin alike, and before
-        // argument validation, so a call without a token learns how to get one rather
-        // than that `approval_token` is a required property. The token binds the exact
-        // arguments, which were checked against the schema when they were approved.
+        let problems = tool
+            .runnable()
+            .map_err(not_compiled)?
+            .argument_errors(&args);
+        // The gate comes before any execute tool runs, SQL or plugin alike. A call without
+        // a token learns how to get one rather than that `approval_token` is a required
+        // property; a call with one whose arguments do not validate (its tool's file
+        // changed since they were approved) is refused before the gate spends the token.
         let mut approved = None;
-        if tool.spec.safety == Safety::Execute {
+        let holds_token = args.get(TOKEN_KEY).is_some();
+        if tool.spec.safety == Safety::Execute && (problems.is_empty() || !holds_token) {
             let approvals = self.approvals.as_deref().ok_or_else(|| {
                 ToolError::new(
                     ErrorCode::ApprovalRequired,
@@ -333,10 +338,6 @@ impl Engine {
                     .await?,
             );
         }
-        let problems = tool
-            .runnable()
-            .map_err(not_compiled)?
-            .argument_errors(&args);
         if !problems.is_empty() {
             let mut e = ToolError::new(
                 ErrorCode::InvalidArgument,
@@ -1055,8 +1056,8 @@ mod tests {
     #[tokio::test]
     async fn a_plugin_runs_only_the_queries_it_declares() {
         use crate::compile::{PluginNeeds, Runs, SourceFile};
-        use serde_json::json;
         use crate::registry::{Registry, Sources};
+        use serde_json::json;
         struct Wayward;
         impl Plugin for Wayward {
             fn name(&self) -> &'static str {

@@ -326,7 +326,7 @@ pub fn how_to_get_more(
         let ty = schema.get("type").and_then(Value::as_str);
         let given = args.get(arg);
         let code = format!("`{arg}`");
-        if matches!(arg.as_str(), "offset" | "cursor" | "approval_token") {
+        if matches!(arg.as_str(), "offset" | "cursor" | super::TOKEN_KEY) {
             continue;
         }
         if arg.ends_with("_max_chars") {

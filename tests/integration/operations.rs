@@ -390,8 +390,43 @@ fn bad_tokens(ctx: &Ctx) {
     a.clock.fetch_add(120, Ordering::SeqCst);
     refused(late, "expired");
 
-    // Replayed: the first use runs (its job is then stopped), the second is refused.
-    let once = a.approved("citus_rebalance_execute", args.clone());
+    // The tool's file changed after the approval, and the approved arguments no longer
+    // fit it: the call is refused as invalid arguments before the gate spends the token.
+    let once = a.approved(
+        "citus_rebalance_execute",
+        json!({"shard_transfer_mode": "force_logical"}),
+    );
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools.d/citus_rebalance_execute.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let narrowed = text.replace(
+        "enum: [auto, force_logical, block_writes]",
+        "enum: [auto, block_writes]",
+    );
+    assert_ne!(text, narrowed, "the test must narrow the schema");
+    let mut sources = Sources::builtin();
+    sources.tools.push(vec![citus_mcp::compile::SourceFile {
+        origin: "edited/citus_rebalance_execute.yaml".into(),
+        text: narrowed.into(),
+    }]);
+    let edited = Registry::build(&sources, None, &[], citus_mcp::plugins::NEEDS);
+    assert!(edited.diagnostics.is_empty(), "{:?}", edited.diagnostics);
+    let built_in = a.engine.swap(edited);
+    let e = a
+        .call(
+            ctx,
+            "citus_rebalance_execute",
+            once.clone(),
+            &Progress::default(),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{}", e.text());
+    a.engine.swap_shared(built_in);
+
+    // Replayed: the first use (of the token the refused call did not spend) runs (its
+    // job is then stopped), the second is refused.
     assert!(
         a.call(
             ctx,
