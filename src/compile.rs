@@ -717,9 +717,11 @@ fn check_branches(ck: &mut Findings, spec: &ToolSpec) {
     }
 }
 
-/// The start of a statement, on one line, for a message.
+/// The start of a statement, on one line, for a message: its secrets masked first (a
+/// tool file's SQL may hold a password, and its errors reach `server_info` and the log).
 fn excerpt(sql: &str) -> String {
-    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let masked = crate::redact::secrets(sql);
+    let flat = masked.split_whitespace().collect::<Vec<_>>().join(" ");
     match flat.char_indices().nth(120) {
         Some((i, _)) => format!("{}…", &flat[..i]),
         None => flat,
@@ -1223,6 +1225,41 @@ examples:
         let (t, found) = tool("execute", &format!("{all}{}", q("spare", "")));
         assert!(t.is_some());
         assert_eq!(found, ["W005 plugin `demo` never runs query `spare`"]);
+    }
+
+    /// A refused statement is quoted in the finding, which reaches `server_info` and the
+    /// log: whatever secret its text holds is masked there.
+    #[test]
+    fn a_quoted_statement_keeps_its_secrets() {
+        let text = r#"
+name: demo
+description: d
+safety: read_only
+input_schema: {type: object}
+queries:
+  - name: q
+    sql: "INSERT INTO audit SELECT * FROM dblink('host=h user=app password=FilePW1', 'select 1') AS t(x int)"
+  - name: q2
+    sql: "ALTER ROLE app PASSWORD 'FilePW2'"
+  - name: q3
+    sql: "SELECT 'password=FilePW3' AS x; SELECT 2"
+examples:
+  - args: {}
+"#;
+        let (_, diags) = compile_tool(&file("demo", text), &[]);
+        let found: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{} {}", d.code.as_str(), d.message))
+            .collect();
+        assert_eq!(
+            found
+                .iter()
+                .filter(|f| f.starts_with("E009") || f.starts_with("E014"))
+                .count(),
+            3,
+            "{found:#?}"
+        );
+        assert!(found.iter().all(|f| !f.contains("FilePW")), "{found:#?}");
     }
 
     #[test]

@@ -690,7 +690,11 @@ fn warn_about_role(engine: Arc<Engine>, cluster: Option<String>) {
                     tracing::warn!(cluster, "{w}");
                 }
             }
-            Err(e) => tracing::debug!(cluster, "role not checked: {e}"),
+            Err(e) => tracing::debug!(
+                cluster,
+                "role not checked: {}",
+                citus_mcp::redact::shown(&e)
+            ),
         }
     });
 }

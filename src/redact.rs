@@ -40,6 +40,12 @@ static CONNINFO: LazyLock<Regex> = LazyLock::new(|| {
 static URL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(://[^:/@\s']*:)[^@\s']+@").expect("a valid pattern"));
 
+/// An error or value as a log line shows it: its secrets masked (a database error can
+/// quote a value the caller sent, which can be a connection string).
+pub fn shown(e: &impl std::fmt::Display) -> String {
+    secrets(&e.to_string()).into_owned()
+}
+
 /// `text` with the secrets it holds masked; borrowed when there is none.
 pub fn secrets(text: &str) -> Cow<'_, str> {
     let named = mask_named_constants(text);

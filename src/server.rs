@@ -602,7 +602,7 @@ impl ServerHandler for Server {
                 Err(ErrorData::invalid_params(e.message, None))
             }
             Err(e) => {
-                tracing::info!(tool = %echo::cap(&req.name), code = e.code.as_str(), "tool call failed: {}", e.message);
+                tracing::info!(tool = %echo::cap(&req.name), code = e.code.as_str(), "tool call failed: {}", crate::redact::shown(&e.message));
                 let mut r = CallToolResult::error(vec![ContentBlock::text(e.text())]);
                 r.structured_content = Some(serde_json::json!({"error": e}));
                 Ok(r.into())

@@ -368,7 +368,7 @@ impl Db {
             let tls = tls.clone();
             async move {
                 if let Err(e) = t.cancel_query(tls).await {
-                    tracing::debug!("cancel request failed: {e}");
+                    tracing::debug!("cancel request failed: {}", crate::redact::shown(&e));
                 }
             }
         }))
@@ -546,7 +546,10 @@ impl Db {
                 .await
             {
                 Err(e) if attempts > 0 && connection_lost(&e) => {
-                    tracing::debug!("retrying on another connection: {e}");
+                    tracing::debug!(
+                        "retrying on another connection: {}",
+                        crate::redact::shown(&e)
+                    );
                 }
                 other => return other,
             }
@@ -753,7 +756,10 @@ async fn pipelined(
     let reusable = match answer(rolled_back).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::debug!("ROLLBACK failed, the connection is closed: {e}");
+            tracing::debug!(
+                "ROLLBACK failed, the connection is closed: {}",
+                crate::redact::shown(&e)
+            );
             false
         }
     };
@@ -899,7 +905,7 @@ fn cancel_in_background(
     let (tls, running) = (tls.clone(), running.clone());
     rt.spawn(async move {
         if let Err(e) = token.cancel_query(tls).await {
-            tracing::debug!("cancel request failed: {e}");
+            tracing::debug!("cancel request failed: {}", crate::redact::shown(&e));
         }
         running.remove(call);
     });

@@ -47,7 +47,7 @@ impl Db {
                     })?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    tracing::debug!("read-write connection ended: {e}");
+                    tracing::debug!("read-write connection ended: {}", crate::redact::shown(&e));
                 }
             });
             Ok::<_, DbError>(client)

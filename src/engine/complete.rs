@@ -116,7 +116,10 @@ impl Engine {
                 .collect(),
             Err(e) => {
                 // A completion is a convenience: a failure shows as no suggestions.
-                tracing::info!("completion of `{argument}` failed: {e}");
+                tracing::info!(
+                    "completion of `{argument}` failed: {}",
+                    crate::redact::shown(&e)
+                );
                 vec![]
             }
         }

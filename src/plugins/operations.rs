@@ -217,7 +217,7 @@ async fn move_shard(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
                         report_move(&call, &shard_id, &records(&rows)).await;
                         reports += 1;
                     }
-                    Err(e) => tracing::debug!("progress poll failed: {}", e.message),
+                    Err(e) => tracing::debug!("progress poll failed: {}", crate::redact::secrets(&e.message)),
                 }
             }
         }

@@ -1006,7 +1006,18 @@ fn approval_accepted(ctx: &Ctx) {
         !audit.contains(&token) && !audit.contains(APPROVAL_SECRET),
         "{audit}"
     );
-    assert!(!c.stderr_text().contains(&token) && !c.stderr_text().contains(APPROVAL_SECRET));
+    // A database error that quotes what the caller sent: the caller gets it back, the
+    // log masks the password in it.
+    let r = c.call(
+        "citus_explain_query",
+        json!({"sql": "SELECT 'postgres://u:PwInLog@h/db'::int"}),
+    );
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(r.to_string().contains("PwInLog"), "{r}");
+    let log = c.stderr_text();
+    assert!(log.contains("tool call failed"), "{log}");
+    assert!(!log.contains("PwInLog"), "{log}");
+    assert!(!log.contains(&token) && !log.contains(APPROVAL_SECRET));
     assert!(c.garbage.is_empty(), "{:?}", c.garbage);
 }
 
