@@ -290,7 +290,16 @@ pub fn load(
                 [_, name] => key = format!("clusters.{name}"),
                 _ => {}
             }
+        } else if path.matches('/').count() > 1 {
+            // A key inside a section (`http.tokens.0.sha256`) is named whole.
+            key = path.trim_start_matches('/').replace('/', ".");
         }
+        // Deeper down, a token's entry (`http.tokens[0].sha256`, where a raw bearer token
+        // pasted by mistake would otherwise be echoed) is as secret as a password.
+        secret = secret
+            || path
+                .split('/')
+                .any(|part| is_secret(part) || part.contains("token"));
         // A section's key set by a flag or variable (`http.listen`) names its own source.
         let nested = path.trim_start_matches('/').replacen('/', ".", 1);
         let nested: String = nested.split('/').next().unwrap_or("").to_string();
@@ -551,6 +560,16 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
         Ok(Value::from(v))
     }
 
+    // Past 64 bits: a number still, so that the schema (which masks secrets) says it is
+    // not what the key takes, rather than serde quoting it whole.
+    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::from(v as f64))
+    }
+
+    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
+        Ok(Value::from(v as f64))
+    }
+
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::from(v))
     }
@@ -741,6 +760,31 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+        // A raw bearer token pasted where its hash goes, and a numeric secret past 64 bits
+        // (which serde would quote whole), in YAML and TOML.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, secret) in [
+            (
+                "t.yaml",
+                "http:\n  tokens: [{name: a, sha256: cmcp_RawBearerToken0}]\n",
+                "RawBearerToken0",
+            ),
+            (
+                "p.yaml",
+                "coordinator_password: 98765432109876543210987654\n",
+                "98765432109876543210987654",
+            ),
+            (
+                "s.toml",
+                "approval_secret = 98765432109876543210987654\n",
+                "98765432109876543210987654",
+            ),
+        ] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, text).unwrap();
+            let e = load(Some(&file), &env(&[]), &Flags::new()).unwrap_err();
+            assert!(!e.to_string().contains(secret), "{name}: {e}");
+        }
     }
 
     /// Issue #6: a key given twice silently took the last value.

@@ -76,8 +76,14 @@ impl Dsn {
             } else {
                 split_keywords(text)?
             };
-        let mut config = tokio_postgres::Config::from_str(&rest)
-            .map_err(|e| DsnError::Invalid(e.to_string()))?;
+        // tokio-postgres says only "invalid connection string"; the why is its source,
+        // which names an option, never a value.
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+            DsnError::Invalid(std::error::Error::source(&e).map_or_else(
+                || "not a connection string libpq would read".to_string(),
+                ToString::to_string,
+            ))
+        })?;
         let mode = sslmode.as_deref().unwrap_or("prefer");
         let (ssl, verify) = match mode {
             "disable" => (SslMode::Disable, Verify::Nothing),
@@ -229,7 +235,13 @@ fn split_keywords(text: &str) -> Result<(String, Option<String>, Option<String>)
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(DsnError::Invalid(format!("missing `=` after `{key}`")));
+            // The stray word may be the tail of an unquoted password: it is not quoted.
+            return Err(DsnError::Invalid(match pairs.last() {
+                Some((last, _)) => format!(
+                    "a word without `=` follows the value of `{last}`; quote a value that holds spaces: {last}='a b'"
+                ),
+                None => "expected `key=value` settings or a postgres:// URL".to_string(),
+            }));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -390,6 +402,17 @@ mod tests {
         let d = Dsn::parse("host=h password=hunter2").unwrap();
         assert!(!format!("{d:?}").contains("hunter2"));
         let e = Dsn::parse("host=h password='hunter2").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // An unquoted password with a space: its tail is a stray word, not quoted back.
+        let e = Dsn::parse("host=h password=hunter2 tail7").unwrap_err();
+        assert!(e.to_string().contains("`password`"), "{e}");
+        assert!(!e.to_string().contains("tail7"), "{e}");
+        // A password given where the whole DSN goes.
+        let e = Dsn::parse("hunter2").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // tokio-postgres's reason, which names the option.
+        let e = Dsn::parse("postgres://u:hunter2@h:port/db").unwrap_err();
+        assert!(e.to_string().contains("option `port`"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

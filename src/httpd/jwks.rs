@@ -46,7 +46,9 @@ pub struct Url {
 
 impl Url {
     pub fn parse(text: &str) -> Result<Url, HttpError> {
-        let bad = |why: &str| HttpError::OAuth(format!("jwks_url `{text}`: {why}"));
+        // A URL's password is masked where the URL is quoted (`https://user:pw@…`).
+        let shown = crate::redact::secrets(text);
+        let bad = |why: &str| HttpError::OAuth(format!("jwks_url `{shown}`: {why}"));
         let uri: http::Uri = text.parse().map_err(|_| bad("not a URL"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -446,6 +448,10 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+        // The refusal quotes the URL without its password.
+        let e = Url::parse("https://user:UrlPw1@issuer.example/").unwrap_err();
+        assert!(e.to_string().contains("credentials"), "{e}");
+        assert!(!e.to_string().contains("UrlPw1"), "{e}");
     }
 
     #[test]
