@@ -213,6 +213,11 @@ pub enum DbError {
     },
     #[error("column `{column}`: {reason}")]
     Decode { column: String, reason: String },
+    /// The server ended the session while the call's statements ran (an administrator
+    /// terminated the backend, the server shut down). Unlike a session found dead before
+    /// the call began, this is not run again elsewhere: someone may have meant to stop it.
+    #[error("the session ended while the call ran: {0}")]
+    Ended(String),
 }
 
 /// A pool of connections to the coordinator (or, for fan-out, to one node).
@@ -723,6 +728,8 @@ async fn pipelined(
     send(rolled_back.as_mut()).await;
 
     answer(begun).await.map_err(sql_error)?;
+    // The session took the flight: from here on, losing it means losing the call.
+    let sql_error = |e| ended_during_call(sql_error(e));
     answer(set).await.map_err(sql_error)?;
     if let Some(e) = unparsed {
         return Err(e);
@@ -994,6 +1001,15 @@ impl RowDecoder {
 
 /// The server ended an established connection (shutdown, restart, terminated backend,
 /// broken socket), as opposed to refusing a new one or failing a statement.
+/// A lost session, once the call's statements reached it, as [`DbError::Ended`].
+fn ended_during_call(e: DbError) -> DbError {
+    if connection_lost(&e) {
+        DbError::Ended(e.to_string())
+    } else {
+        e
+    }
+}
+
 fn connection_lost(e: &DbError) -> bool {
     match e {
         DbError::Connect { reason, .. } => reason == CONNECTION_CLOSED,

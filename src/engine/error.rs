@@ -170,6 +170,8 @@ impl From<DbError> for ToolError {
                 .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"),
             DbError::Cancelled => ToolError::new(ErrorCode::Cancelled, e.to_string()),
             DbError::Decode { .. } => ToolError::new(ErrorCode::Internal, e.to_string()),
+            DbError::Ended(_) => ToolError::new(ErrorCode::NodeUnreachable, e.to_string())
+                .hint("the server ended the session while the call ran (an administrator terminated it, or the server restarted); it was not run again: call again if the answer is still wanted"),
             DbError::Sql { sqlstate, message, detail, hint } => {
                 let code = match sqlstate.as_str() {
                     // invalid_text_representation, numeric out of range, invalid name syntax, ...

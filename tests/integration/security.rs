@@ -57,6 +57,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "security::a_statement_an_administrator_terminates_is_not_run_again",
+            a_terminated_statement_is_not_run_again,
+        ),
+        trial(
+            ctx,
             "security::distinct_statements_leave_no_prepared_state",
             distinct_statements_leave_no_prepared_state,
         ),
@@ -1299,6 +1304,68 @@ fn vanished_client_leaves_nothing_running(ctx: &Ctx) {
     );
     // The pool still serves.
     assert!(call(ctx, &e, "long_sleeper", json!({"s": 0})).is_ok());
+}
+
+/// A DBA who terminates a runaway statement means it: the call ends, naming why, and
+/// its statement is not run again on another connection (a session found dead before
+/// the call began still is).
+fn a_terminated_statement_is_not_run_again(ctx: &Ctx) {
+    const TOOL: &str = r#"
+name: terminated_sleeper
+description: Sleeps.
+safety: read_only
+input_schema: {type: object, properties: {s: {type: number}}}
+limits: {timeout_ms: 60000}
+queries:
+  - name: r
+    shape: value
+    sql: SELECT pg_sleep({{ s }}) IS NULL AS slept, 'citus-mcp-terminated' AS marker
+examples:
+  - args: {s: 0}
+"#;
+    let e = Arc::new(engine(
+        ctx,
+        &[("terminated_sleeper", TOOL)],
+        Settings::default(),
+        "citus-mcp-terminate",
+    ));
+    let e2 = e.clone();
+    let handle = ctx.rt.spawn(async move {
+        e2.call(
+            "terminated_sleeper",
+            json!({"s": 30}),
+            &CancellationToken::new(),
+        )
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    let mut terminated = 0;
+    while !handle.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the call never ended");
+        let n = ctx
+            .db()
+            .psql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE query LIKE '%citus-mcp-terminated%' AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        terminated += n.trim().parse::<u32>().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = ctx.rt.block_on(handle).unwrap();
+    let err = r.expect_err("a terminated statement fails its call");
+    assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
+    assert!(
+        err.message.contains("ended while the call ran"),
+        "{}",
+        err.text()
+    );
+    assert_eq!(
+        terminated, 1,
+        "the statement ran again after it was terminated"
+    );
+    // The pool still serves.
+    assert!(call(ctx, &e, "terminated_sleeper", json!({"s": 0})).is_ok());
 }
 
 const PREPARED: &str = r#"
