@@ -544,8 +544,11 @@ impl Db {
         read_only: bool,
     ) -> Result<Vec<Rows>, DbError> {
         let mut attempts = self.config.pool_size.max(1) + 1;
+        let started = Instant::now();
         loop {
             attempts -= 1;
+            // Another attempt has what is left of the call's time, not all of it again.
+            let timeout = timeout.saturating_sub(started.elapsed());
             match self
                 .in_transaction_once(statements, timeout, cancel, after, read_only)
                 .await
@@ -573,8 +576,15 @@ impl Db {
             AfterCall::Discard => self.keep_warm().await,
             AfterCall::Reuse => None,
         };
-        let client = self.client().await?;
+        // Waiting for a connection is part of the call's time: what is left of it bounds
+        // the statements.
+        let started = Instant::now();
+        let client = race(self.client(), timeout, cancel).await?;
         drop(warm);
+        let timeout = timeout.saturating_sub(started.elapsed());
+        if timeout < MIN_STATEMENT_TIME {
+            return Err(DbError::Timeout(started.elapsed().as_millis() as u64));
+        }
         let mut guard = CallGuard::new(self, client);
         let client = guard.client.as_mut().expect("set above");
         let result = race(
@@ -808,6 +818,10 @@ struct CallGuard {
 
 /// Runs a call's work under citus-mcp's own clock (its timeout plus a grace) and its
 /// cancellation token.
+/// Less time than this left for the statements after waiting for a connection is a
+/// timeout already: `statement_timeout` takes milliseconds, and 0 would mean none.
+const MIN_STATEMENT_TIME: Duration = Duration::from_millis(1);
+
 async fn race<T>(
     work: impl std::future::Future<Output = Result<T, DbError>>,
     timeout: Duration,

@@ -354,11 +354,12 @@ impl Engine {
             ));
         };
 
+        // The tool's timeout bounds the whole call: every stage gets what is left of it.
+        let deadline = Instant::now() + self.settings.limits(&tool.spec.limits).timeout;
         // What a tool needs of the cluster is checked here for every tool, plugins too.
         if let Some(req) = &tool.spec.requires.citus {
             let db = self.db.as_ref().ok_or_else(not_configured)?;
-            let timeout = self.settings.limits(&tool.spec.limits).timeout;
-            check_citus(&db.facts_within(timeout).await?, req)?;
+            check_citus(&db.facts_within(left(deadline)?).await?, req)?;
         }
         if let Some(name) = &tool.spec.plugin {
             let plugin = self.plugins.get(name).ok_or_else(|| {
@@ -416,7 +417,7 @@ impl Engine {
         {
             return Ok(out.clone());
         }
-        let out = self.run(&tool, args, db, cancel, write).await?;
+        let out = self.run(&tool, args, db, cancel, write, deadline).await?;
         if let Some(key) = key {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.len() >= CACHE_CAPACITY {
@@ -503,11 +504,12 @@ impl Engine {
         db: &Db,
         cancel: &CancellationToken,
         write: bool,
+        deadline: Instant,
     ) -> Result<Answer, ToolError> {
         let CallLimits {
             max_rows,
             max_bytes,
-            timeout,
+            ..
         } = self.settings.limits(&tool.spec.limits);
 
         let run = tool.runnable().map_err(not_compiled)?;
@@ -544,7 +546,7 @@ impl Engine {
                     keep_results.then_some(&mut ctx),
                     &mut node_errors,
                     db,
-                    timeout,
+                    left(deadline)?,
                     cancel,
                     write,
                 )
@@ -574,7 +576,7 @@ impl Engine {
                         NodeSet::AllNodes
                     };
                     let results = db
-                        .fan_out(set, self.settings.fanout, &st, timeout, cancel)
+                        .fan_out(set, self.settings.fanout, &st, left(deadline)?, cancel)
                         .await
                         .map_err(|e| name_silent_nodes(e.into(), &node_errors))?;
                     let (rows, errors) = merge_nodes(results);
@@ -597,7 +599,7 @@ impl Engine {
             keep_results.then_some(&mut ctx),
             &mut node_errors,
             db,
-            timeout,
+            left(deadline)?,
             cancel,
             write,
         )
@@ -885,6 +887,19 @@ fn merge_nodes(results: Vec<NodeResult>) -> (Rows, Vec<Value>) {
 }
 
 /// The error of a tool that needs the database when none is configured.
+/// What is left of a call's time before `deadline`; none left is the call's timeout.
+fn left(deadline: Instant) -> Result<Duration, ToolError> {
+    let now = Instant::now();
+    if now + Duration::from_millis(1) >= deadline {
+        return Err(ToolError::new(
+            ErrorCode::Timeout,
+            "the call used up its time before its next statement",
+        )
+        .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"));
+    }
+    Ok(deadline - now)
+}
+
 pub fn not_configured() -> ToolError {
     ToolError::new(ErrorCode::NotConfigured, "no coordinator is configured")
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")

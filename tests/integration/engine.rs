@@ -78,6 +78,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "engine::a_tools_timeout_bounds_the_whole_call",
+            a_tools_timeout_bounds_the_whole_call,
+        ),
+        trial(
+            ctx,
             "engine::lost_connections_are_reestablished",
             lost_connections_are_reestablished,
         ),
@@ -713,6 +718,76 @@ fn a_saturated_pool_is_a_timeout_not_an_unreachable_node(ctx: &Ctx) {
         "the first call kept running",
     );
     assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
+}
+
+/// The tool's timeout is the call's: stages that each fit it do not add up past it, and
+/// waiting for a connection counts against it.
+fn a_tools_timeout_bounds_the_whole_call(ctx: &Ctx) {
+    const STAGES: &str = r#"
+name: three_stages
+description: Three statements, each reading the one before, so each a stage of its own.
+safety: read_only
+input_schema: {type: object}
+limits: {timeout_ms: 2000}
+queries:
+  - name: a
+    output: false
+    sql: SELECT pg_sleep(0.9) IS NULL AS x
+  - name: b
+    output: false
+    sql: SELECT pg_sleep(0.9) IS NULL AS y, {{ results.a }}::text AS prev
+  - name: c
+    sql: SELECT pg_sleep(0.9) IS NULL AS z, {{ results.b }}::text AS prev
+examples:
+  - args: {}
+"#;
+    let e = engine(ctx, &ctx.dsn(), &[STAGES], no_cache());
+    let started = std::time::Instant::now();
+    let err = call(ctx, &e, "three_stages", json!({})).expect_err("2.7 s of stages in 2 s");
+    assert_eq!(err.code, ErrorCode::Timeout, "{}", err.text());
+    assert!(
+        started.elapsed() < Duration::from_millis(2600),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // One connection, held by a long call; the pool would wait 20 s for it (twice the
+    // connect timeout), the next call's tool allows 1.5 s.
+    let db = crate::pool_sized(&ctx.dsn(), "citus-mcp-held", 1, Duration::from_secs(10));
+    let held = SLEEPER
+        .replace("timeout_ms: 300", "timeout_ms: 60000")
+        .replace("citus-mcp-sleeper", "citus-mcp-held");
+    let quick = SLEEPER
+        .replace("name: sleeper", "name: quick")
+        .replace("timeout_ms: 300", "timeout_ms: 1500");
+    let e = Arc::new(engine_on(db, &[&held, &quick], no_cache()));
+    let e2 = e.clone();
+    let busy = ctx.rt.spawn(async move {
+        e2.call("sleeper", json!({"s": 30}), &CancellationToken::new())
+            .await
+    });
+    ctx.wait_running(
+        "citus-mcp-held",
+        |n| n == 1,
+        Duration::from_secs(10),
+        "the first call never ran",
+    );
+    let started = std::time::Instant::now();
+    let err = call(ctx, &e, "quick", json!({"s": 0})).expect_err("no connection within 1.5 s");
+    assert_eq!(err.code, ErrorCode::Timeout, "{}", err.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    busy.abort();
+    ctx.wait_running(
+        "citus-mcp-held",
+        |n| n == 0,
+        Duration::from_secs(10),
+        "the first call kept running",
+    );
+    assert!(call(ctx, &e, "quick", json!({"s": 0})).is_ok());
 }
 
 fn lost_connections_are_reestablished(ctx: &Ctx) {
