@@ -94,7 +94,17 @@ const CALL_SETTINGS: &str = "SELECT pg_catalog.set_config('statement_timeout', $
      pg_catalog.set_config('lock_timeout', $1, true), \
      pg_catalog.set_config('idle_in_transaction_session_timeout', $2, true), \
      pg_catalog.set_config('standard_conforming_strings', 'on', true), \
-     pg_catalog.set_config('jit', $3, true)";
+     pg_catalog.set_config('jit', $3, true), \
+     pg_catalog.set_config('citus.node_connection_timeout', $4, true)";
+
+/// How long Citus may take to connect to another node within a call of `timeout`
+/// (`citus.node_connection_timeout`, 30 s by default): a third of the call, so that a node
+/// that accepts connections but never answers them (a hung host, a stopped postmaster) is
+/// named by the call's node-health check, with time left for the rest, instead of the whole
+/// call ending in TIMEOUT. Within Citus's bounds (10 ms to an hour), and never over its default.
+fn node_connect_ms(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64 / 3).clamp(10, 30_000)
+}
 
 /// The `jit` a call runs with. A tool file's statements run with JIT off: they read
 /// catalogs and Citus's fan-out functions, whose row estimates (a thousand rows per
@@ -704,7 +714,8 @@ async fn pipelined(
     let mut begun = std::pin::pin!(maybe_done(client.execute(&begin, &[])));
     send(begun.as_mut()).await;
     let jit = jit_for(statements);
-    let values: [&(dyn ToSql + Sync); 3] = [&ms, &idle, &jit];
+    let connect = node_connect_ms(timeout).to_string();
+    let values: [&(dyn ToSql + Sync); 4] = [&ms, &idle, &jit, &connect];
     let mut set = std::pin::pin!(maybe_done(client.execute(&settings, &values)));
     send(set.as_mut()).await;
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
-use super::{AfterCall, CALL_SETTINGS, CallGuard, Db, DbError, IDLE_GRACE_MS, race, sql_error};
+use super::{
+    AfterCall, CALL_SETTINGS, CallGuard, Db, DbError, IDLE_GRACE_MS, node_connect_ms, race,
+    sql_error,
+};
 
 /// One nonce to claim.
 struct Claim<'a> {
@@ -84,7 +87,8 @@ impl Db {
                 .map_err(sql_error)?;
             let ms = timeout_ms.to_string();
             let idle = (u128::from(timeout_ms) + IDLE_GRACE_MS).to_string();
-            tx.execute(CALL_SETTINGS, &[&ms, &idle, &Some("off")])
+            let connect = node_connect_ms(timeout).to_string();
+            tx.execute(CALL_SETTINGS, &[&ms, &idle, &Some("off"), &connect])
                 .await
                 .map_err(sql_error)?;
             if create {

@@ -741,7 +741,31 @@ queries:
 examples:
   - args: {}
 "#;
-    let e = engine(ctx, &ctx.dsn(), &[STAGES], no_cache());
+    // Citus connecting to another node (a node-health check) has a third of the call.
+    const CONNECT: &str = r#"
+name: connect_timeout
+description: Citus's connect timeout within a call.
+safety: read_only
+input_schema: {type: object}
+limits: {timeout_ms: 3000}
+queries:
+  - name: t
+    shape: value
+    sql: SELECT pg_catalog.current_setting('citus.node_connection_timeout') AS t
+examples:
+  - args: {}
+"#;
+    let e = engine(ctx, &ctx.dsn(), &[STAGES, CONNECT], no_cache());
+    let r = call(ctx, &e, "connect_timeout", json!({})).unwrap();
+    // Plain PostgreSQL keeps the text it was given; Citus shows it with its unit. A third
+    // of what is left of the call's 3 s when its statements begin.
+    let t = r.structured["t"].as_str().unwrap();
+    let ms: f64 = match (t.strip_suffix("ms"), t.strip_suffix('s')) {
+        (Some(ms), _) => ms.parse().unwrap(),
+        (None, Some(s)) => s.parse::<f64>().unwrap() * 1000.0,
+        (None, None) => t.parse().unwrap(),
+    };
+    assert!((900.0..=1000.0).contains(&ms), "{t}");
     let started = std::time::Instant::now();
     let err = call(ctx, &e, "three_stages", json!({})).expect_err("2.7 s of stages in 2 s");
     assert_eq!(err.code, ErrorCode::Timeout, "{}", err.text());
