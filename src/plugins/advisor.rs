@@ -141,10 +141,12 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         reads.push(Read::nodes("settings"));
         reads.push(Read::nodes("versions"));
     }
+    let asked = reads.len();
     let mut facts = Facts::gather(&call, reads).await?;
     let nodes = facts.get("nodes").unwrap_or_default().to_vec();
     name_unreachable_nodes(&nodes, &mut facts.node_errors);
-    let findings = judge(&facts, focus, max_tables, &limits);
+    let mut findings = judge(&facts, focus, max_tables, &limits);
+    findings.extend(checks_failed(&facts, asked));
 
     let registry = call.engine.registry();
     let mut findings: Vec<Finding> = findings
@@ -237,6 +239,40 @@ fn judge(facts: &Facts, focus: Focus, max_tables: usize, limits: &Limits) -> Vec
         }
     }
     out
+}
+
+/// A check whose query failed judged nothing: the rules that read it did not run, so an
+/// empty list of findings would read as a clean bill of health.
+fn checks_failed(facts: &Facts, asked: usize) -> Option<Finding> {
+    if facts.errors.is_empty() {
+        return None;
+    }
+    let failed: Vec<&str> = facts
+        .errors
+        .iter()
+        .filter_map(|e| e["query"].as_str())
+        .collect();
+    let severity = if failed.len() >= asked {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    Some(
+        Finding::new(
+            severity,
+            "checks_failed",
+            format!(
+                "{} of {asked} checks could not run ({}): the rules that read them were not judged",
+                failed.len(),
+                failed.join(", ")
+            ),
+        )
+        .evidence(json!({"failed_checks": failed}))
+        .recommend(
+            "see each check's error: a TIMEOUT or NODE_UNREACHABLE usually means a node that does not answer; call again once it does, or narrow `focus`",
+        )
+        .next("list_nodes", json!({})),
+    )
 }
 
 /// The result object and its text, cut to `max_bytes` by dropping the least severe

@@ -125,9 +125,7 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     if let Some(jobs) = facts.get("jobs") {
         checks.push(check_no_running_job(jobs));
     }
-    let can_move_online = checks
-        .iter()
-        .all(|c| !c.blocking || c.status == Status::Pass);
+    let can_move_online = verdict(&checks, !facts.errors.is_empty());
     let colocated: Vec<&str> = members
         .iter()
         .filter(|m| text(m, "member") == "colocated")
@@ -164,6 +162,20 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
     })
 }
 
+/// `can_move_online`: yes only when every blocking check passed; no when one failed;
+/// unknown (null) when none failed but a node did not answer for one, or a query behind
+/// the checks failed: silence is not a pass, nor a fail.
+fn verdict(checks: &[Check], queries_failed: bool) -> Value {
+    let blocking = || checks.iter().filter(|c| c.blocking);
+    if blocking().any(|c| c.status == Status::Fail) {
+        Value::Bool(false)
+    } else if blocking().any(|c| c.status != Status::Pass) || queries_failed {
+        Value::Null
+    } else {
+        Value::Bool(true)
+    }
+}
+
 fn text_of(out: &Value, checks: &[Check]) -> String {
     let mut s = format!(
         "table: {} ({}, colocation {})\ncan_move_online: {}\ncolocated_tables: {}\n",
@@ -197,6 +209,9 @@ fn text_of(out: &Value, checks: &[Check]) -> String {
     }
     if out["can_move_online"] == false {
         s.push_str(&format!("alternative: {BLOCK_WRITES}\n"));
+    }
+    if out["can_move_online"].is_null() {
+        s.push_str("unknown: a node did not answer, or a check's query failed; call again once it answers, or move with shard_transfer_mode 'block_writes'\n");
     }
     for e in out["node_errors"].as_array().into_iter().flatten() {
         s.push_str(&format!("node error {}: {}\n", e["node"], e["message"]));
@@ -445,6 +460,43 @@ mod tests {
                                 "max_wal_senders": 10, "wal_senders_in_use": 0, "max_logical_replication_workers": 4, "max_worker_processes": 8}))
                 .collect(),
         ))
+    }
+
+    #[test]
+    fn a_check_nobody_answered_makes_the_verdict_unknown() {
+        let t = |ty: &str| check_table_type(&recs(json!([{"table_type": ty}])).remove(0));
+        let wal = |nodes: &[Record], s: Option<&[Record]>| check_wal_level(s, nodes);
+        let n = nodes();
+        let all = settings("logical");
+        // w:9701 holds the group's shards and did not answer.
+        let silent: Vec<Record> = all
+            .iter()
+            .filter(|r| r["node"] != "w:9701")
+            .cloned()
+            .collect();
+        assert_eq!(
+            verdict(&[t("distributed"), wal(&n, Some(&all))], false),
+            true
+        );
+        assert_eq!(
+            verdict(&[t("distributed"), wal(&n, Some(&silent))], false),
+            Value::Null
+        );
+        assert_eq!(
+            verdict(&[t("distributed"), wal(&n, Some(&all))], true),
+            Value::Null
+        );
+        assert_eq!(
+            verdict(&[t("reference"), wal(&n, Some(&silent))], false),
+            false
+        );
+        assert_eq!(
+            verdict(
+                &[t("distributed"), wal(&n, Some(&settings("replica")))],
+                false
+            ),
+            false
+        );
     }
 
     #[test]

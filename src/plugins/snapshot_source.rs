@@ -116,9 +116,12 @@ async fn run(call: PluginCall<'_>) -> Result<ToolOutput, ToolError> {
         "steps": steps,
     });
     if recommended.is_none() {
-        out["why_none"] = Value::from(
-            "no worker qualifies: see each candidate's disqualified_because (add an empty node with citus_add_node and rebalance instead)",
-        );
+        // A failed read judged nothing: that is not "no worker qualifies".
+        out["why_none"] = Value::from(if errors.is_empty() {
+            "no worker qualifies: see each candidate's disqualified_because (add an empty node with citus_add_node and rebalance instead)"
+        } else {
+            "not judged: a check could not run (see errors); call again once every node answers"
+        });
     }
     if !errors.is_empty() {
         out["errors"] = Value::from(errors);

@@ -522,3 +522,28 @@ fn durations_read_naturally() {
     assert_eq!(duration(400.0), "6 min");
     assert_eq!(duration(7200.0), "2.0 h");
 }
+
+/// Checks whose queries failed judged nothing: the result says so as a finding, so an
+/// empty list never reads as a clean bill of health.
+#[test]
+fn failed_checks_are_a_finding() {
+    let mut facts = Facts::default();
+    assert!(checks_failed(&facts, 3).is_none());
+    facts
+        .errors
+        .push(json!({"query": "sessions", "code": "TIMEOUT", "message": "m"}));
+    let f = checks_failed(&facts, 3).unwrap();
+    assert_eq!((f.rule, f.severity), ("checks_failed", Severity::Warning));
+    assert_eq!(f.evidence["failed_checks"], json!(["sessions"]));
+    facts
+        .errors
+        .push(json!({"query": "tables", "code": "TIMEOUT", "message": "m"}));
+    facts
+        .errors
+        .push(json!({"query": "nodes", "code": "TIMEOUT", "message": "m"}));
+    let f = checks_failed(&facts, 3).unwrap();
+    assert_eq!(f.severity, Severity::Critical, "none ran");
+    let out = output("all", vec![f], &facts, 100_000);
+    assert_eq!(out.structured["summary"]["critical"], 1);
+    assert!(!out.text.contains("no findings"), "{}", out.text);
+}
