@@ -112,7 +112,12 @@ pub fn canonical_args(args: &Map<String, Value>) -> String {
                 )
             }
             Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
+            // `1.0` and `1` are one argument, as the engine reads them.
+            other => {
+                let mut v = other.clone();
+                crate::engine::whole_numbers(&mut v);
+                v
+            }
         }
     }
     let mut top = args.clone();
@@ -297,6 +302,15 @@ mod tests {
         let b = obj(json!({"a": "s p", "b": {"y": 1, "x": [ {"j": 1, "k": 2} ]}}));
         assert_eq!(args_digest(&a), args_digest(&b));
         assert_ne!(args_digest(&a), args_digest(&obj(json!({"a": "s p"}))));
+        // A whole number is one argument however it is written, as the engine reads it.
+        assert_eq!(
+            args_digest(&obj(json!({"n": 2.0, "m": [1e3]}))),
+            args_digest(&obj(json!({"n": 2, "m": [1000]})))
+        );
+        assert_ne!(
+            args_digest(&obj(json!({"n": 2.5}))),
+            args_digest(&obj(json!({"n": 2})))
+        );
     }
 
     #[test]

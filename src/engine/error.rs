@@ -185,6 +185,15 @@ impl From<DbError> for ToolError {
                     Some(d) => format!("{message} ({d})"),
                     None => message,
                 };
+                // PostgreSQL's own hint where it gives one; otherwise what the class means.
+                let hint = hint.or_else(|| {
+                    Some(match sqlstate.as_str() {
+                        _ if code == ErrorCode::InvalidArgument => "a value does not fit what the query reads it as (its type or range): check the arguments against the tool's inputSchema",
+                        "42P01" | "42703" | "42883" | "3F000" => "a name in the statement does not exist, or this role cannot see it: check it, schema-qualified (citus_list_distributed_tables lists the tables)",
+                        "42501" => "the role citus-mcp connects as lacks a privilege this needs: README, Least privilege, lists what to grant",
+                        _ => return None,
+                    }.to_string())
+                });
                 ToolError { code, message, hint, problems: vec![], sqlstate: Some(sqlstate) }
             }
         }
@@ -194,6 +203,25 @@ impl From<DbError> for ToolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database error without PostgreSQL's own hint gets one from its class.
+    #[test]
+    fn database_errors_carry_a_hint() {
+        let sql = |sqlstate: &str, hint: Option<&str>| {
+            ToolError::from(DbError::Sql {
+                sqlstate: sqlstate.into(),
+                message: "m".into(),
+                detail: None,
+                hint: hint.map(str::to_string),
+            })
+        };
+        let e = sql("22P02", None);
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.hint.unwrap().contains("inputSchema"));
+        assert!(sql("42P01", None).hint.unwrap().contains("does not exist"));
+        assert_eq!(sql("22003", Some("theirs")).hint.as_deref(), Some("theirs"));
+        assert_eq!(sql("XX000", None).hint, None);
+    }
 
     #[test]
     fn capped_errors_stay_small() {

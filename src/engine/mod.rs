@@ -309,10 +309,11 @@ impl Engine {
                 .hint("server_info shows the mode; approval tools are served with --mode admin")
             });
         }
-        let args = match args {
+        let mut args = match args {
             Value::Null => Value::Object(Map::new()),
             a => a,
         };
+        whole_numbers(&mut args);
         let problems = tool
             .runnable()
             .map_err(not_compiled)?
@@ -887,6 +888,27 @@ fn merge_nodes(results: Vec<NodeResult>) -> (Rows, Vec<Value>) {
 }
 
 /// The error of a tool that needs the database when none is configured.
+/// Writes a whole number sent as a float (`1.0`, `1e3`: JSON Schema's `integer` accepts
+/// them) as the integer it is, so that it binds as `1`, not `1.0`, which an integer
+/// parameter refuses, and reads as a page's `limit` or `offset`. Only where the integer is
+/// exact (up to 2^53): a larger float stays as it is.
+pub fn whole_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && n.is_f64()
+                && f.fract() == 0.0
+                && f.abs() <= 9_007_199_254_740_992.0
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(m) => m.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
 /// What is left of a call's time before `deadline`; none left is the call's timeout.
 fn left(deadline: Instant) -> Result<Duration, ToolError> {
     let now = Instant::now();
@@ -965,12 +987,22 @@ impl PageRequest {
         args: &Map<String, Value>,
         max_rows: usize,
     ) -> Result<PageRequest, ToolError> {
-        let size = args
-            .get("limit")
-            .and_then(Value::as_u64)
-            .map_or(max_rows, |l| (l as usize).min(max_rows))
+        // A value the schema let through but that is no page position (a float past 2^53,
+        // or no schema bound at all) is refused, not read as the first page.
+        let number = |key: &str| match args.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ToolError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("`{key}` must be a whole number from 0 to 2^53, not {v}"),
+                )
+                .hint("page with the next_offset or next_cursor the previous page returned")
+            }),
+        };
+        let size = number("limit")?
+            .map_or(max_rows, |l| (l.min(max_rows as u64)) as usize)
             .max(1);
-        let offset = args.get("offset").and_then(Value::as_u64).unwrap_or(0);
+        let offset = number("offset")?.unwrap_or(0);
         let after = match (paging, args.get("cursor").and_then(Value::as_str)) {
             (Paging::Keyset(cols), Some(c)) => Some(decode_cursor(&tool.spec.name, cols, c)?),
             _ => None,

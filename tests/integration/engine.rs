@@ -78,6 +78,11 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "engine::whole_numbers_sent_as_floats_are_integers",
+            whole_numbers_sent_as_floats_are_integers,
+        ),
+        trial(
+            ctx,
             "engine::a_tools_timeout_bounds_the_whole_call",
             a_tools_timeout_bounds_the_whole_call,
         ),
@@ -718,6 +723,37 @@ fn a_saturated_pool_is_a_timeout_not_an_unreachable_node(ctx: &Ctx) {
         "the first call kept running",
     );
     assert!(call(ctx, &e, "list_nodes", json!({})).is_ok());
+}
+
+/// JSON Schema's `integer` accepts `2.0`; the engine reads it as 2 everywhere: a bound
+/// value (an integer parameter refuses the text `2.0`), a page's limit and offset. A page
+/// position that is no whole number within 2^53 is refused, never read as the first page.
+fn whole_numbers_sent_as_floats_are_integers(ctx: &Ctx) {
+    let e = engine(ctx, &ctx.dsn(), &[], no_cache());
+    let rows = |args: Value| {
+        let out = call(ctx, &e, "list_shards", args.clone())
+            .unwrap_or_else(|err| panic!("{args}: {}", err.text()));
+        out.structured["shards"].clone()
+    };
+    assert_eq!(
+        rows(json!({"nodeid": 2.0, "limit": 3.0})),
+        rows(json!({"nodeid": 2, "limit": 3}))
+    );
+    assert_eq!(rows(json!({"limit": 3.0})).as_array().unwrap().len(), 3);
+    assert_eq!(
+        rows(json!({"limit": 2, "offset": 2.0})),
+        rows(json!({"limit": 2, "offset": 2}))
+    );
+    for offset in [json!(1.8446744073709552e19), json!(1e300)] {
+        let err = call(ctx, &e, "list_shards", json!({"offset": offset})).unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::InvalidArgument,
+            "{offset}: {}",
+            err.text()
+        );
+        assert!(err.hint.is_some(), "{}", err.text());
+    }
 }
 
 /// The tool's timeout is the call's: stages that each fit it do not add up past it, and
