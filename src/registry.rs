@@ -84,6 +84,12 @@ pub fn read_spec_file(path: &Path) -> Result<SourceFile, Diagnostic> {
     use std::io::Read as _;
     let origin = path.display().to_string();
     let problem = |message: String| Diagnostic::new(Code::E001, &origin, message);
+    // Opening a FIFO blocks until something writes to it, and a device never ends: only a
+    // regular file (or a link to one, as Kubernetes mounts ConfigMaps) is read.
+    let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read file: {e}")))?;
+    if !meta.is_file() {
+        return Err(problem("not a regular file".into()));
+    }
     let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot read file: {e}")))?;
     // One byte past the limit tells a file that is too large from one that fits, even if
     // it grows while being read.
@@ -425,6 +431,18 @@ mod tests {
                 (dir, files)
             })
             .collect()
+    }
+
+    /// A FIFO named on the command line (`lint fifo.yaml`) would block the read forever.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = read_spec_file(&fifo).unwrap_err();
+        assert_eq!(e.code, Code::E001);
+        assert!(e.message.contains("not a regular file"), "{e:?}");
     }
 
     #[test]

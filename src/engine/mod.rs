@@ -1044,6 +1044,10 @@ fn decode_cursor(
     let bad = || {
         ToolError::new(ErrorCode::InvalidArgument, "the cursor is not one this tool returned").hint("pass next_cursor from the previous page unchanged, or leave cursor out for the first page")
     };
+    // A cursor this server wrote holds a row's key columns: far below this.
+    if cursor.len() > MAX_CURSOR_CHARS {
+        return Err(bad());
+    }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| bad())?;
@@ -1059,8 +1063,21 @@ fn decode_cursor(
     if cols.iter().any(|c| !key.contains_key(c)) || key.len() != cols.len() {
         return Err(bad());
     }
+    // Its values are bound as the key of the page's first row: scalars, and text without
+    // U+0000, which PostgreSQL cannot hold (arguments are checked for it; so is this).
+    let scalar = |v: &Value| match v {
+        Value::String(s) => !s.contains('\0'),
+        Value::Array(_) | Value::Object(_) => false,
+        _ => true,
+    };
+    if !key.values().all(scalar) {
+        return Err(bad());
+    }
     Ok(key)
 }
+
+/// The longest cursor read.
+const MAX_CURSOR_CHARS: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -1325,5 +1342,22 @@ mod tests {
             decode_cursor("tool", &cols, "garbage!").unwrap_err().code,
             ErrorCode::InvalidArgument
         );
+        // A forged cursor of the right shape: its values must be scalars without U+0000,
+        // and it must be of a sane length.
+        use serde_json::json;
+        let forge = |k: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&json!({"t": "tool", "k": k})).unwrap())
+        };
+        assert!(decode_cursor("tool", &cols, &forge(json!({"s": "a", "n": 1}))).is_ok());
+        for k in [
+            json!({"s": "a\0b", "n": "x"}),
+            json!({"s": {"o": 1}, "n": "x"}),
+            json!({"s": [1], "n": "x"}),
+            json!({"s": "x".repeat(5000), "n": "x"}),
+        ] {
+            let e = decode_cursor("tool", &cols, &forge(k.clone())).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{k}");
+        }
     }
 }
