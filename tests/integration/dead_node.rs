@@ -135,8 +135,12 @@ fn every_tool_names_a_stopped_worker(ctx: &Ctx) {
         ctx.db()
             .psql_on(
                 &dsn,
+                // The recorded rebalance plan moves shards off the worker: Citus would
+                // name it by its new port too.
                 &format!(
-                    "UPDATE pg_dist_node SET nodeport = {closed} WHERE nodeid = {DEAD_NODEID}"
+                    "UPDATE pg_dist_node SET nodeport = {closed} WHERE nodeid = {DEAD_NODEID}; \
+                     UPDATE citus_mcp_fixture.rebalance_plan SET sourceport = {closed} WHERE sourceport = {DEAD_PORT}; \
+                     UPDATE citus_mcp_fixture.rebalance_plan SET targetport = {closed} WHERE targetport = {DEAD_PORT}"
                 ),
             )
             .expect("psql");
@@ -291,8 +295,32 @@ impl Check<'_> {
         if !named {
             return Err(format!("node_errors does not name it: {out}"));
         }
+        self.no_moves_through_it(out)?;
         self.no_zeros(out)?;
         self.no_partial_totals(out)
+    }
+
+    /// A plan whose moves go from or to the stopped worker offers nothing to execute.
+    fn no_moves_through_it(&self, out: &Value) -> Result<(), String> {
+        let through = out["moves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["source"] == self.dead || m["target"] == self.dead);
+        if !through {
+            return Ok(());
+        }
+        let summary = &out["summary"];
+        if !summary["execute"].is_null()
+            || !summary["unreachable_move_nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == self.dead))
+        {
+            return Err(format!(
+                "moves go through the stopped worker, yet the plan offers to execute them: {summary}"
+            ));
+        }
+        Ok(())
     }
 
     /// Nothing that describes the stopped worker carries a size: its bytes are unknown.
