@@ -763,6 +763,13 @@ impl ServerHandler for Server {
             Some(Err(e)) if e.code == ErrorCode::NotFound => {
                 Err(ErrorData::resource_not_found(e.text(), None))
             }
+            // A URI whose variable the tool refuses: the request's params are at fault.
+            Some(Err(e)) if e.code == ErrorCode::InvalidArgument => Err(ErrorData::invalid_params(
+                e.text(),
+                Some(serde_json::json!({"error": e})),
+            )),
+            // The rest (a timeout, an unreachable node) is the server's side; the stable
+            // code is in `data.error.code`.
             Some(Err(e)) => Err(ErrorData::internal_error(
                 e.text(),
                 Some(serde_json::json!({"error": e})),

@@ -525,6 +525,17 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
         Ok(message) => Verdict::Forward(message),
         Err(e) => {
             let id = v.get("id").and_then(request_id);
+            // An id that is no id (an object, an array, a fraction, null): a request all
+            // the same, whose client waits; answered with id null, as JSON-RPC says.
+            if let Some(bad) = v.get("id")
+                && id.is_none()
+            {
+                let what = format!(
+                    "invalid request: the id must be a string or an integer, not {}",
+                    echo::cap(&bad.to_string())
+                );
+                return Verdict::Reply(error_line(None, ErrorCode::INVALID_REQUEST, what));
+            }
             if id.is_none() && v.get("method").is_some_and(Value::is_string) {
                 tracing::debug!(
                     "ignoring an unreadable notification: {}",
@@ -792,6 +803,28 @@ mod tests {
             .await;
         assert_eq!(r["id"], 11, "{r}");
         assert_eq!(r["result"]["structuredContent"]["message"], "pong", "{r}");
+    }
+
+    /// A request whose id is no id still waits for an answer: -32600 with id null.
+    #[test]
+    fn a_request_with_an_id_that_is_no_id_is_answered() {
+        let in_flight = InFlight::default();
+        for id in [r#"{"a":1}"#, "[1]", "1.5", "null", "18446744073709551616"] {
+            for method in ["tools/call", "tools/list", "ping"] {
+                let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#);
+                let Verdict::Reply(reply) = classify(line.as_bytes(), &in_flight) else {
+                    panic!("{line}: not answered");
+                };
+                let reply: Value = serde_json::from_str(&reply).unwrap();
+                assert_error(&reply, Value::Null, -32600);
+            }
+        }
+        // A notification (no id at all) is still not answered.
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/whatever","params":7}"#;
+        assert!(matches!(
+            classify(note, &in_flight),
+            Verdict::Ignore | Verdict::Forward(_)
+        ));
     }
 
     #[test]

@@ -1470,8 +1470,17 @@ fn resources(ctx: &Ctx) {
     )
     .unwrap();
     assert!(group.to_string().contains("orders"), "{group}");
-    assert!(read(&mut c, "citus://tables/no_such_table")["error"].is_object());
-    assert!(read(&mut c, "citus://nothing/here")["error"].is_object());
+    // Each failure with the code its kind has: no such resource, or a variable the tool
+    // refuses (invalid params, its stable code in data), never an internal error.
+    let code = |r: Value| r["error"]["code"].as_i64().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(code(read(&mut c, "citus://tables/no_such_table")), -32002);
+    assert_eq!(code(read(&mut c, "citus://nothing/here")), -32002);
+    let r = read(&mut c, "citus://colocation/abc");
+    assert_eq!(code(r.clone()), -32602, "{r}");
+    assert_eq!(
+        r["error"]["data"]["error"]["code"], "INVALID_ARGUMENT",
+        "{r}"
+    );
 }
 
 /// Issue #8: an operator serves only the toolsets a team needs.
