@@ -273,6 +273,10 @@ impl Running {
         self.0.lock().expect("running lock").1.remove(&id);
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("running lock").1.is_empty()
+    }
+
     fn all(&self) -> Vec<tokio_postgres::CancelToken> {
         self.0
             .lock()
@@ -392,6 +396,19 @@ impl Db {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
+            // Every slot taken, yet no call holds a connection: the slots are all still
+            // connecting, to a server that accepts connections and never answers them.
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)
+                if self.running.is_empty() =>
+            {
+                DbError::Connect {
+                    target: self.target(),
+                    reason: format!(
+                        "no connection was established within {} s: the server accepts connections but does not answer them",
+                        self.pool.timeouts().wait.unwrap_or_default().as_secs()
+                    ),
+                }
+            }
             deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
                 DbError::Busy {
                     target: self.target(),

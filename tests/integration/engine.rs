@@ -939,6 +939,38 @@ fn unreachable_coordinator_is_node_unreachable(ctx: &Ctx) {
     let err = call(ctx, &e, "list_nodes", json!({})).unwrap_err();
     assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
     assert!(!err.text().contains("hunter2"));
+
+    // A server that accepts connections and never answers them (a hung host): calls that
+    // found every connection slot still connecting are not told the pool is busy.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut sockets = Vec::new();
+        for s in hung.incoming().take(64) {
+            sockets.push(s);
+        }
+    });
+    let db = crate::pool_sized(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=x"),
+        "citus-mcp-hung",
+        1,
+        Duration::from_secs(1),
+    );
+    let e = Arc::new(engine_on(db, &[], no_cache()));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let e = e.clone();
+            ctx.rt.spawn(async move {
+                e.call("list_nodes", json!({}), &CancellationToken::new())
+                    .await
+            })
+        })
+        .collect();
+    for c in calls {
+        let err = ctx.rt.block_on(c).unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
+    }
+    drop(held);
 }
 
 fn sizes_come_from_shards_and_empty_nodes_are_listed(ctx: &Ctx) {
