@@ -122,6 +122,9 @@ pub struct Config {
     /// The name of the cluster this configuration is for, when it is one of `clusters`.
     #[serde(skip)]
     pub cluster: Option<String>,
+    /// Mistakes that do not stop the server: `CITUS_MCP_*` variables it does not read.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Default for Config {
@@ -158,8 +161,58 @@ impl Default for Config {
             sources: BTreeMap::new(),
             clusters: BTreeMap::new(),
             cluster: None,
+            warnings: Vec::new(),
         }
     }
+}
+
+/// `CITUS_MCP_*` variables that are no setting (a misspelt one would otherwise be ignored
+/// without a word), each with the setting's variable it is nearest to, if one is close.
+fn unknown_variables(env: &BTreeMap<String, String>) -> Vec<String> {
+    /// Read elsewhere: the config file's path, and the test suite's and benchmark's own.
+    const OTHERS: [&str; 3] = ["CITUS_MCP_CONFIG", "CITUS_MCP_TEST_", "CITUS_MCP_BENCH_"];
+    let known: Vec<String> = settable_keys().iter().map(|k| env_var(k)).collect();
+    env.keys()
+        .filter(|k| k.starts_with("CITUS_MCP_") && !known.contains(k))
+        .filter(|k| !OTHERS.iter().any(|o| k.starts_with(o)))
+        .map(|k| {
+            let near = known
+                .iter()
+                .map(|v| (edits(k, v), v))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            let k = crate::echo::cap(k);
+            match near {
+                Some((_, v)) => {
+                    format!("environment variable {k} is not a setting: did you mean {v}?")
+                }
+                None => format!("environment variable {k} is not a setting citus-mcp reads"),
+            }
+        })
+        .collect()
+}
+
+/// The variable that sets `key` (`http.listen` → `CITUS_MCP_HTTP_LISTEN`).
+fn env_var(key: &str) -> String {
+    format!("CITUS_MCP_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Levenshtein distance, for a suggestion.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Keys whose values are never echoed: passwords, secrets, and connection strings (which
@@ -243,7 +296,7 @@ pub fn load(
         }
     }
     for key in settable_keys() {
-        let var = format!("CITUS_MCP_{}", key.replace('.', "_").to_ascii_uppercase());
+        let var = env_var(&key);
         if let Some(raw) = env.get(&var) {
             let source = Source::Env(var);
             set(&mut merged, &key, typed(&key, raw, &source)?);
@@ -327,6 +380,7 @@ pub fn load(
     let mut config: Config = serde_json::from_value(Value::Object(merged.clone()))
         .map_err(|e| ConfigError(e.to_string()))?;
     config.sources = sources;
+    config.warnings = unknown_variables(env);
     if let Some(Value::Object(clusters)) = clusters {
         config.clusters = clusters_of(&config, &merged, clusters)?;
     }
@@ -785,6 +839,32 @@ mod tests {
             let e = load(Some(&file), &env(&[]), &Flags::new()).unwrap_err();
             assert!(!e.to_string().contains(secret), "{name}: {e}");
         }
+    }
+
+    /// A misspelt variable is named, with the setting it is nearest to; the config file's
+    /// own variable and the test suite's are not settings and not warned about.
+    #[test]
+    fn unknown_variables_are_warnings() {
+        let c = load(
+            None,
+            &env(&[
+                ("CITUS_MCP_APROVAL_SECRET", "x"),
+                ("CITUS_MCP_FOO", "1"),
+                ("CITUS_MCP_MAX_ROWS", "5"),
+                ("CITUS_MCP_TEST_PYTHON", "python3"),
+                ("OTHER", "1"),
+            ]),
+            &Flags::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            [
+                "environment variable CITUS_MCP_APROVAL_SECRET is not a setting: did you mean CITUS_MCP_APPROVAL_SECRET?",
+                "environment variable CITUS_MCP_FOO is not a setting citus-mcp reads",
+            ]
+        );
+        assert_eq!(edits("kitten", "sitting"), 3);
     }
 
     /// Issue #6: a key given twice silently took the last value.

@@ -531,6 +531,7 @@ fn approve(
         &config.prompts_dirs,
         &config.disabled_tools,
         &config.toolsets()?,
+        &config.warnings,
     );
     let engine = Engine::new(registry, None, Settings::default());
     if let Err(e) = approval::check_action(&engine, tool, &args) {
@@ -616,6 +617,7 @@ fn initial_registry(config: &Config) -> anyhow::Result<Registry> {
         &config.prompts_dirs,
         &config.disabled_tools,
         &config.toolsets()?,
+        &config.warnings,
     ))
 }
 
@@ -733,7 +735,7 @@ async fn serve(
         prompt_dirs: config.prompts_dirs.clone(),
         disabled: config.disabled_tools.clone(),
         changes: changes.clone(),
-        warnings: Default::default(),
+        warnings: std::sync::Arc::new(std::sync::Mutex::new(config.warnings.clone())),
     };
     let checker = reloader.clone();
     let _watcher = reloader

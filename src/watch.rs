@@ -47,13 +47,11 @@ impl Reloader {
         prompt_dirs: &[PathBuf],
         disabled: &[String],
         toolsets: &Toolsets,
+        config_warnings: &[String],
     ) -> Registry {
-        let mut reg = Registry::build(
-            &Sources::gather(tool_dirs, prompt_dirs),
-            None,
-            disabled,
-            crate::plugins::NEEDS,
-        );
+        let mut sources = Sources::gather(tool_dirs, prompt_dirs);
+        sources.warnings.extend(config_warnings.iter().cloned());
+        let mut reg = Registry::build(&sources, None, disabled, crate::plugins::NEEDS);
         let warnings = toolsets.warnings(reg.tools.keys().map(String::as_str));
         reg.warnings.extend(warnings);
         for d in &reg.diagnostics {
