@@ -269,6 +269,24 @@ impl CompiledPrompt {
         {
             return Err(format!("unknown argument `{unknown}`"));
         }
+        // MCP's prompt arguments are strings; each is pasted into the prompt's text, which
+        // a model reads whole.
+        for (name, v) in args {
+            let Value::String(text) = v else {
+                return Err(format!("argument `{name}` must be a string"));
+            };
+            if text.chars().count() > MAX_PROMPT_ARGUMENT_CHARS {
+                return Err(format!(
+                    "argument `{name}` is longer than {MAX_PROMPT_ARGUMENT_CHARS} characters"
+                ));
+            }
+            if text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return Err(format!("argument `{name}` holds control characters"));
+            }
+        }
         self.spec
             .messages
             .iter()
@@ -287,6 +305,9 @@ impl CompiledPrompt {
             .collect()
     }
 }
+
+/// The longest prompt argument: a table name, a query's text or a question.
+pub const MAX_PROMPT_ARGUMENT_CHARS: usize = 10_000;
 
 /// How much a compile checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,24 @@ impl Engine {
         prefix: &str,
     ) -> Vec<String> {
         let registry = self.registry();
+        // Only an argument the prompt or resource template has: a made-up reference gets
+        // nothing, not the cluster's table names.
+        let takes = match target {
+            CompletionRef::Prompt(name) => registry
+                .prompts
+                .get(name)
+                .is_some_and(|p| p.spec.arguments.iter().any(|a| a.name == argument)),
+            CompletionRef::Resource(uri) => {
+                uri.contains(&format!("{{{argument}}}"))
+                    && registry
+                        .tools
+                        .values()
+                        .any(|t| t.spec.resources.iter().any(|r| r.uri == uri))
+            }
+        };
+        if !takes {
+            return vec![];
+        }
         let declared: Option<Vec<String>> = match target {
             CompletionRef::Prompt(name) => registry
                 .prompts

@@ -1262,6 +1262,15 @@ fn prompts(ctx: &Ctx) {
             assert!(m["role"] == "user" || m["role"] == "assistant");
         }
     }
+    // Arguments are strings of a sane size, without control characters: they are pasted
+    // into the text a model reads.
+    for bad in [json!(123), json!("a\0b"), json!("x".repeat(20_000))] {
+        let got = c.request(
+            "prompts/get",
+            json!({"name": "citus.skew_investigation", "arguments": {"table": bad}}),
+        );
+        assert_eq!(got["error"]["code"], -32602, "{got}");
+    }
 }
 
 pub fn bin() -> Command {
@@ -1634,7 +1643,13 @@ fn completions(ctx: &Ctx) {
         "by_d",
     );
     assert_eq!(strategies, vec!["by_disk_size"]);
-    assert!(complete(&mut c, prompt, "table", "zzz").is_empty());
+    assert!(complete(&mut c, prompt.clone(), "table", "zzz").is_empty());
+    // A prompt or resource that does not exist, or does not take the argument: nothing.
+    let nowhere = json!({"type": "ref/prompt", "name": "no.such_prompt"});
+    assert!(complete(&mut c, nowhere, "table", "ord").is_empty());
+    assert!(complete(&mut c, prompt, "colocation_id", "").is_empty());
+    let made_up = json!({"type": "ref/resource", "uri": "citus://made/{table}"});
+    assert!(complete(&mut c, made_up, "table", "ord").is_empty());
 }
 
 const EXTRA_PROMPT: &str = "name: extra.check\ndescription: An operator's own prompt.\nmessages:\n  - role: user\n    text: Call ping.\n";
