@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, default_value = "{}")]
         args: String,
         /// Seconds the token stays valid (capped by approval_max_ttl_seconds).
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         ttl: Option<u64>,
     },
     /// List, show or call tools without an MCP client.
