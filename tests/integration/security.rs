@@ -1310,22 +1310,12 @@ fn vanished_client_leaves_nothing_running(ctx: &Ctx) {
 /// its statement is not run again on another connection (a session found dead before
 /// the call began still is).
 fn a_terminated_statement_is_not_run_again(ctx: &Ctx) {
-    const TOOL: &str = r#"
-name: terminated_sleeper
-description: Sleeps.
-safety: read_only
-input_schema: {type: object, properties: {s: {type: number}}}
-limits: {timeout_ms: 60000}
-queries:
-  - name: r
-    shape: value
-    sql: SELECT pg_sleep({{ s }}) IS NULL AS slept, 'citus-mcp-terminated' AS marker
-examples:
-  - args: {s: 0}
-"#;
+    let tool = SLEEPER
+        .replace("long_sleeper", "terminated_sleeper")
+        .replace("citus-mcp-vanished", "citus-mcp-terminated");
     let e = Arc::new(engine(
         ctx,
-        &[("terminated_sleeper", TOOL)],
+        &[("terminated_sleeper", &tool)],
         Settings::default(),
         "citus-mcp-terminate",
     ));
