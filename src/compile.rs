@@ -280,9 +280,10 @@ impl CompiledPrompt {
                     "argument `{name}` is longer than {MAX_PROMPT_ARGUMENT_CHARS} characters"
                 ));
             }
+            // Line breaks (a pasted query, from any platform) and tabs are text.
             if text
                 .chars()
-                .any(|c| c.is_control() && c != '\n' && c != '\t')
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
             {
                 return Err(format!("argument `{name}` holds control characters"));
             }
