@@ -260,6 +260,29 @@ fn drift_direct(ctx: &Ctx) {
         4,
         "every node is accounted for: {out}"
     );
+    // What citus-mcp sets on its own sessions is no drift: each node's call sets
+    // citus.node_connection_timeout from the time left there, and its sessions start with
+    // their own statement timeouts.
+    let compared: Vec<&str> = out["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(!compared.contains(&"statement_timeout"), "{compared:?}");
+    // (On the fixture the coordinator is plain PostgreSQL, whose citus.* settings are
+    // placeholders: only a real cluster's nodes can agree.)
+    if !ctx.is_fixture() {
+        let differing = call(ctx, &e, "citus_config_drift", json!({}))
+            .unwrap()
+            .structured;
+        assert!(
+            !differing
+                .to_string()
+                .contains("citus.node_connection_timeout"),
+            "{differing}"
+        );
+    }
     if ctx.is_fixture() {
         // The fixture's pg_dist_node names workers at 127.0.0.1:9701-9703; whichever of
         // them nothing listens on must be reported, the others answer.
