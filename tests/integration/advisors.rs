@@ -44,10 +44,67 @@ pub fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         ),
         trial(
             ctx,
+            "advisors::advisor_says_which_checks_did_not_run",
+            advisor_says_which_checks_did_not_run,
+        ),
+        trial(
+            ctx,
             "advisors::snapshot_source_is_the_biggest_worker",
             snapshot_source_is_the_biggest_worker,
         ),
     ]
+}
+
+/// A check whose query fails everywhere, on the coordinator or on every node of a fan-out,
+/// judged nothing: the advisor says so as a finding (critical when none ran), never "no
+/// findings". The advisor's own file, with its config checks made to fail on every node.
+fn advisor_says_which_checks_did_not_run(ctx: &Ctx) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tools.d/citus_advisor.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let failing = text
+        .replace(
+            "SELECT s.name::text AS name, s.reset_val AS setting",
+            "SELECT (1 / 0)::text AS name, s.reset_val AS setting",
+        )
+        .replace(
+            "SELECT citus_version()                                                     AS citus_version,",
+            "SELECT (1 / 0)::text AS citus_version,",
+        );
+    assert_ne!(text, failing);
+    let mut sources = Sources::builtin();
+    sources.tools.push(vec![citus_mcp::compile::SourceFile {
+        origin: "failing/citus_advisor.yaml".into(),
+        text: failing.into(),
+    }]);
+    let registry = Registry::build(&sources, None, &[], citus_mcp::plugins::NEEDS);
+    assert!(
+        registry.diagnostics.is_empty(),
+        "{:?}",
+        registry.diagnostics
+    );
+    let e = Engine::new(
+        registry,
+        Some(ctx.pool_named(&ctx.dsn(), "citus-mcp-advisor-tests")),
+        Settings {
+            enable_caching: false,
+            ..Settings::default()
+        },
+    )
+    .with_plugins(citus_mcp::plugins::all());
+    let out = call(ctx, &e, "citus_advisor", json!({"focus": "config"}));
+    let v = &out.structured;
+    let failed = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "checks_failed")
+        .unwrap_or_else(|| panic!("no checks_failed finding: {v}"));
+    assert_eq!(
+        failed["evidence"]["failed_checks"],
+        json!(["settings", "versions"]),
+        "{failed}"
+    );
+    assert!(!out.text.contains("no findings"), "{}", out.text);
 }
 
 fn engine(ctx: &Ctx) -> Engine {
