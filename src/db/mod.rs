@@ -203,14 +203,17 @@ pub enum DbError {
     /// Every connection of the pool stayed busy with other calls for as long as a call
     /// waits for one: the server is up, this process is saturated.
     #[error(
-        "all {connections} connections to {target} were busy with other calls for {waited_s} s"
+        "all {connections} connections to {target} were busy with other calls for {waited_ms} ms"
     )]
     Busy {
         target: String,
         connections: usize,
-        waited_s: u64,
+        waited_ms: u64,
     },
-    #[error("the statement ran longer than {0} ms and was cancelled")]
+    /// The call's time ran out while a statement ran (or waited to start); the number is
+    /// the time that was left for it, which is the call's whole timeout for a call of one
+    /// stage.
+    #[error("the call's time ran out and its statement was cancelled (it had {0} ms)")]
     Timeout(u64),
     #[error("the call was cancelled")]
     Cancelled,
@@ -394,27 +397,47 @@ impl Db {
         .await;
     }
 
+    /// A pooled connection within `within` (the call's time left), or why there is none.
+    async fn client_within(
+        &self,
+        within: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<deadpool_postgres::Object, DbError> {
+        let started = Instant::now();
+        tokio::select! {
+            r = tokio::time::timeout(within, self.client()) => match r {
+                Ok(r) => r,
+                Err(_) => Err(self.no_connection(started.elapsed())),
+            },
+            () = cancel.cancelled() => Err(DbError::Cancelled),
+        }
+    }
+
+    /// Waiting `waited` for a connection got none. Every slot held by a call that runs is a
+    /// busy pool; every slot still connecting is a server that accepts connections and
+    /// never answers them.
+    fn no_connection(&self, waited: Duration) -> DbError {
+        if self.running.is_empty() {
+            DbError::Connect {
+                target: self.target(),
+                reason: format!(
+                    "no connection was established within {} ms: the server accepts connections but does not answer them",
+                    waited.as_millis()
+                ),
+            }
+        } else {
+            DbError::Busy {
+                target: self.target(),
+                connections: self.config.pool_size,
+                waited_ms: waited.as_millis() as u64,
+            }
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
-            // Every slot taken, yet no call holds a connection: the slots are all still
-            // connecting, to a server that accepts connections and never answers them.
-            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)
-                if self.running.is_empty() =>
-            {
-                DbError::Connect {
-                    target: self.target(),
-                    reason: format!(
-                        "no connection was established within {} s: the server accepts connections but does not answer them",
-                        self.pool.timeouts().wait.unwrap_or_default().as_secs()
-                    ),
-                }
-            }
             deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
-                DbError::Busy {
-                    target: self.target(),
-                    connections: self.config.pool_size,
-                    waited_s: self.pool.timeouts().wait.unwrap_or_default().as_secs(),
-                }
+                self.no_connection(self.pool.timeouts().wait.unwrap_or_default())
             }
             e => {
                 // A failed connection attempt invalidates what we knew about the server.
@@ -461,7 +484,11 @@ impl Db {
             return Ok(f.clone());
         }
         let timeout_ms = timeout.as_millis() as u64;
-        let client = self.client().await?;
+        let started = Instant::now();
+        let client = self
+            .client_within(timeout, &CancellationToken::new())
+            .await?;
+        let timeout = timeout.saturating_sub(started.elapsed());
         // Dropped unfinished (timed out, or a failed probe), the guard cancels the
         // probe on the server and closes the connection instead of pooling it.
         let mut guard = CallGuard::new(self, client);
@@ -606,7 +633,7 @@ impl Db {
         // Waiting for a connection is part of the call's time: what is left of it bounds
         // the statements.
         let started = Instant::now();
-        let client = race(self.client(), timeout, cancel).await?;
+        let client = self.client_within(timeout, cancel).await?;
         drop(warm);
         let timeout = timeout.saturating_sub(started.elapsed());
         if timeout < MIN_STATEMENT_TIME {

@@ -970,6 +970,37 @@ fn unreachable_coordinator_is_node_unreachable(ctx: &Ctx) {
         let err = ctx.rt.block_on(c).unwrap().unwrap_err();
         assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
     }
+    // The version check a tool's `requires` makes is bounded by the tool's timeout too,
+    // connecting included (here 1 s, where connecting may take 10).
+    const NEEDS_CITUS: &str = r#"
+name: needs_citus
+description: A tool that needs Citus, with a short timeout.
+safety: read_only
+input_schema: {type: object}
+limits: {timeout_ms: 1000}
+requires: {citus: ">=11.0"}
+queries:
+  - name: one
+    shape: value
+    sql: SELECT 1 AS one
+examples:
+  - args: {}
+"#;
+    let db = crate::pool_sized(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=x"),
+        "citus-mcp-hung",
+        1,
+        Duration::from_secs(10),
+    );
+    let e = engine_on(db, &[NEEDS_CITUS], no_cache());
+    let started = std::time::Instant::now();
+    let err = call(ctx, &e, "needs_citus", json!({})).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NodeUnreachable, "{}", err.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     drop(held);
 }
 
