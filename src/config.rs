@@ -170,8 +170,9 @@ impl Default for Config {
 /// without a word), each with the setting's variable it is nearest to, if one is close.
 fn unknown_variables(env: &BTreeMap<String, String>) -> Vec<String> {
     /// Read elsewhere: the config file's path, and the test suite's and benchmark's own.
-    const OTHERS: [&str; 3] = ["CITUS_MCP_CONFIG", "CITUS_MCP_TEST_", "CITUS_MCP_BENCH_"];
-    let known: Vec<String> = settable_keys().iter().map(|k| env_var(k)).collect();
+    const OTHERS: [&str; 2] = ["CITUS_MCP_TEST_", "CITUS_MCP_BENCH_"];
+    let mut known: Vec<String> = settable_keys().iter().map(|k| env_var(k)).collect();
+    known.push("CITUS_MCP_CONFIG".into());
     env.keys()
         .filter(|k| k.starts_with("CITUS_MCP_") && !known.contains(k))
         .filter(|k| !OTHERS.iter().any(|o| k.starts_with(o)))
@@ -536,6 +537,13 @@ fn find_file(explicit: Option<&Path>, env: &BTreeMap<String, String>) -> Option<
 }
 
 fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    // A FIFO would block the start until something writes to it, a device never ends.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(ConfigError(format!(
+            "config file {} is not a regular file",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
@@ -849,6 +857,7 @@ mod tests {
             None,
             &env(&[
                 ("CITUS_MCP_APROVAL_SECRET", "x"),
+                ("CITUS_MCP_CONFIG_FILE", "/etc/c.yaml"),
                 ("CITUS_MCP_FOO", "1"),
                 ("CITUS_MCP_MAX_ROWS", "5"),
                 ("CITUS_MCP_TEST_PYTHON", "python3"),
@@ -861,10 +870,18 @@ mod tests {
             c.warnings,
             [
                 "environment variable CITUS_MCP_APROVAL_SECRET is not a setting: did you mean CITUS_MCP_APPROVAL_SECRET?",
+                "environment variable CITUS_MCP_CONFIG_FILE is not a setting citus-mcp reads",
                 "environment variable CITUS_MCP_FOO is not a setting citus-mcp reads",
             ]
         );
         assert_eq!(edits("kitten", "sitting"), 3);
+        // A FIFO named as the config file is refused, not read forever.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("c.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = load(Some(&fifo), &env(&[]), &Flags::new()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     /// Issue #6: a key given twice silently took the last value.

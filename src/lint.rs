@@ -232,6 +232,9 @@ pub fn render_human(diags: &[Diagnostic], files: &[SourceFile]) -> String {
                     .find(|f| f.origin == d.file)
                     .and_then(|f| f.text.lines().nth(p.line - 1));
                 if let Some(line) = line {
+                    // The line as the file has it, its secrets masked: lint output lands in
+                    // CI logs (the caret may then point a few columns off).
+                    let line = crate::redact::secrets(line);
                     let n = p.line.to_string();
                     let pad = " ".repeat(n.len());
                     s.push_str(&format!(
@@ -265,4 +268,24 @@ pub fn render_json(diags: &[Diagnostic], files: &[SourceFile]) -> String {
 /// The exit code: 0 clean (warnings allowed), 1 when any error was found.
 pub fn exit_code(diags: &[Diagnostic]) -> i32 {
     i32::from(diags.iter().any(Diagnostic::is_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quoted line of a finding keeps its secrets, as the message does: lint output
+    /// lands in CI logs.
+    #[test]
+    fn the_quoted_line_is_masked() {
+        let file = SourceFile {
+            origin: "t/leak.yaml".into(),
+            text: "name: leak\ndescription: d\nsafety: read_only\ninput_schema: {type: object}\nqueries:\n  - name: q\n    sql: \"ALTER ROLE app PASSWORD 'FramePw1'\"\nexamples:\n  - args: {}\n".into(),
+        };
+        let (_, diags) = compile::compile_tool(&file, &[]);
+        assert!(!diags.is_empty());
+        let out = render_human(&diags, std::slice::from_ref(&file));
+        assert!(out.contains("ALTER ROLE app PASSWORD '***'"), "{out}");
+        assert!(!out.contains("FramePw1"), "{out}");
+    }
 }

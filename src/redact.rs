@@ -31,9 +31,10 @@ static NAMED: LazyLock<Regex> = LazyLock::new(|| {
         .expect("a valid pattern")
 });
 
-/// `password=value` in a connection string (the quoted form is a string constant above).
+/// `password=value` in a connection string, also at the end of a longer name
+/// (`PGPASSWORD=value`); the quoted form is a string constant above.
 static CONNINFO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(password|passwd)(\s*=\s*)[^\s'&]+").expect("a valid pattern")
+    Regex::new(r"(?i)\b(\w*(?:password|passwd))(\s*=\s*)[^\s'&]+").expect("a valid pattern")
 });
 
 /// A URL's password: `scheme://user:password@`.
@@ -225,6 +226,12 @@ mod tests {
             "SELECT dblink('host=h password = hunter2', 'x')",
             "hunter2",
             "SELECT dblink('host=h password = ***', 'x')",
+        );
+        // Also at the end of a longer name: an environment variable, a setting.
+        masked(
+            "COPY t TO PROGRAM 'PGPASSWORD=hunter2 psql -h h'",
+            "hunter2",
+            "COPY t TO PROGRAM 'PGPASSWORD=*** psql -h h'",
         );
         masked(
             "SELECT dblink('postgres://u:hunter2@h/db', 'x')",

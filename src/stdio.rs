@@ -525,10 +525,13 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
         Ok(message) => Verdict::Forward(message),
         Err(e) => {
             let id = v.get("id").and_then(request_id);
-            // An id that is no id (an object, an array, a fraction, null): a request all
-            // the same, whose client waits; answered with id null, as JSON-RPC says.
+            // A request whose id is no id (an object, an array, a fraction, null): its
+            // client waits; answered with id null, as JSON-RPC says. A response is never
+            // answered, and a notification that carries `"id": null` is still one.
+            let method = v.get("method").and_then(Value::as_str);
             if let Some(bad) = v.get("id")
                 && id.is_none()
+                && method.is_some_and(|m| !(bad.is_null() && m.starts_with("notifications/")))
             {
                 let what = format!(
                     "invalid request: the id must be a string or an integer, not {}",
@@ -549,6 +552,15 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
                 && rmcp_knows(method)
             {
                 return unfit_params(id, method, v.get("params"));
+            }
+            // A response (to a request of the server's) that does not read: JSON-RPC never
+            // answers a response.
+            if method.is_none() && (v.get("result").is_some() || v.get("error").is_some()) {
+                tracing::debug!(
+                    "ignoring an unreadable response: {}",
+                    echo::cap(&e.to_string())
+                );
+                return Verdict::Ignore;
             }
             let what = if v.is_array() {
                 "batches are not supported; send one message per line".to_string()
@@ -819,12 +831,21 @@ mod tests {
                 assert_error(&reply, Value::Null, -32600);
             }
         }
-        // A notification (no id at all) is still not answered.
-        let note = br#"{"jsonrpc":"2.0","method":"notifications/whatever","params":7}"#;
-        assert!(matches!(
-            classify(note, &in_flight),
-            Verdict::Ignore | Verdict::Forward(_)
-        ));
+        // A notification (no id at all, or a null one) and a response are not answered.
+        for line in [
+            r#"{"jsonrpc":"2.0","method":"notifications/whatever","params":7}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"error":{"code":1,"message":"m"}}"#,
+        ] {
+            assert!(
+                matches!(
+                    classify(line.as_bytes(), &in_flight),
+                    Verdict::Ignore | Verdict::Forward(_)
+                ),
+                "{line}"
+            );
+        }
     }
 
     #[test]

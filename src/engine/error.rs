@@ -188,7 +188,7 @@ impl From<DbError> for ToolError {
                 // PostgreSQL's own hint where it gives one; otherwise what the class means.
                 let hint = hint.or_else(|| {
                     Some(match sqlstate.as_str() {
-                        _ if code == ErrorCode::InvalidArgument => "a value does not fit what the query reads it as (its type or range): check the arguments against the tool's inputSchema",
+                        _ if code == ErrorCode::InvalidArgument => "a value does not fit what the statement reads it as (its type or range); if it is one of the arguments, check it against the tool's inputSchema",
                         "42P01" | "42703" | "42883" | "3F000" => "a name in the statement does not exist, or this role cannot see it: check it, schema-qualified (citus_list_distributed_tables lists the tables)",
                         "42501" => "the role citus-mcp connects as lacks a privilege this needs: README, Least privilege, lists what to grant",
                         _ => return None,

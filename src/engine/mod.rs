@@ -991,13 +991,17 @@ impl PageRequest {
         // or no schema bound at all) is refused, not read as the first page.
         let number = |key: &str| match args.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                ToolError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("`{key}` must be a whole number from 0 to 2^53, not {v}"),
-                )
-                .hint("page with the next_offset or next_cursor the previous page returned")
-            }),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= 1 << 53)
+                .map(Some)
+                .ok_or_else(|| {
+                    ToolError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("`{key}` must be a whole number from 0 to 2^53, not {v}"),
+                    )
+                    .hint("page with the next_offset or next_cursor the previous page returned")
+                }),
         };
         let size = number("limit")?
             .map_or(max_rows, |l| (l.min(max_rows as u64)) as usize)

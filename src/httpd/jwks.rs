@@ -46,10 +46,17 @@ pub struct Url {
 
 impl Url {
     pub fn parse(text: &str) -> Result<Url, HttpError> {
-        // A URL's password is masked where the URL is quoted (`https://user:pw@…`).
-        let shown = crate::redact::secrets(text);
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|_| HttpError::OAuth("jwks_url is not a URL".into()))?;
+        // Quoted without its user information and query, where credentials would be.
+        let shown = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.host().unwrap_or(""),
+            uri.path()
+        );
         let bad = |why: &str| HttpError::OAuth(format!("jwks_url `{shown}`: {why}"));
-        let uri: http::Uri = text.parse().map_err(|_| bad("not a URL"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -448,10 +455,17 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
-        // The refusal quotes the URL without its password.
-        let e = Url::parse("https://user:UrlPw1@issuer.example/").unwrap_err();
-        assert!(e.to_string().contains("credentials"), "{e}");
-        assert!(!e.to_string().contains("UrlPw1"), "{e}");
+        // The refusal quotes the URL without its user information or query.
+        for url in [
+            "https://user:UrlPw1@issuer.example/",
+            "https://UrlPw1@issuer.example/",
+            "https://u:pw'UrlPw1@issuer.example/",
+            "http://issuer.example/keys?token=UrlPw1",
+            "not a url UrlPw1",
+        ] {
+            let e = Url::parse(url).unwrap_err();
+            assert!(!e.to_string().contains("UrlPw1"), "{url}: {e}");
+        }
     }
 
     #[test]

@@ -744,7 +744,12 @@ fn whole_numbers_sent_as_floats_are_integers(ctx: &Ctx) {
         rows(json!({"limit": 2, "offset": 2.0})),
         rows(json!({"limit": 2, "offset": 2}))
     );
-    for offset in [json!(1.8446744073709552e19), json!(1e300)] {
+    for offset in [
+        json!(1.8446744073709552e19),
+        json!(1e300),
+        json!(9007199254740993u64),
+        json!(u64::MAX),
+    ] {
         let err = call(ctx, &e, "list_shards", json!({"offset": offset})).unwrap_err();
         assert_eq!(
             err.code,
