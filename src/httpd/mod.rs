@@ -615,6 +615,14 @@ impl App {
         match route {
             Protected::Metrics => metrics_page(s),
             Protected::Mcp(service) => {
+                if parts.method == Method::POST
+                    && let Some((code, message)) = unreadable(&bytes)
+                {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}}),
+                    );
+                }
                 let req = http::Request::from_parts(parts, Full::new(bytes));
                 self.limit_sessions(req, service).await
             }
@@ -1021,6 +1029,44 @@ fn refused(engine: &Engine, grant: &Grant, body: &[u8]) -> Option<Refusal> {
             _ => None,
         }
     })
+}
+
+/// What makes a POST body no JSON-RPC message rmcp could read, as a JSON-RPC error (code,
+/// message): rmcp would answer 415 with plain text, which a client cannot match to its
+/// request. Not JSON (-32700), a batch (MCP has none since 2025-06-18), or a request whose
+/// id is no id (-32600).
+fn unreadable(body: &[u8]) -> Option<(i64, String)> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some((
+                -32700,
+                format!("parse error: {}", echo::cap(&e.to_string())),
+            ));
+        }
+    };
+    match &v {
+        Value::Array(_) => Some((
+            -32600,
+            "batches are not supported; send one message per request".into(),
+        )),
+        Value::Object(m)
+            if m.get("method")
+                .and_then(Value::as_str)
+                .is_some_and(|method| {
+                    m.get("id").is_some_and(|id| {
+                        !(id.is_string() || id.is_i64())
+                            && !(id.is_null() && method.starts_with("notifications/"))
+                    })
+                }) =>
+        {
+            Some((
+                -32600,
+                "invalid request: the id must be a string or an integer".into(),
+            ))
+        }
+        _ => None,
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

@@ -929,6 +929,21 @@ fn refusals(ctx: &Ctx) {
             .call_2026(&[("x-padding", &big)], 1, "ping", json!({}))
             .await;
         assert_eq!(r.status, 431, "{}", r.text);
+        // A body no JSON-RPC message could be read from gets a JSON-RPC error a client
+        // can read (rmcp would answer 415 with plain text).
+        let headers = [("content-type", "application/json"), ACCEPT];
+        for (body, code) in [
+            ("{not json", -32700),
+            (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, -32600),
+            (r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#, -32600),
+            (r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#, -32600),
+        ] {
+            let r = s.send("POST", "/mcp", &headers, body.into()).await;
+            assert_eq!(r.status, 400, "{body}: {}", r.text);
+            let v: Value = serde_json::from_str(&r.text).unwrap_or_else(|_| panic!("{}", r.text));
+            assert_eq!(v["error"]["code"], code, "{body}: {v}");
+            assert_eq!(v["id"], Value::Null, "{v}");
+        }
         let r = s.call_2026(&[], 1, "ping", json!({})).await;
         assert_eq!(r.status, 200, "the server keeps serving: {}", r.text);
     });
