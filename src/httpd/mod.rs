@@ -1055,8 +1055,10 @@ fn unreadable(body: &[u8]) -> Option<(i64, String)> {
                 .and_then(Value::as_str)
                 .is_some_and(|method| {
                     m.get("id").is_some_and(|id| {
-                        !(id.is_string() || id.is_i64())
-                            && !(id.is_null() && method.starts_with("notifications/"))
+                        let readable = id.is_string() || id.is_i64();
+                        // A notification that carries `"id": null` is still a notification.
+                        let notification = id.is_null() && method.starts_with("notifications/");
+                        !readable && !notification
                     })
                 }) =>
         {
