@@ -380,6 +380,7 @@ impl Engine {
                 cancel,
                 caller,
                 limits: self.settings.limits(&tool.spec.limits),
+                deadline,
                 approved,
             };
             let mut out = plugin.call(call).await?;
@@ -1181,6 +1182,40 @@ mod tests {
             .await
             .expect_err("no database is configured");
         assert_eq!(e.code, ErrorCode::NotConfigured, "{e:?}");
+        // A read-only plugin's queries share the tool's timeout: one that starts after it
+        // ran out is a timeout, before it reaches any database.
+        let engine = Engine::new(
+            Registry::build(&sources, None, &[], NEEDS),
+            None,
+            Settings {
+                statement_timeout_ms: 50,
+                ..Settings::default()
+            },
+        )
+        .with_plugins(Plugins::new(vec![Arc::new(Late)]));
+        let e = engine
+            .call("wayward", json!({"run": "one"}), &cancel)
+            .await
+            .expect_err("its time ran out");
+        assert_eq!(e.code, ErrorCode::Timeout, "{e:?}");
+    }
+
+    /// A plugin that waits past its tool's timeout, then runs a query.
+    struct Late;
+    impl Plugin for Late {
+        fn name(&self) -> &'static str {
+            "wayward"
+        }
+        fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                call.query("one", serde_json::json!({})).await?;
+                Ok(ToolOutput {
+                    structured: serde_json::json!({}),
+                    text: String::new(),
+                })
+            })
+        }
     }
 
     fn facts(v: Option<&str>) -> ServerFacts {

@@ -52,9 +52,22 @@ pub struct PluginCall<'a> {
     /// The approval the gate accepted for this call: set by the engine only, for an
     /// execute-class tool whose token it verified. [`PluginCall::execute`] needs it.
     pub(super) approved: Option<Approved>,
+    /// When the tool's timeout runs out, counted from the call's start.
+    pub(super) deadline: std::time::Instant,
 }
 
 impl PluginCall<'_> {
+    /// The time a statement of this call may take: what is left of the tool's timeout, as
+    /// for a SQL tool. An execute tool's statements each get the whole timeout instead: a
+    /// move that took its time must still be reported, with its placements.
+    fn time(&self) -> Result<std::time::Duration, ToolError> {
+        if self.tool.spec.safety == Safety::Execute {
+            Ok(self.limits.timeout)
+        } else {
+            super::left(self.deadline)
+        }
+    }
+
     /// The coordinator, or the error to return when none is configured.
     pub fn db(&self) -> Result<&Db, ToolError> {
         self.engine.db().ok_or_else(not_configured)
@@ -63,10 +76,8 @@ impl PluginCall<'_> {
     /// Runs the tool file's query `name` read-only, its template rendered with `vars`.
     pub async fn query(&self, name: &str, vars: Value) -> Result<Rows, ToolError> {
         let st = self.statement(name, Runs::Read, &vars)?;
-        let mut rows = self
-            .db()?
-            .read_only(&[st], self.limits.timeout, self.cancel)
-            .await?;
+        let time = self.time()?;
+        let mut rows = self.db()?.read_only(&[st], time, self.cancel).await?;
         let mut rows = rows.pop().expect("one statement, one result");
         self.redact(name, &mut rows)?;
         Ok(rows)
@@ -106,7 +117,7 @@ impl PluginCall<'_> {
         let st = Statement::new(sql, vec![], max_rows).once();
         let mut rows = self
             .db()?
-            .read_only_then(&[st], self.limits.timeout, self.cancel, AfterCall::Discard)
+            .read_only_then(&[st], self.time()?, self.cancel, AfterCall::Discard)
             .await?;
         Ok(rows.pop().expect("one statement, one result"))
     }
@@ -127,7 +138,7 @@ impl PluginCall<'_> {
                 set,
                 self.engine.settings.fanout,
                 &st,
-                self.limits.timeout,
+                self.time()?,
                 self.cancel,
             )
             .await?;
@@ -163,7 +174,7 @@ impl PluginCall<'_> {
         let st = Statement::new(sql, vec![], max_rows).once();
         let mut rows = self
             .db()?
-            .rolled_back(&[st], self.limits.timeout, self.cancel)
+            .rolled_back(&[st], self.time()?, self.cancel)
             .await?;
         Ok(rows.pop().expect("one statement, one result"))
     }
