@@ -48,6 +48,11 @@ const KEPT_BUFFERS: usize = 2;
 /// How many parsed messages wait for rmcp before the reader stops reading.
 const QUEUE: usize = 64;
 
+/// How many answers may wait to be written before the reader stops reading: a client that
+/// stops reading stdout while it keeps writing requests gets its requests held in the
+/// pipe (backpressure), not its answers piled up in the server's memory.
+const MAX_QUEUED_LINES: usize = 64;
+
 /// The ids of client requests in progress, and the id rmcp knows each one by.
 ///
 /// rmcp keys a running request by its id. A request reusing the id of one still running
@@ -301,6 +306,8 @@ struct Out {
 struct Shared {
     /// Lines queued or being written.
     queued: AtomicUsize,
+    /// Signalled when the queue falls below [`MAX_QUEUED_LINES`].
+    drained: tokio::sync::Notify,
     /// Buffers of written lines, emptied, for the next answers.
     spare: Mutex<Vec<Vec<u8>>>,
 }
@@ -317,6 +324,18 @@ impl Out {
         self.shared.queued.load(Ordering::Relaxed) == 0
     }
 
+    /// Returns once fewer than [`MAX_QUEUED_LINES`] answers wait to be written.
+    async fn room(&self) {
+        loop {
+            // Created before the check: a `Notified` hears `notify_waiters` from then on.
+            let drained = self.shared.drained.notified();
+            if self.shared.queued.load(Ordering::Relaxed) < MAX_QUEUED_LINES {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// An empty buffer to serialize a line into: a written line's, if one is kept.
     fn buffer(&self) -> Vec<u8> {
         self.shared.spare().pop().unwrap_or_default()
@@ -326,7 +345,9 @@ impl Out {
 impl Shared {
     /// `bytes` were written: the buffer is kept for a next line, or let go.
     fn written(&self, mut bytes: Vec<u8>) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.queued.fetch_sub(1, Ordering::Relaxed) == MAX_QUEUED_LINES {
+            self.drained.notify_waiters();
+        }
         let mut spare = self.spare();
         if bytes.capacity() <= MAX_KEPT_BUFFER && spare.len() < KEPT_BUFFERS {
             bytes.clear();
@@ -388,6 +409,7 @@ async fn read_loop<R: AsyncBufRead + Unpin>(
 ) {
     let mut line = Vec::new();
     loop {
+        out.room().await;
         let verdict = match read_line(&mut read, &mut line).await {
             LineRead::Line => classify(&line, &in_flight),
             LineRead::TooLong(bytes) => Verdict::Reply(error_line(
@@ -815,6 +837,36 @@ mod tests {
             .await;
         assert_eq!(r["id"], 11, "{r}");
         assert_eq!(r["result"]["structuredContent"]["message"], "pong", "{r}");
+    }
+
+    /// A client that keeps writing requests but stops reading answers is held back: the
+    /// server stops reading once answers pile up, so the requests wait in the pipe, not
+    /// the answers in memory; once the client reads again, every request is answered.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_held_back() {
+        let c = Client::start().await;
+        let Client {
+            mut write,
+            mut lines,
+        } = c;
+        const N: usize = 5000;
+        let requests: String = (1..=N)
+            .map(|i| format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n"))
+            .collect();
+        let writer = tokio::spawn(async move {
+            write.write_all(requests.as_bytes()).await.unwrap();
+            write
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(
+            !writer.is_finished(),
+            "the server read every request while no answer was read"
+        );
+        for _ in 0..N {
+            let line = lines.next_line().await.unwrap().expect("an answer");
+            assert!(line.contains("\"result\""), "{line}");
+        }
+        let _write = writer.await.unwrap();
     }
 
     /// A request whose id is no id still waits for an answer: -32600 with id null.
