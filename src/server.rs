@@ -279,6 +279,9 @@ pub struct Server {
     limit: Option<Arc<CallerLimits>>,
     /// Where SQL tools' structured results go when the transport writes them itself.
     outbox: Option<Outbox>,
+    /// Cancelled when a shutting-down HTTP server gives up on the calls still running:
+    /// each then answers as cancelled, before the sessions close.
+    shutdown: Option<CancellationToken>,
 }
 
 impl Server {
@@ -289,6 +292,7 @@ impl Server {
             metrics: None,
             limit: None,
             outbox: None,
+            shutdown: None,
         }
     }
 
@@ -319,6 +323,12 @@ impl Server {
     /// Counts every tool call in `metrics` (served at `/metrics` over HTTP).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Server {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Calls still running when `stop` is cancelled answer as cancelled.
+    pub fn with_shutdown(mut self, stop: CancellationToken) -> Server {
+        self.shutdown = Some(stop);
         self
     }
 }
@@ -568,11 +578,22 @@ impl ServerHandler for Server {
         let _running = self.metrics.as_ref().map(|m| m.start_call());
         let started = std::time::Instant::now();
         let result = match self.enter(&ctx) {
-            Ok(_place) => self
-                .engine
-                .answer(&req.name, args, &ctx.ct, &caller)
-                .await
-                .map_err(ToolError::capped),
+            Ok(_place) => {
+                let answer = self.engine.answer(&req.name, args, &ctx.ct, &caller);
+                match &self.shutdown {
+                    None => answer.await,
+                    // Dropped, the call cancels its statements (the db layer's guard).
+                    Some(stop) => tokio::select! {
+                        r = answer => r,
+                        () = stop.cancelled() => Err(ToolError::new(
+                            ErrorCode::Cancelled,
+                            "the server is shutting down: the call was cancelled",
+                        )
+                        .hint("call again once the server is back")),
+                    },
+                }
+                .map_err(ToolError::capped)
+            }
             Err(e) => Err(e),
         };
         if let Some(m) = &self.metrics {

@@ -137,6 +137,8 @@ const LOOPBACK_ORIGINS: [&str; 6] = [
 /// connections to drain once sessions are closed.
 const CANCEL_WAIT: Duration = Duration::from_secs(3);
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How long the calls cancelled at shutdown have to write their answers.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// The address to listen on: an IP and port (`localhost:PORT` is 127.0.0.1).
 pub fn listen_address(text: &str) -> Result<SocketAddr, HttpError> {
@@ -297,6 +299,9 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     // One MCP service per cluster, each with its own sessions; all hear the same reloads.
     let mut endpoints = Vec::new();
+    // Cancelled once the shutdown's grace is over: the calls still running answer as
+    // cancelled, so their clients get a JSON-RPC answer before the sessions close.
+    let give_up = CancellationToken::new();
     let mut open_sessions = sessions::Sessions::new(prepared.config.max_sessions_per_caller);
     for c in &served {
         let counters = match &c.name {
@@ -309,7 +314,8 @@ pub async fn serve(
         ));
         let server = Server::new(c.engine.clone(), changes.clone())
             .with_metrics(counters)
-            .with_caller_limits(limits);
+            .with_caller_limits(limits)
+            .with_shutdown(give_up.clone());
         let mcp = StreamableHttpService::new(
             move || Ok(server.clone()),
             open_sessions.manager(&c.path()),
@@ -401,6 +407,15 @@ pub async fn serve(
             in_flight = metrics.in_flight(),
             "calls still running after the grace period: cancelling them"
         );
+    }
+    // The calls still running answer as cancelled (their statements are cancelled as
+    // their futures drop), and those answers are written before the sessions close.
+    give_up.cancel();
+    if tokio::time::timeout(ANSWER_WAIT, responses.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("cancelled calls still unanswered after 2 s");
     }
     // Sessions hold their GET streams open; closing them lets the connections drain.
     sessions.cancel();

@@ -1132,10 +1132,10 @@ fn graceful_shutdown(ctx: &Ctx) {
             ("mcp-method", "tools/call"),
             ("mcp-name", "slow"),
         ];
-        // The server may end the connection before answering: either is fine here.
-        let _ = ep
-            .try_send("POST", "/mcp", &headers, body.to_string().into_bytes())
-            .await;
+        // It answers, as cancelled because the server is shutting down: a JSON-RPC answer
+        // the client can read, not a bare 500.
+        ep.try_send("POST", "/mcp", &headers, body.to_string().into_bytes())
+            .await
     });
     wait_count(
         &active("http_long_marker"),
@@ -1143,6 +1143,13 @@ fn graceful_shutdown(ctx: &Ctx) {
         "the long query never started",
     );
     s.terminate();
+    let answer = ctx.rt.block_on(call).unwrap().expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(
+        answer.text.contains("CANCELLED") && answer.text.contains("shutting down"),
+        "{}",
+        answer.text
+    );
     assert_eq!(
         s.wait_exit(Duration::from_secs(20)).and_then(|e| e.code()),
         Some(0),
@@ -1154,7 +1161,6 @@ fn graceful_shutdown(ctx: &Ctx) {
         true,
         "the long query kept running after the server exited",
     );
-    let _ = ctx.rt.block_on(call);
 }
 
 /// Connections that send nothing, send their headers a byte at a time, sit idle after a
