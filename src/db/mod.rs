@@ -405,6 +405,9 @@ impl Db {
     ) -> Result<deadpool_postgres::Object, DbError> {
         let started = Instant::now();
         tokio::select! {
+            // An idle pooled connection answers on the first poll: no timer is armed and
+            // no waiter registered with the cancellation token on a call's usual path.
+            biased;
             r = tokio::time::timeout(within, self.client()) => match r {
                 Ok(r) => r,
                 Err(_) => Err(self.no_connection(started.elapsed())),
@@ -871,12 +874,12 @@ struct CallGuard {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
-/// Runs a call's work under citus-mcp's own clock (its timeout plus a grace) and its
-/// cancellation token.
 /// Less time than this left for the statements after waiting for a connection is a
 /// timeout already: `statement_timeout` takes milliseconds, and 0 would mean none.
 const MIN_STATEMENT_TIME: Duration = Duration::from_millis(1);
 
+/// Runs a call's work under citus-mcp's own clock (its timeout plus a grace) and its
+/// cancellation token.
 async fn race<T>(
     work: impl std::future::Future<Output = Result<T, DbError>>,
     timeout: Duration,
@@ -1068,8 +1071,6 @@ impl RowDecoder {
     }
 }
 
-/// The server ended an established connection (shutdown, restart, terminated backend,
-/// broken socket), as opposed to refusing a new one or failing a statement.
 /// A lost session, once the call's statements reached it, as [`DbError::Ended`].
 fn ended_during_call(e: DbError) -> DbError {
     if connection_lost(&e) {
@@ -1079,6 +1080,8 @@ fn ended_during_call(e: DbError) -> DbError {
     }
 }
 
+/// The server ended an established connection (shutdown, restart, terminated backend,
+/// broken socket), as opposed to refusing a new one or failing a statement.
 fn connection_lost(e: &DbError) -> bool {
     match e {
         DbError::Connect { reason, .. } => reason == CONNECTION_CLOSED,

@@ -159,6 +159,9 @@ impl fmt::Display for ToolError {
     }
 }
 
+/// What to do about a call that ran out of time.
+pub(crate) const TIMEOUT_HINT: &str = "narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms";
+
 impl From<DbError> for ToolError {
     fn from(e: DbError) -> Self {
         match e {
@@ -167,7 +170,7 @@ impl From<DbError> for ToolError {
             DbError::Busy { .. } => ToolError::new(ErrorCode::Timeout, e.to_string())
                 .hint("the database is up but this server's connections are all in use: try again when other calls finish, cancel those no longer needed, or raise pool_size"),
             DbError::Timeout(_) => ToolError::new(ErrorCode::Timeout, e.to_string())
-                .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"),
+                .hint(TIMEOUT_HINT),
             DbError::Cancelled => ToolError::new(ErrorCode::Cancelled, e.to_string()),
             DbError::Decode { .. } => ToolError::new(ErrorCode::Internal, e.to_string()),
             DbError::Ended(_) => ToolError::new(ErrorCode::NodeUnreachable, e.to_string())

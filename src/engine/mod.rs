@@ -888,7 +888,6 @@ fn merge_nodes(results: Vec<NodeResult>) -> (Rows, Vec<Value>) {
     )
 }
 
-/// The error of a tool that needs the database when none is configured.
 /// Writes a whole number sent as a float (`1.0`, `1e3`: JSON Schema's `integer` accepts
 /// them) as the integer it is, so that it binds as `1`, not `1.0`, which an integer
 /// parameter refuses, and reads as a page's `limit` or `offset`. Only where the integer is
@@ -918,11 +917,12 @@ fn left(deadline: Instant) -> Result<Duration, ToolError> {
             ErrorCode::Timeout,
             "the call used up its time before its next statement",
         )
-        .hint("narrow the call (a table, a smaller limit) or raise statement_timeout_ms / the tool's limits.timeout_ms"));
+        .hint(error::TIMEOUT_HINT));
     }
     Ok(deadline - now)
 }
 
+/// The error of a tool that needs the database when none is configured.
 pub fn not_configured() -> ToolError {
     ToolError::new(ErrorCode::NotConfigured, "no coordinator is configured")
         .hint("pass a DSN (`citus-mcp postgres://user@host:5432/db`), set CITUS_MCP_COORDINATOR_DSN, or coordinator_dsn in the config file")
@@ -1134,6 +1134,9 @@ mod tests {
             }
             fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
                 Box::pin(async move {
+                    if let Some(ms) = call.args.get("after_ms").and_then(Value::as_u64) {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
                     let which = call.args["run"].as_str().unwrap_or_default();
                     match which {
                         "fan_out" => call.fan_out("one", json!({})).await.map(|_| ()),
@@ -1192,30 +1195,12 @@ mod tests {
                 ..Settings::default()
             },
         )
-        .with_plugins(Plugins::new(vec![Arc::new(Late)]));
+        .with_plugins(Plugins::new(vec![Arc::new(Wayward)]));
         let e = engine
-            .call("wayward", json!({"run": "one"}), &cancel)
+            .call("wayward", json!({"run": "one", "after_ms": 80}), &cancel)
             .await
             .expect_err("its time ran out");
         assert_eq!(e.code, ErrorCode::Timeout, "{e:?}");
-    }
-
-    /// A plugin that waits past its tool's timeout, then runs a query.
-    struct Late;
-    impl Plugin for Late {
-        fn name(&self) -> &'static str {
-            "wayward"
-        }
-        fn call<'a>(&'a self, call: PluginCall<'a>) -> PluginFuture<'a> {
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(80)).await;
-                call.query("one", serde_json::json!({})).await?;
-                Ok(ToolOutput {
-                    structured: serde_json::json!({}),
-                    text: String::new(),
-                })
-            })
-        }
     }
 
     fn facts(v: Option<&str>) -> ServerFacts {

@@ -211,25 +211,24 @@ impl Facts {
         let mut facts = Facts::default();
         for (query, result) in futures_util::future::join_all(runs).await {
             match result {
-                // A fan-out check no node answered judged nothing: a failed check, not an
-                // empty one (its nodes are named in node_errors too).
-                Ok((rows, node_errors)) if rows.rows.is_empty() && !node_errors.is_empty() => {
-                    facts.errors.push(json!({
-                        "query": query,
-                        "code": node_errors[0]["code"],
-                        "message": "no node answered this check (see node_errors)",
-                    }));
+                Ok((rows, node_errors)) => {
+                    // A fan-out check no node answered judged nothing: a failed check, not
+                    // an empty one (its nodes are named in node_errors too).
+                    let unanswered = rows.rows.is_empty() && !node_errors.is_empty();
+                    if unanswered {
+                        facts.errors.push(json!({
+                            "query": query,
+                            "code": node_errors[0]["code"],
+                            "message": "no node answered this check (see node_errors)",
+                        }));
+                    }
                     for e in node_errors {
                         if !facts.node_errors.contains(&e) {
                             facts.node_errors.push(e);
                         }
                     }
-                }
-                Ok((rows, node_errors)) => {
-                    for e in node_errors {
-                        if !facts.node_errors.contains(&e) {
-                            facts.node_errors.push(e);
-                        }
+                    if unanswered {
+                        continue;
                     }
                     if rows.more {
                         facts.cut.push(query);
