@@ -316,7 +316,11 @@ impl Out {
     /// Queues `line`; false once the writer is gone.
     fn send(&self, line: Line) -> bool {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(line).is_ok()
+        let sent = self.tx.send(line).is_ok();
+        if !sent {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Nothing waits to be written.
@@ -324,12 +328,15 @@ impl Out {
         self.shared.queued.load(Ordering::Relaxed) == 0
     }
 
-    /// Returns once fewer than [`MAX_QUEUED_LINES`] answers wait to be written.
+    /// Returns once fewer than [`MAX_QUEUED_LINES`] answers wait to be written, or once the
+    /// writer is gone (stdout closed: nothing will drain, and the reader must go on to see
+    /// stdin end).
     async fn room(&self) {
         loop {
             // Created before the check: a `Notified` hears `notify_waiters` from then on.
             let drained = self.shared.drained.notified();
-            if self.shared.queued.load(Ordering::Relaxed) < MAX_QUEUED_LINES {
+            if self.shared.queued.load(Ordering::Relaxed) < MAX_QUEUED_LINES || self.tx.is_closed()
+            {
                 return;
             }
             drained.await;
@@ -385,9 +392,21 @@ impl From<String> for Line {
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
+    write: W,
     mut lines: mpsc::UnboundedReceiver<Line>,
     shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    let written = write_lines(write, &mut lines, &shared).await;
+    // Whatever ended the writing, a reader waiting for room must not wait on.
+    lines.close();
+    shared.drained.notify_waiters();
+    written
+}
+
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut write: W,
+    lines: &mut mpsc::UnboundedReceiver<Line>,
+    shared: &Shared,
 ) -> std::io::Result<()> {
     while let Some(Line { bytes, spent }) = lines.recv().await {
         write.write_all(&bytes).await?;
@@ -547,14 +566,8 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
         Ok(message) => Verdict::Forward(message),
         Err(e) => {
             let id = v.get("id").and_then(request_id);
-            // A request whose id is no id (an object, an array, a fraction, null): its
-            // client waits; answered with id null, as JSON-RPC says. A response is never
-            // answered, and a notification that carries `"id": null` is still one.
-            let method = v.get("method").and_then(Value::as_str);
-            if let Some(bad) = v.get("id")
-                && id.is_none()
-                && method.is_some_and(|m| !(bad.is_null() && m.starts_with("notifications/")))
-            {
+            // Its client waits: answered with id null, as JSON-RPC says.
+            if let Some(bad) = bad_request_id(&v) {
                 let what = format!(
                     "invalid request: the id must be a string or an integer, not {}",
                     echo::cap(&bad.to_string())
@@ -592,6 +605,18 @@ fn classify(line: &[u8], in_flight: &InFlight) -> Verdict {
             Verdict::Reply(error_line(id.as_ref(), ErrorCode::INVALID_REQUEST, what))
         }
     }
+}
+
+/// The id of a request whose id is no id (an object, an array, a fraction, a number past
+/// 64 bits, null), or `None`. A response is no request, and a notification that carries
+/// `"id": null` is still a notification. Over HTTP too (`httpd`), where rmcp would answer
+/// such a body with plain text.
+pub(crate) fn bad_request_id(message: &Value) -> Option<&Value> {
+    let method = message.get("method")?.as_str()?;
+    let id = message.get("id")?;
+    let readable = id.is_string() || id.is_i64();
+    let notification = id.is_null() && method.starts_with("notifications/");
+    (!readable && !notification).then_some(id)
 }
 
 /// Hands a request to rmcp under an id of rmcp's own, unless the client's id is taken.
@@ -731,6 +756,8 @@ mod tests {
     struct Client {
         write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
         lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+        /// The server: rmcp's service, then the pumps' finish.
+        served: tokio::task::JoinHandle<()>,
     }
 
     impl Client {
@@ -744,7 +771,7 @@ mod tests {
                     .with_plugins(crate::plugins::all()),
             );
             let (changes, _) = tokio::sync::broadcast::channel(4);
-            tokio::spawn(async move {
+            let served = tokio::spawn(async move {
                 use rmcp::ServiceExt as _;
                 let server = Server::new(engine, changes).with_outbox(transport.outbox());
                 if let Ok(service) = server.serve(transport).await {
@@ -756,6 +783,7 @@ mod tests {
             let mut c = Client {
                 write,
                 lines: BufReader::new(read).lines(),
+                served,
             };
             let init = c
                 .ask(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#)
@@ -848,6 +876,7 @@ mod tests {
         let Client {
             mut write,
             mut lines,
+            ..
         } = c;
         const N: usize = 5000;
         let requests: String = (1..=N)
@@ -867,6 +896,36 @@ mod tests {
             assert!(line.contains("\"result\""), "{line}");
         }
         let _write = writer.await.unwrap();
+    }
+
+    /// A client held back that then vanishes (both pipes closed) ends the server: the
+    /// reader does not wait for room that a writer with nowhere to write will never make.
+    #[tokio::test]
+    async fn a_held_back_client_that_vanishes_ends_the_server() {
+        let Client {
+            mut write,
+            lines,
+            served,
+        } = Client::start().await;
+        let requests: String = (1..=5000)
+            .map(|i| format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n"))
+            .collect();
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(requests.as_bytes()).await;
+            write
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            !writer.is_finished(),
+            "the server is holding the client back"
+        );
+        drop(lines);
+        writer.abort();
+        let _ = writer.await;
+        tokio::time::timeout(std::time::Duration::from_secs(20), served)
+            .await
+            .expect("the server ended once its client was gone")
+            .unwrap();
     }
 
     /// A request whose id is no id still waits for an answer: -32600 with id null.

@@ -1065,23 +1065,10 @@ fn unreadable(body: &[u8]) -> Option<(i64, String)> {
             -32600,
             "batches are not supported; send one message per request".into(),
         )),
-        Value::Object(m)
-            if m.get("method")
-                .and_then(Value::as_str)
-                .is_some_and(|method| {
-                    m.get("id").is_some_and(|id| {
-                        let readable = id.is_string() || id.is_i64();
-                        // A notification that carries `"id": null` is still a notification.
-                        let notification = id.is_null() && method.starts_with("notifications/");
-                        !readable && !notification
-                    })
-                }) =>
-        {
-            Some((
-                -32600,
-                "invalid request: the id must be a string or an integer".into(),
-            ))
-        }
+        message if crate::stdio::bad_request_id(message).is_some() => Some((
+            -32600,
+            "invalid request: the id must be a string or an integer".into(),
+        )),
         _ => None,
     }
 }
